@@ -1,0 +1,80 @@
+"""The face backend interface: load a model pack, find faces, describe them.
+
+A backend is what the embed pipeline, the workers, enrich and verify-fsz call; model packs
+and ONNX Runtime providers are its business alone. Images are BGR uint8 arrays (OpenCV's
+layout). Coordinates a backend returns are in the pixels of the image it was given.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """The model pack cannot be loaded (missing, incomplete, wrong kind)."""
+
+
+@dataclass
+class DetectedFace:
+    bbox: np.ndarray                      # (4,) x1, y1, x2, y2
+    kps: np.ndarray                       # (5, 2) eyes, nose, mouth corners
+    det_score: float
+    embedding: np.ndarray | None = None   # (D,) float32 as the model gives it
+    landmark_2d_106: np.ndarray | None = None
+    landmark_3d_68: np.ndarray | None = None
+    pose: np.ndarray | None = None        # (3,) pitch, yaw, roll in degrees
+
+    def scaled(self, factor: float) -> "DetectedFace":
+        """The same face with its geometry multiplied by ``factor`` (another decode scale)."""
+        def mul(a, cols=2):
+            if a is None:
+                return None
+            a = np.array(a, dtype=np.float32)
+            a[..., :cols] *= factor
+            return a
+        return DetectedFace(bbox=mul(self.bbox, 4), kps=mul(self.kps),
+                            det_score=self.det_score, embedding=self.embedding,
+                            landmark_2d_106=mul(self.landmark_2d_106),
+                            landmark_3d_68=mul(self.landmark_3d_68, 2),  # z is model-relative
+                            pose=self.pose)
+
+
+class FaceBackend(ABC):
+    """Base class of face backends."""
+
+    #: model pack name (recorded in the cache's meta as ``model``)
+    name: str
+    #: identity of the recognition weights (``model_id`` in meta): caches of different
+    #: weights are never mixed
+    model_id: str
+    embedding_dim: int
+    #: True when the pack has landmark models (landmark_2d_106, landmark_3d_68 + pose)
+    has_landmarks: bool = False
+    det_size: int = 640
+
+    @abstractmethod
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """Find faces: bbox, kps and det_score only."""
+
+    @abstractmethod
+    def embed(self, image: np.ndarray, faces: list[DetectedFace]) -> None:
+        """Fill ``embedding`` of each face (batched where the model batches)."""
+
+    def landmarks(self, image: np.ndarray, faces: list[DetectedFace]) -> None:
+        """Fill landmark_2d_106 / landmark_3d_68 / pose when the pack has those models."""
+
+    def analyze(self, image: np.ndarray) -> list[DetectedFace]:
+        """Detect, then landmarks and embeddings for every face, on one image."""
+        faces = self.detect(image)
+        if faces:
+            self.landmarks(image, faces)
+            self.embed(image, faces)
+        return faces
+
+    def describe(self) -> dict:
+        """What goes into a cache's meta about the model."""
+        return {"model": self.name, "model_id": self.model_id,
+                "embedding_dim": self.embedding_dim, "det_size": self.det_size,
+                "has_landmarks": self.has_landmarks}

@@ -1,0 +1,153 @@
+"""InsightFace model packs (buffalo_l, buffalo_s, any folder of InsightFace ONNX files)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .base import BackendError, DetectedFace, FaceBackend
+
+DEFAULT_MODEL = "buffalo_l"
+DEFAULT_MODEL_ROOT = "~/.insightface"
+# InsightFace picks providers by itself but never DirectML; we pass the best available.
+# InsightFace's face_align calls scikit-image's deprecated estimate(); harmless, and noisy
+warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")
+
+PROVIDER_PREFERENCE = ["DmlExecutionProvider", "CUDAExecutionProvider",
+                       "CoreMLExecutionProvider", "CPUExecutionProvider"]
+
+
+def best_providers(requested: str | list[str] | None = None) -> list[str]:
+    """Providers to use: ``requested`` (comma list) or the best available, CPU last."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if requested:
+        wanted = requested.split(",") if isinstance(requested, str) else list(requested)
+        wanted = [w.strip() for w in wanted if w.strip()]
+        missing = [w for w in wanted if w not in available]
+        if missing:
+            raise BackendError(f"ONNX Runtime provider(s) {', '.join(missing)} not available "
+                               f"here (available: {', '.join(available)}); fix --providers")
+        return wanted
+    chosen = [p for p in PROVIDER_PREFERENCE if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def _file_digest(path: str, n: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def resolve_pack_dir(name: str, root: str | None) -> Path:
+    """Folder of the model pack: ``name`` itself if it is a folder, else ROOT/models/NAME.
+
+    A missing pack is downloaded by InsightFace where a network is reachable; failing that a
+    BackendError says where we looked and how to point at a downloaded pack.
+    """
+    direct = Path(name).expanduser()
+    if direct.is_dir():
+        return direct.resolve()
+    root = os.path.expanduser(root or DEFAULT_MODEL_ROOT)
+    pack = Path(root) / "models" / name
+    if pack.is_dir() and any(pack.glob("*.onnx")):
+        return pack
+    hint = (f"model pack '{name}' not found in {pack}; download {name}.zip from InsightFace's "
+            f"model zoo and unzip it to {pack}, or pass --model-root DIR (the folder holding "
+            "models/<name>/) or --model /path/to/pack")
+    try:
+        from insightface.utils import ensure_available
+        got = Path(ensure_available("models", name, root=root))
+    except Exception as exc:  # offline: requests' ConnectionError, or a bad zip
+        raise BackendError(f"{hint} (download failed: {type(exc).__name__})") from None
+    if not any(got.glob("*.onnx")):
+        raise BackendError(hint)
+    return got
+
+
+class InsightFaceBackend(FaceBackend):
+    """FaceAnalysis with its models used one by one, so detection and recognition can run
+    on different decode scales of one photo (see facesets.embed)."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, model_root: str | None = None,
+                 providers: str | list[str] | None = None, det_size: int = 640,
+                 det_thresh: float = 0.5, with_recognition: bool = True):
+        try:
+            from insightface.app import FaceAnalysis
+        except ImportError as exc:
+            raise BackendError(f"InsightFace is not installed ({exc}); "
+                               "pip install -r requirements.txt") from None
+        pack = resolve_pack_dir(model, model_root)
+        self.providers = best_providers(providers)
+        allowed = None if with_recognition else ["detection", "landmark_2d_106",
+                                                 "landmark_3d_68"]
+        try:
+            app = FaceAnalysis(name=str(pack), root=model_root or DEFAULT_MODEL_ROOT,
+                               providers=self.providers, allowed_modules=allowed)
+            ctx = 0 if self.providers[0] != "CPUExecutionProvider" else -1
+            app.prepare(ctx_id=ctx, det_thresh=det_thresh, det_size=(det_size, det_size))
+        except AssertionError:
+            raise BackendError(f"model pack {pack} has no face detection model; "
+                               "point --model at a complete InsightFace pack") from None
+        except Exception as exc:
+            raise BackendError(f"model pack {pack} could not be loaded: {exc}") from None
+        self.app = app
+        self.pack_dir = pack
+        self.name = pack.name if Path(model).expanduser().is_dir() else model
+        self.det_size = det_size
+        self.det = app.models["detection"]
+        self.rec = app.models.get("recognition")
+        if with_recognition and self.rec is None:
+            raise BackendError(f"model pack {pack} has no recognition model; "
+                               "point --model at a complete InsightFace pack")
+        self.landmark_models = [m for t, m in app.models.items()
+                                if t.startswith("landmark")]
+        self.has_landmarks = bool(self.landmark_models)
+        if self.rec is not None:
+            self.embedding_dim = int(self.rec.output_shape[1])
+            self.model_id = f"{self.name}:{_file_digest(self.rec.model_file)}"
+        else:
+            self.embedding_dim = 0
+            self.model_id = f"{self.name}:detection-only"
+
+    def detect(self, image):
+        bboxes, kpss = self.det.detect(image, max_num=0)
+        faces = []
+        for i in range(bboxes.shape[0]):
+            faces.append(DetectedFace(
+                bbox=bboxes[i, :4].astype(np.float32),
+                kps=(kpss[i].astype(np.float32) if kpss is not None
+                     else np.full((5, 2), np.nan, np.float32)),
+                det_score=float(bboxes[i, 4])))
+        return faces
+
+    def embed(self, image, faces):
+        if not faces:
+            return
+        from insightface.utils import face_align
+
+        size = self.rec.input_size[0]
+        crops = [face_align.norm_crop(image, landmark=f.kps, image_size=size) for f in faces]
+        feats = self.rec.get_feat(crops)  # one batched forward pass for all faces
+        for f, e in zip(faces, feats):
+            f.embedding = np.asarray(e, dtype=np.float32).reshape(-1)
+
+    def landmarks(self, image, faces):
+        from insightface.app.common import Face
+
+        for f in faces:
+            face = Face(bbox=f.bbox, kps=f.kps, det_score=f.det_score)
+            for m in self.landmark_models:
+                m.get(image, face)
+            if face.get("landmark_2d_106") is not None:
+                f.landmark_2d_106 = np.asarray(face["landmark_2d_106"], np.float32)
+            if face.get("landmark_3d_68") is not None:
+                f.landmark_3d_68 = np.asarray(face["landmark_3d_68"], np.float32)
+            if face.get("pose") is not None:
+                f.pose = np.asarray(face["pose"], np.float32)

@@ -1,0 +1,52 @@
+"""The command line: argparse subcommands, each a thin module in facesets/commands/.
+
+A command module has ``register(subparsers)``, which adds its parser and sets ``func``;
+``func(args)`` returns the exit code. Known failures (bad input, missing model, a held
+lock...) become one ``error:`` line and a non-zero exit; FACESETS_DEBUG=1 shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# modules under facesets.commands, in the order `--help` lists them
+COMMANDS = ["embed", "cluster", "refine"]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sort_faces.py",
+        description="Sort a photo library by person and build face sets for face-swap tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"facesets.commands.{name.replace('-', '_')}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .backends.base import BackendError
+    from .cache import CacheError
+    from .fsutil import LockError
+    from .manifest import ManifestError
+    from .thresholds import ThresholdError
+
+    args = build_parser().parse_args(argv)
+    known = (BackendError, CacheError, LockError, ManifestError, ThresholdError,
+             FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+             ValueError)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except known as exc:
+        if os.environ.get("FACESETS_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,35 @@
+"""cluster CACHE OUT: group faces into OUT/person_NNN/, _singletons/, _noface/, manifest.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..cache import load_cache
+from ..cluster import run_cluster
+from ..thresholds import resolve_threshold, threshold_source
+from .common import add_engine_option, add_link_option, say, warn
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cluster", help="group cached faces into person folders",
+                       description=__doc__)
+    p.add_argument("cache")
+    p.add_argument("out", help="output folder (replaced whole if made by face-sets)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine distance for average linkage (model default; 0.55 for "
+                        "buffalo_l)")
+    add_engine_option(p)
+    add_link_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cache = load_cache(args.cache)
+    threshold = resolve_threshold("cluster", cache.meta, args.threshold)
+    m = run_cluster(cache, args.cache, Path(args.out), threshold, args.engine, args.link)
+    s = m["summary"]
+    say(f"cluster: {s['faces']} faces -> {s['persons']} persons, {s['singletons']} singletons, "
+        f"{s['noface']} noface, {s['errors']} unreadable; threshold {threshold} "
+        f"({threshold_source('cluster', cache.meta, args.threshold)}); {args.out}")
+    if s["missing_sources"]:
+        warn(f"{s['missing_sources']} source files no longer exist; see manifest.json")
+    return 0

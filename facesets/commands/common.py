@@ -1,0 +1,54 @@
+"""Options and helpers several commands share (model options, thresholds, summaries)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..backends.insightface_backend import DEFAULT_MODEL, DEFAULT_MODEL_ROOT
+from ..engine import ENGINES
+from ..materialize import LINK_MODES
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="InsightFace model pack name, or a folder of its ONNX files "
+                        f"(default {DEFAULT_MODEL})")
+    g.add_argument("--model-root", default=None,
+                   help=f"folder holding models/<name>/ (default {DEFAULT_MODEL_ROOT})")
+    g.add_argument("--providers", default=None,
+                   help="ONNX Runtime providers, comma-separated (default: the best "
+                        "available of DirectML, CUDA, CoreML, CPU)")
+    g.add_argument("--det-size", type=int, default=640, help="detector input size (640)")
+
+
+def backend_loader(args):
+    """A zero-argument function that loads the backend the model options name."""
+    def load():
+        from ..backends import load_backend
+        return load_backend(args.model, args.model_root, args.providers, args.det_size)
+    return load
+
+
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=["auto"] + sorted(ENGINES),
+                   help="clustering engine (auto: by number of faces)")
+
+
+def add_link_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--link", default="copy", choices=LINK_MODES,
+                   help="how photos are placed in output folders (default copy)")
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (summaries are still printed)")
+
+
+def say(msg: str) -> None:
+    """A summary line for the operator (stdout; progress bars go to stderr)."""
+    print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)

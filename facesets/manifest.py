@@ -1,0 +1,72 @@
+"""Manifest formats (docs/manifest-format.md): one source of truth for their names, versions
+and the shape of a face entry. Every manifest is JSON, written atomically, and read back
+through ``load_manifest``, which checks its kind and version.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from . import __version__
+from .fsutil import atomic_write_json, read_json
+
+MANIFEST_VERSION = 1
+CLUSTER_MANIFEST = "face-sets/cluster"   # OUT/manifest.json of `cluster`
+REFINE_MANIFEST = "face-sets/refine"     # OUT/refine_manifest.json of `refine`
+KINDS = {CLUSTER_MANIFEST, REFINE_MANIFEST}
+
+
+class ManifestError(ValueError):
+    """Not a manifest of the expected kind/version."""
+
+
+def new_manifest(kind: str, cache_path: str, meta: dict, parameters: dict) -> dict:
+    """The common head of every manifest."""
+    return {"format": kind, "version": MANIFEST_VERSION, "tool_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cache": os.path.abspath(cache_path), "model": meta.get("model"),
+            "model_id": meta.get("model_id"), "parameters": parameters}
+
+
+def face_entry(key: str, sha256: str, paths: list[str], bbox, det_score: float,
+               face_short: float, blur: float, placed: list[str] | None = None) -> dict:
+    """A face as every manifest lists it: cache key, source path (canonical), aliases."""
+    return {"key": key, "sha256": sha256, "path": paths[0] if paths else "",
+            "aliases": list(paths[1:]), "bbox": [round(float(v), 1) for v in bbox],
+            "det_score": round(float(det_score), 4), "face_short": round(float(face_short), 1),
+            "blur": round(float(blur), 2), "files": list(placed or [])}
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
+    if manifest.get("format") not in KINDS:
+        raise ManifestError(f"unknown manifest format {manifest.get('format')!r}")
+    atomic_write_json(path, manifest)
+
+
+def load_manifest(path: str | os.PathLike, kind: str) -> dict:
+    """Read a manifest; a clear error if it is missing, not JSON or of another kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest; run the step that writes it first")
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != kind:
+        raise ManifestError(f"{path}: not a {kind} manifest (format "
+                            f"{data.get('format') if isinstance(data, dict) else '?'}); "
+                            "pass the right file")
+    if int(data.get("version", 0)) > MANIFEST_VERSION:
+        raise ManifestError(f"{path}: manifest v{data.get('version')} is newer than this "
+                            "face-sets; upgrade face-sets")
+    return data
+
+
+def is_face_sets_output(folder: Path) -> bool:
+    """True if ``folder`` holds a manifest written by face-sets (safe to replace)."""
+    for name in ("manifest.json", "refine_manifest.json"):
+        p = folder / name
+        if p.is_file():
+            try:
+                return read_json(p).get("format") in KINDS
+            except (ValueError, OSError, AttributeError):
+                return False
+    return not any(folder.iterdir())

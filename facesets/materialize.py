@@ -1,0 +1,61 @@
+"""Placing source photos into output folders: stable flattened names and link modes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+LINK_MODES = ("copy", "hardlink", "symlink")
+_UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
+
+
+def flat_name(abs_path: str, parts: int = 3, max_len: int = 120) -> str:
+    """A stable, collision-free file name for a source path.
+
+    The last ``parts`` path components joined with ``__`` (unsafe characters -> ``_``),
+    plus 10 hex digits of the sha1 of the whole absolute path: the same file gets the same
+    name in every run, whatever folder was passed as SRC, and two paths never collide.
+    """
+    p = Path(os.path.abspath(abs_path))
+    stem_parts = list(p.parent.parts[1:])[-(parts - 1):] + [p.stem] if parts > 1 else [p.stem]
+    stem = "__".join(_UNSAFE.sub("_", s).strip("_") or "_" for s in stem_parts)
+    digest = hashlib.sha1(str(p).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{stem[-max_len:]}__{digest}{p.suffix.lower()}"
+
+
+def place(src: str, dest: Path, link: str = "copy") -> None:
+    """Put ``src`` at ``dest`` by copy, hard link or symlink."""
+    if link == "copy":
+        shutil.copy2(src, dest)
+    elif link == "hardlink":
+        try:
+            os.link(src, dest)
+        except OSError as exc:
+            raise OSError(f"cannot hard-link {src} into {dest.parent} ({exc.strerror}); "
+                          "source and output must be on one file system: use --link copy "
+                          "or --link symlink") from None
+    elif link == "symlink":
+        os.symlink(os.path.abspath(src), dest)
+    else:
+        raise ValueError(f"unknown link mode {link!r}; choose from {', '.join(LINK_MODES)}")
+
+
+def place_all(paths: list[str], folder: Path, link: str) -> tuple[list[str], list[str]]:
+    """Place every location of one photo (canonical + aliases) into ``folder``.
+
+    Returns (names placed, paths missing on disk). A name already there is not placed again.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    placed, missing = [], []
+    for src in paths:
+        name = flat_name(src)
+        dest = folder / name
+        if not os.path.exists(src):
+            missing.append(src)
+            continue
+        if not dest.exists() and not dest.is_symlink():
+            place(src, dest, link)
+        placed.append(name)
+    return placed, missing

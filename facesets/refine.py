@@ -1,0 +1,171 @@
+"""``refine``: from raw clusters to clean facesets (one identity each, enough photos).
+
+Stages, each a plain function over label arrays (no N x N matrix outside the engine):
+  1. cluster at ``initial`` threshold (the engine, cannot-link honoured)
+  2. merge over-split clusters whose centroids are within ``merge`` (the engine again, on
+     centroids; two clusters holding faces of one photo never merge)
+  3. quality gate: face_short, blur, det_score
+  4. outlier rejection: in clusters of 4+ faces, drop faces farther than ``outlier`` from
+     the centroid
+  5. size filter: at least ``min_faces`` unique source images
+and the survivors become OUT/faceset_NNN/ (numbered by size) + refine_manifest.json.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import FaceCache
+from .cluster import FaceSelection, entry_for, groups_by_label, select_faces, staging_dir
+from .engine import centroids, cluster_faces, relabel_by_size
+from .fsutil import replace_dir
+from .manifest import REFINE_MANIFEST, is_face_sets_output, new_manifest, write_manifest
+from .materialize import place_all
+
+
+@dataclass
+class RefineParams:
+    initial_threshold: float
+    merge_threshold: float
+    outlier_threshold: float
+    min_short: float = 90.0
+    min_blur: float = 40.0
+    min_det_score: float = 0.6
+    min_faces: int = 15
+    engine: str = "auto"
+
+
+@dataclass
+class RefineResult:
+    labels: np.ndarray                       # final faceset per selected face, -1 = none
+    dropped: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def merge_clusters(sel: FaceSelection, labels: np.ndarray, threshold: float,
+                   engine: str = "auto") -> np.ndarray:
+    """Merge clusters whose centroids are within ``threshold`` (cannot-link at cluster level)."""
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if k < 2:
+        return labels
+    cents = centroids(sel.embeddings, labels)
+    # clusters sharing a photo must not merge: pairs of clusters holding faces of one sha256
+    _, photo = np.unique(sel.sha256, return_inverse=True)
+    photo = photo.reshape(-1)
+    pairs = sel.cannot_link()
+    cl_pairs = np.stack([labels[pairs[:, 0]], labels[pairs[:, 1]]], axis=1) if len(pairs) \
+        else np.zeros((0, 2), dtype=np.int64)
+    cl_pairs = np.unique(np.sort(cl_pairs, axis=1), axis=0) if len(cl_pairs) else cl_pairs
+    merged = cluster_faces(cents, threshold, cl_pairs, engine=engine)
+    return relabel_by_size(merged[labels])
+
+
+def quality_mask(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> dict[str, np.ndarray]:
+    """Per reason, the faces that fail the quality gate."""
+    f = cache.faces
+    r = sel.rows
+    return {"small": f["face_short"][r] < p.min_short,
+            "blurry": f["blur"][r] < p.min_blur,
+            "low_det_score": f["det_score"][r] < p.min_det_score}
+
+
+def outlier_mask(sel: FaceSelection, labels: np.ndarray, threshold: float,
+                 min_size: int = 4) -> np.ndarray:
+    """Faces farther than ``threshold`` from their cluster centroid, in clusters of 4+."""
+    valid = labels >= 0
+    out = np.zeros(len(labels), dtype=bool)
+    if not valid.any():
+        return out
+    lab = labels[valid]
+    cents = centroids(sel.embeddings[valid], lab)
+    dist = 1.0 - np.einsum("ij,ij->i", sel.embeddings[valid], cents[lab])
+    sizes = np.bincount(lab)
+    out[np.flatnonzero(valid)] = (dist > threshold) & (sizes[lab] >= min_size)
+    return out
+
+
+def refine_labels(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> RefineResult:
+    """Run stages 1-5; returns the faceset label of each selected face (-1 = dropped)."""
+    res = RefineResult(labels=np.full(len(sel), -1, dtype=np.int64))
+    if len(sel) == 0:
+        return res
+    t = time.monotonic()
+    labels = cluster_faces(sel.embeddings, p.initial_threshold, sel.cannot_link(), p.engine)
+    res.timing["initial_s"] = round(time.monotonic() - t, 2)
+    t = time.monotonic()
+    labels = merge_clusters(sel, labels, p.merge_threshold, p.engine)
+    res.timing["merge_s"] = round(time.monotonic() - t, 2)
+    labels = labels.copy()
+    for reason, mask in quality_mask(cache, sel, p).items():
+        hit = mask & (labels >= 0)
+        res.dropped[reason] = int(hit.sum())
+        labels[hit] = -1
+    out = outlier_mask(sel, labels, p.outlier_threshold)
+    res.dropped["outlier"] = int(out.sum())
+    labels[out] = -1
+    # size filter on unique source images
+    keep = np.zeros(len(labels), dtype=bool)
+    small = 0
+    for members in groups_by_label(np.where(labels >= 0, labels, labels.max() + 1)):
+        if labels[members[0]] < 0:
+            continue
+        if len(set(sel.sha256[members].tolist())) >= p.min_faces:
+            keep[members] = True
+        else:
+            small += len(members)
+    res.dropped["too_few_images"] = small
+    labels[~keep] = -1
+    final = np.full(len(labels), -1, dtype=np.int64)
+    if keep.any():
+        # number by unique images, then faces (largest first)
+        groups = groups_by_label(labels[keep])
+        idx = np.flatnonzero(keep)
+        sizes = [(-len(set(sel.sha256[idx[g]].tolist())), -len(g), int(idx[g].min()), n)
+                 for n, g in enumerate(groups)]
+        for new, (_, _, _, n) in enumerate(sorted(sizes)):
+            final[idx[groups[n]]] = new
+    res.labels = final
+    return res
+
+
+def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult, out: Path,
+                        link: str, manifest: dict) -> dict:
+    out = Path(out)
+    if out.exists() and not is_face_sets_output(out):
+        raise FileExistsError(f"{out} exists and was not made by face-sets; choose an empty "
+                              "or new output folder")
+    stage = staging_dir(out)
+    facesets = []
+    valid = res.labels >= 0
+    idx = np.flatnonzero(valid)
+    for members in (groups_by_label(res.labels[valid]) if valid.any() else []):
+        members = idx[members]
+        name = f"faceset_{len(facesets):03d}"
+        entries, images, aliases = [], [], 0
+        for i in members:
+            locs = sel.locations[sel.sha256[i]]
+            placed, _ = place_all(locs, stage / name, link)
+            entries.append(entry_for(cache, sel, i, placed))
+            images.append(locs[0])
+            aliases += len(locs) - 1
+        facesets.append({"name": name, "face_count": len(members),
+                         "image_count": len(set(images)), "alias_count": aliases,
+                         "images": sorted(set(images)), "faces": entries})
+    manifest.update({"summary": {"facesets": len(facesets), "faces_in": int(len(sel)),
+                                 "faces_kept": int(valid.sum()), "dropped": res.dropped},
+                     "timing": res.timing, "facesets": facesets})
+    write_manifest(stage / "refine_manifest.json", manifest)
+    replace_dir(stage, out, is_ours=is_face_sets_output)
+    return manifest
+
+
+def run_refine(cache: FaceCache, cache_path: str, out: Path, params: RefineParams,
+               link: str = "copy") -> dict:
+    sel = select_faces(cache)
+    res = refine_labels(cache, sel, params)
+    manifest = new_manifest(REFINE_MANIFEST, cache_path, cache.meta,
+                            dict(vars(params), link=link))
+    return write_refine_output(cache, sel, res, out, link, manifest)

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real test photos and model pack in ../shared, embedded once."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = (ROOT.parent / "shared").resolve()
+FACES = SHARED / "testdata" / "faces"
+GROUP = SHARED / "testdata" / "group"
+VIDEO = SHARED / "testdata" / "video"
+PACK = ["--model", "testpack_s", "--model-root", str(SHARED / "insightface")]
+# testpack_s (128-D MobileFaceNet) has no built-in thresholds: these separate the 20 LFW
+# identities (pairwise F = 1.0 from 0.60 to 0.75 on the centre faces)
+TEST_THRESHOLD = "0.65"
+# the LFW faces are 60-110 px: quality gates lowered for them
+LOW_GATES = ["--min-short", "20", "--min-blur", "0", "--min-det-score", "0.5"]
+
+if not FACES.is_dir():
+    pytest.exit(f"{SHARED} is missing: tests need ../shared beside the checkout", 2)
+
+
+def run_cli(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run `python sort_faces.py ARGS` as a real subprocess; returns the completed process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.update(kw.pop("env", {}))
+    proc = subprocess.run([sys.executable, str(ROOT / "sort_faces.py"), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=kw.pop("cwd", ROOT),
+                          **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sort_faces.py {' '.join(map(str, args))} exited "
+                             f"{proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def identity_of(path: str) -> str:
+    """Ground truth: the LFW person folder a test photo lives in."""
+    return Path(path).parent.name
+
+
+@pytest.fixture(scope="session")
+def faces_cache(tmp_path_factory) -> Path:
+    """A cache of all 180 test faces photos (embedded once per test session). Read-only:
+    copy it (copy_cache) before changing it."""
+    cache = tmp_path_factory.mktemp("faces_cache") / "faces.npz"
+    run_cli("embed", FACES, cache, *PACK, "--no-progress")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def group_cache(tmp_path_factory) -> Path:
+    """A cache of the test faces plus the multi-person group photos. Read-only."""
+    root = tmp_path_factory.mktemp("group_cache")
+    cache = root / "group.npz"
+    run_cli("embed", FACES, cache, *PACK, "--no-progress")
+    run_cli("embed", GROUP, cache, *PACK, "--no-progress")
+    return cache
+
+
+def copy_cache(src: Path, dest_dir: Path) -> Path:
+    """Copy a cache (base + segments) so a test can change it."""
+    import shutil
+
+    dest = dest_dir / src.name
+    shutil.copy2(src, dest)
+    seg = Path(str(src) + ".segments")
+    if seg.is_dir():
+        shutil.copytree(seg, Path(str(dest) + ".segments"))
+    return dest
