@@ -9,6 +9,7 @@ import numpy as np
 
 from .base import (ClusterEngine, centroids, normalize_rows, pairs_from_groups, relabel_by_size,
                    violates_cannot_link)
+from .assign import assign_nearest
 from .exact import ExactEngine
 
 ENGINES: dict[str, type[ClusterEngine]] = {"exact": ExactEngine}
@@ -35,6 +36,6 @@ def cluster_faces(embeddings: np.ndarray, threshold: float,
     return get_engine(engine, len(x)).cluster(x, threshold, cannot_link)
 
 
-__all__ = ["ClusterEngine", "ENGINES", "EXACT_MAX_FACES", "get_engine", "cluster_faces",
+__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "EXACT_MAX_FACES", "get_engine", "cluster_faces",
            "centroids", "normalize_rows", "pairs_from_groups", "relabel_by_size",
            "violates_cannot_link"]
