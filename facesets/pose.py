@@ -6,9 +6,8 @@ Two sources, recorded in the cache's ``pose_method`` column:
   * ``POSE_METHOD_KPS`` ("kps5"): estimated here from the detector's 5 keypoints, for packs
     without landmark models, so frontality is always available.
 
-The estimate fits a rigid 5-point face model (eye centres, nose tip, mouth corners of
-InsightFace's mean 68-point shape, made left/right symmetric) to the keypoints with OpenCV's
-solvePnP, using a long focal length (close to the weak-perspective camera InsightFace fits).
+The estimate fits a rigid 5-point face model (eye centres, nose tip, mouth corners; see
+MODEL_5) to the keypoints with OpenCV's solvePnP, using a long focal length (close to the weak-perspective camera InsightFace fits).
 Angles follow InsightFace's convention: the model frame is InsightFace's (x right, y down,
 z towards the viewer), R maps it onto the image and ``matrix2angle``'s Z-Y-X decomposition
 (R = Rz(roll) Ry(yaw) Rx(pitch)) gives the angles, so (0, 0, 0) is a frontal, upright face
@@ -25,15 +24,18 @@ import numpy as np
 POSE_METHOD_KPS = "kps5"
 POSE_METHOD_3D = "3d68"
 
-# InsightFace's meanshape_68 at the 5 detector keypoints (left eye = mean of points 36-41,
-# right eye 42-47, nose tip 30, mouth corners 48 and 54), symmetrised; frame: x right,
-# y down, z towards the viewer.
+# A frontal face at the 5 detector keypoints. x, y: the ArcFace alignment template (the
+# keypoints of the frontal, upright face every InsightFace recognizer is trained on),
+# symmetrised and scaled to InsightFace's mean 68-point shape (eye distance 0.532); z: the
+# depth of the same points in that mean shape (eyes = mean of points 36-41 / 42-47, nose
+# tip 30, mouth corners 48 / 54). Frame: x right, y down, z towards the viewer. The template
+# defines "frontal" (the mean shape's own nose tip sits higher than SCRFD's nose keypoint).
 MODEL_5 = np.array([
-    [-0.266, -0.317, 0.315],   # eye on the image's left
-    [0.266, -0.317, 0.315],    # eye on the image's right
-    [0.000, -0.143, 0.599],    # nose tip
-    [-0.210, 0.238, 0.378],    # mouth corner, image left
-    [0.210, 0.238, 0.378],     # mouth corner, image right
+    [-0.266, -0.307, 0.315],   # eye on the image's left
+    [0.266, -0.307, 0.315],    # eye on the image's right
+    [0.000, 0.000, 0.599],     # nose tip
+    [-0.220, 0.307, 0.378],    # mouth corner, image left
+    [0.220, 0.307, 0.378],     # mouth corner, image right
 ], dtype=np.float64)
 
 # focal length in units of the keypoints' spread: long, so the camera is close to the
