@@ -14,7 +14,9 @@ from .fsutil import atomic_write_json, read_json
 MANIFEST_VERSION = 1
 CLUSTER_MANIFEST = "face-sets/cluster"   # OUT/manifest.json of `cluster`
 REFINE_MANIFEST = "face-sets/refine"     # OUT/refine_manifest.json of `refine`
-KINDS = {CLUSTER_MANIFEST, REFINE_MANIFEST}
+SWAP_MANIFEST = "face-sets/swap"                   # OUT/manifest.json of `export-swap`
+SWAP_FACESET_MANIFEST = "face-sets/swap-faceset"   # OUT/faceset_NNN/manifest.json
+KINDS = {CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_MANIFEST, SWAP_FACESET_MANIFEST}
 
 
 class ManifestError(ValueError):
