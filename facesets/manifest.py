@@ -16,7 +16,9 @@ CLUSTER_MANIFEST = "face-sets/cluster"   # OUT/manifest.json of `cluster`
 REFINE_MANIFEST = "face-sets/refine"     # OUT/refine_manifest.json of `refine`
 SWAP_MANIFEST = "face-sets/swap"                   # OUT/manifest.json of `export-swap`
 SWAP_FACESET_MANIFEST = "face-sets/swap-faceset"   # OUT/faceset_NNN/manifest.json
-KINDS = {CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_MANIFEST, SWAP_FACESET_MANIFEST}
+DUPLICATES_MANIFEST = "face-sets/duplicates"       # CACHE.duplicates.json of `dedup`
+KINDS = {CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_MANIFEST, SWAP_FACESET_MANIFEST,
+         DUPLICATES_MANIFEST}
 
 
 class ManifestError(ValueError):
