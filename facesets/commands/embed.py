@@ -1,4 +1,10 @@
-"""embed SRC CACHE: detect and embed every new photo under SRC into CACHE (resumable)."""
+"""embed SRC CACHE: detect and embed every new photo under SRC into CACHE (resumable).
+
+Through a GPU worker instead (docs/queue-format.md):
+  embed SRC CACHE --stage-queue QUEUE   list + hash here, queue what CACHE still lacks
+  work/embed_worker.py QUEUE OUT        (on the GPU side) analyse the queue into OUT
+  embed CACHE --merge-results OUT       fold OUT into CACHE
+"""
 from __future__ import annotations
 
 from ..embed import DEFAULT_FLUSH_EVERY, embed_folder
@@ -10,9 +16,11 @@ EXIT_INTERRUPTED = 130
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="detect and embed faces of a photo folder into a cache",
-                       description=__doc__)
-    p.add_argument("src", help="folder of photos (scanned recursively)")
-    p.add_argument("cache", help="cache file (.npz); created if missing, else extended")
+                       description=__doc__, usage="%(prog)s [options] SRC CACHE | "
+                       "SRC CACHE --stage-queue QUEUE | CACHE --merge-results OUT")
+    p.add_argument("src", metavar="SRC", help="folder of photos (scanned recursively)")
+    p.add_argument("cache", metavar="CACHE", nargs="?",
+                   help="cache file (.npz); created if missing, else extended")
     add_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
                    help=f"write progress to the cache every N files ({DEFAULT_FLUSH_EVERY})")
@@ -20,11 +28,36 @@ def register(sub) -> None:
                    help="threads reading and decoding ahead of inference (2)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="larger images are recorded as errors (decompression bombs)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--stage-queue", metavar="QUEUE",
+                   help="do not embed here: hash SRC and write a queue of the files CACHE "
+                        "lacks for work/embed_worker.py")
+    g.add_argument("--merge-results", metavar="OUT",
+                   help="fold a worker's results folder OUT into CACHE (give only CACHE)")
     add_progress_option(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.merge_results:
+        if args.cache is not None:
+            raise ValueError("embed --merge-results takes only CACHE: "
+                             "embed CACHE --merge-results OUT")
+        from ..embed_queue import merge_embed_results
+
+        summary = merge_embed_results(args.src, args.merge_results)
+        say(f"embed: {summary.line()} into {args.src}")
+        return 0
+    if args.cache is None:
+        raise ValueError("embed needs SRC and CACHE (or CACHE --merge-results OUT)")
+    if args.stage_queue:
+        from ..embed_queue import stage_embed_queue
+
+        summary = stage_embed_queue(args.src, args.cache, args.stage_queue, args.model,
+                                    args.model_root, args.det_size, args.max_pixels,
+                                    progress=args.progress)
+        say(f"embed: {summary.line()}; queue {args.stage_queue}")
+        return 0
     summary = embed_folder(args.src, args.cache, backend_loader(args), args.model,
                            flush_every=args.flush_every, workers=args.workers,
                            max_pixels=args.max_pixels, progress=args.progress)

@@ -1,0 +1,245 @@
+"""``embed`` through a queue: stage (WSL), the worker job (GPU side), merge (WSL).
+
+  stage   list + hash against the cache (scan.plan_embed, as in-process embed does), record
+          the paths that need no model (aliases of known content, unhashable files) in the
+          cache at once, and queue one item per new content: {id = sha256, path, size,
+          mtime_ns, aliases: [{path, size, mtime_ns}]}.
+  worker  analyse each item exactly as in-process embed does (facesets.embed.iter_analyzed)
+          and record it with the same function (record_result) into cache segments under
+          ``OUT/results.npz.segments/``, carrying the queue's WSL paths.
+  merge   import those rows into the cache under its lock, refusing another model.
+The merged cache therefore holds the same records in-process ``embed`` writes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .cache import (CacheError, FaceCache, SegmentWriter, cache_exists, cache_lock,
+                    compact_cache, load_cache, table_len)
+from .embed import check_model, iter_analyzed, record_plan_paths, record_result
+from .imageio import DEFAULT_MAX_PIXELS
+from .queue import (FAILURES_LOG, KIND_EMBED, RESULTS_CACHE, QueueError, new_queue,
+                    write_queue)
+from .scan import Listed, list_images, plan_embed
+from .worker import ERROR, NOFACE, OK, WorkerJob, WorkItem, map_param_path
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# what the worker's backend says about its model (copied into the cache's meta on merge)
+MODEL_META = ("model", "model_id", "embedding_dim", "det_size", "has_landmarks")
+
+
+def _sources_with(meta: dict, src: str) -> list[str]:
+    sources = list(meta.get("sources", []))
+    if os.path.abspath(src) not in sources:
+        sources.append(os.path.abspath(src))
+    return sources
+
+
+# ---- stage (WSL side) -------------------------------------------------------------------
+@dataclass
+class StageSummary:
+    seen: int = 0
+    unchanged: int = 0
+    queued: int = 0
+    aliased: int = 0
+    unreadable: int = 0
+
+    def line(self) -> str:
+        return (f"files seen {self.seen}, unchanged {self.unchanged}, queued {self.queued}, "
+                f"aliased {self.aliased}, unreadable {self.unreadable}")
+
+
+def stage_embed_queue(src: str, cache_path: str, queue_path: str, model: str,
+                      model_root: str | None, det_size: int,
+                      max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> StageSummary:
+    """Write the queue of the photos under ``src`` that ``cache_path`` still lacks."""
+    summary = StageSummary()
+    with cache_lock(cache_path):
+        cache = load_cache(cache_path, must_exist=False)
+        check_model(cache, model, cache_path=cache_path)
+        plan = plan_embed(list_images(src), cache, progress=progress)
+        summary.seen, summary.unchanged = plan.listed, plan.unchanged
+        summary.queued, summary.unreadable = len(plan.to_embed), len(plan.unreadable)
+        summary.aliased = len(plan.aliases) + sum(len(v) for v in plan.pending_aliases.values())
+        if plan.to_embed or plan.aliases or plan.unreadable:
+            meta = dict(cache.meta)
+            meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            writer = SegmentWriter(cache_path, meta)
+            record_plan_paths(writer, plan)
+            writer.flush(meta_update={"sources": _sources_with(meta, src)})
+            compact_cache(cache_path)
+    items = [{"id": it.sha256, "path": it.path, "sha256": it.sha256, "size": it.size,
+              "mtime_ns": it.mtime_ns,
+              "aliases": [{"path": a.path, "size": a.size, "mtime_ns": a.mtime_ns}
+                          for a in plan.pending_aliases.get(it.sha256, [])]}
+             for it in plan.to_embed]
+    params = {"model": model,
+              "model_root": os.path.abspath(os.path.expanduser(model_root)) if model_root
+              else None,
+              "model_id": cache.meta.get("model_id"), "det_size": int(det_size),
+              "max_pixels": int(max_pixels), "src": os.path.abspath(src),
+              "cache": os.path.abspath(cache_path)}
+    write_queue(queue_path, new_queue(KIND_EMBED, params, items))
+    return summary
+
+
+# ---- worker (GPU side) ------------------------------------------------------------------
+def _listed(entry: dict, where: str) -> Listed:
+    size, mtime = entry.get("size"), entry.get("mtime_ns")
+    if not (isinstance(entry.get("path"), str) and isinstance(size, int)
+            and isinstance(mtime, int)):
+        raise QueueError(f"{where}: needs path, size and mtime_ns; re-stage the queue")
+    return Listed(entry["path"], size, mtime, entry.get("sha256", ""))
+
+
+def queued_photo(item: WorkItem) -> tuple[Listed, list[Listed]]:
+    """The queue item as the cache records it: the photo and its aliases (WSL paths)."""
+    f = item.fields
+    where = f"embed queue item {item.id}"
+    if not (isinstance(f.get("sha256"), str) and _SHA256.match(f["sha256"])
+            and f["sha256"] == item.id):
+        raise QueueError(f"{where}: id must be the file's sha256; re-stage the queue")
+    aliases = f.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, dict) for a in aliases):
+        raise QueueError(f"{where}: aliases must be a list of objects; re-stage the queue")
+    return (_listed(f, where),
+            [_listed(dict(a, sha256=f["sha256"]), where) for a in aliases])
+
+
+class EmbedJob(WorkerJob):
+    name = "embed worker"
+    unit = "img"
+
+    def __init__(self, queue: dict, out: str, mapper, providers: str | None = None,
+                 model_root: str | None = None, workers: int = 2):
+        self.params = queue["params"]
+        self.queue_created = queue.get("created")
+        self.out = Path(out)
+        self.results = self.out / RESULTS_CACHE
+        self.mapper = mapper
+        self.providers = providers
+        self.model_root = model_root or map_param_path(self.params.get("model_root"), mapper)
+        self.workers = workers
+        self.writer: SegmentWriter | None = None
+        self.faces = 0
+        for it in queue["items"]:  # validate every item before any work
+            queued_photo(WorkItem(it["id"], it["path"], it["path"], it))
+
+    def done_ids(self) -> set[str]:
+        return set(load_cache(self.results, must_exist=False).files["sha256"].tolist())
+
+    def start(self) -> None:
+        from .backends import load_backend
+
+        model = self.params.get("model")
+        if not isinstance(model, str) or not model:
+            raise QueueError("embed queue has no model parameter; re-stage the queue")
+        self.backend = load_backend(map_param_path(model, self.mapper), self.model_root,
+                                    self.providers, int(self.params.get("det_size", 640)))
+        want = self.params.get("model_id")
+        if want and want != self.backend.model_id:
+            raise CacheError(f"the queue's cache was made with {want}, but this worker's "
+                             f"'{model}' pack is {self.backend.model_id}; point --model-root "
+                             "at the same pack")
+        if cache_exists(self.results):
+            check_model(load_cache(self.results), self.backend.name, self.backend.model_id,
+                        str(self.results))
+        meta = dict(self.backend.describe(), queue_created=self.queue_created,
+                    providers=",".join(self.backend.providers))
+        self.writer = SegmentWriter(self.results, meta)
+
+    def process(self, items: Iterator[WorkItem]):
+        fed: deque[WorkItem] = deque()
+
+        def feed():
+            for it in items:
+                photo, _ = queued_photo(it)
+                fed.append(it)
+                yield Listed(it.local, photo.size, photo.mtime_ns, photo.sha256)
+
+        max_pixels = int(self.params.get("max_pixels", DEFAULT_MAX_PIXELS))
+        for result in iter_analyzed(self.backend, feed(), self.workers, max_pixels):
+            item = fed.popleft()
+            photo, aliases = queued_photo(item)
+            result.path = item.path  # results carry the queue's own paths
+            record_result(self.writer, result, photo, aliases)
+            self.faces += len(result.faces)
+            status = {"face": OK, "noface": NOFACE}.get(result.status, ERROR)
+            yield item, status, result.error
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def extra(self) -> dict:
+        return {"faces": self.faces}
+
+
+def make_embed_job(queue: dict, args, mapper):
+    job = EmbedJob(queue, args.results, mapper, args.providers, args.model_root,
+                   getattr(args, "workers", 2))
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    return job, out / ".worker.lock", out / FAILURES_LOG
+
+
+# ---- merge (WSL side) -------------------------------------------------------------------
+@dataclass
+class MergeSummary:
+    files: int = 0
+    faces: int = 0
+    paths: int = 0
+    errors: int = 0
+    pending_failures: int = 0
+
+    def line(self) -> str:
+        return (f"merged {self.files} files ({self.faces} faces, {self.errors} unreadable) and "
+                f"{self.paths} paths" + (f"; {self.pending_failures} items failed in the "
+                                         "worker (re-run it, or re-stage)"
+                                         if self.pending_failures else ""))
+
+
+def _rows(table: dict) -> Iterator[dict]:
+    cols = list(table)
+    for i in range(table_len(table)):
+        yield {c: table[c][i] for c in cols}
+
+
+def import_rows(writer: SegmentWriter, source: FaceCache) -> None:
+    """Append every row of ``source`` to ``writer`` (faces of a photo stay together)."""
+    for name in ("paths", "files", "faces"):
+        for row in _rows(getattr(source, name)):
+            writer.add(name, **row)
+
+
+def merge_embed_results(cache_path: str, out: str) -> MergeSummary:
+    """Fold a worker's results folder into the cache (idempotent: merging twice is harmless)."""
+    from .worker import failures_outstanding
+
+    results = Path(out) / RESULTS_CACHE
+    if not cache_exists(results):
+        raise FileNotFoundError(f"{out}: no worker results ({RESULTS_CACHE}.segments/); run "
+                                f"work/embed_worker.py QUEUE {out} first")
+    res = load_cache(results)
+    summary = MergeSummary(files=res.n_files, faces=res.n_faces,
+                           paths=table_len(res.paths),
+                           errors=int((res.files["status"] == "error").sum()))
+    summary.pending_failures = len(failures_outstanding(Path(out) / FAILURES_LOG,
+                                                        res.files["sha256"].tolist()))
+    with cache_lock(cache_path):
+        cache = load_cache(cache_path, must_exist=False)
+        check_model(cache, res.meta.get("model"), res.meta.get("model_id"), cache_path)
+        meta = dict(cache.meta)
+        meta.update({k: res.meta[k] for k in MODEL_META if k in res.meta})
+        meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        writer = SegmentWriter(cache_path, meta)
+        import_rows(writer, res)
+        writer.flush(meta_update={})
+        compact_cache(cache_path)
+    return summary

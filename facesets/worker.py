@@ -1,0 +1,254 @@
+"""The loop every queue worker shares (work/*_worker.py): arguments, queue, path mapping,
+skipping finished items, per-item failures, batched flushes, progress and the summary.
+
+A worker kind supplies a ``WorkerJob``: which item ids its results already hold, how to
+process a stream of items (recording results itself) and how to flush them durably. The loop
+guarantees the resumability contract of docs/queue-format.md: results are flushed every
+``--batch`` items, so a kill loses at most that window, and a restart skips finished items.
+Importable with the worker's minimal requirements only (no scikit-learn, torch, scenedetect).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm import tqdm
+
+from .fsutil import FileLock, LockError
+from .pathmap import PathMapper, PathMapError
+from .queue import JsonlAppender, QueueError, latest_by_id, load_queue, read_jsonl
+
+DEFAULT_BATCH = 50
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# what a processed item turned out to be; FAILED items are retried by the next run
+OK, NOFACE, ERROR, FAILED = "ok", "noface", "error", "failed"
+
+
+@dataclass
+class WorkItem:
+    id: str
+    path: str            # as queued (WSL); results carry this
+    local: str           # as this machine opens it
+    fields: dict         # the queue item itself (kind-specific fields)
+
+
+@dataclass
+class WorkerSummary:
+    name: str
+    queued: int = 0
+    already_done: int = 0
+    done: int = 0
+    noface: int = 0
+    errors: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    unit: str = "img"
+    extra: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        extra = "".join(f", {k} {v}" for k, v in self.extra.items())
+        return (f"{self.name}: queued {self.queued}, already done {self.already_done}, "
+                f"done now {self.done} (noface {self.noface}, unreadable {self.errors}{extra}), "
+                f"failed {self.failed}" + (" (retried next run)" if self.failed else "")
+                + f"; {rate:.1f} {self.unit}/s"
+                + (" (interrupted: re-run the same command to resume)"
+                   if self.interrupted else ""))
+
+
+class WorkerJob:
+    """What one worker kind does; subclasses fill these in."""
+
+    name = "worker"
+    unit = "img"
+
+    def done_ids(self) -> set[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Load models; called only when there is something to do."""
+
+    def process(self, items: Iterator[WorkItem]) -> Iterator[tuple[WorkItem, str, str]]:
+        """Yield ``(item, status, detail)`` per item, in order, after recording its result."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make every recorded result durable."""
+
+    def extra(self) -> dict:
+        return {}
+
+
+def add_worker_args(p: argparse.ArgumentParser, results_help: str) -> None:
+    p.add_argument("queue", help="queue JSON staged on the WSL side")
+    p.add_argument("results", help=results_help)
+    p.add_argument("--providers", default=None,
+                   help="ONNX Runtime providers, comma-separated (default: the best "
+                        "available of DirectML, CUDA, CoreML, CPU)")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                   help=f"flush results every N items: the most a kill loses ({DEFAULT_BATCH})")
+    p.add_argument("--path-map", action="append", default=[], metavar="FROM=TO",
+                   help="open queue paths under FROM at TO instead (repeatable; overrides "
+                        "the automatic /mnt/<drive> and \\\\wsl.localhost mapping)")
+    p.add_argument("--model-root", default=None,
+                   help="folder holding models/<name>/ on this machine (default: the "
+                        "queue's, mapped like the photo paths, else ~/.insightface)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (the summary is still printed)")
+
+
+def work_items(queue: dict, mapper: PathMapper) -> list[WorkItem]:
+    return [WorkItem(id=it["id"], path=it["path"], local=mapper(it["path"]), fields=it)
+            for it in queue["items"]]
+
+
+def map_param_path(value: str | None, mapper: PathMapper) -> str | None:
+    """A path parameter of the queue (model folder, model root) as this machine sees it."""
+    if value and value.startswith("/"):
+        return mapper(value)
+    return value
+
+
+@contextlib.contextmanager
+def worker_lock(path: Path, what: str):
+    """One worker per results location. On Windows an OS byte lock (released by the OS when
+    the process dies), elsewhere the project's lock file."""
+    if os.name != "nt":
+        with FileLock(path, what=what):
+            yield
+        return
+    import msvcrt  # Windows only
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        fh.close()
+        raise LockError(f"{what} is in use by another worker (lock {path}); wait for it "
+                        "to finish") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        fh.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def precheck(item: WorkItem) -> str:
+    """Why an item cannot be processed now ('' if it can): a missing file is most often a
+    path-mapping problem, and a changed one needs re-staging; both are retried later."""
+    try:
+        st = os.stat(item.local)
+    except FileNotFoundError:
+        return f"not found at {item.local} (check the path mapping: --path-map FROM=TO)"
+    except OSError as exc:
+        return f"cannot open {item.local} ({type(exc).__name__}: {exc})"
+    size = item.fields.get("size")
+    if isinstance(size, int) and st.st_size != size:
+        return f"changed since staging (size {st.st_size}, queued {size}); re-stage the queue"
+    return ""
+
+
+def run_job(job: WorkerJob, items: list[WorkItem], failures_path: Path, batch: int,
+            progress: bool = True) -> WorkerSummary:
+    """Process the items the job has not finished; flush every ``batch`` items."""
+    summary = WorkerSummary(name=job.name, queued=len(items), unit=job.unit)
+    done = job.done_ids()
+    todo = [it for it in items if it.id not in done]
+    summary.already_done = len(items) - len(todo)
+    failures = JsonlAppender(failures_path)
+    if not todo:
+        return summary
+    job.start()
+    bar = tqdm(total=len(todo), desc=job.name, unit=job.unit, disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    since_flush = 0
+
+    def fail(item: WorkItem, why: str) -> None:
+        failures.add({"id": item.id, "path": item.path, "local": item.local, "error": why,
+                      "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        summary.failed += 1
+        bar.update(1)
+
+    def checked() -> Iterator[WorkItem]:
+        for it in todo:
+            why = precheck(it)
+            if why:
+                fail(it, why)
+            else:
+                yield it
+
+    t0 = time.monotonic()
+    try:
+        for item, status, detail in job.process(checked()):
+            if status == FAILED:
+                fail(item, detail)
+                continue
+            summary.done += 1
+            summary.noface += status == NOFACE
+            summary.errors += status == ERROR
+            bar.update(1)
+            since_flush += 1
+            if since_flush >= batch:
+                job.flush()
+                failures.flush()
+                since_flush = 0
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        bar.close()
+        job.flush()
+        failures.flush()
+        summary.seconds = time.monotonic() - t0
+        summary.extra = job.extra()
+    return summary
+
+
+def failures_outstanding(failures_path: Path, done: Iterable[str]) -> dict[str, dict]:
+    """Failures whose item has not been done since (what the operator should look at)."""
+    records, _ = read_jsonl(failures_path)
+    done = set(done)
+    return {k: v for k, v in latest_by_id(records).items() if k not in done}
+
+
+def main(argv: list[str] | None, kind: str, make_job, results_help: str,
+         description: str, extra_args=None) -> int:
+    """Entry point of a worker script: parse, load the queue, run the job, print a summary."""
+    p = argparse.ArgumentParser(description=description)
+    add_worker_args(p, results_help)
+    if extra_args:
+        extra_args(p)
+    args = p.parse_args(argv)
+    from .backends.base import BackendError
+    from .cache import CacheError
+
+    try:
+        if args.batch < 1:
+            raise ValueError("--batch must be at least 1")
+        queue = load_queue(args.queue, kind)
+        mapper = PathMapper(queue.get("wsl_distro"), args.path_map)
+        items = work_items(queue, mapper)
+        job, lock_path, failures_path = make_job(queue, args, mapper)
+        with worker_lock(lock_path, what=f"results {args.results}"):
+            summary = run_job(job, items, failures_path, args.batch, args.progress)
+    except (QueueError, PathMapError, BackendError, CacheError, LockError, ValueError,
+            FileNotFoundError, PermissionError) as exc:
+        if os.environ.get("FACESETS_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(summary.line() + (f" (see {failures_path})" if summary.failed else ""), flush=True)
+    return EXIT_INTERRUPTED if summary.interrupted else 0
