@@ -1,0 +1,33 @@
+"""enrich CACHE: landmarks (2d106, 3d68) and head pose into the cache, resumably.
+
+Packs without landmark models (e.g. buffalo_sc, the offline test pack) get a pose estimated
+from the 5 cached keypoints (pose_method kps5) instead of the 3d68 model's (3d68).
+"""
+from __future__ import annotations
+
+from ..embed import DEFAULT_FLUSH_EVERY
+from ..enrich import detection_loader, run_enrich
+from .common import add_model_options, add_progress_option, say
+
+EXIT_INTERRUPTED = 130
+
+
+def register(sub) -> None:
+    p = sub.add_parser("enrich", help="add landmarks and head pose to every cached face",
+                       description=__doc__)
+    p.add_argument("cache")
+    add_model_options(p)
+    p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
+                   help=f"write progress to the cache every N photos ({DEFAULT_FLUSH_EVERY})")
+    add_progress_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.flush_every < 1:
+        raise ValueError(f"--flush-every {args.flush_every}: must be at least 1")
+    load = detection_loader(args.model, args.model_root, args.providers, args.det_size)
+    s = run_enrich(args.cache, load, progress=args.progress, flush_every=args.flush_every,
+                   model=args.model)
+    say(f"enrich: {s.line()}")
+    return EXIT_INTERRUPTED if s.interrupted else 0
