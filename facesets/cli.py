@@ -12,7 +12,7 @@ import os
 import sys
 
 # modules under facesets.commands, in the order `--help` lists them
-COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "export-swap"]
+COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130

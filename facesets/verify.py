@@ -1,0 +1,95 @@
+"""``verify-fsz``: open bundles exactly as roop-unleashed does and check the one-face rule.
+
+The consumer unzips a ``.fsz``, reads only its PNGs, detects every face in each, embeds them
+all and averages the embeddings (a plain mean). ``verify_bundle`` does the same with our
+backend and reports the faces found per PNG and how close the average lands to the faceset's
+centroid (stored in the faceset's manifest beside the bundle; used only when that centroid
+was made by the same recognition weights as the checking model).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .backends.base import FaceBackend
+from .bundle import read_fsz
+from .manifest import SWAP_FACESET_MANIFEST, ManifestError, load_manifest
+
+
+@dataclass
+class BundleReport:
+    path: str
+    faces_per_png: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)     # non-PNG members, ignored
+    undecodable: list[str] = field(default_factory=list)
+    similarity: float | None = None                      # cosine(mean embedding, centroid)
+    centroid_note: str = ""
+
+    @property
+    def png_count(self) -> int:
+        return len(self.faces_per_png)
+
+    @property
+    def bad(self) -> list[tuple[str, int]]:
+        return [(n, c) for n, c in self.faces_per_png if c != 1]
+
+    @property
+    def ok(self) -> bool:
+        return self.png_count > 0 and not self.bad
+
+
+def bundle_centroid(path: Path, model_id: str) -> tuple[np.ndarray | None, str]:
+    """The centroid of the faceset a bundle belongs to, if its manifest is beside it."""
+    try:
+        m = load_manifest(path.parent / "manifest.json", SWAP_FACESET_MANIFEST)
+    except (ManifestError, ValueError, OSError):
+        return None, "no faceset manifest beside the bundle"
+    if not m.get("centroid"):
+        return None, "faceset manifest has no centroid"
+    if m.get("model_id") != model_id:
+        return None, (f"centroid made by {m.get('model_id')}, checking with {model_id}: "
+                      "not comparable")
+    c = np.asarray(m["centroid"], dtype=np.float32)
+    return c / (np.linalg.norm(c) or 1.0), ""
+
+
+def verify_bundle(path: str | os.PathLike, backend: FaceBackend) -> BundleReport:
+    path = Path(path)
+    contents = read_fsz(path)
+    report = BundleReport(path=str(path), skipped=contents.skipped)
+    embeddings = []
+    for name, data in contents.pngs:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            report.undecodable.append(name)
+            report.faces_per_png.append((name, 0))
+            continue
+        faces = backend.detect(image)
+        backend.embed(image, faces)
+        report.faces_per_png.append((name, len(faces)))
+        embeddings += [f.embedding for f in faces]
+    centroid, report.centroid_note = bundle_centroid(path, backend.model_id)
+    if embeddings and centroid is not None:
+        mean = np.mean(np.stack(embeddings), axis=0)   # the consumer's plain mean
+        report.similarity = float(mean @ centroid / (np.linalg.norm(mean) or 1.0))
+    return report
+
+
+def find_bundles(paths: list[str]) -> list[Path]:
+    """Bundles named on the command line; a folder stands for every .fsz under it."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*.fsz") if not any(
+                part.startswith(".") for part in q.relative_to(p).parts))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such bundle or folder")
+    if not found:
+        raise FileNotFoundError(f"no .fsz bundle under {', '.join(paths)}")
+    return found
