@@ -7,6 +7,8 @@ Through a GPU worker instead (docs/queue-format.md):
 """
 from __future__ import annotations
 
+import argparse
+
 from ..embed import DEFAULT_FLUSH_EVERY, embed_folder
 from ..imageio import DEFAULT_MAX_PIXELS
 from .common import add_model_options, add_progress_option, backend_loader, say
@@ -16,7 +18,8 @@ EXIT_INTERRUPTED = 130
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="detect and embed faces of a photo folder into a cache",
-                       description=__doc__, usage="%(prog)s [options] SRC CACHE | "
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, usage="%(prog)s [options] SRC CACHE | "
                        "SRC CACHE --stage-queue QUEUE | CACHE --merge-results OUT")
     p.add_argument("src", metavar="SRC", help="folder of photos (scanned recursively)")
     p.add_argument("cache", metavar="CACHE", nargs="?",

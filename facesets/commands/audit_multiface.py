@@ -1,0 +1,54 @@
+"""audit-multiface: re-detect every face PNG of an export-swap output; drop those that do not
+show exactly one face (moved to <faceset>/faces/_dropped/, bundles rebuilt).
+
+  audit-multiface stage OUT_DIR QUEUE          queue every face PNG of OUT_DIR
+  work/multiface_worker.py QUEUE RESULTS        (GPU side) count faces per PNG (JSON Lines)
+  audit-multiface apply QUEUE RESULTS [--dry-run]
+"""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_options, say
+
+
+def register(sub) -> None:
+    p = sub.add_parser("audit-multiface", help="drop exported face PNGs that do not show "
+                       "exactly one face (via a worker queue)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = p.add_subparsers(dest="step", metavar="STEP")
+    steps.required = True
+    s = steps.add_parser("stage", help="queue every face PNG of an export-swap output")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="output folder of export-swap")
+    s.add_argument("queue", metavar="QUEUE", help="queue JSON to write")
+    add_model_options(s)
+    s.set_defaults(model=None, func=run_stage)  # default: the export's own model pack
+    a = steps.add_parser("apply", help="drop the PNGs the worker found 0 or 2+ faces in")
+    a.add_argument("queue", metavar="QUEUE")
+    a.add_argument("results", metavar="RESULTS", help="JSON Lines the worker wrote")
+    a.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    a.set_defaults(func=run_apply)
+
+
+def run_stage(args) -> int:
+    from ..audit import stage_multiface_queue
+
+    n = stage_multiface_queue(args.out_dir, args.queue, args.model, args.model_root,
+                              args.det_size)
+    say(f"audit-multiface: queued {n} face PNGs of {args.out_dir}; queue {args.queue}")
+    return 0
+
+
+def run_apply(args) -> int:
+    from ..audit import apply_audit, plan_audit
+
+    plan = plan_audit(args.queue, args.results)
+    for line in plan.lines():
+        say(f"  {line}")
+    if args.dry_run:
+        say(f"audit-multiface (dry run, nothing changed): {plan.line()}")
+        return 0
+    dropped = apply_audit(plan, args.queue, args.results, log=lambda m: say(f"  {m}"))
+    say(f"audit-multiface: {plan.line()}; dropped {sum(dropped.values())} PNGs, rebuilt "
+        f"{len(dropped)} facesets")
+    return 0
