@@ -2,9 +2,10 @@
 
 Two stages so that reading/decoding (threads) overlaps with inference (main thread):
   ``load_photo``     read the bytes, check the header, decode at the detection scale;
-  ``analyze_photo``  detect there, decode again finer only if some face needs it, then
-                     landmarks, embeddings and blur at a scale where every face spans at
-                     least ``REC_MIN_FACE`` px (or at full size).
+  ``detect_photo``   detect there and choose the decode scale recognition needs;
+  ``finer_image``    decode again finer, only if some face needs it (threads again);
+  ``describe_photo`` landmarks, embeddings and blur at that scale.
+``analyze_photo`` runs the three in one thread.
 Importing this module pulls in only numpy, OpenCV and Pillow (worker-safe).
 """
 from __future__ import annotations
@@ -14,11 +15,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import DetectedFace, FaceBackend
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode, face_blur, read_header, scale_for
+from .imageio import (BLUR_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode, face_blur, read_header,
+                      scale_for)
 
-# A face this wide (px) or more in the decoded image is aligned to the 112 px recognition
-# crop by downsampling only, so decoding finer would not change what the model sees.
-REC_MIN_FACE = 128
+# The 5-point template faces are aligned to for recognition (InsightFace's arcface_dst,
+# 112 x 112 crop). A face whose keypoints spread at least as wide as the template is only
+# ever downsampled by the alignment, so decoding the file finer would not change what the
+# recognition model sees: that is the "loses nothing" rule for the decode scale.
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+_TEMPLATE_RMS = float(np.sqrt(((ARCFACE_TEMPLATE - ARCFACE_TEMPLATE.mean(0)) ** 2).sum(1).mean()))
+
+
+def alignment_scale(kps: np.ndarray) -> float:
+    """How much the recognition alignment magnifies this face (> 1 means upsampling)."""
+    spread = float(np.sqrt(((kps - kps.mean(0)) ** 2).sum(1).mean()))
+    return _TEMPLATE_RMS / spread if spread > 0 else np.inf
 
 
 @dataclass
@@ -77,33 +89,52 @@ def load_photo(path: str, sha256: str, det_size: int,
     return photo
 
 
-def analyze_photo(backend: FaceBackend, photo: LoadedPhoto) -> PhotoResult:
-    """Detect, describe and embed the faces of a loaded photo."""
+@dataclass
+class DetectedPhoto:
+    """A photo between detection and recognition (see ``detect_photo``)."""
+
+    photo: LoadedPhoto
+    faces: list[DetectedFace]         # full-size oriented pixels
+    rec_factor: int                   # decode scale recognition needs
+    result: PhotoResult
+
+
+def recognition_factor(faces: list[DetectedFace], det_factor: int) -> int:
+    """The coarsest decode scale (<= the detection one) at which no face is magnified by
+    the alignment and every face spans at least BLUR_SIZE px (for a scale-free blur)."""
+    for f in (8, 4, 2):
+        if f > det_factor:
+            continue
+        if all(alignment_scale(x.kps) * f <= 1.0 and
+               min(x.bbox[2] - x.bbox[0], x.bbox[3] - x.bbox[1]) / f >= BLUR_SIZE
+               for x in faces):
+            return f
+    return 1
+
+
+def detect_photo(backend: FaceBackend, photo: LoadedPhoto) -> DetectedPhoto:
+    """Detect on the detection-scale decode; decide the scale recognition needs."""
     result = PhotoResult(path=photo.path, sha256=photo.sha256,
                          width=photo.width, height=photo.height)
     if photo.error:
         result.status, result.error = "error", photo.error
+        return DetectedPhoto(photo, [], photo.factor, result)
+    to_full = photo.width / photo.image.shape[1]  # exact ratio (DCT scaling rounds up)
+    faces = [f.scaled(to_full) for f in backend.detect(photo.image)]
+    rec = recognition_factor(faces, photo.factor) if faces else photo.factor
+    return DetectedPhoto(photo, faces, rec, result)
+
+
+def describe_photo(backend: FaceBackend, det: DetectedPhoto,
+                   image: np.ndarray | None = None) -> PhotoResult:
+    """Landmarks, embeddings and blur of the detected faces on ``image`` (the decode at
+    ``det.rec_factor``; the detection decode when that is the same scale)."""
+    result = det.result
+    if result.status == "error" or not det.faces:
         return result
-    image = photo.image
-    to_full_det = photo.width / image.shape[1]  # exact ratio (ceil in DCT scaling)
-    faces = [f.scaled(to_full_det) for f in backend.detect(image)]
-    if not faces:
-        return result
-    # the coarsest scale at which every face still spans REC_MIN_FACE px
-    smallest = min(float(min(f.bbox[2] - f.bbox[0], f.bbox[3] - f.bbox[1])) for f in faces)
-    rec_factor = 1
-    for f in (8, 4, 2):
-        if f <= photo.factor and smallest / f >= REC_MIN_FACE:
-            rec_factor = f
-            break
-    if rec_factor != photo.factor:
-        try:
-            image = decode(photo.data, rec_factor)
-        except ImageError as exc:
-            result.status, result.error = "error", str(exc)
-            return result
-    to_full = photo.width / image.shape[1]
-    local = [f.scaled(1.0 / to_full) for f in faces]
+    image = det.photo.image if image is None else image
+    to_full = det.photo.width / image.shape[1]
+    local = [f.scaled(1.0 / to_full) for f in det.faces]
     backend.landmarks(image, local)
     backend.embed(image, local)
     for f in local:
@@ -113,6 +144,24 @@ def analyze_photo(backend: FaceBackend, photo: LoadedPhoto) -> PhotoResult:
         result.faces.append(AnalyzedFace(face=full, face_short=short, blur=blur))
     result.status = "face"
     return result
+
+
+def finer_image(det: DetectedPhoto) -> np.ndarray | None:
+    """The decode recognition needs, or None when the detection decode serves."""
+    if det.result.status == "error" or not det.faces or det.rec_factor == det.photo.factor:
+        return None
+    return decode(det.photo.data, det.rec_factor)
+
+
+def analyze_photo(backend: FaceBackend, photo: LoadedPhoto) -> PhotoResult:
+    """Detect, describe and embed the faces of a loaded photo (one thread)."""
+    det = detect_photo(backend, photo)
+    try:
+        image = finer_image(det)
+    except ImageError as exc:
+        det.result.status, det.result.error = "error", str(exc)
+        return det.result
+    return describe_photo(backend, det, image)
 
 
 def face_row(result: PhotoResult, i: int, af: AnalyzedFace) -> dict:

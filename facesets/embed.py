@@ -16,11 +16,12 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from .analyze import PhotoResult, analyze_photo, face_row, file_row, load_photo, path_row
+from .analyze import (PhotoResult, describe_photo, detect_photo, face_row, file_row, finer_image,
+                      load_photo, path_row)
 from .backends.base import FaceBackend
 from .cache import (CacheError, FaceCache, SegmentWriter, cache_lock, compact_cache,
                     load_cache)
-from .imageio import DEFAULT_MAX_PIXELS
+from .imageio import DEFAULT_MAX_PIXELS, ImageError
 from .scan import EmbedPlan, Listed, list_images, plan_embed
 
 DEFAULT_FLUSH_EVERY = 50
@@ -63,18 +64,46 @@ def check_model(cache: FaceCache, model: str, model_id: str | None = None,
 
 def iter_analyzed(backend: FaceBackend, items: Iterable[Listed], workers: int = 2,
                   max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[PhotoResult]:
-    """Analyse photos in order; reading/decoding runs ``workers`` threads ahead."""
+    """Analyse photos, yielding results in input order.
+
+    Reading + detection-scale decoding and the finer decodes some photos need run in a pool
+    of ``workers`` threads, ahead of and beside inference in this thread: while the model
+    looks at one photo, the next ones are being read and decoded.
+    """
     items = iter(items)
     window = max(2, 2 * workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(load_photo, item.path, item.sha256,
-                                       backend.det_size, max_pixels))
-            if len(pending) >= window:
-                yield analyze_photo(backend, pending.popleft().result())
-        while pending:
-            yield analyze_photo(backend, pending.popleft().result())
+        loading: deque = deque()   # futures of load_photo, input order
+        detected: deque = deque()  # (DetectedPhoto, future of its finer decode | None)
+
+        def fill():
+            while len(loading) + len(detected) < window + 2:
+                item = next(items, None)
+                if item is None:
+                    return
+                loading.append(pool.submit(load_photo, item.path, item.sha256,
+                                           backend.det_size, max_pixels))
+
+        fill()
+        while loading or detected:
+            head = detected[0] if detected else None
+            if head is not None and (head[1] is None or head[1].done() or not loading):
+                detected.popleft()
+                det, future = head
+                try:
+                    image = future.result() if future is not None else None
+                except ImageError as exc:
+                    det.result.status, det.result.error = "error", str(exc)
+                    yield det.result
+                else:
+                    yield describe_photo(backend, det, image)
+                fill()
+                continue
+            det = detect_photo(backend, loading.popleft().result())
+            needs_finer = (det.faces and det.result.status != "error"
+                           and det.rec_factor != det.photo.factor)
+            detected.append((det, pool.submit(finer_image, det) if needs_finer else None))
+            fill()
 
 
 def record_result(writer: SegmentWriter, result: PhotoResult, item: Listed,

@@ -18,7 +18,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 180_000_000  # beyond this a file is treated as a decompression bomb
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
             4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-BLUR_SIZE = 128  # blur is measured on the face crop resampled to BLUR_SIZE x BLUR_SIZE
+BLUR_SIZE = 64  # blur is measured on the face crop resampled to BLUR_SIZE x BLUR_SIZE
 
 
 class ImageError(Exception):
@@ -81,11 +81,12 @@ def decode(data: bytes, factor: int = 1) -> np.ndarray:
 
 
 def face_blur(image: np.ndarray, bbox) -> float:
-    """Sharpness of a face: variance of the Laplacian of its crop resampled to 128x128 gray.
+    """Sharpness of a face: variance of the Laplacian of its bbox crop, in gray, resampled
+    to BLUR_SIZE x BLUR_SIZE (64).
 
     Resampling to a fixed size makes the value independent of the scale the file was decoded
-    at (as long as the face spans at least 128 px there, which embed guarantees when the
-    original has it) and comparable between small and large faces.
+    at (as long as the face spans at least BLUR_SIZE px there, which embed guarantees when
+    the original has it) and comparable between small and large faces.
     """
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (int(round(v)) for v in bbox)
