@@ -12,7 +12,7 @@ import os
 import sys
 
 # modules under facesets.commands, in the order `--help` lists them
-COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "extend", "export-swap", "verify-fsz",
+COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz",
             "audit-multiface"]
 
 EXIT_ERROR = 2
