@@ -25,10 +25,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_export_options(p) -> None:
-    """The gates and sizes of export-swap (also taken by `run`)."""
+def add_export_options(p, outlier_flag: str = "--outlier-threshold") -> None:
+    """The gates and sizes of export-swap (also taken by `run`, where refine already owns
+    --outlier-threshold)."""
     g = p.add_argument_group("export-swap")
-    g.add_argument("--outlier-threshold", dest="swap_outlier_threshold", type=float,
+    g.add_argument(outlier_flag, dest="swap_outlier_threshold", type=float,
                    default=None, help="drop faces farther than this cosine distance from the "
                                       "faceset centroid (0.45 for buffalo_l)")
     g.add_argument("--min-face-short", type=float, default=100.0,

@@ -1,0 +1,157 @@
+"""``run``: the whole pipeline, embed -> cluster -> refine -> dedup -> enrich -> export-swap.
+
+Resumable across crashes: OUT/run_state.json (written atomically after every step) records
+each finished step with a digest of the inputs it saw: the SRC listing, the cache content it
+read (keys, embeddings, boxes, locations; pose and landmarks too for export-swap), the
+manifests it read and its parameters. A re-run skips a step whose recorded digest equals
+the current one and whose output is still there, and redoes it otherwise (then the steps
+after it see changed inputs and are redone too). Each step itself is crash-safe (segments,
+staging folders), so a step killed half-way is simply run again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .cache import FaceCache, cache_exists, load_cache
+from .fsutil import atomic_write_json, read_json
+
+STATE_FILE = "run_state.json"
+STATE_VERSION = 1
+STEPS = ("embed", "cluster", "refine", "dedup", "enrich", "export-swap")
+# columns enrich adds: only export-swap (quality) reads them
+ENRICHED = ("pose", "pose_method", "landmark_2d_106", "landmark_3d_68")
+
+
+@dataclass
+class RunLayout:
+    src: Path
+    out: Path
+    cache: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.out / "raw"
+
+    @property
+    def facesets(self) -> Path:
+        return self.out / "facesets"
+
+    @property
+    def swap_ready(self) -> Path:
+        return self.out / "swap_ready"
+
+    @property
+    def state(self) -> Path:
+        return self.out / STATE_FILE
+
+
+def default_cache(src: str | os.PathLike) -> Path:
+    """work/cache/<SRC folder name>.npz"""
+    name = Path(os.path.abspath(src)).name or "photos"
+    return Path("work") / "cache" / f"{name}.npz"
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(str(part.dtype).encode() + str(part.shape).encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def cache_digest(cache: FaceCache, enriched: bool) -> str:
+    """Digest of what the grouping steps read from a cache (``enriched``: and the pose and
+    landmark columns enrich adds)."""
+    f = cache.faces
+    cols = ["sha256", "index", "embedding", "bbox", "det_score", "face_short", "blur"]
+    if enriched:
+        cols += [c for c in ENRICHED if c in f]
+    return _digest(*(f[c] for c in cols), cache.paths["path"], cache.paths["sha256"],
+                   cache.files["status"], cache.meta.get("model_id"),
+                   cache.meta.get("thresholds"))
+
+
+def listing_digest(paths: list[str]) -> str:
+    """Digest of a photo listing: path, size and mtime of each file."""
+    rows = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            rows.append((p, st.st_size, st.st_mtime_ns))
+        except OSError:
+            rows.append((p, -1, -1))
+    return _digest(rows)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+@dataclass
+class RunState:
+    path: Path
+    steps: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunState":
+        if not path.is_file():
+            return cls(path)
+        data = read_json(path)
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            return cls(path)   # unknown state: redo everything (every step is idempotent)
+        return cls(path, dict(data.get("steps", {})))
+
+    def done(self, step: str, inputs: str) -> bool:
+        return self.steps.get(step, {}).get("inputs") == inputs
+
+    def finish(self, step: str, inputs: str, summary: dict) -> None:
+        self.steps[step] = {"inputs": inputs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "summary": summary}
+        atomic_write_json(self.path, {"version": STATE_VERSION, "steps": self.steps})
+
+
+@dataclass
+class Step:
+    name: str
+    inputs: Callable[[], str]          # digest of what it reads, computed just before
+    output: Path                       # a file that exists once the step has run
+    action: Callable[[], dict]         # runs it; returns a small summary
+
+
+def run_steps(steps: list[Step], state: RunState, log: Callable[[str], None]) -> dict:
+    """Run each step unless it finished with the same inputs and its output is there."""
+    ran, skipped = [], []
+    for step in steps:
+        inputs = step.inputs()
+        if state.done(step.name, inputs) and step.output.exists():
+            skipped.append(step.name)
+            log(f"run: {step.name}: done already with these inputs, skipped")
+            continue
+        t = time.monotonic()
+        summary = step.action()
+        if summary.get("interrupted"):
+            return {"ran": ran, "skipped": skipped, "interrupted": step.name}
+        state.finish(step.name, inputs, summary)
+        ran.append(step.name)
+        log(f"run: {step.name}: finished in {time.monotonic() - t:.1f} s")
+    return {"ran": ran, "skipped": skipped, "interrupted": ""}
+
+
+def cache_inputs(layout: RunLayout, enriched: bool, *extra) -> Callable[[], str]:
+    def digest() -> str:
+        if not cache_exists(layout.cache):
+            return "no cache"
+        return _digest(cache_digest(load_cache(layout.cache), enriched), *extra)
+    return digest
