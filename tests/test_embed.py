@@ -289,3 +289,24 @@ def test_large_photos_are_detected_at_reduced_scale_with_the_same_faces(tmp_path
                 / np.linalg.norm(ours.face.embedding) / np.linalg.norm(ref.embedding))
     assert cos > 0.95, cos
     np.testing.assert_allclose(ours.face.bbox, ref.bbox, atol=12)
+
+
+def test_ctrl_c_flushes_and_exits_cleanly(tmp_path):
+    cache = tmp_path / "i.npz"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sort_faces.py"), "embed", str(FACES),
+                             str(cache), *PACK, "--flush-every", "1000", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # wait until the model is loaded and embedding is under way (the lock exists, no segment)
+    while not Path(str(cache) + ".lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out
+    partial = load_cache(cache)  # what was embedded before Ctrl-C was flushed
+    assert 0 < partial.n_files < 180
+    assert not Path(str(cache) + ".lock").exists()
+    rest = run_cli("embed", FACES, cache, *PACK, "--no-progress").stdout
+    assert f"new {180 - partial.n_files}," in rest
