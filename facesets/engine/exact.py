@@ -20,16 +20,21 @@ from .base import ClusterEngine, relabel_by_size
 _BIG = 1e12  # >> threshold * N^2 for any N this engine can hold in memory
 
 
-def cosine_condensed(embeddings: np.ndarray) -> np.ndarray:
-    """Condensed cosine distance matrix of unit rows, float64, built row block by block."""
+def cosine_condensed(embeddings: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Condensed cosine distance matrix of unit rows, float64: one matrix product per block
+    of rows (BLAS), then each row's upper part copied out."""
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
     out = np.empty(n * (n - 1) // 2, dtype=np.float64)
     pos = 0
-    for i in range(n - 1):
-        row = 1.0 - x[i + 1:] @ x[i]
-        out[pos:pos + len(row)] = row
-        pos += len(row)
+    for s in range(0, n - 1, block):
+        e = min(s + block, n - 1)
+        sims = x[s:e] @ x[s:].T          # rows s..e-1 against columns s..n-1
+        for r in range(e - s):
+            row = sims[r, r + 1:]
+            out[pos:pos + len(row)] = row
+            pos += len(row)
+    np.subtract(1.0, out, out=out)
     np.clip(out, 0.0, 2.0, out=out)
     return out
 
