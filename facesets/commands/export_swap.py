@@ -78,6 +78,9 @@ def summary_line(top: dict, out) -> str:
 
 
 def run(args) -> int:
+    if args.candidates and not args.raw_manifest:
+        raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
+                         "manifest of `cluster`)")
     cache = load_cache(args.cache)
     params = export_params(args, cache.meta, args.candidates)
     top = run_export(args.cache, args.refine_manifest, args.out, params,
