@@ -13,7 +13,7 @@ import sys
 
 # modules under facesets.commands, in the order `--help` lists them
 COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz",
-            "run", "audit-multiface"]
+            "run", "audit-multiface", "calibrate"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130

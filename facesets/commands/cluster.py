@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cache import load_cache
+from ..calibrate import truth_report
 from ..cluster import run_cluster
 from ..thresholds import resolve_threshold, threshold_source
 from .common import add_engine_option, add_link_option, say, warn
@@ -19,6 +20,8 @@ def register(sub) -> None:
                         "buffalo_l)")
     add_engine_option(p)
     add_link_option(p)
+    p.add_argument("--truth", metavar="TRUTH_ROOT", default=None,
+                   help="also score this run against hand-sorted person folders (as calibrate)")
     p.set_defaults(func=run)
 
 
@@ -32,4 +35,9 @@ def run(args) -> int:
         f"({threshold_source('cluster', cache.meta, args.threshold)}); {args.out}")
     if s["missing_sources"]:
         warn(f"{s['missing_sources']} source files no longer exist; see manifest.json")
+    if args.truth:
+        groups = [[f["key"] for f in p["faces"]] for p in m["persons"]]
+        groups += [[f["key"]] for f in m["singletons"]]
+        for line in truth_report(cache, args.truth, groups):
+            say(line)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cache import load_cache
+from ..calibrate import truth_report
 from ..refine import RefineParams, run_refine
 from ..thresholds import resolve_threshold
 from .common import add_engine_option, add_link_option, say
@@ -27,6 +28,8 @@ def register(sub) -> None:
                    help="min unique source images per faceset (15)")
     add_engine_option(p)
     add_link_option(p)
+    p.add_argument("--truth", metavar="TRUTH_ROOT", default=None,
+                   help="also score the facesets against hand-sorted person folders")
     p.set_defaults(func=run)
 
 
@@ -47,4 +50,8 @@ def run(args) -> int:
     dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items())
     say(f"refine: {s['faces_in']} faces -> {s['facesets']} facesets with {s['faces_kept']} "
         f"faces; dropped: {dropped}; {args.out}")
+    if args.truth:  # scored over the faces the facesets kept
+        groups = [[f["key"] for f in fs["faces"]] for fs in m["facesets"]]
+        for line in truth_report(cache, args.truth, groups):
+            say(line)
     return 0

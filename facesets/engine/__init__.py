@@ -62,6 +62,18 @@ def cluster_faces(embeddings: np.ndarray, threshold: float,
     return labels
 
 
-__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "EXACT_MAX_FACES", "GraphEngine", "get_engine", "cluster_faces",
-           "centroids", "normalize_rows", "pairs_from_groups", "relabel_by_size",
+def cluster_sweep(embeddings: np.ndarray, thresholds, cannot_link: np.ndarray | None = None,
+                  engine: str = "auto") -> list[np.ndarray]:
+    """``cluster_faces`` at each of ``thresholds``, sharing the work (one dendrogram or one
+    neighbour graph): what calibrate sweeps."""
+    x = normalize_rows(embeddings)
+    eng = get_engine(engine, len(x))
+    many = getattr(eng, "cluster_many", None)
+    if many is None:
+        return [eng.cluster(x, t, cannot_link) for t in thresholds]
+    return many(x, list(thresholds), cannot_link)
+
+
+__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "EXACT_MAX_FACES", "GraphEngine",
+           "get_engine", "cluster_faces", "cluster_sweep", "centroids", "normalize_rows", "pairs_from_groups", "relabel_by_size",
            "violates_cannot_link"]

@@ -59,14 +59,16 @@ class ExactEngine(ClusterEngine):
     name = "exact"
 
     def cluster(self, embeddings, threshold, cannot_link=None):
+        return self.cluster_many(embeddings, [threshold], cannot_link)[0]
+
+    def cluster_many(self, embeddings, thresholds, cannot_link=None) -> list[np.ndarray]:
+        """One dendrogram, cut at each threshold (calibrate's sweep)."""
         n = len(embeddings)
-        if n == 0:
-            return np.zeros(0, dtype=np.int64)
-        if n == 1:
-            return np.zeros(1, dtype=np.int64)
+        if n < 2:
+            return [np.zeros(n, dtype=np.int64) for _ in thresholds]
         dist = cosine_condensed(embeddings)
         apply_cannot_link(dist, n, cannot_link)
         tree = linkage(dist, method="average")
         del dist
-        labels = fcluster(tree, t=float(threshold), criterion="distance")
-        return relabel_by_size(labels)
+        return [relabel_by_size(fcluster(tree, t=float(t), criterion="distance"))
+                for t in thresholds]

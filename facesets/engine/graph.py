@@ -203,15 +203,23 @@ class GraphEngine(ClusterEngine):
         self.timing: dict[str, float] = {}
 
     def cluster(self, embeddings, threshold, cannot_link=None):
+        return self.cluster_many(embeddings, [threshold], cannot_link)[0]
+
+    def cluster_many(self, embeddings, thresholds, cannot_link=None) -> list[np.ndarray]:
+        """One neighbour graph (at the largest threshold), clustered at each threshold."""
         n = len(embeddings)
         if n < 2:
-            return np.zeros(n, dtype=np.int64)
+            return [np.zeros(n, dtype=np.int64) for _ in thresholds]
         t0 = time.monotonic()
-        u, v, d = knn_edges(embeddings, self.k, float(threshold), self.search, self.progress)
+        u, v, d = knn_edges(embeddings, self.k, float(max(thresholds)), self.search,
+                            self.progress)
         t1 = time.monotonic()
-        roots, rounds = graph_average_linkage(embeddings, u, v, d, threshold, cannot_link,
-                                              self.progress)
-        t2 = time.monotonic()
-        self.timing = {"neighbours_s": round(t1 - t0, 2), "clustering_s": round(t2 - t1, 2),
+        out, rounds = [], 0
+        for t in thresholds:
+            roots, r = graph_average_linkage(embeddings, u, v, d, t, cannot_link, self.progress)
+            out.append(relabel_by_size(roots))
+            rounds += r
+        self.timing = {"neighbours_s": round(t1 - t0, 2),
+                       "clustering_s": round(time.monotonic() - t1, 2),
                        "edges": int(len(u)), "rounds": rounds}
-        return relabel_by_size(roots)
+        return out

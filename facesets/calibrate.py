@@ -1,0 +1,230 @@
+"""``calibrate``: thresholds for this cache's model, measured on the user's own sorted folders.
+
+Over the cached faces of the truth photos (truth.py: one folder per person, the face nearest
+the centre scored) it sweeps
+  * cluster:  the average-linkage threshold (the engine, cannot-link honoured), scored with
+              pairwise and BCubed P/R/F; recommended: the best mean of the two F, at the
+              strict end of the plateau of thresholds within PLATEAU of the best. Strict,
+              because the library holds many more people than the truth folders, and every
+              extra person is another chance of a false merge at a lenient threshold;
+  * initial + merge: refine's stage 1 at thresholds up to the cluster one, then its centroid
+              merge over a grid; the best F after merging (ties: the larger initial), at the
+              middle of the merge plateau (merging exists to undo over-splits);
+and derives from the faces that refine places correctly
+  * outlier:       the OUTLIER_QUANTILE of their distances to their cluster centroid (refine
+                   then drops about 1% of good faces, in clusters of 4+);
+  * swap_outlier:  the SWAP_QUANTILE of the same distances (export-swap wants cleaner sets);
+  * extend, candidate_match: a face joins the nearest person centroid within this distance;
+                   swept with leave-one-out centroids of the truth people (a face of a
+                   person seen once should stay out), best F of right joins, strict end.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cache import FaceCache
+from .cluster import FaceSelection, select_faces
+from .engine import centroids, cluster_sweep, normalize_rows
+from .metrics import Scores, bcubed_scores, pairwise_scores
+from .refine import merge_clusters
+from .truth import TruthSet, load_truth
+
+CLUSTER_GRID = tuple(np.round(np.arange(0.20, 1.0001, 0.025), 3))
+MERGE_GRID = tuple(np.round(np.arange(0.10, 0.8001, 0.025), 3))
+ASSIGN_GRID = tuple(np.round(np.arange(0.10, 1.0001, 0.025), 3))
+PLATEAU = 0.002
+OUTLIER_QUANTILE = 0.99
+SWAP_QUANTILE = 0.95
+
+
+@dataclass
+class SweepRow:
+    threshold: float
+    pairwise: Scores
+    bcubed: Scores
+    clusters: int
+
+    @property
+    def f(self) -> float:
+        return (self.pairwise.f + self.bcubed.f) / 2
+
+    def line(self) -> str:
+        return (f"{self.threshold:9.3f} {self.clusters:8d}   {self.pairwise.precision:.4f} "
+                f"{self.pairwise.recall:.4f} {self.pairwise.f:.4f}   {self.bcubed.precision:.4f} "
+                f"{self.bcubed.recall:.4f} {self.bcubed.f:.4f}")
+
+
+SWEEP_HEADER = "threshold clusters   pairwise P/R/F           BCubed P/R/F"
+
+
+@dataclass
+class Calibration:
+    truth: TruthSet
+    faces: int                                   # faces clustered (all faces of truth photos)
+    cluster_rows: list[SweepRow] = field(default_factory=list)
+    merge_rows: list[SweepRow] = field(default_factory=list)   # at the recommended initial
+    assign_rows: list[tuple[float, Scores]] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def subset(sel: FaceSelection, idx: np.ndarray) -> FaceSelection:
+    """The faces ``idx`` of a selection, as a selection."""
+    return FaceSelection(rows=sel.rows[idx], embeddings=sel.embeddings[idx],
+                         keys=sel.keys[idx], sha256=sel.sha256[idx], locations=sel.locations)
+
+
+def truth_selection(cache: FaceCache, truth: TruthSet) -> tuple[FaceSelection, np.ndarray]:
+    """Every selected face of the truth photos, and the position in it of each truth face
+    (truth faces whose photo has no recorded location are left out of ``truth``)."""
+    sel = select_faces(cache)
+    shas = set(cache.faces["sha256"][truth.rows].tolist())
+    idx = np.flatnonzero(np.fromiter((s in shas for s in sel.sha256.tolist()), dtype=bool,
+                                     count=len(sel)))
+    sub = subset(sel, idx)
+    pos = np.searchsorted(sub.rows, truth.rows)
+    found = (pos < len(sub.rows)) & (sub.rows[np.minimum(pos, len(sub.rows) - 1)] == truth.rows)
+    truth.rows, truth.labels = truth.rows[found], truth.labels[found]
+    return sub, pos[found]
+
+
+def score(labels: np.ndarray, scored: np.ndarray, truth_labels: np.ndarray,
+          threshold: float) -> SweepRow:
+    pred = labels[scored]
+    return SweepRow(threshold, pairwise_scores(pred, truth_labels),
+                    bcubed_scores(pred, truth_labels), int(len(np.unique(pred))))
+
+
+def plateau_pick(scores: list[float], where: str = "low") -> int:
+    """Index in the run of best scores (within PLATEAU of the best): its strictest end
+    (``low``) or its middle."""
+    best = max(scores)
+    good = [i for i, s in enumerate(scores) if s >= best - PLATEAU]
+    # the longest contiguous run of good indices that holds the best
+    runs, run = [], [good[0]]
+    for i in good[1:]:
+        if i == run[-1] + 1:
+            run.append(i)
+        else:
+            runs.append(run)
+            run = [i]
+    runs.append(run)
+    top = max(runs, key=lambda r: (max(scores[i] for i in r), len(r)))
+    return top[0] if where == "low" else top[len(top) // 2]
+
+
+def _ceil2(x: float) -> float:
+    return math.ceil(x * 100 - 1e-9) / 100
+
+
+def centroid_distances(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each face's cosine distance to its own cluster centroid."""
+    cents = centroids(emb, labels)
+    return 1.0 - np.einsum("ij,ij->i", emb, cents[labels])
+
+
+def assign_sweep(emb: np.ndarray, labels: np.ndarray, grid) -> list[tuple[float, Scores]]:
+    """Join-the-nearest-centroid decisions with leave-one-out person centroids: for each
+    distance threshold, P = right joins / joins, R = right joins / faces that have a person
+    to join (people with 2+ truth faces)."""
+    emb = normalize_rows(emb)
+    k = int(labels.max()) + 1
+    sums = np.zeros((k, emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, emb)
+    counts = np.bincount(labels, minlength=k)
+    cents = normalize_rows(sums.astype(np.float32))
+    best_d = np.empty(len(emb))
+    best_own = np.zeros(len(emb), dtype=bool)
+    for s in range(0, len(emb), 4096):
+        x, lab = emb[s:s + 4096], labels[s:s + 4096]
+        sims = x @ cents.T
+        own = normalize_rows((sums[lab] - x).astype(np.float32))
+        own_sim = np.where(counts[lab] > 1, np.einsum("ij,ij->i", x, own), -np.inf)
+        sims[np.arange(len(x)), lab] = own_sim
+        j = sims.argmax(axis=1)
+        best_d[s:s + 4096] = 1.0 - sims[np.arange(len(x)), j]
+        best_own[s:s + 4096] = j == lab
+    joinable = int(np.sum(counts[labels] > 1))
+    out = []
+    for c in grid:
+        joins = best_d <= c
+        right = int(np.sum(joins & best_own))
+        n_joins = int(joins.sum())
+        out.append((float(c), Scores(right / n_joins if n_joins else 1.0,
+                                     right / joinable if joinable else 1.0)))
+    return out
+
+
+def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto") -> Calibration:
+    """Sweep and recommend every threshold (see the module docstring)."""
+    truth = load_truth(truth_root, cache)
+    sel, scored = truth_selection(cache, truth)
+    if len(np.unique(truth.labels)) < 2 or len(scored) < 4:
+        raise ValueError(f"{truth_root}: only {len(scored)} truth faces of "
+                         f"{len(np.unique(truth.labels))} people are in this cache; embed the "
+                         "truth folders into it first (several people, several photos each)")
+    cal = Calibration(truth=truth, faces=len(sel))
+    cl = sel.cannot_link()
+    labels_at = dict(zip(CLUSTER_GRID, cluster_sweep(sel.embeddings, CLUSTER_GRID, cl, engine)))
+    cal.cluster_rows = [score(labels_at[t], scored, truth.labels, t) for t in CLUSTER_GRID]
+    i = plateau_pick([r.f for r in cal.cluster_rows], "low")
+    t_cluster = float(CLUSTER_GRID[i])
+
+    # refine: stage 1 at `initial`, then the centroid merge
+    best = None
+    for t_init in [t for t in CLUSTER_GRID if t_cluster - 0.15 - 1e-9 <= t <= t_cluster]:
+        rows = [score(merge_clusters(sel, labels_at[t_init], m, engine), scored, truth.labels,
+                      m) for m in MERGE_GRID]
+        j = plateau_pick([r.f for r in rows], "middle")
+        key = (round(rows[j].f, 3), t_init)
+        if best is None or key >= best[0]:
+            best = (key, t_init, float(MERGE_GRID[j]), rows)
+    _, t_init, t_merge, cal.merge_rows = best
+    refined = merge_clusters(sel, labels_at[t_init], t_merge, engine)
+
+    # outliers: distances of correctly placed truth faces to their centroid
+    pred = refined[scored]
+    majority = {c: np.bincount(truth.labels[pred == c]).argmax() for c in np.unique(pred)}
+    right = np.array([majority[c] == t for c, t in zip(pred, truth.labels)])
+    d = centroid_distances(sel.embeddings, refined)[scored]
+    big = np.bincount(refined)[pred] >= 4
+    pool = d[right & big] if np.sum(right & big) >= 10 else d[right]
+    t_outlier = _ceil2(float(np.quantile(pool, OUTLIER_QUANTILE)))
+    t_swap = _ceil2(float(np.quantile(pool, SWAP_QUANTILE)))
+    wrong = ~right
+    cal.notes.append(f"outlier {t_outlier}: drops {int(np.sum(d[right] > t_outlier))} of "
+                     f"{int(right.sum())} correctly placed truth faces and "
+                     f"{int(np.sum(d[wrong] > t_outlier))} of {int(wrong.sum())} misplaced ones")
+
+    cal.assign_rows = assign_sweep(sel.embeddings[scored], truth.labels, ASSIGN_GRID)
+    k = plateau_pick([s.f for _, s in cal.assign_rows], "low")
+    t_assign = cal.assign_rows[k][0]
+    cal.thresholds = {"cluster": t_cluster, "initial": t_init, "merge": t_merge,
+                      "outlier": t_outlier, "swap_outlier": t_swap,
+                      "candidate_match": t_assign, "extend": t_assign}
+    return cal
+
+
+def score_groups(groups: list[list[str]], cache: FaceCache, truth: TruthSet) -> tuple[str, int]:
+    """Scores of one run's output (face keys per cluster / faceset) on the truth faces it
+    holds; returns (line, number of truth faces found in the output)."""
+    keys = cache.face_keys()[truth.rows]
+    label_of = {k: i for i, g in enumerate(groups) for k in g}
+    pred = np.array([label_of.get(k, -1) for k in keys.tolist()])
+    found = pred >= 0
+    if not found.any():
+        return "no truth face is in this output", 0
+    p, t = pred[found], truth.labels[found]
+    line = (f"pairwise {pairwise_scores(p, t).line()}; BCubed {bcubed_scores(p, t).line()} "
+            f"(over the {int(found.sum())} of {len(keys)} truth faces in the output)")
+    return line, int(found.sum())
+
+
+def truth_report(cache: FaceCache, truth_root: str, groups: list[list[str]]) -> list[str]:
+    """The lines `cluster --truth` / `refine --truth` print for one run's groups of face keys."""
+    truth = load_truth(truth_root, cache)
+    line, _ = score_groups(groups, cache, truth)
+    return [truth.line(), f"truth scores: {line}"]

@@ -1,0 +1,60 @@
+"""calibrate CACHE TRUTH_ROOT: measure thresholds on hand-sorted folders (one per person).
+
+Sweeps cluster and refine thresholds over the cached faces of TRUTH_ROOT's photos (matched by
+content, so copies anywhere count), prints pairwise and BCubed precision / recall / F per
+threshold and recommends thresholds; --save stores them in the cache, where later cluster /
+refine / extend / export-swap runs take them as defaults (explicit flags still win).
+"""
+from __future__ import annotations
+
+from ..cache import load_cache, update_meta
+from ..calibrate import SWEEP_HEADER, calibrate
+from ..thresholds import FLAGS
+from .common import add_engine_option, say
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="measure thresholds on hand-sorted person folders",
+                       description=__doc__)
+    p.add_argument("cache")
+    p.add_argument("truth_root", help="folder with one sub-folder of photos per person")
+    p.add_argument("--save", action="store_true",
+                   help="store the recommended thresholds in the cache as its defaults")
+    add_engine_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cache = load_cache(args.cache)
+    cal = calibrate(cache, args.truth_root, args.engine)
+    say(cal.truth.line())
+    say(f"cluster threshold sweep over {cal.faces} faces of the truth photos:")
+    say(SWEEP_HEADER)
+    for row in cal.cluster_rows:
+        mark = " *" if row.threshold == cal.thresholds["cluster"] else ""
+        say(row.line() + mark)
+    say(f"refine merge sweep (initial {cal.thresholds['initial']}):")
+    say(SWEEP_HEADER)
+    for row in cal.merge_rows:
+        mark = " *" if row.threshold == cal.thresholds["merge"] else ""
+        say(row.line() + mark)
+    say("join-nearest-centroid sweep (extend, candidates; leave-one-out):")
+    for t, s in cal.assign_rows:
+        mark = " *" if t == cal.thresholds["extend"] else ""
+        say(f"{t:9.3f}   {s.line()}{mark}")
+    for note in cal.notes:
+        say(note)
+    rec = ", ".join(f"{k} {v}" for k, v in cal.thresholds.items())
+    best = next(r for r in cal.cluster_rows if r.threshold == cal.thresholds["cluster"])
+    say(f"calibrate: recommended {rec}; cluster at {best.threshold}: pairwise F "
+        f"{best.pairwise.f:.4f}, BCubed F {best.bcubed.f:.4f}")
+    if args.save:
+        update_meta(args.cache, thresholds=dict(cal.thresholds),
+                    calibration={"truth_root": str(args.truth_root),
+                                 "faces_scored": int(len(cal.truth.rows)),
+                                 "people": len(cal.truth.people),
+                                 "pairwise_f": round(best.pairwise.f, 4),
+                                 "bcubed_f": round(best.bcubed.f, 4)})
+        say(f"saved to {args.cache}: later runs use them unless a flag is given "
+            f"({', '.join(sorted(set(FLAGS.values())))})")
+    return 0
