@@ -46,7 +46,8 @@ NAME_TEMPLATE = "# Write this person's name on the first line; it is kept across
 MANIFEST_NAME = "manifest.json"
 CANDIDATES_DIR = "_candidates"
 # sections of the top-level manifest that maintenance steps fill; export-swap keeps them
-MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged")
+# ("multiface_audit" is audit.SECTION: the provenance of audit-multiface runs)
+MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", "multiface_audit")
 
 
 def bundle_names(name: str, top_n: int) -> dict[str, str]:
