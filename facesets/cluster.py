@@ -79,14 +79,21 @@ def staging_dir(out: Path) -> Path:
     return stage
 
 
-def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarray, out: Path,
-                         link: str, manifest: dict) -> dict:
-    """Materialise persons / singletons / noface and the manifest, then swap ``out`` in."""
+def start_output(out: Path) -> Path:
+    """Check ``out`` may be replaced (absent, empty or made by face-sets) and return a
+    fresh staging folder to build it in; ``replace_dir`` swaps it in at the end."""
     out = Path(out)
     if out.exists() and not is_face_sets_output(out):
         raise FileExistsError(f"{out} exists and was not made by face-sets; choose an empty "
                               "or new output folder")
-    stage = staging_dir(out)
+    return staging_dir(out)
+
+
+def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarray, out: Path,
+                         link: str, manifest: dict) -> dict:
+    """Materialise persons / singletons / noface and the manifest, then swap ``out`` in."""
+    out = Path(out)
+    stage = start_output(out)
     persons, singletons, missing = [], [], []
     for members in groups_by_label(labels):
         if len(members) >= 2:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import FaceCache
-from .cluster import FaceSelection, entry_for, groups_by_label, select_faces, staging_dir
+from .cluster import FaceSelection, entry_for, groups_by_label, select_faces, start_output
 from .engine import centroids, cluster_faces, relabel_by_size
 from .fsutil import replace_dir
 from .manifest import REFINE_MANIFEST, is_face_sets_output, new_manifest, write_manifest
@@ -134,10 +134,7 @@ def refine_labels(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> Refi
 def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult, out: Path,
                         link: str, manifest: dict) -> dict:
     out = Path(out)
-    if out.exists() and not is_face_sets_output(out):
-        raise FileExistsError(f"{out} exists and was not made by face-sets; choose an empty "
-                              "or new output folder")
-    stage = staging_dir(out)
+    stage = start_output(out)
     facesets = []
     valid = res.labels >= 0
     idx = np.flatnonzero(valid)

@@ -15,6 +15,16 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("cache")
     p.add_argument("out", help="output folder (replaced whole if made by face-sets)")
+    add_refine_options(p)
+    add_engine_option(p)
+    add_link_option(p)
+    p.add_argument("--truth", metavar="TRUTH_ROOT", default=None,
+                   help="also score the facesets against hand-sorted person folders")
+    p.set_defaults(func=run)
+
+
+def add_refine_options(p) -> None:
+    """refine's thresholds and gates (also taken by `run`)."""
     p.add_argument("--initial-threshold", type=float, default=None,
                    help="stage-1 clustering distance (model default; 0.55 for buffalo_l)")
     p.add_argument("--merge-threshold", type=float, default=None,
@@ -26,11 +36,6 @@ def register(sub) -> None:
     p.add_argument("--min-det-score", type=float, default=0.6, help="min detector score (0.6)")
     p.add_argument("--min-faces", type=int, default=15,
                    help="min unique source images per faceset (15)")
-    add_engine_option(p)
-    add_link_option(p)
-    p.add_argument("--truth", metavar="TRUTH_ROOT", default=None,
-                   help="also score the facesets against hand-sorted person folders")
-    p.set_defaults(func=run)
 
 
 def params_from_args(args, meta: dict) -> RefineParams:

@@ -22,7 +22,7 @@ from ..thresholds import resolve_threshold
 from .common import (add_engine_option, add_link_option, add_model_options, add_progress_option,
                      backend_loader, say)
 from .export_swap import add_export_options, detector_loader, export_params, summary_line
-from .refine import params_from_args
+from .refine import add_refine_options, params_from_args
 
 EXIT_INTERRUPTED = 130
 
@@ -40,18 +40,7 @@ def register(sub) -> None:
     g = p.add_argument_group("cluster / refine")
     g.add_argument("--threshold", type=float, default=None,
                    help="cluster distance (0.55 for buffalo_l)")
-    g.add_argument("--initial-threshold", type=float, default=None,
-                   help="refine stage-1 distance (0.55 for buffalo_l)")
-    g.add_argument("--merge-threshold", type=float, default=None,
-                   help="refine centroid merge distance (0.40 for buffalo_l)")
-    g.add_argument("--outlier-threshold", type=float, default=None,
-                   help="refine outlier distance (0.55 for buffalo_l)")
-    g.add_argument("--min-short", type=float, default=90.0, help="refine: min face px (90)")
-    g.add_argument("--min-blur", type=float, default=40.0, help="refine: min sharpness (40)")
-    g.add_argument("--min-det-score", type=float, default=0.6,
-                   help="refine: min detector score (0.6)")
-    g.add_argument("--min-faces", type=int, default=15,
-                   help="refine: min unique source images per faceset (15)")
+    add_refine_options(g)
     add_engine_option(p)
     add_link_option(p)
     add_export_options(p, outlier_flag="--swap-outlier-threshold")
