@@ -310,3 +310,30 @@ def test_ctrl_c_flushes_and_exits_cleanly(tmp_path):
     assert not Path(str(cache) + ".lock").exists()
     rest = run_cli("embed", FACES, cache, *PACK, "--no-progress").stdout
     assert f"new {180 - partial.n_files}," in rest
+
+
+def test_packs_with_landmark_models_fill_landmarks_and_pose(tmp_path):
+    from onnx_models import pack_with_landmarks
+
+    pack = pack_with_landmarks(Path(PACK[3]) / "models" / "testpack_s",
+                               tmp_path / "packs" / "models" / "lmkpack")
+    src = tmp_path / "src"
+    _some_photos(src, people=2, per_person=2)
+    shutil.copy2(sorted((ROOT.parent / "shared" / "testdata" / "group").glob("*.jpg"))[0],
+                 src / "group.jpg")
+    cache = tmp_path / "l.npz"
+    run_cli("embed", src, cache, "--model", "lmkpack", "--model-root", tmp_path / "packs",
+            "--no-progress")
+    c = load_cache(cache)
+    assert c.meta["has_landmarks"] is True and c.n_faces > 5
+    assert c.faces["landmark_2d_106"].shape == (c.n_faces, 106, 2)
+    assert c.faces["landmark_3d_68"].shape == (c.n_faces, 68, 3)
+    assert np.isfinite(c.faces["landmark_2d_106"]).all()
+    assert np.isfinite(c.faces["pose"]).all()
+    assert set(c.faces["pose_method"].tolist()) == {"3d68"}
+    # landmarks are in full-size pixels: around each face, not around the decode origin
+    centre = c.faces["landmark_2d_106"].mean(axis=1)
+    b = c.faces["bbox"]
+    w = (b[:, 2] - b[:, 0])[:, None]
+    box_centre = np.c_[(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2]
+    assert (np.abs(centre - box_centre) < w).all()
