@@ -141,11 +141,12 @@ def alternatives(x: np.ndarray, t: float) -> dict[str, np.ndarray]:
     x = normalize_rows(x)
     n = len(x)
     u, v, d = knn_edges(x, 32, t)
-    g = coo_matrix((np.r_[d, d] + 1e-9, (np.r_[u, v], np.r_[v, u])), shape=(n, n)).tocsr()
+    d = np.maximum(d, 0) + 1e-9  # explicit zeros would read as "no edge"
+    g = coo_matrix((np.r_[d, d], (np.r_[u, v], np.r_[v, u])), shape=(n, n)).tocsr()
     out = {}
     for name, labels in (("dbscan", DBSCAN(eps=t, min_samples=3, metric="precomputed")
                           .fit_predict(g)),
-                         ("hdbscan", HDBSCAN(min_cluster_size=2).fit_predict(x))):
+                         ("hdbscan", HDBSCAN(min_cluster_size=2, copy=True).fit_predict(x))):
         labels = labels.copy()
         noise = labels < 0
         labels[noise] = labels.max() + 1 + np.arange(noise.sum())

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import GROUP, PACK, ROOT, TEST_THRESHOLD, run_cli  # noqa: F401
+from conftest import ROOT, TEST_THRESHOLD, run_cli
 from facesets.cache import load_cache
 from facesets.cluster import select_faces
 from facesets.engine import GraphEngine, cluster_faces, normalize_rows, violates_cannot_link

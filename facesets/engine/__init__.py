@@ -75,5 +75,6 @@ def cluster_sweep(embeddings: np.ndarray, thresholds, cannot_link: np.ndarray | 
 
 
 __all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "EXACT_MAX_FACES", "GraphEngine",
-           "get_engine", "cluster_faces", "cluster_sweep", "centroids", "normalize_rows", "pairs_from_groups", "relabel_by_size",
+           "get_engine", "cluster_faces", "cluster_sweep", "centroids", "normalize_rows",
+           "pairs_from_groups", "relabel_by_size",
            "violates_cannot_link"]

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 FLAT_MAX_FACES = 30000       # exact search below this: N^2 * D flops stays a few seconds
-DEFAULT_K = 32               # neighbours per face (see docs/clustering.md for the choice)
+DEFAULT_K = 32               # neighbours per face: enough to keep an identity connected
 SEARCH_BATCH = 8192
 CELLS_PER_SQRT_N = 2         # k-means cells: 2 sqrt(N) (2000 at a million faces)
 TRAIN_PER_CELL = 24          # k-means sample per cell
@@ -109,7 +109,8 @@ def _k_nearest_per_face(q: np.ndarray, nbr: np.ndarray, d: np.ndarray, k: int):
 
 
 def knn_edges(x: np.ndarray, k: int = DEFAULT_K, max_dist: float = 2.0, method: str = "auto",
-              progress: bool = False, n_probe: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              progress: bool = False, n_probe: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undirected edges (u < v, unique) between each unit row of ``x`` and its ``k`` nearest
     neighbours, keeping only cosine distance <= ``max_dist``. Returns (u, v, distance)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
