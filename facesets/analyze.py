@@ -1,8 +1,9 @@
 """Per-photo analysis shared by in-process ``embed`` and the GPU embed worker.
 
-Two stages so that reading/decoding (threads) overlaps with inference (main thread):
-  ``load_photo``     read the bytes, check the header, decode at the detection scale;
-  ``detect_photo``   detect there and choose the decode scale recognition needs;
+Stages, so that reading and decoding (threads) overlap with inference (main thread):
+  ``load_photo``     read the bytes, check the header, decode at a reduced JPEG scale;
+  ``detect_photo``   detect on that decode shrunk to the detector input, and choose the
+                     decode scale recognition needs;
   ``finer_image``    decode again finer, only if some face needs it (threads again);
   ``describe_photo`` landmarks, embeddings and blur at that scale.
 ``analyze_photo`` runs the three in one thread.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .backends.base import DetectedFace, FaceBackend
@@ -19,12 +21,37 @@ from .imageio import (BLUR_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode, face_bl
                       scale_for)
 
 # The 5-point template faces are aligned to for recognition (InsightFace's arcface_dst,
-# 112 x 112 crop). A face whose keypoints spread at least as wide as the template is only
-# ever downsampled by the alignment, so decoding the file finer would not change what the
-# recognition model sees: that is the "loses nothing" rule for the decode scale.
+# 112 x 112 crop). How much the alignment magnifies a face in a given decode decides whether
+# that decode loses anything: up to MAX_MAGNIFICATION the embedding agrees with the one from
+# a full decode as closely as for faces that are only ever shrunk (cosine ~0.99 either way:
+# the two paths differ by resampling alone; `python bench/bench_decode_scale.py`); beyond it,
+# agreement drops (0.98 at 1.5, 0.93 at 2-3), so embed decodes finer for such faces.
+MAX_MAGNIFICATION = 1.25
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
 _TEMPLATE_RMS = float(np.sqrt(((ARCFACE_TEMPLATE - ARCFACE_TEMPLATE.mean(0)) ** 2).sum(1).mean()))
+
+
+# The first decode is the coarsest JPEG scale whose long side is still >= 2 x the detector
+# input: entropy decoding dominates JPEG decode time whatever the scale (a 12-MP photo:
+# ~38 ms at 1/4, ~43 ms at 1/2, ~80 ms full), so 1/2 costs little more than 1/4 and lets
+# recognition use the same decode for faces down to ~200 px, without a second decode.
+LOAD_SIDE_PER_DET = 2
+
+
+def detector_input(image: np.ndarray, det_size: int) -> np.ndarray:
+    """The decode shrunk to the detector's input size, without aliasing (Gaussian halvings,
+    then area averaging: 3x cheaper than area averaging from the start). The detector
+    would shrink it to det_size anyway, with a plain bilinear resize."""
+    while max(image.shape[:2]) >= 2 * det_size:
+        image = cv2.pyrDown(image)
+    long_side = max(image.shape[:2])
+    if long_side > det_size:
+        k = det_size / long_side
+        image = cv2.resize(image, (max(1, round(image.shape[1] * k)),
+                                   max(1, round(image.shape[0] * k))),
+                           interpolation=cv2.INTER_AREA)
+    return image
 
 
 def alignment_scale(kps: np.ndarray) -> float:
@@ -41,6 +68,7 @@ class LoadedPhoto:
     width: int = 0
     height: int = 0
     image: np.ndarray | None = None   # decoded at 1/factor
+    det_image: np.ndarray | None = None  # ``image`` shrunk to the detector input
     factor: int = 1
     error: str = ""
 
@@ -72,8 +100,9 @@ def load_photo(path: str, sha256: str, det_size: int,
             photo.data = fh.read()
         header = read_header(photo.data, max_pixels)
         photo.width, photo.height = header.width, header.height
-        photo.factor = scale_for(max(header.width, header.height), det_size)
+        photo.factor = scale_for(max(header.width, header.height), LOAD_SIDE_PER_DET * det_size)
         photo.image = decode(photo.data, photo.factor)
+        photo.det_image = detector_input(photo.image, det_size)  # here: off the model's thread
     except FileNotFoundError:
         photo.error = "file vanished before it could be read"
     except PermissionError:
@@ -85,7 +114,7 @@ def load_photo(path: str, sha256: str, det_size: int,
     except (OSError, MemoryError) as exc:
         photo.error = f"read error ({type(exc).__name__}: {exc})"
     if photo.error:
-        photo.data = photo.image = None
+        photo.data = photo.image = photo.det_image = None
     return photo
 
 
@@ -100,12 +129,13 @@ class DetectedPhoto:
 
 
 def recognition_factor(faces: list[DetectedFace], det_factor: int) -> int:
-    """The coarsest decode scale (<= the detection one) at which no face is magnified by
-    the alignment and every face spans at least BLUR_SIZE px (for a scale-free blur)."""
+    """The coarsest decode scale (no coarser than the loaded one) at which the alignment
+    magnifies no face beyond MAX_MAGNIFICATION and every face spans at least BLUR_SIZE px
+    (for a scale-free blur)."""
     for f in (8, 4, 2):
         if f > det_factor:
             continue
-        if all(alignment_scale(x.kps) * f <= 1.0 and
+        if all(alignment_scale(x.kps) * f <= MAX_MAGNIFICATION and
                min(x.bbox[2] - x.bbox[0], x.bbox[3] - x.bbox[1]) / f >= BLUR_SIZE
                for x in faces):
             return f
@@ -119,8 +149,9 @@ def detect_photo(backend: FaceBackend, photo: LoadedPhoto) -> DetectedPhoto:
     if photo.error:
         result.status, result.error = "error", photo.error
         return DetectedPhoto(photo, [], photo.factor, result)
-    to_full = photo.width / photo.image.shape[1]  # exact ratio (DCT scaling rounds up)
-    faces = [f.scaled(to_full) for f in backend.detect(photo.image)]
+    image = photo.det_image if photo.det_image is not None else photo.image
+    to_full = photo.width / image.shape[1]
+    faces = [f.scaled(to_full) for f in backend.detect(image)]
     rec = recognition_factor(faces, photo.factor) if faces else photo.factor
     return DetectedPhoto(photo, faces, rec, result)
 

@@ -268,8 +268,8 @@ def test_blur_does_not_depend_on_the_decode_scale(tmp_path):
 
 
 def test_large_photos_are_detected_at_reduced_scale_with_the_same_faces(tmp_path):
-    """A 12-MP photo: detection runs on a 1/4 decode, recognition on a decode where the
-    face keeps >= 128 px; the result matches embedding the full decode directly."""
+    """A 12-MP photo: read at 1/2 scale (JPEG DCT scaling), detected on that shrunk to the
+    detector input; the result matches detecting and embedding a full decode."""
     from facesets.analyze import analyze_photo, load_photo
 
     face = cv2.imread(str(sorted((FACES / "Hugo_Chavez").iterdir())[0]))
@@ -279,7 +279,8 @@ def test_large_photos_are_detected_at_reduced_scale_with_the_same_faces(tmp_path
     cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
     backend = _backend()
     photo = load_photo(str(path), "x", backend.det_size)
-    assert photo.factor == 4 and photo.image.shape[:2] == (750, 1000)
+    assert photo.factor == 2 and photo.image.shape[:2] == (1500, 2000)
+    assert max(photo.det_image.shape[:2]) == backend.det_size
     result = analyze_photo(backend, photo)
     naive = backend.analyze(cv2.imread(str(path)))
     assert len(result.faces) == len(naive) >= 1

@@ -37,6 +37,20 @@ def best_providers(requested: str | list[str] | None = None) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
+def session_options(providers: list[str], intra_threads: int | None = None):
+    """ONNX Runtime session options: on CPU, idle inference threads sleep instead of
+    spinning, so the threads decoding the next photos get the cores (see facesets.embed)."""
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    if providers[0] == "CPUExecutionProvider":
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      os.environ.get("FACESETS_ORT_SPIN", "0"))
+        if intra_threads or os.environ.get("FACESETS_ORT_THREADS"):
+            opts.intra_op_num_threads = int(intra_threads or os.environ["FACESETS_ORT_THREADS"])
+    return opts
+
+
 def _file_digest(path: str, n: int = 12) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -77,7 +91,8 @@ class InsightFaceBackend(FaceBackend):
 
     def __init__(self, model: str = DEFAULT_MODEL, model_root: str | None = None,
                  providers: str | list[str] | None = None, det_size: int = 640,
-                 det_thresh: float = 0.5, with_recognition: bool = True):
+                 det_thresh: float = 0.5, with_recognition: bool = True,
+                 intra_threads: int | None = None):
         try:
             from insightface.app import FaceAnalysis
         except ImportError as exc:
@@ -89,7 +104,8 @@ class InsightFaceBackend(FaceBackend):
                                                  "landmark_3d_68"]
         try:
             app = FaceAnalysis(name=str(pack), root=model_root or DEFAULT_MODEL_ROOT,
-                               providers=self.providers, allowed_modules=allowed)
+                               providers=self.providers, allowed_modules=allowed,
+                               sess_options=session_options(self.providers, intra_threads))
             ctx = 0 if self.providers[0] != "CPUExecutionProvider" else -1
             app.prepare(ctx_id=ctx, det_thresh=det_thresh, det_size=(det_size, det_size))
         except AssertionError:
