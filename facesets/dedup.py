@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from .cache import FaceCache, load_cache
@@ -84,6 +82,10 @@ def components(n: int, pairs: np.ndarray) -> list[np.ndarray]:
     """Connected components (2+ members) of the graph of ``pairs`` over 0..n-1."""
     if len(pairs) == 0:
         return []
+    # imported here: SciPy's import costs ~0.25 s at every CLI start otherwise
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     sizes = np.bincount(labels)

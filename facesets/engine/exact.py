@@ -13,7 +13,6 @@ dendrogram at ``threshold`` therefore never joins two faces of one photo.
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from .base import ClusterEngine, relabel_by_size
 
@@ -66,6 +65,9 @@ class ExactEngine(ClusterEngine):
         n = len(embeddings)
         if n < 2:
             return [np.zeros(n, dtype=np.int64) for _ in thresholds]
+        # imported here: SciPy's import costs ~0.25 s at every CLI start otherwise
+        from scipy.cluster.hierarchy import fcluster, linkage
+
         dist = cosine_condensed(embeddings)
         apply_cannot_link(dist, n, cannot_link)
         tree = linkage(dist, method="average")
