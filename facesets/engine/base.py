@@ -20,7 +20,6 @@ class ClusterEngine(ABC):
 
     name: str = "base"
 
-    @abstractmethod
     def cluster(self, embeddings: np.ndarray, threshold: float,
                 cannot_link: np.ndarray | None = None) -> np.ndarray:
         """Cluster unit-normalised ``embeddings`` (N x D float32) at cosine ``threshold``.
@@ -28,6 +27,13 @@ class ClusterEngine(ABC):
         ``cannot_link``: optional (M, 2) int array of index pairs that must not share a
         cluster. Returns (N,) int64 labels.
         """
+        return self.cluster_many(embeddings, [threshold], cannot_link)[0]
+
+    @abstractmethod
+    def cluster_many(self, embeddings: np.ndarray, thresholds: list[float],
+                     cannot_link: np.ndarray | None = None) -> list[np.ndarray]:
+        """``cluster`` at each of ``thresholds``, sharing the work between them (the
+        dendrogram, the neighbour graph): calibrate's sweeps."""
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

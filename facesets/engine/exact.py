@@ -57,9 +57,6 @@ class ExactEngine(ClusterEngine):
 
     name = "exact"
 
-    def cluster(self, embeddings, threshold, cannot_link=None):
-        return self.cluster_many(embeddings, [threshold], cannot_link)[0]
-
     def cluster_many(self, embeddings, thresholds, cannot_link=None) -> list[np.ndarray]:
         """One dendrogram, cut at each threshold (calibrate's sweep)."""
         n = len(embeddings)

@@ -202,9 +202,6 @@ class GraphEngine(ClusterEngine):
         self.progress = progress
         self.timing: dict[str, float] = {}
 
-    def cluster(self, embeddings, threshold, cannot_link=None):
-        return self.cluster_many(embeddings, [threshold], cannot_link)[0]
-
     def cluster_many(self, embeddings, thresholds, cannot_link=None) -> list[np.ndarray]:
         """One neighbour graph (at the largest threshold), clustered at each threshold."""
         n = len(embeddings)
