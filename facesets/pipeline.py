@@ -53,10 +53,20 @@ class RunLayout:
         return self.out / STATE_FILE
 
 
+# the project's work/ folder: default home of caches, logs and outputs (kept out of git)
+WORK_DIR = Path(__file__).resolve().parent.parent / "work"
+
+
+def work_dir() -> Path:
+    """The project's work/ folder, or $FACESETS_WORK_DIR when set."""
+    return Path(os.environ.get("FACESETS_WORK_DIR") or WORK_DIR)
+
+
 def default_cache(src: str | os.PathLike) -> Path:
-    """work/cache/<SRC folder name>.npz"""
+    """work/cache/<SRC folder name>.npz in the project's work folder, wherever the command
+    is run from."""
     name = Path(os.path.abspath(src)).name or "photos"
-    return Path("work") / "cache" / f"{name}.npz"
+    return work_dir() / "cache" / f"{name}.npz"
 
 
 def _digest(*parts) -> str:

@@ -40,7 +40,8 @@ def _state(out: Path) -> dict:
         return {}
 
 
-def test_run_end_to_end_resumes_after_kills(tmp_path):
+def test_run_end_to_end_resumes_after_kills(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACESETS_WORK_DIR", str(tmp_path / "work"))  # subprocesses inherit it
     src = tmp_path / "family"
     people = sorted(p for p in FACES.iterdir() if p.is_dir())[:PEOPLE]
     for p in people:
@@ -48,7 +49,7 @@ def test_run_end_to_end_resumes_after_kills(tmp_path):
     n_photos = sum(1 for _ in src.rglob("*.jpg"))
     out = tmp_path / "out"
     args = [src, out, *RUN_ARGS]
-    cache = tmp_path / "work" / "cache" / "family.npz"   # the default, under the cwd
+    cache = tmp_path / "work" / "cache" / "family.npz"   # the default, in the work folder
     segs = Path(str(cache) + ".segments")
 
     # 1. killed mid-embed, once a flush has reached the cache
