@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from .engine import cluster_faces, normalize_rows, pairs_from_groups
@@ -95,7 +96,9 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
     out = Path(out)
     stage = start_output(out)
     persons, singletons, missing = [], [], []
-    for members in groups_by_label(labels):
+    # placing (copying) tens of thousands of photos takes a while: a bar in a terminal
+    for members in tqdm(groups_by_label(labels), desc="placing photos", unit="cluster",
+                        disable=None):
         if len(members) >= 2:
             name = f"person_{len(persons):03d}"
             entries = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .cache import FaceCache
 from .cluster import FaceSelection, entry_for, groups_by_label, select_faces, start_output
@@ -138,7 +139,8 @@ def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult,
     facesets = []
     valid = res.labels >= 0
     idx = np.flatnonzero(valid)
-    for members in (groups_by_label(res.labels[valid]) if valid.any() else []):
+    groups = groups_by_label(res.labels[valid]) if valid.any() else []
+    for members in tqdm(groups, desc="placing photos", unit="faceset", disable=None):
         members = idx[members]
         name = f"faceset_{len(facesets):03d}"
         entries, images, aliases = [], [], 0
