@@ -5,8 +5,12 @@
     boxes take the same share of their image (width and height within ``size_tolerance``):
     re-encodes, resizes and screenshots of one photo. Linked faces form face groups
     (connected components); photos linked through any of their faces form photo groups.
-The neighbour search is a chunked matrix product over the upper triangle (memory bounded by
-``CHUNK_ELEMENTS``; never an N x N matrix) with only the pairs under the distance kept.
+The neighbour search is exact up to EXACT_MAX_FACES faces: a chunked matrix product over the
+upper triangle (memory bounded by ``CHUNK_ELEMENTS``; never an N x N matrix) keeping only
+the pairs under the distance. Beyond that its time grows as N^2 (~50 s at 100k faces), so
+larger caches use the clustering engine's neighbour search (engine.knn, ~2 min at a million
+faces), keeping each face's DUP_NEIGHBOURS nearest within the distance: a face with more
+near-copies than that still links to all of them through the groups (connected components).
 Format: DUPLICATES_MANIFEST, docs/manifest-format.md.
 """
 from __future__ import annotations
@@ -26,6 +30,8 @@ DEFAULT_MAX_DISTANCE = 0.03
 DEFAULT_SIZE_TOLERANCE = 0.15
 # similarities computed per block (rows x columns): 32M float32 = 128 MB
 CHUNK_ELEMENTS = 32 * 1024 * 1024
+EXACT_MAX_FACES = 30000
+DUP_NEIGHBOURS = 32
 
 
 def duplicates_path(cache_path: str | os.PathLike) -> Path:
@@ -36,9 +42,14 @@ def duplicates_path(cache_path: str | os.PathLike) -> Path:
 def near_pairs(embeddings: np.ndarray, max_distance: float, progress: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of unit embeddings at cosine distance <= ``max_distance``, and their
-    distances; computed block by block over the upper triangle."""
+    distances: block by block over the upper triangle, or by neighbour search when large."""
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
+    if n > EXACT_MAX_FACES:
+        from .engine.knn import knn_edges
+
+        u, v, d = knn_edges(x, DUP_NEIGHBOURS, max_distance, progress=progress)
+        return np.stack([u, v], axis=1).astype(np.int64), d.astype(np.float32)
     rows = max(1, min(n, CHUNK_ELEMENTS // max(n, 1)))
     min_sim = np.float32(1.0 - max_distance)
     found_i, found_j, found_d = [], [], []

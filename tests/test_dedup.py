@@ -84,3 +84,24 @@ def test_dedup_missing_cache_is_a_clear_error(tmp_path):
     proc = run_cli("dedup", tmp_path / "none.npz", check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "none.npz" in proc.stderr
+
+
+def test_large_caches_use_the_neighbour_search_and_find_the_same_pairs(monkeypatch):
+    """Past EXACT_MAX_FACES the search goes through the engine's k-NN cells; on clustered
+    embeddings with planted near copies it finds exactly what the exact search finds."""
+    import facesets.engine.knn as knn
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(400, 64))
+    x = centres[rng.integers(0, 400, 6000)] + rng.normal(scale=0.35, size=(6000, 64))
+    copies = rng.choice(6000, 60, replace=False)
+    x[rng.choice(np.setdiff1d(np.arange(6000), copies), 60, replace=False)] = \
+        x[copies] + rng.normal(scale=0.01, size=(60, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    exact, _ = near_pairs(x, 0.03)
+    monkeypatch.setattr("facesets.dedup.EXACT_MAX_FACES", 1000)
+    monkeypatch.setattr(knn, "FLAT_MAX_FACES", 1000)  # the approximate cell search
+    approx, dist = near_pairs(x, 0.03)
+    assert len(exact) >= 60
+    assert {tuple(p) for p in approx.tolist()} == {tuple(p) for p in exact.tolist()}
+    assert (dist <= 0.03).all()
