@@ -127,6 +127,12 @@ class DetectedPhoto:
     rec_factor: int                   # decode scale recognition needs
     result: PhotoResult
 
+    @property
+    def needs_finer(self) -> bool:
+        """Recognition needs a finer decode than the one loaded."""
+        return (self.result.status != "error" and bool(self.faces)
+                and self.rec_factor != self.photo.factor)
+
 
 def recognition_factor(faces: list[DetectedFace], det_factor: int) -> int:
     """The coarsest decode scale (no coarser than the loaded one) at which the alignment
@@ -179,7 +185,7 @@ def describe_photo(backend: FaceBackend, det: DetectedPhoto,
 
 def finer_image(det: DetectedPhoto) -> np.ndarray | None:
     """The decode recognition needs, or None when the detection decode serves."""
-    if det.result.status == "error" or not det.faces or det.rec_factor == det.photo.factor:
+    if not det.needs_finer:
         return None
     return decode(det.photo.data, det.rec_factor)
 

@@ -12,14 +12,13 @@ all faces it finds, so a second face (or none) pollutes the face set.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fsutil import reversible_move
+from .fsutil import reversible_move, sha256_file
 from .imageio import ImageError, decode, read_header
 from .manifest import (SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, load_manifest,
                        write_manifest)
@@ -33,11 +32,6 @@ DROPPED_DIR = "_dropped"
 STEP = "audit-multiface"
 REASON = "multiface_audit"           # dropped[] reason: the PNG did not show exactly one face
 SECTION = "multiface_audit"          # provenance list in the top-level manifest
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # ---- stage (WSL side) -------------------------------------------------------------------
@@ -57,7 +51,7 @@ def stage_multiface_queue(export_dir: str, queue_path: str, model: str | None,
                 continue  # already moved away: rebuild_bundles handles it on apply
             items.append({"id": f"{name}/{rel}", "path": str(png), "faceset": name,
                           "file": rel, "key": face.get("key", ""),
-                          "size": png.stat().st_size, "sha256": _sha256(png)})
+                          "size": png.stat().st_size, "sha256": sha256_file(png)})
     params = {"model": model or top.get("model") or "buffalo_l",
               "model_root": os.path.abspath(os.path.expanduser(model_root)) if model_root
               else None,
@@ -214,7 +208,7 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
         png = plan.export / name / rel
         if not png.is_file():
             plan.gone.append(item["id"])
-        elif _sha256(png) != item.get("sha256"):
+        elif sha256_file(png) != item.get("sha256"):
             plan.changed.append(item["id"])
         else:
             plan.drops.append(Drop(name, rel, rec["faces"]))

@@ -100,9 +100,7 @@ def iter_analyzed(backend: FaceBackend, items: Iterable[Listed], workers: int = 
                 fill()
                 continue
             det = detect_photo(backend, loading.popleft().result())
-            needs_finer = (det.faces and det.result.status != "error"
-                           and det.rec_factor != det.photo.factor)
-            detected.append((det, pool.submit(finer_image, det) if needs_finer else None))
+            detected.append((det, pool.submit(finer_image, det) if det.needs_finer else None))
             fill()
 
 

@@ -7,6 +7,7 @@ A reader therefore sees the old file or the new one, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's content (streamed: big files are never read whole)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class LockError(RuntimeError):

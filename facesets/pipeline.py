@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .cache import FaceCache, cache_exists, load_cache
-from .fsutil import atomic_write_json, read_json
+from .fsutil import atomic_write_json, read_json, sha256_file
 
 STATE_FILE = "run_state.json"
 STATE_VERSION = 1
@@ -106,7 +106,7 @@ def listing_digest(paths: list[str]) -> str:
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return sha256_file(path) if path.is_file() else "missing"
 
 
 @dataclass

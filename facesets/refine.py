@@ -54,8 +54,6 @@ def merge_clusters(sel: FaceSelection, labels: np.ndarray, threshold: float,
         return labels
     cents = centroids(sel.embeddings, labels)
     # clusters sharing a photo must not merge: pairs of clusters holding faces of one sha256
-    _, photo = np.unique(sel.sha256, return_inverse=True)
-    photo = photo.reshape(-1)
     pairs = sel.cannot_link()
     cl_pairs = np.stack([labels[pairs[:, 0]], labels[pairs[:, 1]]], axis=1) if len(pairs) \
         else np.zeros((0, 2), dtype=np.int64)

@@ -6,7 +6,6 @@ which are new content to embed. Both in-process embed and queue staging use it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from .cache import FaceCache
+from .fsutil import sha256_file
 from .imageio import IMAGE_EXTENSIONS
 
 SKIP_DIRS = {"@eaDir", "#recycle", "$RECYCLE.BIN"}  # NAS thumbnails, recycle bins
@@ -35,11 +35,6 @@ def list_images(src: str) -> list[str]:
                 out.append(os.path.join(root, name))
     out.sort()
     return out
-
-
-def sha256_file(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """InsightFace model packs (buffalo_l, buffalo_s, any folder of InsightFace ONNX files)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import sha256_file
 from .base import BackendError, DetectedFace, FaceBackend
 
 DEFAULT_MODEL = "buffalo_l"
@@ -49,14 +49,6 @@ def session_options(providers: list[str], intra_threads: int | None = None):
         if intra_threads or os.environ.get("FACESETS_ORT_THREADS"):
             opts.intra_op_num_threads = int(intra_threads or os.environ["FACESETS_ORT_THREADS"])
     return opts
-
-
-def _file_digest(path: str, n: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
 
 
 def resolve_pack_dir(name: str, root: str | None) -> Path:
@@ -127,7 +119,7 @@ class InsightFaceBackend(FaceBackend):
         self.has_landmarks = bool(self.landmark_models)
         if self.rec is not None:
             self.embedding_dim = int(self.rec.output_shape[1])
-            self.model_id = f"{self.name}:{_file_digest(self.rec.model_file)}"
+            self.model_id = f"{self.name}:{sha256_file(self.rec.model_file)[:12]}"
         else:
             self.embedding_dim = 0
             self.model_id = f"{self.name}:detection-only"
