@@ -8,7 +8,6 @@ Output (built in a staging folder, then swapped in whole):
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from .cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from .engine import cluster_faces, normalize_rows, pairs_from_groups
-from .fsutil import replace_dir
+from .fsutil import make_staging, replace_dir
 from .manifest import (CLUSTER_MANIFEST, face_entry, is_face_sets_output, new_manifest,
                        write_manifest)
 from .materialize import place_all
@@ -72,12 +71,9 @@ def groups_by_label(labels: np.ndarray) -> list[np.ndarray]:
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh sibling folder to build ``out`` in."""
-    stage = out.with_name(f".{out.name}.partial")
-    if stage.exists():
-        shutil.rmtree(stage)  # left by a killed run
-    stage.mkdir(parents=True)
-    return stage
+    """A fresh folder to build ``out`` in, inside a hidden sibling face-sets owns (marked;
+    leftovers of killed runs are removed, nothing else is)."""
+    return make_staging(out)
 
 
 def start_output(out: Path) -> Path:

@@ -11,7 +11,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
@@ -22,7 +22,7 @@ from .backends.base import FaceBackend
 from .cache import (CacheError, FaceCache, SegmentWriter, cache_lock, compact_cache,
                     load_cache)
 from .imageio import DEFAULT_MAX_PIXELS, ImageError
-from .scan import EmbedPlan, Listed, list_images, plan_embed
+from .scan import EmbedPlan, Listed, plan_embed, scan_source
 
 DEFAULT_FLUSH_EVERY = 50
 
@@ -39,6 +39,7 @@ class EmbedSummary:
     embedded: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    skipped: list[str] = field(default_factory=list)   # what listing SRC passed over, why
 
     def line(self) -> str:
         rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
@@ -135,7 +136,8 @@ def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], mod
     with cache_lock(cache_path):
         cache = load_cache(cache_path, must_exist=False)
         check_model(cache, model, cache_path=cache_path)
-        paths = list_images(src)
+        listing = scan_source(src)
+        paths, summary.skipped = listing.images, listing.skipped_lines(src)
         plan = plan_embed(paths, cache, progress=progress)
         summary.seen, summary.unchanged = plan.listed, plan.unchanged
         summary.aliased = len(plan.aliases) + sum(len(v) for v in plan.pending_aliases.values())

@@ -67,10 +67,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (UTF-8, indented, keys in insertion order)."""
-    with atomic_write(path, "w") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
+    """Write JSON atomically (UTF-8, indented, keys in insertion order).
+
+    A path with bytes that are not UTF-8 reaches Python as lone surrogates ("\\udce9"):
+    such a document is written with \\u escapes, which read back to the same path."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(obj, indent=2, ensure_ascii=True).encode("ascii")
+    atomic_write_bytes(path, data + b"\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -186,25 +192,95 @@ def reversible_move(src: str | os.PathLike, holding_dir: str | os.PathLike) -> P
     return dest
 
 
+# A folder face-sets builds or sets aside lives in a hidden, unique sibling it made itself
+# (".NAME.facesets-XXXXXX/") holding this marker: only such folders are ever removed.
+OWNED_PREFIX = ".facesets-"
+OWNED_MARKER = ".facesets-owned"
+
+
+def _owned_dir(final: Path) -> Path:
+    """A fresh hidden folder beside ``final`` that carries face-sets' ownership marker."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=f".{final.name}{OWNED_PREFIX}", dir=final.parent))
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "for": final.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (holder / OWNED_MARKER).write_text(json.dumps(info), encoding="utf-8")
+    return holder
+
+
+def _owner(holder: Path) -> dict | None:
+    """The marker of a folder face-sets made, or None when it is not one of ours."""
+    try:
+        info = json.loads((holder / OWNED_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _remove_owned(holder: Path) -> None:
+    """rmtree ``holder`` only when it carries face-sets' marker."""
+    if _owner(holder) is not None:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def remove_stale_staging(final: str | os.PathLike) -> None:
+    """Remove the staging / set-aside folders of ``final`` left by a killed run: only hidden
+    siblings face-sets made (marker inside) whose process is gone."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    host = socket.gethostname()
+    for holder in final.parent.glob(f".{glob_escape(final.name)}{OWNED_PREFIX}*"):
+        info = _owner(holder) if holder.is_dir() and not holder.is_symlink() else None
+        if info is None:
+            continue   # not ours: never touched
+        pid = info.get("pid")
+        if info.get("host") == host and isinstance(pid, int) and _pid_alive(pid) \
+                and pid != os.getpid():
+            continue   # a live run is building it
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def make_staging(final: str | os.PathLike) -> Path:
+    """A fresh folder to build ``final`` in, inside a hidden folder face-sets owns (its
+    leftovers from killed runs are removed first); ``replace_dir`` swaps it in."""
+    final = Path(final)
+    remove_stale_staging(final)
+    stage = _owned_dir(final) / final.name
+    stage.mkdir()
+    return stage
+
+
 def replace_dir(staging: str | os.PathLike, final: str | os.PathLike,
                 is_ours: Callable[[Path], bool] | None = None) -> None:
-    """Swap a fully built ``staging`` folder in as ``final``.
+    """Swap a fully built ``staging`` folder (from ``make_staging``) in as ``final``.
 
-    The old ``final`` is renamed aside first and removed only after the new one is in place,
-    so a crash leaves either the old or the new output under ``final`` (plus a leftover
-    ``.old`` folder that the next run removes). ``is_ours`` guards against replacing a folder
-    this tool did not make.
+    The old ``final`` is moved aside into a hidden folder face-sets owns and removed only
+    after the new one is in place, so a crash leaves either the old or the new output under
+    ``final`` (plus a marked leftover that the next run removes). ``is_ours`` guards against
+    replacing a folder this tool did not make. Nothing without face-sets' marker is removed.
     """
     staging, final = Path(staging), Path(final)
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
+    aside = None
     if final.exists():
         if is_ours is not None and not is_ours(final):
             raise FileExistsError(f"{final} exists and was not made by face-sets; "
                                   "choose an empty or new output folder")
-        os.replace(final, old)
+        aside = _owned_dir(final)
+        os.replace(final, aside / final.name)
     os.replace(staging, final)
     fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    _remove_owned(staging.parent)
+    if aside is not None:
+        _remove_owned(aside)
+
+
+def output_lock(out: str | os.PathLike) -> FileLock:
+    """The lock that keeps two commands off one output folder (``.NAME.facesets.lock``
+    beside it, so replacing the folder whole never removes it)."""
+    out = Path(os.path.abspath(out))
+    return FileLock(out.with_name(f".{out.name}.facesets.lock"), what=f"output folder {out}")

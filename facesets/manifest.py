@@ -64,13 +64,25 @@ def load_manifest(path: str | os.PathLike, kind: str) -> dict:
     return data
 
 
-def is_face_sets_output(folder: Path) -> bool:
-    """True if ``folder`` holds a manifest written by face-sets (safe to replace)."""
-    for name in ("manifest.json", "refine_manifest.json"):
-        p = folder / name
+MANIFEST_NAMES = ("manifest.json", "refine_manifest.json")
+
+
+def holds_face_sets_manifest(folder: Path) -> bool:
+    """True if ``folder`` holds a manifest face-sets wrote (its ``format`` is "face-sets/...")."""
+    for name in MANIFEST_NAMES:
+        p = Path(folder) / name
         if p.is_file():
             try:
-                return read_json(p).get("format") in KINDS
-            except (ValueError, OSError, AttributeError):
+                fmt = read_json(p).get("format")
+            except (ValueError, OSError, AttributeError, UnicodeDecodeError):
                 return False
+            return isinstance(fmt, str) and fmt.startswith("face-sets/")
+    return False
+
+
+def is_face_sets_output(folder: Path) -> bool:
+    """True if ``folder`` holds a manifest written by face-sets, or is empty (safe to replace)."""
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in MANIFEST_NAMES):
+        return holds_face_sets_manifest(folder)
     return not any(folder.iterdir())

@@ -9,32 +9,106 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
 from .cache import FaceCache
 from .fsutil import sha256_file
 from .imageio import IMAGE_EXTENSIONS
+from .manifest import holds_face_sets_manifest
 
 SKIP_DIRS = {"@eaDir", "#recycle", "$RECYCLE.BIN"}  # NAS thumbnails, recycle bins
+# photo formats embed cannot read yet: counted and reported, not silently passed over
+UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".gif", ".avif", ".jxl"}
+
+
+@dataclass
+class SourceScan:
+    """What listing a photo source found, and what it skipped (reported by embed)."""
+
+    images: list[str] = field(default_factory=list)
+    face_sets_outputs: list[str] = field(default_factory=list)   # folders face-sets wrote
+    unsupported: dict[str, int] = field(default_factory=dict)    # extension -> files
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
+    loops: list[str] = field(default_factory=list)   # symlinked folders already listed
+
+    def skipped_lines(self, src: str) -> list[str]:
+        """One line per kind of thing skipped, for the embed summary."""
+        lines = []
+        if self.face_sets_outputs:
+            lines.append(f"skipped {len(self.face_sets_outputs)} folders written by "
+                         f"face-sets: {', '.join(self.face_sets_outputs)}")
+        if self.unsupported:
+            kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(self.unsupported.items()))
+            lines.append(f"skipped {sum(self.unsupported.values())} files in formats embed "
+                         f"cannot read yet ({kinds})")
+        for folder, reason in self.unreadable:
+            lines.append(f"skipped unreadable folder {folder} ({reason})")
+        if self.loops:
+            lines.append(f"skipped {len(self.loops)} symlinked folders already listed: "
+                         f"{', '.join(self.loops)}")
+        if not self.images:
+            lines.append(f"no photos found in {src} (extensions "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return lines
+
+
+def scan_source(src: str) -> SourceScan:
+    """List the image files under ``src`` (recursive, sorted, extension match is
+    case-insensitive) and record what was skipped. Symlinked folders are followed, each real
+    folder once. Hidden folders (``.name``), NAS thumbnail folders and folders face-sets
+    wrote (they hold its manifest: an output inside SRC) are skipped."""
+    src = os.path.abspath(src)
+    found = SourceScan()
+    if os.path.isfile(src):
+        if os.path.splitext(src)[1].lower() in IMAGE_EXTENSIONS:
+            found.images.append(src)
+        return found
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"{src}: no such folder; pass the folder of photos to embed")
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def first_visit(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            found.unreadable.append((path, exc.strerror or type(exc).__name__))
+            return False
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            found.loops.append(path)
+            return False
+        seen_dirs.add((st.st_dev, st.st_ino))
+        return True
+
+    def unreadable(exc: OSError) -> None:
+        found.unreadable.append((exc.filename or "?", exc.strerror or type(exc).__name__))
+
+    first_visit(src)
+    for root, dirs, files in os.walk(src, onerror=unreadable, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            path = os.path.join(root, d)
+            if d.startswith(".") or d in SKIP_DIRS:
+                continue
+            if holds_face_sets_manifest(Path(path)):
+                found.face_sets_outputs.append(path)
+            elif first_visit(path):
+                keep.append(d)
+        dirs[:] = keep
+        for name in files:
+            ext = os.path.splitext(name)[1].lower()
+            if ext in IMAGE_EXTENSIONS:
+                found.images.append(os.path.join(root, name))
+            elif ext in UNSUPPORTED_EXTENSIONS:
+                found.unsupported[ext] = found.unsupported.get(ext, 0) + 1
+    found.images.sort()
+    return found
 
 
 def list_images(src: str) -> list[str]:
-    """Absolute paths of image files under ``src`` (recursive, sorted, extension match is
-    case-insensitive). Hidden folders (``.name``) and NAS thumbnail folders are skipped."""
-    src = os.path.abspath(src)
-    if os.path.isfile(src):
-        return [src] if os.path.splitext(src)[1].lower() in IMAGE_EXTENSIONS else []
-    if not os.path.isdir(src):
-        raise FileNotFoundError(f"{src}: no such folder; pass the folder of photos to embed")
-    out = []
-    for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS)
-        for name in files:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                out.append(os.path.join(root, name))
-    out.sort()
-    return out
+    """Absolute paths of the image files under ``src`` (see ``scan_source``)."""
+    return scan_source(src).images
 
 
 @dataclass

@@ -205,7 +205,7 @@ def test_kill_mid_export_leaves_out_consistent_and_rerun_equals_clean(
     proc = _start_export(group_cache, rm, out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:   # kill while crops are being staged
-        if any(out.glob(".faceset_*.partial/faces/tmp_*.png")):
+        if any(out.glob(".faceset_*.facesets-*/faceset_*/faces/tmp_*.png")):
             break
         time.sleep(0.02)
     time.sleep(0.5)

@@ -41,6 +41,7 @@ def run_stage(args) -> int:
 
 def run_apply(args) -> int:
     from ..audit import apply_audit, plan_audit
+    from ..fsutil import output_lock
 
     plan = plan_audit(args.queue, args.results)
     for line in plan.lines():
@@ -48,7 +49,8 @@ def run_apply(args) -> int:
     if args.dry_run:
         say(f"audit-multiface (dry run, nothing changed): {plan.line()}")
         return 0
-    dropped = apply_audit(plan, args.queue, args.results, log=lambda m: say(f"  {m}"))
+    with output_lock(plan.export):
+        dropped = apply_audit(plan, args.queue, args.results, log=lambda m: say(f"  {m}"))
     say(f"audit-multiface: {plan.line()}; dropped {sum(dropped.values())} PNGs, rebuilt "
         f"{len(dropped)} facesets")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..cache import load_cache
 from ..calibrate import truth_report
 from ..cluster import run_cluster
+from ..fsutil import output_lock
 from ..thresholds import resolve_threshold, threshold_source
 from .common import add_engine_option, add_link_option, say, warn
 
@@ -28,7 +29,8 @@ def register(sub) -> None:
 def run(args) -> int:
     cache = load_cache(args.cache)
     threshold = resolve_threshold("cluster", cache.meta, args.threshold)
-    m = run_cluster(cache, args.cache, Path(args.out), threshold, args.engine, args.link)
+    with output_lock(args.out):
+        m = run_cluster(cache, args.cache, Path(args.out), threshold, args.engine, args.link)
     s = m["summary"]
     say(f"cluster: {s['faces']} faces -> {s['persons']} persons, {s['singletons']} singletons, "
         f"{s['noface']} noface, {s['errors']} unreadable; threshold {threshold} "

@@ -8,6 +8,7 @@ Through a GPU worker instead (docs/queue-format.md):
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..embed import DEFAULT_FLUSH_EVERY, embed_folder
 from ..imageio import DEFAULT_MAX_PIXELS
@@ -53,6 +54,9 @@ def run(args) -> int:
         return 0
     if args.cache is None:
         raise ValueError("embed needs SRC and CACHE (or CACHE --merge-results OUT)")
+    if os.path.realpath(args.cache) == os.path.realpath(args.src):
+        raise ValueError(f"{args.cache}: the cache cannot be the photo folder itself; pass a "
+                         "cache file such as work/cache/photos.npz")
     if args.stage_queue:
         from ..embed_queue import stage_embed_queue
 
@@ -65,4 +69,6 @@ def run(args) -> int:
                            flush_every=args.flush_every, workers=args.workers,
                            max_pixels=args.max_pixels, progress=args.progress)
     say(f"embed: {summary.line()}")
+    for line in summary.skipped:
+        say(f"embed: {line}")
     return EXIT_INTERRUPTED if summary.interrupted else 0

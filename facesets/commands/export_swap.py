@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..cache import load_cache
 from ..export import ExportParams, run_export
+from ..fsutil import output_lock
 from ..thresholds import resolve_threshold
 from .common import add_model_options, add_progress_option, say, warn
 
@@ -83,8 +84,9 @@ def run(args) -> int:
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
     params = export_params(args, cache.meta, args.candidates)
-    top = run_export(args.cache, args.refine_manifest, args.out, params,
-                     detector_loader(args, cache.meta), args.raw_manifest, args.progress)
+    with output_lock(args.out):
+        top = run_export(args.cache, args.refine_manifest, args.out, params,
+                         detector_loader(args, cache.meta), args.raw_manifest, args.progress)
     say(summary_line(top, args.out))
     if not top["facesets"]:
         warn("no faceset to export: check refine's output (--min-faces) and the gates")

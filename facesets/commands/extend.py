@@ -2,10 +2,12 @@
 cluster (and refine) outputs without renumbering; a second run changes nothing."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..cache import load_cache
 from ..extend import run_extend
+from ..fsutil import output_lock
 from .common import add_engine_option, say, warn
 
 
@@ -26,9 +28,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     cache = load_cache(args.cache)
-    r = run_extend(cache, args.cache, Path(args.raw_out),
-                   Path(args.refine_out) if args.refine_out else None, args.threshold,
-                   args.engine)
+    with ExitStack() as locks:   # both outputs it grows
+        for out in filter(None, (args.raw_out, args.refine_out)):
+            locks.enter_context(output_lock(out))
+        r = run_extend(cache, args.cache, Path(args.raw_out),
+                       Path(args.refine_out) if args.refine_out else None, args.threshold,
+                       args.engine)
     head = f"extend: {r['new_faces']} new faces; threshold {r['threshold']} " \
            f"({r['threshold_source']})"
     raw = r["raw"]

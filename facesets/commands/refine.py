@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..cache import load_cache
 from ..calibrate import truth_report
+from ..fsutil import output_lock
 from ..refine import RefineParams, run_refine
 from ..thresholds import resolve_threshold
 from .common import add_engine_option, add_link_option, say
@@ -50,7 +51,8 @@ def params_from_args(args, meta: dict) -> RefineParams:
 def run(args) -> int:
     cache = load_cache(args.cache)
     params = params_from_args(args, cache.meta)
-    m = run_refine(cache, args.cache, Path(args.out), params, args.link)
+    with output_lock(args.out):
+        m = run_refine(cache, args.cache, Path(args.out), params, args.link)
     s = m["summary"]
     dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items())
     say(f"refine: {s['faces_in']} faces -> {s['facesets']} facesets with {s['faces_kept']} "

@@ -7,6 +7,7 @@ at the first step that has not finished with the same inputs (OUT/run_state.json
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 from .. import pipeline
@@ -16,6 +17,7 @@ from ..dedup import duplicates_path, run_dedup
 from ..embed import DEFAULT_FLUSH_EVERY, embed_folder
 from ..enrich import detection_loader, run_enrich
 from ..export import run_export
+from ..fsutil import output_lock
 from ..refine import run_refine
 from ..scan import list_images
 from ..thresholds import resolve_threshold
@@ -60,6 +62,8 @@ def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
         s = embed_folder(str(layout.src), cache_path, backend_loader(args), args.model,
                          flush_every=args.flush_every, progress=args.progress)
         say(f"embed: {s.line()}")
+        for line in s.skipped:
+            say(f"embed: {line}")
         return {"faces": s.faces, "new": s.new, "interrupted": s.interrupted}
 
     def cluster():
@@ -134,11 +138,18 @@ def run(args) -> int:
     src = Path(args.src)
     if not src.is_dir():
         raise NotADirectoryError(f"{src}: not a folder of photos; pass the folder to sort")
+    if os.path.realpath(args.out) == os.path.realpath(src):
+        raise ValueError(f"{args.out}: OUT cannot be SRC itself; pass a new folder such as "
+                         f"{os.path.join(args.src, 'sorted')} (face-sets' own folders inside "
+                         "SRC are never scanned as photos)")
     cache = Path(args.cache) if args.cache else pipeline.default_cache(src)
     layout = pipeline.RunLayout(src=src, out=Path(args.out), cache=cache)
     layout.out.mkdir(parents=True, exist_ok=True)
-    state = pipeline.RunState.load(layout.state)
-    result = pipeline.run_steps(build_steps(args, layout), state, say)
+    with ExitStack() as locks:   # OUT and each folder a step replaces whole
+        for folder in (layout.out, layout.raw, layout.facesets, layout.swap_ready):
+            locks.enter_context(output_lock(folder))
+        state = pipeline.RunState.load(layout.state)
+        result = pipeline.run_steps(build_steps(args, layout), state, say)
     if result["interrupted"]:
         say(f"run: interrupted during {result['interrupted']}; re-run the same command to "
             "resume")
