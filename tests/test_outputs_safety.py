@@ -53,14 +53,10 @@ def _faceset_keys(swap: Path) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A 4-person library with one photo under a non-UTF-8 name, embedded once."""
+    """A 4-person library, embedded once."""
     root = tmp_path_factory.mktemp("small")
     lib = root / "lib"
-    names = _library(lib)
-    # one real photo renamed to a name that is not UTF-8
-    first = sorted((lib / names[0]).glob("*.jpg"))[0]
-    os.rename(os.fsencode(first), os.path.join(os.fsencode(lib / names[0]),
-                                               os.fsencode(ODD_NAME)))
+    _library(lib)
     cache = root / "lib.npz"
     run_cli("embed", lib, cache, *PACK, "--no-progress")
     return root, lib, cache
@@ -184,12 +180,15 @@ def test_second_export_into_one_out_is_refused_while_the_first_runs(small, tmp_p
 
 
 # ---- item 12: non-UTF-8 file names --------------------------------------------------------
-def test_non_utf8_file_name_works_end_to_end(small, tmp_path):
-    _, lib, shared_cache = small
-    cache = copy_cache(shared_cache, tmp_path)
-    odd = [p for p in lib.rglob("*") if p.name == ODD_NAME]
-    assert len(odd) == 1
-    odd_path = str(odd[0])
+def test_non_utf8_file_name_works_end_to_end(tmp_path):
+    lib = tmp_path / "lib"
+    names = _library(lib, 2)
+    # one real photo renamed to a name that is not UTF-8
+    first = sorted((lib / names[0]).glob("*.jpg"))[0]
+    odd_path = os.path.join(str(lib / names[0]), ODD_NAME)
+    os.rename(os.fsencode(first), os.fsencode(odd_path))
+    cache = tmp_path / "lib.npz"
+    run_cli("embed", lib, cache, *PACK, "--no-progress")
     run_cli("cluster", cache, tmp_path / "raw", "--threshold", TEST_THRESHOLD)
     run_cli("refine", cache, tmp_path / "facesets", *REFINE_ARGS)
     run_cli("dedup", cache, "--no-progress")
@@ -237,6 +236,10 @@ def test_symlinked_source_is_followed_and_skips_are_reported(tmp_path):
     (empty / "phone" / "IMG_0002.heic").write_bytes(b"\0" * 64)
     r = run_cli("embed", empty, tmp_path / "e.npz", *PACK, "--no-progress")
     assert f"no photos found in {empty}" in r.stdout and "1 .heic" in r.stdout
+    # run stops there with one error line (exit 2) instead of failing on a missing cache
+    r = run_cli("run", empty, tmp_path / "out", *RUN_ARGS, check=False,
+                env={"FACESETS_WORK_DIR": str(tmp_path / "work")})
+    assert r.returncode == 2 and r.stderr == f"error: {empty}: no photos found; nothing to sort\n"
 
 
 def test_unreadable_folder_is_reported(tmp_path, monkeypatch):

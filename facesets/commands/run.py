@@ -64,6 +64,8 @@ def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
         say(f"embed: {s.line()}")
         for line in s.skipped:
             say(f"embed: {line}")
+        if not s.seen:   # nothing to sort: stop here rather than fail on a missing cache
+            raise ValueError(f"{layout.src}: no photos found; nothing to sort")
         return {"faces": s.faces, "new": s.new, "interrupted": s.interrupted}
 
     def cluster():
