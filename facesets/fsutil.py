@@ -7,6 +7,7 @@ A reader therefore sees the old file or the new one, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -198,11 +199,12 @@ OWNED_PREFIX = ".facesets-"
 OWNED_MARKER = ".facesets-owned"
 
 
-def _owned_dir(final: Path) -> Path:
-    """A fresh hidden folder beside ``final`` that carries face-sets' ownership marker."""
+def _owned_dir(final: Path, role: str) -> Path:
+    """A fresh hidden folder beside ``final`` that carries face-sets' ownership marker
+    (``role``: "staging" for a new output being built, "aside" for the old one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     holder = Path(tempfile.mkdtemp(prefix=f".{final.name}{OWNED_PREFIX}", dir=final.parent))
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "for": final.name,
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "for": final.name, "role": role,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (holder / OWNED_MARKER).write_text(json.dumps(info), encoding="utf-8")
     return holder
@@ -230,7 +232,7 @@ def remove_stale_staging(final: str | os.PathLike) -> None:
     if not final.parent.is_dir():
         return
     host = socket.gethostname()
-    for holder in final.parent.glob(f".{glob_escape(final.name)}{OWNED_PREFIX}*"):
+    for holder in final.parent.glob(f".{glob.escape(final.name)}{OWNED_PREFIX}*"):
         info = _owner(holder) if holder.is_dir() and not holder.is_symlink() else None
         if info is None:
             continue   # not ours: never touched
@@ -238,11 +240,11 @@ def remove_stale_staging(final: str | os.PathLike) -> None:
         if info.get("host") == host and isinstance(pid, int) and _pid_alive(pid) \
                 and pid != os.getpid():
             continue   # a live run is building it
+        old = holder / final.name
+        if info.get("role") == "aside" and not final.exists() and old.is_dir():
+            os.replace(old, final)   # killed between setting the old output aside and
+            fsync_dir(final.parent)  # swapping the new one in: the old one comes back
         shutil.rmtree(holder, ignore_errors=True)
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def make_staging(final: str | os.PathLike) -> Path:
@@ -250,7 +252,7 @@ def make_staging(final: str | os.PathLike) -> Path:
     leftovers from killed runs are removed first); ``replace_dir`` swaps it in."""
     final = Path(final)
     remove_stale_staging(final)
-    stage = _owned_dir(final) / final.name
+    stage = _owned_dir(final, "staging") / final.name
     stage.mkdir()
     return stage
 
@@ -270,7 +272,7 @@ def replace_dir(staging: str | os.PathLike, final: str | os.PathLike,
         if is_ours is not None and not is_ours(final):
             raise FileExistsError(f"{final} exists and was not made by face-sets; "
                                   "choose an empty or new output folder")
-        aside = _owned_dir(final)
+        aside = _owned_dir(final, "aside")
         os.replace(final, aside / final.name)
     os.replace(staging, final)
     fsync_dir(final.parent)

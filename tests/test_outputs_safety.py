@@ -105,6 +105,15 @@ def test_only_marked_staging_leftovers_are_removed(tmp_path):
     assert not dead.exists()
     assert sorted(p.name for p in lookalike.iterdir()) == files
     assert sorted(p.name for p in tmp_path.iterdir()) == [".sorted.facesets-mine", "sorted"]
+    # killed after setting the old output aside, before swapping the new one in: the next
+    # run puts the old output back first
+    aside = tmp_path / ".sorted.facesets-aside1"
+    aside.mkdir()
+    os.replace(out, aside / "sorted")
+    (aside / OWNED_MARKER).write_text(json.dumps({"pid": 2 ** 22 + 7, "host": os.uname()[1],
+                                                  "role": "aside"}))
+    make_staging(out)
+    assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
 
 
 # ---- item 2: OUT inside SRC, OUT == SRC ---------------------------------------------------
