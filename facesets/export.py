@@ -14,12 +14,14 @@ Every faceset is built in a staging folder and swapped in whole (fsutil.replace_
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -32,11 +34,11 @@ from .crop import Crop, single_face_crop
 from .dedup import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, near_pairs,
                     relative_sizes, same_relative_size)
 from .engine import assign_nearest, cluster_faces, normalize_rows
-from .fsutil import atomic_write_bytes, atomic_write_json, replace_dir
+from .fsutil import atomic_write_bytes, remove_temp_files, replace_dir
 from .imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_FACESET_MANIFEST,
                        SWAP_MANIFEST, ManifestError, is_face_sets_output, load_manifest,
-                       new_manifest, write_manifest)
+                       new_manifest, safe_member_path, write_manifest)
 from .quality import FaceQuality, cache_row, face_quality
 
 FACES_DIR = "faces"
@@ -60,42 +62,62 @@ def write_bundles(faceset_dir: Path, manifest: dict) -> None:
     faceset_dir = Path(faceset_dir)
     top_n = int(manifest["top_n"])
     names = bundle_names(manifest["name"], top_n)
-    pngs = [faceset_dir / f["file"] for f in sorted(manifest["faces"], key=lambda f: f["rank"])]
+    pngs = [safe_member_path(faceset_dir, f["file"], "faces[].file")
+            for f in sorted(manifest["faces"], key=lambda f: f["rank"])]
     write_fsz(pngs[:top_n], faceset_dir / names["top"])
     write_fsz(pngs, faceset_dir / names["all"])
     for stale in faceset_dir.glob(f"{manifest['name']}_*.fsz"):
-        if stale.name not in names.values():
+        if stale.name not in names.values() and BUNDLE_FILE.fullmatch(stale.name):
             stale.unlink()
     manifest["bundles"] = {"top": names["top"], "top_count": min(top_n, len(pngs)),
                            "all": names["all"], "all_count": len(pngs)}
 
 
-def rebuild_bundles(faceset_dir: str | os.PathLike, reason: str = "removed from faces/",
-                    step: str = "rebuild_bundles") -> dict:
+# what atomic_write leaves behind when a kill interrupts a bundle or manifest write
+BUNDLE_FILE = re.compile(r"faceset_[0-9]{3,}_(top[0-9]+|all)\.fsz")
+FACESET_FILES = re.compile(rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
+
+
+def remove_faceset_temps(faceset_dir: Path) -> None:
+    """Remove the temp files of writes a kill interrupted in a faceset folder."""
+    remove_temp_files(faceset_dir, FACESET_FILES)
+
+
+def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles",
+                    run: str | None = None, details: dict[str, dict] | None = None,
+                    reason: str = "removed from faces/") -> dict:
     """Rebuild a faceset's ``.fsz`` bundles from the PNGs still in its faces/ folder.
 
     Faces whose PNG is gone (moved to ``faces/_dropped/`` by an audit, deleted by hand) leave
-    ``faces[]`` for ``dropped[]`` with ``reason``; the rest keep their rank and file name,
-    and the bundles hold them in rank order. The manifest is rewritten atomically with a
-    ``history`` entry. Returns the new manifest. Running it twice changes nothing more.
+    ``faces[]`` for ``dropped[]``, with ``details[file]`` (reason and what the step found)
+    or else ``reason``, and ``audit_run`` = ``run``; the rest keep their rank and file name,
+    and the bundles hold them in rank order. The bundles are written first, the manifest
+    (with a ``history`` entry naming ``run``) last, so a kill in between is redone by the
+    next call. Returns the new manifest.
     """
     faceset_dir = Path(faceset_dir)
+    details = details or {}
     manifest = load_manifest(faceset_dir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
     kept, gone = [], []
     for face in sorted(manifest["faces"], key=lambda f: f["rank"]):
         (kept if (faceset_dir / face["file"]).is_file() else gone).append(face)
     for face in gone:
-        manifest["dropped"].append(dict(face, reason=reason))
+        entry = dict(face, reason=reason)
+        entry.update(details.get(face["file"], {}))
+        if run is not None:
+            entry["audit_run"] = run
+        manifest["dropped"].append(entry)
     manifest["faces"] = kept
     write_bundles(faceset_dir, manifest)
-    manifest["summary"]["kept"] = len(kept)
-    if gone:
-        dropped = manifest["summary"].setdefault("dropped", {})
-        dropped[reason] = dropped.get(reason, 0) + len(gone)
+    summary = manifest["summary"]
+    summary["kept"] = len(kept)
+    counts = summary.get("dropped") if isinstance(summary.get("dropped"), dict) else {}
+    for entry in manifest["dropped"][len(manifest["dropped"]) - len(gone):]:
+        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+    summary["dropped"] = counts
     manifest.setdefault("history", []).append(
-        {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-         "removed": [f["key"] for f in gone], "reason": reason if gone else "",
-         "kept": len(kept)})
+        {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run,
+         "removed": [f["key"] for f in gone], "kept": len(kept)})
     write_manifest(faceset_dir / MANIFEST_NAME, manifest)
     return manifest
 
@@ -111,18 +133,19 @@ def faceset_listing(manifest: dict) -> dict:
             "manifest": f"{manifest['name']}/{MANIFEST_NAME}"}
 
 
-def refresh_listing(out: str | os.PathLike, faceset_name: str) -> dict:
-    """Update one faceset's entry in OUT/manifest.json from its own manifest (atomically).
-
-    For maintenance steps that changed a faceset (e.g. an audit that rebuilt its bundles);
-    they add their own provenance sections beside ``facesets[]``.
+def refresh_listing(out: str | os.PathLike, names: list[str],
+                    update: Callable[[dict], None] | None = None) -> dict:
+    """Update the entries of faceset ``names`` in OUT/manifest.json from their own manifests,
+    let ``update`` add a maintenance step's provenance, and write it (atomically, once).
     """
     out = Path(out)
     top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
-    fs = load_manifest(out / faceset_name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-    top["facesets"] = [faceset_listing(fs) if e["name"] == faceset_name else e
-                       for e in top["facesets"]]
-    atomic_write_json(out / MANIFEST_NAME, top)
+    fresh = {name: faceset_listing(load_manifest(out / name / MANIFEST_NAME,
+                                                 SWAP_FACESET_MANIFEST)) for name in names}
+    top["facesets"] = [fresh.get(e["name"], e) for e in top.get("facesets", [])]
+    if update is not None:
+        update(top)
+    write_manifest(out / MANIFEST_NAME, top)
     return top
 
 

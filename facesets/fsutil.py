@@ -208,3 +208,23 @@ def replace_dir(staging: str | os.PathLike, final: str | os.PathLike,
     fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+def remove_temp_files(folder: str | os.PathLike, target: "re.Pattern[str]") -> list[Path]:
+    """Remove the temp files ``atomic_write`` left in ``folder`` when a kill interrupted
+    the write of a file whose name fully matches ``target`` (``.NAME.XXXXXXXX.tmp``, the
+    mkstemp name it uses); nothing else is touched. Returns what was removed."""
+    import re
+
+    temp = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = temp.fullmatch(p.name)
+        if m and target.fullmatch(m.group(1)) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            removed.append(p)
+    return removed
