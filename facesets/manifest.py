@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .fsutil import atomic_write_json, read_json
+from .materialize import LINK_MODES
 
 MANIFEST_VERSION = 1
 CLUSTER_MANIFEST = "face-sets/cluster"   # OUT/manifest.json of `cluster`
@@ -179,13 +180,15 @@ def _face_entries(c: _Fields, obj: dict, key: str, field: str, required=True) ->
 def _check_head(c: _Fields, m: dict) -> dict:
     c.str(m, "cache", "", required=False)
     c.get(m, "model_id", "", (str, type(None)), "a string", required=False)
-    return c.obj(m, "parameters", "", required=False)
+    params = c.obj(m, "parameters", "", required=False)
+    if c.str(params, "link", "parameters", required=False) not in (None, *LINK_MODES):
+        c.fail("parameters.link", f"{params['link']!r} is not one of {', '.join(LINK_MODES)}")
+    return params
 
 
 def _check_cluster(c: _Fields, m: dict) -> None:
     params = _check_head(c, m)
     c.num(params, "threshold", "parameters", required=False)
-    c.str(params, "link", "parameters", required=False)
     for f, person in c.items(m, "persons", ""):
         c.name(person, "name", f, PERSON_NAME, "a person name (person_NNN)")
         _face_entries(c, person, "faces", f)
@@ -208,7 +211,6 @@ def _check_refine(c: _Fields, m: dict) -> None:
               "min_blur", "min_det_score", "min_faces"):
         c.num(params, k, "parameters", required=False)
     c.str(params, "engine", "parameters", required=False)
-    c.str(params, "link", "parameters", required=False)
     for f, fs in c.items(m, "facesets", ""):
         c.name(fs, "name", f, FACESET_NAME, "a faceset name (faceset_NNN)")
         _face_entries(c, fs, "faces", f)
