@@ -36,7 +36,7 @@ from .dedup import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, ne
 from .engine import assign_nearest, cluster_faces, normalize_rows
 from .fsutil import atomic_write_bytes, remove_temp_files, replace_dir
 from .imageio import ImageError, decode, read_header, scale_for
-from .manifest import (CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_FACESET_MANIFEST,
+from .manifest import (CLUSTER_MANIFEST, FACESET_NAME, REFINE_MANIFEST, SWAP_FACESET_MANIFEST,
                        SWAP_MANIFEST, ManifestError, is_face_sets_output, load_manifest,
                        new_manifest, safe_member_path, write_manifest)
 from .quality import FaceQuality, cache_row, face_quality
@@ -373,6 +373,59 @@ def previous_names(out: Path) -> list[tuple[set[str], str]]:
     return found
 
 
+def audited_drops(out: Path) -> dict[str, tuple[Path, dict]]:
+    """Faces an audit (audit-multiface) dropped from the previous export in OUT: key ->
+    (its faceset folder, its dropped[] entry). A re-export keeps them dropped."""
+    from .audit import REASON
+
+    found: dict[str, tuple[Path, dict]] = {}
+    for d in sorted(out.glob("faceset_*")) if out.is_dir() else []:
+        if not FACESET_NAME.fullmatch(d.name) or not (d / MANIFEST_NAME).is_file():
+            continue
+        for e in load_manifest(d / MANIFEST_NAME, SWAP_FACESET_MANIFEST)["dropped"]:
+            if e["reason"] == REASON and e.get("key"):
+                found[e["key"]] = (d, e)
+    return found
+
+
+def carry_dropped(stage: Path, audited: list[tuple[Path, dict]], old_dir: Path,
+                  carried_from: set[tuple[Path, str]]) -> list[dict]:
+    """Into a faceset's staging folder: the audit's dropped PNGs of its faces (their entries
+    returned with ``moved_to`` updated), and whatever else the faceset of the same name held
+    in faces/_dropped/ (never lost to a re-export). Copies: the old folder stays whole until
+    the new one is swapped in."""
+    from .audit import DROPPED_DIR
+
+    holding = stage / FACES_DIR / DROPPED_DIR
+    entries = []
+
+    def copy_in(src: Path) -> str:
+        holding.mkdir(parents=True, exist_ok=True)
+        dest, n = holding / src.name, 1
+        while dest.exists():
+            dest = holding / f"{src.stem}.{n}{src.suffix}"
+            n += 1
+        shutil.copy2(src, dest)
+        return dest.relative_to(stage).as_posix()
+
+    for folder, e in audited:
+        e = dict(e)
+        src = safe_member_path(folder, e["moved_to"], "dropped[].moved_to",
+                               folder / MANIFEST_NAME) if "moved_to" in e else None
+        if src is not None and src.is_file() and not src.is_symlink():
+            e["moved_to"] = copy_in(src)
+        else:
+            e.pop("moved_to", None)
+        entries.append(e)
+    old_holding = old_dir / FACES_DIR / DROPPED_DIR
+    if old_holding.is_dir() and not old_holding.is_symlink():
+        for src in sorted(old_holding.iterdir()):
+            rel = src.relative_to(old_dir).as_posix()
+            if src.is_file() and not src.is_symlink() and (old_dir, rel) not in carried_from:
+                copy_in(src)
+    return entries
+
+
 def name_text(name: str, keys: set[str], previous: list[tuple[set[str], str]]) -> str:
     """NAME.txt: the operator's text from the previous export of the same identity (more
     than half of its faces are here again), else a fresh template."""
@@ -447,6 +500,8 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     head = new_manifest(SWAP_FACESET_MANIFEST, os.fspath(cache_path), cache.meta,
                         dict(vars(params), refine_manifest=os.path.abspath(refine_manifest)))
 
+    audit = audited_drops(out)
+
     # 1. gate every faceset (cheap, from the cache alone)
     plans: list[Planned] = []
     facesets: list[dict] = []
@@ -462,6 +517,11 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
         members = np.array(members, dtype=np.int64)
         name = f"faceset_{len(facesets):03d}"
         centroid, kept, dropped = select_for_swap(cache, sel, members, quality, params)
+        # faces an audit of the previous export dropped stay dropped (with its record)
+        audited = [audit[str(sel.keys[i])] for i in members if str(sel.keys[i]) in audit]
+        audited_keys = {e["key"] for _, e in audited}
+        kept = [k for k in kept if str(sel.keys[members[k]]) not in audited_keys]
+        dropped = [e for e in dropped if e["key"] not in audited_keys]
         dist = 1.0 - sel.embeddings[members] @ centroid
         for k in kept:
             i = members[k]
@@ -469,7 +529,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
                                  _entry(cache, sel, i, quality[i], dist[k]), quality[i].score))
         facesets.append({"name": name, "source_faceset": fs.get("name", ""),
                          "centroid": centroid, "dropped": missing + dropped,
-                         "faces_in": len(fs["faces"])})
+                         "audited": audited, "faces_in": len(fs["faces"])})
     names = [fs["name"] for fs in facesets]
     if params.candidates and facesets:
         plans += _plan_candidates(cache, sel, raw, taken,
@@ -492,14 +552,18 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     for pl in plans:
         by_target.setdefault(pl.target, []).append(pl)
     listing, dropped_total = [], {}
+    carried_from = {(d, e["moved_to"]) for fs in facesets for d, e in fs["audited"]}
     for fs in facesets:
         name, stage = fs["name"], stage_of[fs["name"]]
         kept, crop_dropped = finish_folder(stage, by_target.get(name, []))
-        dropped = fs["dropped"] + crop_dropped
+        carried = carry_dropped(stage, fs["audited"], out / name, carried_from)
+        dropped = fs["dropped"] + crop_dropped + carried
+        history = [{"step": "export-swap", "when": head["created"], "run": run_id,
+                    "kept_audit_drops": [e["key"] for e in carried]}] if carried else []
         m = dict(head, name=name, source_faceset=fs["source_faceset"], run=run_id,
                  top_n=params.top_n,
                  centroid=[round(float(v), 6) for v in fs["centroid"]],
-                 faces=kept, dropped=dropped, history=[])
+                 faces=kept, dropped=dropped, history=history)
         counts: dict[str, int] = {}
         for e in dropped:
             counts[e["reason"]] = counts.get(e["reason"], 0) + 1

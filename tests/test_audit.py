@@ -35,10 +35,15 @@ def export_dir(tmp_path_factory) -> Path:
             "--merge-threshold", "0.5", "--outlier-threshold", TEST_THRESHOLD,
             "--min-faces", "4", *LOW_GATES, "--link", "symlink")
     out = root / "export"
-    run_cli("export-swap", cache, root / "refined" / "refine_manifest.json", out,
-            "--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
-            "--no-progress")
+    run_cli(*export_args(root, out))
     return out
+
+
+def export_args(root: Path, out: Path) -> list:
+    """export-swap of the cache and facesets the export_dir fixture made in ``root``."""
+    return ["export-swap", root / "c.npz", root / "refined" / "refine_manifest.json", out,
+            "--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
+            "--no-progress"]
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -210,3 +215,38 @@ def test_apply_killed_at_every_commit_then_rerun_equals_one_clean_apply(export_d
             again = run_cli(*apply)                      # after success: no change
             assert "nothing changed" in again.stdout and snapshot(out) == clean
     assert kills == 2 * commits
+
+
+def test_export_swap_again_keeps_the_audit_drops(export_dir, tmp_path):
+    """export -> audit apply -> export-swap again: the dropped faces stay out of faces/ and
+    every bundle, _dropped/ still holds their PNGs, the entries keep the audit's reason."""
+    out = tmp_path / "export"
+    shutil.copytree(export_dir, out)
+    fs0 = json.loads((out / "faceset_000" / "manifest.json").read_text())
+    victim = fs0["faces"][1]
+    plant_two_faces(out / "faceset_000" / victim["file"])
+    planted = (out / "faceset_000" / victim["file"]).read_bytes()
+    queue, results = tmp_path / "mq.json", tmp_path / "mres.jsonl"
+    run_cli("audit-multiface", "stage", out, queue, *PACK)
+    run_worker(queue, results)
+    run_cli("audit-multiface", "apply", queue, results)
+    moved = json.loads((out / "faceset_000" / "manifest.json").read_text())["dropped"][-1]
+    assert moved["key"] == victim["key"] and moved["reason"] == "multiface_audit"
+
+    run_cli(*export_args(export_dir.parent, out))
+    top = json.loads((out / "manifest.json").read_text())
+    assert len(top["multiface_audit"]) == 1
+    for entry in top["facesets"]:
+        fdir = out / entry["name"]
+        fs = json.loads((fdir / "manifest.json").read_text())
+        assert victim["key"] not in {f["key"] for f in fs["faces"]}
+        for bundle in fs["bundles"]["top"], fs["bundles"]["all"]:
+            assert planted not in [data for _, data in read_fsz(fdir / bundle).pngs]
+        assert planted not in [p.read_bytes() for p in (fdir / "faces").glob("*.png")]
+    fs = json.loads((out / "faceset_000" / "manifest.json").read_text())
+    entry = [d for d in fs["dropped"] if d["key"] == victim["key"]]
+    assert len(entry) == 1 and entry[0]["reason"] == "multiface_audit"
+    assert entry[0]["faces_detected"] >= 2
+    assert (out / "faceset_000" / entry[0]["moved_to"]).read_bytes() == planted
+    assert fs["summary"]["dropped"]["multiface_audit"] == 1
+    assert len(fs["faces"]) == len(fs0["faces"]) - 1
