@@ -272,13 +272,13 @@ _VALIDATORS = {CLUSTER_MANIFEST: _check_cluster, REFINE_MANIFEST: _check_refine,
                AUDIT_PLAN: _check_audit_plan}
 
 
-def centroid_of(manifest: dict, path: str | os.PathLike, dim: int):
-    """A faceset manifest's centroid as a unit float32 vector of the cache's dimension
-    ``dim``; ManifestError naming the file when it is absent or of another length."""
+def centroid_of(manifest: dict, path: str | os.PathLike, dim: int | None):
+    """A faceset manifest's centroid (checked finite numbers on load) as a unit float32
+    vector; ManifestError naming the file when it is not of the model's dimension ``dim``."""
     import numpy as np
 
     c = manifest.get("centroid") or []
-    if len(c) != dim:
+    if not c or (dim is not None and len(c) != dim):
         raise ManifestError(f"{path}: centroid has {len(c)} values, the model's embeddings "
                             f"{dim}; restore the file or re-run export-swap")
     v = np.asarray(c, dtype=np.float32)
