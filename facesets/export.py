@@ -617,6 +617,18 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     for d in out.iterdir():
         stale_faceset = d.name.startswith("faceset_") and d.name not in keep
         stale_cands = d.name == CANDIDATES_DIR and d.name not in keep
-        if d.is_dir() and (stale_faceset or stale_cands) and is_face_sets_output(d):
+        if d.is_dir() and (stale_faceset or stale_cands) and is_face_sets_output(d) \
+                and not _holds_uncarried_drops(d, carried_from):
             shutil.rmtree(d)
     return top
+
+
+def _holds_uncarried_drops(faceset_dir: Path, carried_from: set[tuple[Path, str]]) -> bool:
+    """Whether a faceset folder about to go holds dropped PNGs (an audit's, or moved there
+    by hand) that no new faceset took over: then it stays, so they are never lost."""
+    from .audit import DROPPED_DIR
+
+    holding = faceset_dir / FACES_DIR / DROPPED_DIR
+    return holding.is_dir() and any(
+        (faceset_dir, p.relative_to(faceset_dir).as_posix()) not in carried_from
+        for p in holding.iterdir())
