@@ -8,20 +8,24 @@ all faces it finds, so a second face (or none) pollutes the face set.
           {id, path, faces, scores} or {id, path, error};
   apply   move PNGs whose count is not 1 into <faceset>/faces/_dropped/ (reversible), rebuild
           that faceset's bundles (export.rebuild_bundles), record provenance in both
-          manifests. ``dry_run`` prints the plan and changes nothing.
+          manifests: a written plan carried out in redoable steps (see below), so a killed
+          apply is finished by the next and a second apply changes nothing. ``dry_run``
+          prints the plan and changes nothing.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fsutil import reversible_move, sha256_file
+from .fsutil import atomic_write_json, fsync_dir, remove_temp_files, sha256_file
 from .imageio import ImageError, decode, read_header
-from .manifest import (SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, load_manifest,
-                       write_manifest)
+from .manifest import (AUDIT_PLAN, FACE_PNG, FACESET_NAME, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
+                       load_manifest, safe_member_path)
 from .queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
                     new_queue, read_jsonl, write_queue)
 from .worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
@@ -60,22 +64,21 @@ def stage_multiface_queue(export_dir: str, queue_path: str, model: str | None,
     return len(items)
 
 
-def _faceset_name(name, out: Path) -> str:
-    """A faceset folder named by a manifest or queue: a plain child of OUT, never a path."""
-    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name \
-            or "\\" in name or not (out / name).is_dir():
-        raise ManifestError(f"{out}: faceset {name!r} is not a folder of this export; "
-                            "re-run export-swap or re-stage the audit")
+def _faceset_name(name, out: Path, source: str | os.PathLike | None = None) -> str:
+    """A faceset folder named by a manifest or queue: faceset_NNN, a folder of OUT."""
+    if not isinstance(name, str) or not FACESET_NAME.fullmatch(name) \
+            or not (out / name).is_dir():
+        raise ManifestError(f"{source or out}: faceset {name!r} is not a folder of this "
+                            "export; re-run export-swap or re-stage the audit")
     return name
 
 
-def _face_file(rel, faceset_dir: Path) -> str:
-    """A face PNG named by a manifest or queue: faces/<name>.png inside that faceset."""
-    parts = rel.split("/") if isinstance(rel, str) else []
-    if len(parts) != 2 or parts[0] != FACES_DIR or parts[1] in ("", ".", "..") \
-            or "\\" in parts[1] or not parts[1].lower().endswith(".png"):
-        raise ManifestError(f"{faceset_dir}: face file {rel!r} is not faces/<name>.png; "
-                            "re-run export-swap or re-stage the audit")
+def _face_file(rel, faceset_dir: Path, source: str | os.PathLike | None = None) -> str:
+    """A face PNG named by a manifest or queue: faces/NNN.png inside that faceset."""
+    if not isinstance(rel, str) or not FACE_PNG.fullmatch(rel):
+        raise ManifestError(f"{source or faceset_dir}: face file {rel!r} is not "
+                            "faces/NNN.png; re-run export-swap or re-stage the audit")
+    safe_member_path(faceset_dir, rel, "file", source)
     return rel
 
 
@@ -146,25 +149,46 @@ def make_multiface_job(queue: dict, args, mapper):
 
 
 # ---- apply (WSL side) -------------------------------------------------------------------
+# apply is a plan written first, then carried out step by step; every step can be redone:
+#   1. the plan (OUT/.multiface_audit.plan.json): run id, the PNGs to drop and where each
+#      goes, the facesets to rebuild, the counts for the record;
+#   2. per PNG, a rename into faces/_dropped/ (done when the source is gone and the
+#      destination is there);
+#   3. per faceset, its bundles then its manifest (done once its history names the run);
+#   4. the top-level manifest: every listing refreshed and the run's record (done once a
+#      record names the run); then the plan file is removed.
+# A killed apply is finished by the next one; an apply of a run already recorded changes
+# nothing.
+PLAN_NAME = ".multiface_audit.plan.json"
+_OUT_FILES = re.compile(f"{re.escape(PLAN_NAME)}|{re.escape(MANIFEST_NAME)}")
+
+
 @dataclass
 class Drop:
     faceset: str
     file: str          # faces/NNN.png
     faces: int         # faces the worker found
+    moved_to: str = ""  # faces/_dropped/NNN.png, chosen when planning
+    key: str = ""
 
 
 @dataclass
 class AuditPlan:
     export: Path
+    run_id: str = ""
+    queue: str = ""
+    results: str = ""
     drops: list[Drop] = field(default_factory=list)
+    rebuild: list[str] = field(default_factory=list)      # facesets with a PNG gone already
     checked: int = 0
     unchecked: list[str] = field(default_factory=list)    # no result yet
     unreadable: list[str] = field(default_factory=list)   # the worker could not read it
     changed: list[str] = field(default_factory=list)      # file changed since staging
     gone: list[str] = field(default_factory=list)         # already moved away
+    applied: dict | None = None                           # this run's record, once applied
 
     def facesets(self) -> list[str]:
-        return sorted({d.faceset for d in self.drops})
+        return sorted({d.faceset for d in self.drops} | set(self.rebuild))
 
     def lines(self) -> list[str]:
         out = [f"drop {d.faceset}/{d.file} ({d.faces} faces)" for d in self.drops]
@@ -175,9 +199,44 @@ class AuditPlan:
 
     def line(self) -> str:
         return (f"checked {self.checked}, to drop {len(self.drops)} in "
-                f"{len(self.facesets())} facesets, not checked {len(self.unchecked)}, "
-                f"unreadable {len(self.unreadable)}, changed {len(self.changed)}, "
-                f"already gone {len(self.gone)}")
+                f"{len({d.faceset for d in self.drops})} facesets, not checked "
+                f"{len(self.unchecked)}, unreadable {len(self.unreadable)}, changed "
+                f"{len(self.changed)}, already gone {len(self.gone)}")
+
+    def counts(self) -> dict:
+        return {"checked": self.checked, "unchecked": len(self.unchecked),
+                "unreadable": len(self.unreadable), "changed_since_staging": len(self.changed),
+                "already_gone": len(self.gone)}
+
+    def to_json(self) -> dict:
+        return {"format": AUDIT_PLAN, "version": 1, "run_id": self.run_id,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "queue": self.queue,
+                "results": self.results, "counts": self.counts(), "facesets": self.facesets(),
+                "drops": [vars(d) for d in self.drops]}
+
+
+def _run_id(queue_path: str, results_path: str) -> str:
+    """The same queue and results give the same run: applying them twice is one run."""
+    digest = hashlib.sha256()
+    for path in (queue_path, results_path):
+        digest.update(sha256_file(path).encode() if Path(path).is_file() else b"-")
+    return digest.hexdigest()[:16]
+
+
+def _recorded(out: Path, run_id: str) -> dict | None:
+    top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
+    return next((r for r in top.get(SECTION, []) if r.get("run") == run_id), None)
+
+
+def _drop_destination(fdir: Path, rel: str, taken: set[str]) -> str:
+    """faces/_dropped/<name>, or <stem>.N.png when that name is taken (never overwrite)."""
+    name = Path(rel).name
+    dest, n = f"{FACES_DIR}/{DROPPED_DIR}/{name}", 1
+    while str(fdir / dest) in taken or (fdir / dest).exists():
+        dest = f"{FACES_DIR}/{DROPPED_DIR}/{Path(name).stem}.{n}.png"
+        n += 1
+    taken.add(str(fdir / dest))
+    return dest
 
 
 def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
@@ -185,85 +244,148 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
     export = queue["params"].get("export")
     if not isinstance(export, str) or not export:
         raise QueueError(f"{queue_path}: no export folder in params; re-stage the queue")
-    plan = AuditPlan(export=Path(export))
-    load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
+    plan = AuditPlan(export=Path(export), queue=os.path.abspath(queue_path),
+                     results=os.path.abspath(results_path))
+    top = load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
     records, _ = read_jsonl(results_path)
     if not records and not Path(results_path).is_file():
         raise FileNotFoundError(f"{results_path}: no results; run work/multiface_worker.py "
                                 f"{queue_path} {results_path} first")
+    plan.run_id = _run_id(queue_path, results_path)
+    plan.applied = _recorded(plan.export, plan.run_id)
     results = latest_by_id(records)
+    taken: set[str] = set()
     for item in queue["items"]:
         rec = results.get(item["id"])
         if rec is None:
             plan.unchecked.append(item["id"])
             continue
-        if "error" in rec or not isinstance(rec.get("faces"), int):
+        if "error" in rec or not isinstance(rec.get("faces"), int) \
+                or isinstance(rec.get("faces"), bool):
             plan.unreadable.append(item["id"])
             continue
         plan.checked += 1
         if rec["faces"] == 1:
             continue
-        name = _faceset_name(item.get("faceset"), plan.export)
-        rel = _face_file(item.get("file"), plan.export / name)
+        name = _faceset_name(item.get("faceset"), plan.export, queue_path)
+        rel = _face_file(item.get("file"), plan.export / name, queue_path)
         png = plan.export / name / rel
         if not png.is_file():
             plan.gone.append(item["id"])
         elif sha256_file(png) != item.get("sha256"):
             plan.changed.append(item["id"])
         else:
-            plan.drops.append(Drop(name, rel, rec["faces"]))
+            plan.drops.append(Drop(name, rel, rec["faces"],
+                                   _drop_destination(plan.export / name, rel, taken),
+                                   str(item.get("key", ""))))
+    # facesets a user (or an older face-sets) left with a listed face whose PNG is gone
+    for entry in top.get("facesets", []):
+        name = _faceset_name(entry.get("name"), plan.export)
+        fs = load_manifest(plan.export / name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+        if any(not safe_member_path(plan.export / name, f["file"], "faces[].file",
+                                    plan.export / name / MANIFEST_NAME).is_file()
+               for f in fs["faces"]):
+            plan.rebuild.append(name)
     return plan
 
 
-def _annotate(manifest: dict, drops: dict[str, Drop], moved: dict[str, str]) -> None:
-    """Add what the audit found to this step's dropped[] entries."""
-    for e in manifest.get("dropped", []):
-        d = drops.get(e.get("file"))
-        if e.get("reason") == REASON and d is not None and "faces_detected" not in e:
-            e["faces_detected"] = d.faces
-            if e["file"] in moved:
-                e["moved_to"] = moved[e["file"]]
+def load_pending(export: Path) -> AuditPlan | None:
+    """The plan a killed apply left in ``export``, or None."""
+    path = export / PLAN_NAME
+    if not path.is_file():
+        return None
+    m = load_manifest(path, AUDIT_PLAN)
+    counts = m["counts"]
+    plan = AuditPlan(export=export, run_id=m["run_id"], queue=m["queue"], results=m["results"],
+                     drops=[Drop(d["faceset"], d["file"], d["faces"], d["moved_to"],
+                                 str(d.get("key", ""))) for d in m["drops"]],
+                     rebuild=list(m["facesets"]), checked=int(counts.get("checked", 0)))
+    for attr, key in (("unchecked", "unchecked"), ("unreadable", "unreadable"),
+                      ("changed", "changed_since_staging"), ("gone", "already_gone")):
+        setattr(plan, attr, [""] * int(counts.get(key, 0)))   # only the counts are kept
+    return plan
 
 
-def apply_audit(plan: AuditPlan, queue_path: str, results_path: str,
-                log: Callable[[str], None] = print) -> dict[str, int]:
-    """Move, rebuild, record. Re-running after a crash finishes the job (a faceset whose
-    PNGs were moved but whose bundles were not rebuilt is rebuilt then)."""
-    from .export import rebuild_bundles, refresh_listing
+def _move(fdir: Path, d: Drop) -> bool:
+    """Step 2 for one PNG (a rename: it happened or it did not). True if it is moved."""
+    src = safe_member_path(fdir, d.file, "file")
+    dest = safe_member_path(fdir, d.moved_to, "moved_to")
+    if src.is_file() and not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        fsync_dir(dest.parent)
+        fsync_dir(src.parent)
+    return dest.is_file() and not src.exists()
+
+
+def _apply_faceset(out: Path, name: str, drops: list[Drop], run_id: str) -> dict:
+    """Steps 2-3 for one faceset; the faceset manifest after them."""
+    from .export import rebuild_bundles, remove_faceset_temps
+
+    fdir = out / name
+    remove_faceset_temps(fdir)      # a write a kill interrupted
+    manifest = load_manifest(fdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+    if any(h.get("run") == run_id for h in manifest.get("history", [])):
+        return manifest
+    details = {d.file: {"reason": REASON, "faces_detected": d.faces, "moved_to": d.moved_to}
+               for d in drops if _move(fdir, d)}
+    return rebuild_bundles(fdir, step=STEP, run=run_id, details=details)
+
+
+def apply_audit(plan: AuditPlan, log: Callable[[str], None] = print) -> dict:
+    """Write the plan, carry it out, record it (see above); returns the run's record. Finish
+    an interrupted run first (``resume_audit``)."""
+    if plan.applied is not None:
+        return plan.applied
+    remove_temp_files(plan.export, _OUT_FILES)    # a write a kill interrupted
+    pending = load_pending(plan.export)
+    if pending is not None:
+        if pending.run_id != plan.run_id:
+            raise ManifestError(f"{plan.export / PLAN_NAME}: the interrupted audit run "
+                                f"{pending.run_id} is not finished; run apply again")
+        return _execute(pending, log)
+    atomic_write_json(plan.export / PLAN_NAME, plan.to_json())
+    return _execute(plan, log)
+
+
+def resume_audit(export: Path, log: Callable[[str], None] = print) -> dict | None:
+    """Finish the run a killed apply left planned in ``export``; its record, or None."""
+    remove_temp_files(export, _OUT_FILES)         # a write a kill interrupted
+    pending = load_pending(export)
+    if pending is None:
+        return None
+    log(f"finishing the interrupted audit run {pending.run_id} "
+        f"({pending.queue}, {pending.results})")
+    return _execute(pending, log)
+
+
+def _execute(plan: AuditPlan, log: Callable[[str], None]) -> dict:
+    from .export import refresh_listing
 
     out = plan.export
-    by_faceset: dict[str, dict[str, Drop]] = {}
+    by_faceset: dict[str, list[Drop]] = {name: [] for name in plan.facesets()}
     for d in plan.drops:
-        by_faceset.setdefault(d.faceset, {})[d.file] = d
-    # facesets a killed earlier apply left half-done: a listed face whose PNG is gone
-    top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
-    for entry in top.get("facesets", []):
-        name = _faceset_name(entry.get("name"), out)
-        fs = load_manifest(out / name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-        if any(not (out / name / f["file"]).is_file() for f in fs.get("faces", [])):
-            by_faceset.setdefault(name, {})
+        by_faceset[d.faceset].append(d)
     dropped: dict[str, int] = {}
     for name, drops in sorted(by_faceset.items()):
-        fdir = out / name
-        moved = {}
-        for rel in sorted(drops):
-            dest = reversible_move(fdir / rel, fdir / FACES_DIR / DROPPED_DIR)
-            moved[rel] = dest.relative_to(fdir).as_posix()
-        before = len(load_manifest(fdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)["faces"])
-        manifest = rebuild_bundles(fdir, reason=REASON, step=STEP)
-        _annotate(manifest, drops, moved)
-        write_manifest(fdir / MANIFEST_NAME, manifest)
-        refresh_listing(out, name)
-        dropped[name] = before - len(manifest["faces"])
+        manifest = _apply_faceset(out, name, drops, plan.run_id)
+        dropped[name] = sum(1 for e in manifest["dropped"]
+                            if e.get("audit_run") == plan.run_id and e["reason"] == REASON)
         log(f"{name}: dropped {dropped[name]}, kept {len(manifest['faces'])}; bundles rebuilt")
-    top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
-    top.setdefault(SECTION, []).append({
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": STEP,
+    record = {
+        "run": plan.run_id, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": STEP,
         "why": "face PNG did not show exactly one face on re-detection (0 or 2+); moved to "
                "<faceset>/faces/_dropped/",
-        "queue": os.path.abspath(queue_path), "results": os.path.abspath(results_path),
-        "checked": plan.checked, "dropped": sum(dropped.values()), "by_faceset": dropped,
+        "queue": plan.queue, "results": plan.results, "checked": plan.checked,
+        "dropped": sum(dropped.values()), "by_faceset": {k: v for k, v in dropped.items() if v},
         "unreadable": len(plan.unreadable), "unchecked": len(plan.unchecked),
-        "changed_since_staging": len(plan.changed)})
-    write_manifest(out / MANIFEST_NAME, top)
-    return dropped
+        "changed_since_staging": len(plan.changed)}
+
+    def add_record(top: dict) -> None:
+        if not any(r.get("run") == plan.run_id for r in top.get(SECTION, [])):
+            top.setdefault(SECTION, []).append(record)
+
+    refresh_listing(out, list(by_faceset), add_record)
+    (out / PLAN_NAME).unlink(missing_ok=True)
+    fsync_dir(out)
+    return _recorded(out, plan.run_id) or record

@@ -14,12 +14,14 @@ Every faceset is built in a staging folder and swapped in whole (fsutil.replace_
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -32,11 +34,11 @@ from .crop import Crop, single_face_crop
 from .dedup import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, near_pairs,
                     relative_sizes, same_relative_size)
 from .engine import assign_nearest, cluster_faces, normalize_rows
-from .fsutil import atomic_write_bytes, atomic_write_json, replace_dir
+from .fsutil import atomic_write_bytes, remove_temp_files, replace_dir
 from .imageio import ImageError, decode, read_header, scale_for
-from .manifest import (CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_FACESET_MANIFEST,
+from .manifest import (CLUSTER_MANIFEST, FACESET_NAME, REFINE_MANIFEST, SWAP_FACESET_MANIFEST,
                        SWAP_MANIFEST, ManifestError, is_face_sets_output, load_manifest,
-                       new_manifest, write_manifest)
+                       new_manifest, safe_member_path, write_manifest)
 from .quality import FaceQuality, cache_row, face_quality
 
 FACES_DIR = "faces"
@@ -60,42 +62,62 @@ def write_bundles(faceset_dir: Path, manifest: dict) -> None:
     faceset_dir = Path(faceset_dir)
     top_n = int(manifest["top_n"])
     names = bundle_names(manifest["name"], top_n)
-    pngs = [faceset_dir / f["file"] for f in sorted(manifest["faces"], key=lambda f: f["rank"])]
+    pngs = [safe_member_path(faceset_dir, f["file"], "faces[].file")
+            for f in sorted(manifest["faces"], key=lambda f: f["rank"])]
     write_fsz(pngs[:top_n], faceset_dir / names["top"])
     write_fsz(pngs, faceset_dir / names["all"])
     for stale in faceset_dir.glob(f"{manifest['name']}_*.fsz"):
-        if stale.name not in names.values():
+        if stale.name not in names.values() and BUNDLE_FILE.fullmatch(stale.name):
             stale.unlink()
     manifest["bundles"] = {"top": names["top"], "top_count": min(top_n, len(pngs)),
                            "all": names["all"], "all_count": len(pngs)}
 
 
-def rebuild_bundles(faceset_dir: str | os.PathLike, reason: str = "removed from faces/",
-                    step: str = "rebuild_bundles") -> dict:
+# what atomic_write leaves behind when a kill interrupts a bundle or manifest write
+BUNDLE_FILE = re.compile(r"faceset_[0-9]{3,}_(top[0-9]+|all)\.fsz")
+FACESET_FILES = re.compile(rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
+
+
+def remove_faceset_temps(faceset_dir: Path) -> None:
+    """Remove the temp files of writes a kill interrupted in a faceset folder."""
+    remove_temp_files(faceset_dir, FACESET_FILES)
+
+
+def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles",
+                    run: str | None = None, details: dict[str, dict] | None = None,
+                    reason: str = "removed from faces/") -> dict:
     """Rebuild a faceset's ``.fsz`` bundles from the PNGs still in its faces/ folder.
 
     Faces whose PNG is gone (moved to ``faces/_dropped/`` by an audit, deleted by hand) leave
-    ``faces[]`` for ``dropped[]`` with ``reason``; the rest keep their rank and file name,
-    and the bundles hold them in rank order. The manifest is rewritten atomically with a
-    ``history`` entry. Returns the new manifest. Running it twice changes nothing more.
+    ``faces[]`` for ``dropped[]``, with ``details[file]`` (reason and what the step found)
+    or else ``reason``, and ``audit_run`` = ``run``; the rest keep their rank and file name,
+    and the bundles hold them in rank order. The bundles are written first, the manifest
+    (with a ``history`` entry naming ``run``) last, so a kill in between is redone by the
+    next call. Returns the new manifest.
     """
     faceset_dir = Path(faceset_dir)
+    details = details or {}
     manifest = load_manifest(faceset_dir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
     kept, gone = [], []
     for face in sorted(manifest["faces"], key=lambda f: f["rank"]):
         (kept if (faceset_dir / face["file"]).is_file() else gone).append(face)
     for face in gone:
-        manifest["dropped"].append(dict(face, reason=reason))
+        entry = dict(face, reason=reason)
+        entry.update(details.get(face["file"], {}))
+        if run is not None:
+            entry["audit_run"] = run
+        manifest["dropped"].append(entry)
     manifest["faces"] = kept
     write_bundles(faceset_dir, manifest)
-    manifest["summary"]["kept"] = len(kept)
-    if gone:
-        dropped = manifest["summary"].setdefault("dropped", {})
-        dropped[reason] = dropped.get(reason, 0) + len(gone)
+    summary = manifest["summary"]
+    summary["kept"] = len(kept)
+    counts = summary.get("dropped") if isinstance(summary.get("dropped"), dict) else {}
+    for entry in manifest["dropped"][len(manifest["dropped"]) - len(gone):]:
+        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+    summary["dropped"] = counts
     manifest.setdefault("history", []).append(
-        {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-         "removed": [f["key"] for f in gone], "reason": reason if gone else "",
-         "kept": len(kept)})
+        {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run,
+         "removed": [f["key"] for f in gone], "kept": len(kept)})
     write_manifest(faceset_dir / MANIFEST_NAME, manifest)
     return manifest
 
@@ -111,18 +133,19 @@ def faceset_listing(manifest: dict) -> dict:
             "manifest": f"{manifest['name']}/{MANIFEST_NAME}"}
 
 
-def refresh_listing(out: str | os.PathLike, faceset_name: str) -> dict:
-    """Update one faceset's entry in OUT/manifest.json from its own manifest (atomically).
-
-    For maintenance steps that changed a faceset (e.g. an audit that rebuilt its bundles);
-    they add their own provenance sections beside ``facesets[]``.
+def refresh_listing(out: str | os.PathLike, names: list[str],
+                    update: Callable[[dict], None] | None = None) -> dict:
+    """Update the entries of faceset ``names`` in OUT/manifest.json from their own manifests,
+    let ``update`` add a maintenance step's provenance, and write it (atomically, once).
     """
     out = Path(out)
     top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
-    fs = load_manifest(out / faceset_name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-    top["facesets"] = [faceset_listing(fs) if e["name"] == faceset_name else e
-                       for e in top["facesets"]]
-    atomic_write_json(out / MANIFEST_NAME, top)
+    fresh = {name: faceset_listing(load_manifest(out / name / MANIFEST_NAME,
+                                                 SWAP_FACESET_MANIFEST)) for name in names}
+    top["facesets"] = [fresh.get(e["name"], e) for e in top.get("facesets", [])]
+    if update is not None:
+        update(top)
+    write_manifest(out / MANIFEST_NAME, top)
     return top
 
 
@@ -350,6 +373,59 @@ def previous_names(out: Path) -> list[tuple[set[str], str]]:
     return found
 
 
+def audited_drops(out: Path) -> dict[str, tuple[Path, dict]]:
+    """Faces an audit (audit-multiface) dropped from the previous export in OUT: key ->
+    (its faceset folder, its dropped[] entry). A re-export keeps them dropped."""
+    from .audit import REASON
+
+    found: dict[str, tuple[Path, dict]] = {}
+    for d in sorted(out.glob("faceset_*")) if out.is_dir() else []:
+        if not FACESET_NAME.fullmatch(d.name) or not (d / MANIFEST_NAME).is_file():
+            continue
+        for e in load_manifest(d / MANIFEST_NAME, SWAP_FACESET_MANIFEST)["dropped"]:
+            if e["reason"] == REASON and e.get("key"):
+                found[e["key"]] = (d, e)
+    return found
+
+
+def carry_dropped(stage: Path, audited: list[tuple[Path, dict]], old_dir: Path,
+                  carried_from: set[tuple[Path, str]]) -> list[dict]:
+    """Into a faceset's staging folder: the audit's dropped PNGs of its faces (their entries
+    returned with ``moved_to`` updated), and whatever else the faceset of the same name held
+    in faces/_dropped/ (never lost to a re-export). Copies: the old folder stays whole until
+    the new one is swapped in."""
+    from .audit import DROPPED_DIR
+
+    holding = stage / FACES_DIR / DROPPED_DIR
+    entries = []
+
+    def copy_in(src: Path) -> str:
+        holding.mkdir(parents=True, exist_ok=True)
+        dest, n = holding / src.name, 1
+        while dest.exists():
+            dest = holding / f"{src.stem}.{n}{src.suffix}"
+            n += 1
+        shutil.copy2(src, dest)
+        return dest.relative_to(stage).as_posix()
+
+    for folder, e in audited:
+        e = dict(e)
+        src = safe_member_path(folder, e["moved_to"], "dropped[].moved_to",
+                               folder / MANIFEST_NAME) if "moved_to" in e else None
+        if src is not None and src.is_file() and not src.is_symlink():
+            e["moved_to"] = copy_in(src)
+        else:
+            e.pop("moved_to", None)
+        entries.append(e)
+    old_holding = old_dir / FACES_DIR / DROPPED_DIR
+    if old_holding.is_dir() and not old_holding.is_symlink():
+        for src in sorted(old_holding.iterdir()):
+            rel = src.relative_to(old_dir).as_posix()
+            if src.is_file() and not src.is_symlink() and (old_dir, rel) not in carried_from:
+                copy_in(src)
+    return entries
+
+
 def name_text(name: str, keys: set[str], previous: list[tuple[set[str], str]]) -> str:
     """NAME.txt: the operator's text from the previous export of the same identity (more
     than half of its faces are here again), else a fresh template."""
@@ -424,6 +500,8 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     head = new_manifest(SWAP_FACESET_MANIFEST, os.fspath(cache_path), cache.meta,
                         dict(vars(params), refine_manifest=os.path.abspath(refine_manifest)))
 
+    audit = audited_drops(out)
+
     # 1. gate every faceset (cheap, from the cache alone)
     plans: list[Planned] = []
     facesets: list[dict] = []
@@ -439,6 +517,11 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
         members = np.array(members, dtype=np.int64)
         name = f"faceset_{len(facesets):03d}"
         centroid, kept, dropped = select_for_swap(cache, sel, members, quality, params)
+        # faces an audit of the previous export dropped stay dropped (with its record)
+        audited = [audit[str(sel.keys[i])] for i in members if str(sel.keys[i]) in audit]
+        audited_keys = {e["key"] for _, e in audited}
+        kept = [k for k in kept if str(sel.keys[members[k]]) not in audited_keys]
+        dropped = [e for e in dropped if e["key"] not in audited_keys]
         dist = 1.0 - sel.embeddings[members] @ centroid
         for k in kept:
             i = members[k]
@@ -446,7 +529,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
                                  _entry(cache, sel, i, quality[i], dist[k]), quality[i].score))
         facesets.append({"name": name, "source_faceset": fs.get("name", ""),
                          "centroid": centroid, "dropped": missing + dropped,
-                         "faces_in": len(fs["faces"])})
+                         "audited": audited, "faces_in": len(fs["faces"])})
     names = [fs["name"] for fs in facesets]
     if params.candidates and facesets:
         plans += _plan_candidates(cache, sel, raw, taken,
@@ -469,14 +552,18 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     for pl in plans:
         by_target.setdefault(pl.target, []).append(pl)
     listing, dropped_total = [], {}
+    carried_from = {(d, e["moved_to"]) for fs in facesets for d, e in fs["audited"]}
     for fs in facesets:
         name, stage = fs["name"], stage_of[fs["name"]]
         kept, crop_dropped = finish_folder(stage, by_target.get(name, []))
-        dropped = fs["dropped"] + crop_dropped
+        carried = carry_dropped(stage, fs["audited"], out / name, carried_from)
+        dropped = fs["dropped"] + crop_dropped + carried
+        history = [{"step": "export-swap", "when": head["created"], "run": run_id,
+                    "kept_audit_drops": [e["key"] for e in carried]}] if carried else []
         m = dict(head, name=name, source_faceset=fs["source_faceset"], run=run_id,
                  top_n=params.top_n,
                  centroid=[round(float(v), 6) for v in fs["centroid"]],
-                 faces=kept, dropped=dropped, history=[])
+                 faces=kept, dropped=dropped, history=history)
         counts: dict[str, int] = {}
         for e in dropped:
             counts[e["reason"]] = counts.get(e["reason"], 0) + 1
@@ -530,6 +617,18 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     for d in out.iterdir():
         stale_faceset = d.name.startswith("faceset_") and d.name not in keep
         stale_cands = d.name == CANDIDATES_DIR and d.name not in keep
-        if d.is_dir() and (stale_faceset or stale_cands) and is_face_sets_output(d):
+        if d.is_dir() and (stale_faceset or stale_cands) and is_face_sets_output(d) \
+                and not _holds_uncarried_drops(d, carried_from):
             shutil.rmtree(d)
     return top
+
+
+def _holds_uncarried_drops(faceset_dir: Path, carried_from: set[tuple[Path, str]]) -> bool:
+    """Whether a faceset folder about to go holds dropped PNGs (an audit's, or moved there
+    by hand) that no new faceset took over: then it stays, so they are never lost."""
+    from .audit import DROPPED_DIR
+
+    holding = faceset_dir / FACES_DIR / DROPPED_DIR
+    return holding.is_dir() and any(
+        (faceset_dir, p.relative_to(faceset_dir).as_posix()) not in carried_from
+        for p in holding.iterdir())

@@ -33,14 +33,16 @@ import numpy as np
 from .cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from .cluster import FaceSelection, entry_for, groups_by_label, select_faces
 from .engine import assign_nearest, centroids, cluster_faces
-from .manifest import (CLUSTER_MANIFEST, REFINE_MANIFEST, ManifestError, load_manifest,
-                       write_manifest)
-from .materialize import place_all
+from .fsutil import remove_temp_files
+from .manifest import (CLUSTER_MANIFEST, FACESET_NAME, PERSON_NAME, REFINE_MANIFEST,
+                       ManifestError, load_manifest, write_manifest)
+from .materialize import FLAT_NAME, place_all
 from .refine import RefineParams, quality_mask, refine_labels
 from .thresholds import resolve_threshold, threshold_source
 
 RAW_MANIFEST_NAME = "manifest.json"
 REFINE_MANIFEST_NAME = "refine_manifest.json"
+RAW_GROUPS = re.compile(rf"{PERSON_NAME.pattern}|_singletons|_noface")
 
 
 def subset(sel: FaceSelection, idx: np.ndarray) -> FaceSelection:
@@ -261,6 +263,15 @@ def extend_refine(cache: FaceCache, sel: FaceSelection, manifest: dict, out: Pat
     return record
 
 
+def remove_partial_writes(out: Path, manifest_name: str, groups: re.Pattern) -> None:
+    """Remove the temp files a killed extend left: of its manifest in ``out`` and of photos
+    being placed in its group folders (those named like ``groups``). Nothing else."""
+    remove_temp_files(out, re.compile(re.escape(manifest_name)))
+    for d in out.iterdir() if out.is_dir() else []:
+        if d.is_dir() and not d.is_symlink() and groups.fullmatch(d.name):
+            remove_temp_files(d, FLAT_NAME)
+
+
 def run_extend(cache: FaceCache, cache_path: str, raw_out: Path, refine_out: Path | None = None,
                threshold: float | None = None, engine: str = "auto") -> dict:
     """The whole ``extend`` command. Returns {"threshold", "threshold_source", "raw",
@@ -270,6 +281,9 @@ def run_extend(cache: FaceCache, cache_path: str, raw_out: Path, refine_out: Pat
     raw = load_manifest(raw_path, CLUSTER_MANIFEST)
     refine_path = Path(refine_out) / REFINE_MANIFEST_NAME if refine_out else None
     refine = load_manifest(refine_path, REFINE_MANIFEST) if refine_path else None
+    remove_partial_writes(raw_out, RAW_MANIFEST_NAME, RAW_GROUPS)
+    if refine_path:
+        remove_partial_writes(Path(refine_out), REFINE_MANIFEST_NAME, FACESET_NAME)
     for path, m in ((raw_path, raw), (refine_path, refine)):
         if m is not None and m.get("model_id") and cache.meta.get("model_id") \
                 and m["model_id"] != cache.meta["model_id"]:

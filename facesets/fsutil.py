@@ -286,3 +286,23 @@ def output_lock(out: str | os.PathLike) -> FileLock:
     beside it, so replacing the folder whole never removes it)."""
     out = Path(os.path.abspath(out))
     return FileLock(out.with_name(f".{out.name}.facesets.lock"), what=f"output folder {out}")
+
+
+def remove_temp_files(folder: str | os.PathLike, target: "re.Pattern[str]") -> list[Path]:
+    """Remove the temp files ``atomic_write`` left in ``folder`` when a kill interrupted
+    the write of a file whose name fully matches ``target`` (``.NAME.XXXXXXXX.tmp``, the
+    mkstemp name it uses); nothing else is touched. Returns what was removed."""
+    import re
+
+    temp = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = temp.fullmatch(p.name)
+        if m and target.fullmatch(m.group(1)) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            removed.append(p)
+    return removed

@@ -4,12 +4,15 @@ through ``load_manifest``, which checks its kind and version.
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 from pathlib import Path
 
 from . import __version__
 from .fsutil import atomic_write_json, read_json
+from .materialize import LINK_MODES
 
 MANIFEST_VERSION = 1
 CLUSTER_MANIFEST = "face-sets/cluster"   # OUT/manifest.json of `cluster`
@@ -17,8 +20,16 @@ REFINE_MANIFEST = "face-sets/refine"     # OUT/refine_manifest.json of `refine`
 SWAP_MANIFEST = "face-sets/swap"                   # OUT/manifest.json of `export-swap`
 SWAP_FACESET_MANIFEST = "face-sets/swap-faceset"   # OUT/faceset_NNN/manifest.json
 DUPLICATES_MANIFEST = "face-sets/duplicates"       # CACHE.duplicates.json of `dedup`
+AUDIT_PLAN = "face-sets/audit-plan"     # OUT/.multiface_audit.plan.json of `audit-multiface apply`
 KINDS = {CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_MANIFEST, SWAP_FACESET_MANIFEST,
-         DUPLICATES_MANIFEST}
+         DUPLICATES_MANIFEST, AUDIT_PLAN}
+
+# the names face-sets gives the folders and files a manifest lists (nothing else is accepted
+# from a manifest: a name read from one must never lead outside the folder it belongs to)
+PERSON_NAME = re.compile(r"person_[0-9]{3,}")
+FACESET_NAME = re.compile(r"faceset_[0-9]{3,}")
+FACE_PNG = re.compile(r"faces/[0-9]{3,}\.png")                 # export: a ranked crop
+DROPPED_PNG = re.compile(r"faces/_dropped/[0-9]{3,}(\.[0-9]+)?\.png")   # moved there by audit
 
 
 class ManifestError(ValueError):
@@ -49,7 +60,8 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
 
 
 def load_manifest(path: str | os.PathLike, kind: str) -> dict:
-    """Read a manifest; a clear error if it is missing, not JSON or of another kind."""
+    """Read a manifest; a clear error if it is missing, not JSON, of another kind, or if a
+    field its readers use has the wrong type or a name/path face-sets would not write."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest; run the step that writes it first")
@@ -58,10 +70,219 @@ def load_manifest(path: str | os.PathLike, kind: str) -> dict:
         raise ManifestError(f"{path}: not a {kind} manifest (format "
                             f"{data.get('format') if isinstance(data, dict) else '?'}); "
                             "pass the right file")
-    if int(data.get("version", 0)) > MANIFEST_VERSION:
+    version = data.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ManifestError(f"{path}: version {version!r} is not a number; restore the file "
+                            "or re-run the step that writes it")
+    if version > MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest v{data.get('version')} is newer than this "
                             "face-sets; upgrade face-sets")
+    _VALIDATORS.get(kind, lambda c, d: None)(_Fields(path), data)
     return data
+
+
+def safe_member_path(folder: str | os.PathLike, relpath, field: str,
+                     source: str | os.PathLike | None = None) -> Path:
+    """``folder/relpath`` for a relative path read from a file, refused (ManifestError
+    naming ``source`` and ``field``) unless it is a relative path that resolves inside
+    ``folder`` (symlinks followed)."""
+    where = source if source is not None else folder
+    if not isinstance(relpath, str) or not relpath or "\x00" in relpath \
+            or os.path.isabs(relpath) or "\\" in relpath:
+        raise ManifestError(f"{where}: {field} {relpath!r} is not a relative path")
+    folder = Path(folder)
+    target = folder / relpath
+    try:
+        inside = target.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):   # a symlink loop
+        inside = False
+    if not inside or ".." in Path(relpath).parts:
+        raise ManifestError(f"{where}: {field} {relpath!r} leads outside {folder}; restore "
+                            "the file or re-run the step that writes it")
+    return target
+
+
+# ---- structure of each kind: what the readers use, with the types they expect -----------
+class _Fields:
+    """Type checks on one manifest; a failure is one line naming the file and the field."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, field: str, problem: str):
+        raise ManifestError(f"{self.path}: {field} {problem}; restore the file or re-run the "
+                            "step that writes it")
+
+    def get(self, obj: dict, key: str, field: str, types: tuple, what: str,
+            required: bool = True):
+        name = f"{field}.{key}" if field else key
+        if key not in obj:
+            if required:
+                self.fail(name, "is missing")
+            return None
+        value = obj[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            self.fail(name, f"is {type(value).__name__}, not {what}")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(name, f"is {value}, not a finite number")
+        return value
+
+    def obj(self, o, k, f, required=True) -> dict:
+        return self.get(o, k, f, (dict,), "an object", required) or {}
+
+    def items(self, o, k, f, required=True) -> list[tuple[str, dict]]:
+        """The list ``o[k]`` of objects, as (field name, object) pairs."""
+        values = self.get(o, k, f, (list,), "a list", required) or []
+        name = f"{f}.{k}" if f else k
+        for i, v in enumerate(values):
+            if not isinstance(v, dict):
+                self.fail(f"{name}[{i}]", f"is {type(v).__name__}, not an object")
+        return [(f"{name}[{i}]", v) for i, v in enumerate(values)]
+
+    def strs(self, o, k, f, required=True) -> list[str]:
+        values = self.get(o, k, f, (list,), "a list", required) or []
+        for i, v in enumerate(values):
+            if not isinstance(v, str):
+                self.fail(f"{f}.{k}[{i}]" if f else f"{k}[{i}]",
+                          f"is {type(v).__name__}, not a string")
+        return values
+
+    def str(self, o, k, f, required=True) -> str | None:
+        return self.get(o, k, f, (str,), "a string", required)
+
+    def num(self, o, k, f, required=True):
+        return self.get(o, k, f, (int, float), "a number", required)
+
+    def int(self, o, k, f, required=True):
+        return self.get(o, k, f, (int,), "a whole number", required)
+
+    def name(self, o, k, f, pattern: re.Pattern, what: str) -> str:
+        value = self.str(o, k, f)
+        if not pattern.fullmatch(value):
+            self.fail(f"{f}.{k}" if f else k, f"{value!r} is not {what}")
+        return value
+
+    def plain_names(self, o, k, f, required=True) -> None:
+        for i, v in enumerate(self.strs(o, k, f, required)):
+            if v in ("", ".", "..") or "/" in v or "\\" in v or "\x00" in v:
+                self.fail(f"{f}.{k}[{i}]", f"{v!r} is not a plain file name")
+
+
+def _face_entries(c: _Fields, obj: dict, key: str, field: str, required=True) -> None:
+    for f, e in c.items(obj, key, field, required):
+        c.str(e, "key", f)
+        c.str(e, "sha256", f)
+        c.str(e, "path", f)
+        c.strs(e, "aliases", f, required=False)
+        c.plain_names(e, "files", f, required=False)
+
+
+def _check_head(c: _Fields, m: dict) -> dict:
+    c.str(m, "cache", "", required=False)
+    c.get(m, "model_id", "", (str, type(None)), "a string", required=False)
+    params = c.obj(m, "parameters", "", required=False)
+    if c.str(params, "link", "parameters", required=False) not in (None, *LINK_MODES):
+        c.fail("parameters.link", f"{params['link']!r} is not one of {', '.join(LINK_MODES)}")
+    return params
+
+
+def _check_cluster(c: _Fields, m: dict) -> None:
+    params = _check_head(c, m)
+    c.num(params, "threshold", "parameters", required=False)
+    for f, person in c.items(m, "persons", ""):
+        c.name(person, "name", f, PERSON_NAME, "a person name (person_NNN)")
+        _face_entries(c, person, "faces", f)
+    _face_entries(c, m, "singletons", "", required=False)
+    for f, e in c.items(m, "noface", "", required=False):
+        c.str(e, "sha256", f)
+        c.plain_names(e, "files", f, required=False)
+    for f, e in c.items(m, "errors", "", required=False):
+        c.str(e, "sha256", f)
+        c.str(e, "path", f)
+    c.strs(m, "missing_sources", "", required=False)
+    summary = c.obj(m, "summary", "", required=False)
+    c.int(summary, "faces", "summary", required=False)
+    c.items(m, "extended", "", required=False)
+
+
+def _check_refine(c: _Fields, m: dict) -> None:
+    params = _check_head(c, m)
+    for k in ("initial_threshold", "merge_threshold", "outlier_threshold", "min_short",
+              "min_blur", "min_det_score", "min_faces"):
+        c.num(params, k, "parameters", required=False)
+    c.str(params, "engine", "parameters", required=False)
+    for f, fs in c.items(m, "facesets", ""):
+        c.name(fs, "name", f, FACESET_NAME, "a faceset name (faceset_NNN)")
+        _face_entries(c, fs, "faces", f)
+    summary = c.obj(m, "summary", "", required=False)
+    c.int(summary, "faces_in", "summary", required=False)
+    c.int(summary, "faces_kept", "summary", required=False)
+    for f, rec in c.items(m, "extended", "", required=False):
+        c.strs(rec, "considered", f, required=False)
+
+
+def _check_swap(c: _Fields, m: dict) -> None:
+    _check_head(c, m)
+    c.str(m, "run", "", required=False)
+    for f, e in c.items(m, "facesets", "", required="candidates" not in m):
+        c.name(e, "name", f, FACESET_NAME, "a faceset name (faceset_NNN)")
+    for section in ("masked", "thin_eras", "merged", "multiface_audit"):
+        c.items(m, section, "", required=False)
+
+
+def _check_swap_faceset(c: _Fields, m: dict) -> None:
+    _check_head(c, m)
+    c.name(m, "name", "", FACESET_NAME, "a faceset name (faceset_NNN)")
+    if c.int(m, "top_n", "") < 1:
+        c.fail("top_n", f"{m['top_n']} is not a positive number")
+    centroid = c.get(m, "centroid", "", (list,), "a list", required=False) or []
+    for i, v in enumerate(centroid):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            c.fail(f"centroid[{i}]", f"{v!r} is not a finite number")
+    for f, face in c.items(m, "faces", ""):
+        c.int(face, "rank", f)
+        c.name(face, "file", f, FACE_PNG, "a face PNG (faces/NNN.png)")
+        c.str(face, "key", f)
+    for f, e in c.items(m, "dropped", ""):
+        c.str(e, "reason", f)
+        c.str(e, "key", f, required=False)
+        if "moved_to" in e:
+            c.name(e, "moved_to", f, DROPPED_PNG, "a dropped PNG (faces/_dropped/NNN.png)")
+    c.obj(m, "summary", "")
+    c.items(m, "history", "", required=False)
+
+
+def _check_audit_plan(c: _Fields, m: dict) -> None:
+    c.str(m, "run_id", "")
+    c.str(m, "queue", "")
+    c.str(m, "results", "")
+    c.obj(m, "counts", "")
+    for i, name in enumerate(c.strs(m, "facesets", "")):
+        if not FACESET_NAME.fullmatch(name):
+            c.fail(f"facesets[{i}]", f"{name!r} is not a faceset name (faceset_NNN)")
+    for f, d in c.items(m, "drops", ""):
+        c.name(d, "faceset", f, FACESET_NAME, "a faceset name (faceset_NNN)")
+        c.name(d, "file", f, FACE_PNG, "a face PNG (faces/NNN.png)")
+        c.name(d, "moved_to", f, DROPPED_PNG, "a dropped PNG (faces/_dropped/NNN.png)")
+        c.int(d, "faces", f)
+
+
+_VALIDATORS = {CLUSTER_MANIFEST: _check_cluster, REFINE_MANIFEST: _check_refine,
+               SWAP_MANIFEST: _check_swap, SWAP_FACESET_MANIFEST: _check_swap_faceset,
+               AUDIT_PLAN: _check_audit_plan}
+
+
+def centroid_of(manifest: dict, path: str | os.PathLike, dim: int | None):
+    """A faceset manifest's centroid (checked finite numbers on load) as a unit float32
+    vector; ManifestError naming the file when it is not of the model's dimension ``dim``."""
+    import numpy as np
+
+    c = manifest.get("centroid") or []
+    if not c or (dim is not None and len(c) != dim):
+        raise ManifestError(f"{path}: centroid has {len(c)} values, the model's embeddings "
+                            f"{dim}; restore the file or re-run export-swap")
+    v = np.asarray(c, dtype=np.float32)
+    return v / (np.linalg.norm(v) or 1.0)
 
 
 MANIFEST_NAMES = ("manifest.json", "refine_manifest.json")

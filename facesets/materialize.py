@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 
@@ -25,21 +26,38 @@ def flat_name(abs_path: str, parts: int = 3, max_len: int = 120) -> str:
     return f"{stem[-max_len:]}__{digest}{p.suffix.lower()}"
 
 
+# a photo face-sets placed (flat_name): the only names whose leftover temp files it removes
+FLAT_NAME = re.compile(r".+__[0-9a-f]{10}(\.\w+)?")
+
+
 def place(src: str, dest: Path, link: str = "copy") -> None:
-    """Put ``src`` at ``dest`` by copy, hard link or symlink."""
-    if link == "copy":
-        shutil.copy2(src, dest)
-    elif link == "hardlink":
-        try:
-            os.link(src, dest)
-        except OSError as exc:
-            raise OSError(f"cannot hard-link {src} into {dest.parent} ({exc.strerror}); "
-                          "source and output must be on one file system: use --link copy "
-                          "or --link symlink") from None
-    elif link == "symlink":
-        os.symlink(os.path.abspath(src), dest)
-    else:
+    """Put ``src`` at ``dest`` by copy, hard link or symlink: made under a temp name
+    (``.NAME.XXXXXXXX.tmp``, as fsutil.atomic_write names them) and renamed into place, so a
+    kill never leaves a partial file under ``dest`` (only a temp file the next run removes)."""
+    if link not in LINK_MODES:
         raise ValueError(f"unknown link mode {link!r}; choose from {', '.join(LINK_MODES)}")
+    tmp = dest.with_name(f".{dest.name}."
+                         + "".join(secrets.choice(_TEMP_CHARS) for _ in range(8)) + ".tmp")
+    try:
+        if link == "copy":
+            shutil.copy2(src, tmp)
+        elif link == "hardlink":
+            try:
+                os.link(src, tmp)
+            except OSError as exc:
+                raise OSError(f"cannot hard-link {src} into {dest.parent} ({exc.strerror}); "
+                              "source and output must be on one file system: use --link "
+                              "copy or --link symlink") from None
+        else:
+            os.symlink(os.path.abspath(src), tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def place_all(paths: list[str], folder: Path, link: str) -> tuple[list[str], list[str]]:

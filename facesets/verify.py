@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends.base import FaceBackend
 from .bundle import read_fsz
-from .manifest import SWAP_FACESET_MANIFEST, ManifestError, load_manifest
+from .manifest import SWAP_FACESET_MANIFEST, ManifestError, centroid_of, load_manifest
 
 
 @dataclass
@@ -42,19 +42,24 @@ class BundleReport:
         return self.png_count > 0 and not self.bad
 
 
-def bundle_centroid(path: Path, model_id: str) -> tuple[np.ndarray | None, str]:
+def bundle_centroid(path: Path, model_id: str, dim: int | None) -> tuple[np.ndarray | None, str]:
     """The centroid of the faceset a bundle belongs to, if its manifest is beside it."""
-    try:
-        m = load_manifest(path.parent / "manifest.json", SWAP_FACESET_MANIFEST)
-    except (ManifestError, ValueError, OSError):
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
         return None, "no faceset manifest beside the bundle"
+    try:
+        m = load_manifest(manifest, SWAP_FACESET_MANIFEST)
+    except (ManifestError, ValueError, OSError) as exc:
+        return None, str(exc)
     if not m.get("centroid"):
         return None, "faceset manifest has no centroid"
     if m.get("model_id") != model_id:
         return None, (f"centroid made by {m.get('model_id')}, checking with {model_id}: "
                       "not comparable")
-    c = np.asarray(m["centroid"], dtype=np.float32)
-    return c / (np.linalg.norm(c) or 1.0), ""
+    try:
+        return centroid_of(m, manifest, dim), ""
+    except ManifestError as exc:
+        return None, str(exc)
 
 
 def verify_bundle(path: str | os.PathLike, backend: FaceBackend) -> BundleReport:
@@ -72,7 +77,8 @@ def verify_bundle(path: str | os.PathLike, backend: FaceBackend) -> BundleReport
         backend.embed(image, faces)
         report.faces_per_png.append((name, len(faces)))
         embeddings += [f.embedding for f in faces]
-    centroid, report.centroid_note = bundle_centroid(path, backend.model_id)
+    centroid, report.centroid_note = bundle_centroid(
+        path, backend.model_id, len(embeddings[0]) if embeddings else None)
     if embeddings and centroid is not None:
         mean = np.mean(np.stack(embeddings), axis=0)   # the consumer's plain mean
         report.similarity = float(mean @ centroid / (np.linalg.norm(mean) or 1.0))

@@ -35,10 +35,15 @@ def export_dir(tmp_path_factory) -> Path:
             "--merge-threshold", "0.5", "--outlier-threshold", TEST_THRESHOLD,
             "--min-faces", "4", *LOW_GATES, "--link", "symlink")
     out = root / "export"
-    run_cli("export-swap", cache, root / "refined" / "refine_manifest.json", out,
-            "--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
-            "--no-progress")
+    run_cli(*export_args(root, out))
     return out
+
+
+def export_args(root: Path, out: Path) -> list:
+    """export-swap of the cache and facesets the export_dir fixture made in ``root``."""
+    return ["export-swap", root / "c.npz", root / "refined" / "refine_manifest.json", out,
+            "--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
+            "--no-progress"]
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -121,8 +126,11 @@ def test_audit_drops_a_planted_two_face_png_and_only_that(export_dir, tmp_path):
         {k: v for k, v in before.items() if not k.startswith("faceset_000/")
          and k != "manifest.json"}
 
+    # the same results applied again: nothing changes, no second record
+    done = tree(out)
     again = run_cli("audit-multiface", "apply", queue, results)
-    assert "dropped 0 PNGs" in again.stdout and "already gone 1" in again.stdout
+    assert "applied already" in again.stdout and "nothing changed" in again.stdout
+    assert tree(out) == done
 
 
 def test_worker_resumes_past_a_half_written_result_line(export_dir, tmp_path):
@@ -148,3 +156,97 @@ def test_apply_refuses_missing_results_and_a_foreign_queue(export_dir, tmp_path)
     assert proc.returncode == 2 and "multiface_worker.py" in proc.stderr
     proc = run_cli("audit-multiface", "stage", tmp_path, queue, check=False)
     assert proc.returncode == 2 and "manifest" in proc.stderr
+
+
+def _consistent(out: Path) -> None:
+    """The top manifest, every faceset manifest and every bundle agree with the files."""
+    top = json.loads((out / "manifest.json").read_text())
+    assert not list(out.rglob("*.tmp")) and not (out / ".multiface_audit.plan.json").exists()
+    for entry in top["facesets"]:
+        fdir = out / entry["name"]
+        fs = json.loads((fdir / "manifest.json").read_text())
+        assert entry["faces"] == len(fs["faces"]) and entry["dropped"] == len(fs["dropped"])
+        on_disk = sorted(p.relative_to(fdir).as_posix() for p in (fdir / "faces").glob("*.png"))
+        assert on_disk == sorted(f["file"] for f in fs["faces"])
+        for d in fs["dropped"]:
+            if d["reason"] == "multiface_audit":
+                assert d["faces_detected"] != 1 and (fdir / d["moved_to"]).is_file()
+        bundle = read_fsz(fdir / fs["bundles"]["all"])
+        assert [data for _, data in bundle.pngs] == [(fdir / f["file"]).read_bytes()
+                                                     for f in fs["faces"]]
+
+
+def test_apply_killed_at_every_commit_then_rerun_equals_one_clean_apply(export_dir, tmp_path):
+    """kill -9 at each file commit of apply (just before and just after it), re-run: the
+    result equals an uninterrupted apply (same faces, bundles, one record, right counts)."""
+    from killpoints import count_commits, run_killed, snapshot, was_killed
+
+    pristine, out = tmp_path / "pristine", tmp_path / "export"
+    shutil.copytree(export_dir, pristine)
+    victims = [("faceset_000", 1), ("faceset_001", 0), ("faceset_001", 2)]
+    for name, rank in victims:
+        fs = json.loads((pristine / name / "manifest.json").read_text())
+        plant_two_faces(pristine / name / fs["faces"][rank]["file"])
+    shutil.copytree(pristine, out)
+    queue, results = tmp_path / "mq.json", tmp_path / "mres.jsonl"
+    run_cli("audit-multiface", "stage", out, queue, *PACK)
+    run_worker(queue, results)
+    apply = ["audit-multiface", "apply", queue, results]
+
+    commits = count_commits(apply)
+    _consistent(out)
+    clean = snapshot(out)
+    top = json.loads((out / "manifest.json").read_text())
+    assert len(top["multiface_audit"]) == 1
+    record = top["multiface_audit"][0]
+    assert record["dropped"] == 3 and record["by_faceset"] == {"faceset_000": 1,
+                                                               "faceset_001": 2}
+    assert commits >= 10   # plan + 3 moves + 2 x (2 bundles + manifest) + top
+
+    kills = 0
+    for n in range(1, commits + 1):
+        for mode in ("before", "after"):
+            shutil.rmtree(out)
+            shutil.copytree(pristine, out)
+            kills += was_killed(run_killed(apply, n, mode))
+            run_cli(*apply)
+            _consistent(out)
+            assert snapshot(out) == clean, f"killed {mode} commit {n}"
+            again = run_cli(*apply)                      # after success: no change
+            assert "nothing changed" in again.stdout and snapshot(out) == clean
+    assert kills == 2 * commits
+
+
+def test_export_swap_again_keeps_the_audit_drops(export_dir, tmp_path):
+    """export -> audit apply -> export-swap again: the dropped faces stay out of faces/ and
+    every bundle, _dropped/ still holds their PNGs, the entries keep the audit's reason."""
+    out = tmp_path / "export"
+    shutil.copytree(export_dir, out)
+    fs0 = json.loads((out / "faceset_000" / "manifest.json").read_text())
+    victim = fs0["faces"][1]
+    plant_two_faces(out / "faceset_000" / victim["file"])
+    planted = (out / "faceset_000" / victim["file"]).read_bytes()
+    queue, results = tmp_path / "mq.json", tmp_path / "mres.jsonl"
+    run_cli("audit-multiface", "stage", out, queue, *PACK)
+    run_worker(queue, results)
+    run_cli("audit-multiface", "apply", queue, results)
+    moved = json.loads((out / "faceset_000" / "manifest.json").read_text())["dropped"][-1]
+    assert moved["key"] == victim["key"] and moved["reason"] == "multiface_audit"
+
+    run_cli(*export_args(export_dir.parent, out))
+    top = json.loads((out / "manifest.json").read_text())
+    assert len(top["multiface_audit"]) == 1
+    for entry in top["facesets"]:
+        fdir = out / entry["name"]
+        fs = json.loads((fdir / "manifest.json").read_text())
+        assert victim["key"] not in {f["key"] for f in fs["faces"]}
+        for bundle in fs["bundles"]["top"], fs["bundles"]["all"]:
+            assert planted not in [data for _, data in read_fsz(fdir / bundle).pngs]
+        assert planted not in [p.read_bytes() for p in (fdir / "faces").glob("*.png")]
+    fs = json.loads((out / "faceset_000" / "manifest.json").read_text())
+    entry = [d for d in fs["dropped"] if d["key"] == victim["key"]]
+    assert len(entry) == 1 and entry[0]["reason"] == "multiface_audit"
+    assert entry[0]["faces_detected"] >= 2
+    assert (out / "faceset_000" / entry[0]["moved_to"]).read_bytes() == planted
+    assert fs["summary"]["dropped"]["multiface_audit"] == 1
+    assert len(fs["faces"]) == len(fs0["faces"]) - 1

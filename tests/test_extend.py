@@ -125,3 +125,49 @@ def test_extend_keeps_numbering_adds_new_people_and_is_idempotent(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.startswith("error:") and "manifest" in bad.stderr
 
+
+
+def test_extend_killed_at_commits_then_rerun_equals_one_clean_extend(tmp_path):
+    """kill -9 extend before/after its file commits (each photo placed, each manifest): no
+    0-byte photo, no temp file, and the re-run equals an uninterrupted extend."""
+    import shutil
+
+    from killpoints import count_commits, run_killed, snapshot, was_killed
+
+    people = sorted(p.name for p in FACES.iterdir() if p.is_dir())[:6]
+    first, second = tmp_path / "batch1", tmp_path / "batch2"
+    for n, name in enumerate(people):
+        photos = sorted((FACES / name).glob("*.jpg"))
+        parts = (photos[:6], photos[6:8]) if n < 4 else ([], photos[:3])
+        for batch, part in zip((first, second), parts):
+            for p in part:
+                (batch / name).mkdir(parents=True, exist_ok=True)
+                (batch / name / p.name).write_bytes(p.read_bytes())
+    cache, raw, sets = tmp_path / "c.npz", tmp_path / "raw", tmp_path / "sets"
+    run_cli("embed", first, cache, *PACK, "--no-progress")
+    run_cli("cluster", cache, raw, "--threshold", TEST_THRESHOLD)
+    run_cli("refine", cache, sets, *REFINE_ARGS)
+    run_cli("embed", second, cache, *PACK, "--no-progress")
+    pristine = tmp_path / "pristine"
+    for d in (raw, sets):
+        shutil.copytree(d, pristine / d.name, symlinks=True)
+
+    def restore():
+        for d in (raw, sets):
+            shutil.rmtree(d)
+            shutil.copytree(pristine / d.name, d, symlinks=True)
+
+    extend = ["extend", cache, raw, "--refine-out", sets]
+    commits = count_commits(extend)
+    clean = snapshot(raw), snapshot(sets)
+    assert commits > 10      # photos placed one by one, then two manifests
+    points = sorted(set(range(1, commits + 1, 4)) | {commits - 1, commits})
+    for n in points:
+        for mode in ("before", "after"):
+            restore()
+            assert was_killed(run_killed(extend, n, mode))
+            run_cli(*extend)
+            for d in (raw, sets):
+                assert not list(d.rglob("*.tmp")), f"temp left, killed {mode} commit {n}"
+                assert all(p.stat().st_size for p in d.rglob("*") if p.is_file())
+            assert (snapshot(raw), snapshot(sets)) == clean, f"killed {mode} commit {n}"

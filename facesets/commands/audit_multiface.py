@@ -40,17 +40,27 @@ def run_stage(args) -> int:
 
 
 def run_apply(args) -> int:
-    from ..audit import apply_audit, plan_audit
+    from ..audit import apply_audit, plan_audit, resume_audit
     from ..fsutil import output_lock
 
+    log = lambda m: say(f"  {m}")  # noqa: E731
     plan = plan_audit(args.queue, args.results)
-    for line in plan.lines():
-        say(f"  {line}")
     if args.dry_run:
+        for line in plan.lines():
+            say(f"  {line}")
         say(f"audit-multiface (dry run, nothing changed): {plan.line()}")
         return 0
     with output_lock(plan.export):
-        dropped = apply_audit(plan, args.queue, args.results, log=lambda m: say(f"  {m}"))
-    say(f"audit-multiface: {plan.line()}; dropped {sum(dropped.values())} PNGs, rebuilt "
-        f"{len(dropped)} facesets")
+        if resume_audit(plan.export, log) is not None:
+            plan = plan_audit(args.queue, args.results)   # planned again after the resumed run
+        if plan.applied is not None:
+            r = plan.applied
+            say(f"audit-multiface: run {plan.run_id} of these results was applied already "
+                f"({r.get('when')}: dropped {r.get('dropped')} PNGs); nothing changed")
+            return 0
+        for line in plan.lines():
+            say(f"  {line}")
+        record = apply_audit(plan, log=log)
+    say(f"audit-multiface: {plan.line()}; dropped {record['dropped']} PNGs, rebuilt "
+        f"{len(plan.facesets())} facesets (run {plan.run_id})")
     return 0
