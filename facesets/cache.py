@@ -403,6 +403,10 @@ def _check_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict:
                              f"{' or '.join(t.__name__ for t in types)}")
     if (meta.get("embedding_dim") or 0) < 0:
         raise CacheError(f"{path}: meta.embedding_dim is negative")
+    for name, value in (meta.get("thresholds") or {}).items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CacheError(f"{path}: meta.thresholds.{name} is {json.dumps(value)[:40]}, "
+                             "expected a number")
     if int(meta.get("schema_version") or 0) > SCHEMA_VERSION:
         raise CacheError(f"{path}: cache schema v{meta.get('schema_version')} is newer than "
                          f"this face-sets (v{SCHEMA_VERSION}); upgrade face-sets")
@@ -428,7 +432,8 @@ def _check_table(path: Path, tname: str, cols: dict[str, np.ndarray], dim: int) 
     first = next(iter(TABLES[tname]))
     n = None
     out = {}
-    for col, arr in cols.items():
+    for col in [c for c in schema if c in cols]:  # schema order: the row count of `first`
+        arr = cols[col]                            # is checked before it is used
         dt, sh = schema[col]
         if arr.dtype.kind not in _KINDS[dt]:
             raise CacheError(f"{path}: {tname}.{col} holds {arr.dtype} values, expected {dt}")
@@ -464,7 +469,7 @@ def _read_npz(path: Path) -> tuple[dict, dict, dict, dict]:
             raise CacheError(f"{path}: {k} is not a table column of a face-sets cache")
         tables[tname][col] = v
     dim = meta.get("embedding_dim") or 0
-    if tables["faces"] and not dim:
+    if not dim and any(v.size for v in tables["faces"].values()):
         raise CacheError(f"{path}: has faces but no meta.embedding_dim")
     for tname, cols in tables.items():
         if cols:

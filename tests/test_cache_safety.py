@@ -232,3 +232,32 @@ def test_embed_into_an_existing_folder_is_refused_before_any_work(tmp_path):
     _one_error(proc, str(folder), "is a folder, not a cache file")
     assert list(folder.iterdir()) == []
     assert not Path(str(folder) + ".segments").exists()
+
+
+def test_random_damage_is_always_a_cache_error(faces_cache, tmp_path):
+    """Flipped bytes, cuts and insertions anywhere in a real cache: load_cache either reads
+    it (the damage hit nothing that matters) or raises CacheError, nothing else."""
+    from facesets.cache import CacheError, load_cache
+
+    data = faces_cache.read_bytes()
+    rng = np.random.default_rng(8)
+    bad = tmp_path / "fuzz.npz"
+    outcomes = {"read": 0, "refused": 0}
+    for trial in range(400):
+        b = bytearray(data)
+        at = int(rng.integers(len(b)))
+        kind = trial % 3
+        if kind == 0:
+            b[at] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            del b[at:]
+        else:
+            b[at:at] = rng.bytes(int(rng.integers(1, 64)))
+        bad.write_bytes(bytes(b))
+        try:
+            load_cache(bad)
+            outcomes["read"] += 1
+        except CacheError as exc:
+            assert str(bad) in str(exc) and "\n" not in str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 300, outcomes
