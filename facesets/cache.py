@@ -347,18 +347,27 @@ def _read_arrays(path: Path, only_meta: bool = False) -> dict[str, np.ndarray]:
         raise CacheError(f"{path}: is a folder, not a cache file; did you swap the arguments? "
                          "(CACHE is the .npz file embed writes, e.g. work/cache/family.npz)")
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-            size = os.fstat(fh.fileno()).st_size
+        fh = open(path, "rb")  # one handle: a compaction may replace the file meanwhile
     except FileNotFoundError:
         raise _Vanished() from None
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    with fh:
+        return _read_zip(path, fh, only_meta)
+
+
+def _read_zip(path: Path, fh, only_meta: bool) -> dict[str, np.ndarray]:
+    try:
+        head = fh.read(64)
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(0)
     except OSError as exc:
         raise CacheError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not head.startswith(_ZIP_MAGIC):
         raise CacheError(f"{path}: is {_what_is(head)}, not a face-sets cache (.npz); pass "
                          "the cache file that embed wrote")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(fh) as zf:
             infos = zf.infolist()
             inflated = sum(i.file_size for i in infos)
             if inflated > _INFLATE_RATIO * size + _INFLATE_SLACK:
@@ -374,8 +383,6 @@ def _read_arrays(path: Path, only_meta: bool = False) -> dict[str, np.ndarray]:
                 if only_meta and key != "meta":
                     continue
                 arrays[key] = _read_member(zf, info, path)
-    except FileNotFoundError:
-        raise _Vanished() from None
     except CacheError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
