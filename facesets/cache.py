@@ -488,16 +488,20 @@ def _seq(segment: Path) -> int:
     return int(_SEGMENT_RE.match(segment.name).group(1))
 
 
-def compacted_through(cache_path: str | os.PathLike) -> int:
-    """The last segment sequence folded into the base (0 without a base)."""
+def _base_meta(cache_path: str | os.PathLike) -> dict:
+    """The meta of the base file alone ({} without a base); for writers, under the lock."""
     base = Path(cache_path)
     if not base.is_file():
-        return 0
+        return {}
     try:
-        meta = _check_meta(base, _read_arrays(base, only_meta=True))
+        return _check_meta(base, _read_arrays(base, only_meta=True))
     except _Vanished:
-        return 0
-    return meta.get("compacted_through") or 0
+        return {}
+
+
+def compacted_through(cache_path: str | os.PathLike) -> int:
+    """The last segment sequence folded into the base (0 without a base)."""
+    return _base_meta(cache_path).get("compacted_through") or 0
 
 
 def load_cache(cache_path: str | os.PathLike, must_exist: bool = True) -> FaceCache:
@@ -642,8 +646,13 @@ class SegmentWriter:
         for stale in d.glob(".seg-*.tmp"):  # temp files of a writer killed mid-flush
             stale.unlink(missing_ok=True)
         existing = list_segments(self.cache_path)
+        base = _base_meta(self.cache_path)
+        have = base.get("embedding_dim") or 0
+        if self.dim and have and have != self.dim:  # a segment the cache could never load
+            raise CacheError(f"{self.cache_path}: holds {have}-D embeddings; refusing to add "
+                             f"{self.dim}-D ones")
         self.next_seq = max(_seq(existing[-1]) if existing else 0,
-                            compacted_through(self.cache_path)) + 1
+                            base.get("compacted_through") or 0) + 1
         self.flushes = 0
 
     def add(self, table: str, **row) -> None:

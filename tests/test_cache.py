@@ -356,3 +356,14 @@ def test_the_writer_refuses_an_unknown_or_missing_column_and_a_wrong_shape(tmp_p
     c = load_cache(tmp_path / "c.npz")
     assert np.isnan(c.faces["pose"]).all() and np.isnan(c.faces["landmark_3d_68"][0]).all()
     assert "landmark_2d_106" not in c.faces
+
+
+def test_the_writer_refuses_rows_of_another_dimension_before_writing(tmp_path):
+    cache = tmp_path / "c.npz"
+    w = SegmentWriter(cache, META)
+    w.add("faces", **_face("a", 0, 1.0))
+    w.flush()
+    compact_cache(cache)
+    with pytest.raises(CacheError, match="holds 4-D embeddings; refusing to add 8-D"):
+        SegmentWriter(cache, dict(META, embedding_dim=8))
+    assert not list_segments(cache) and load_cache(cache).n_faces == 1
