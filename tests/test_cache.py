@@ -229,7 +229,7 @@ def test_an_empty_lock_being_filled_by_a_live_writer_is_waited_for_and_respected
     lock.write_bytes(b"")
     proc = subprocess.Popen([sys.executable, str(ROOT / "sort_faces.py"), "embed", FACES,
                              cache, *PACK, "--no-progress"], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    time.sleep(4)   # embed is waiting on the empty lock by now (it waits up to 10 s)
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                 "started": "now"}))
     _, err = proc.communicate(timeout=60)
