@@ -143,6 +143,7 @@ def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], mod
         summary.aliased = len(plan.aliases) + sum(len(v) for v in plan.pending_aliases.values())
         summary.errors = len(plan.unreadable)
         if not plan.to_embed and not plan.aliases and not plan.unreadable:
+            compact_cache(cache_path)  # segments of a run killed after its last flush
             summary.seconds = time.monotonic() - t0
             return summary
         meta = dict(cache.meta)

@@ -190,6 +190,7 @@ def run_enrich(cache_path: str, load_backend_fn: Callable[[], FaceBackend], prog
         # a cache whose pack has no landmark models is done once every face has a pose
         maybe_landmarks = cache.meta.get("has_landmarks") is not False
         if not faces_todo(cache, maybe_landmarks).any():
+            compact_cache(cache_path)  # segments of a run killed after its last flush
             s.seconds = time.monotonic() - t0
             return s
         backend = load_backend_fn()
@@ -199,6 +200,7 @@ def run_enrich(cache_path: str, load_backend_fn: Callable[[], FaceBackend], prog
         s.todo = int(todo.sum())
         s.method = POSE_METHOD_3D if backend.has_landmarks else POSE_METHOD_KPS
         if not s.todo:
+            compact_cache(cache_path)
             s.seconds = time.monotonic() - t0
             return s
         writer = SegmentWriter(cache_path, cache.meta)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -119,52 +120,148 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+# a live writer fills its lock file right after creating it: content still unreadable after
+# this long comes from a writer killed in between (or from tampering)
+LOCK_UNREADABLE_AFTER_S = 10.0
+# command lines of face-sets processes (entry points and the package)
+_FACESETS_MARKERS = ("sort_faces", "facesets", "embed_worker")
+
+
+def _lock_open_elsewhere(path: Path) -> bool | None:
+    """Whether another process has ``path`` open (a holder keeps its lock file open).
+
+    True/False on Linux (from /proc); None where that cannot be known: no /proc, or a
+    face-sets process whose open files this user may not see.
+    """
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    me = os.getpid()
+    unknown = False
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry.name}/fd")
+        except PermissionError:
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            unknown = unknown or any(m.encode() in cmdline for m in _FACESETS_MARKERS)
+            continue
+        except OSError:
+            continue  # exited meanwhile
+        for fd in fds:
+            try:
+                fst = os.stat(f"/proc/{entry.name}/fd/{fd}")
+            except OSError:
+                continue
+            if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return None if unknown else False
+
+
 class FileLock:
     """An exclusive lock file (``O_EXCL``) holding pid, host and start time.
 
-    Portable to network shares and WSL's /mnt/c, where ``flock`` is unreliable. A lock left
-    by a process that died on this host (kill -9) is detected by its pid and taken over.
+    Portable to network shares and WSL's /mnt/c, where ``flock`` is unreliable. The holder
+    keeps the file open while it holds the lock. A lock is taken over only when provably
+    stale: its holder died on this host (kill -9), or its content cannot be parsed (a
+    writer killed between creating and filling it, or tampering), it is older than
+    ``LOCK_UNREADABLE_AFTER_S`` and no process has it open. A take-over is said in one line.
     """
 
-    def __init__(self, path: str | os.PathLike, what: str = "this file"):
+    def __init__(self, path: str | os.PathLike, what: str = "this file",
+                 log: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.what = what
         self.held = False
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._fd: int | None = None
 
     def acquire(self) -> "FileLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for _ in range(2):
+        for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == info["host"] and \
-                        isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.path)  # stale: its owner died without releasing
-                    continue
-                who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
-                       f"{holder.get('started')}") if holder else "an unknown process"
-                raise LockError(f"{self.what} is in use by {who} (lock file {self.path}); "
-                                "wait for it to finish, or delete the lock file if that "
-                                "process is gone") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(info, fh)
+                judged = self._stale_reason(info["host"])
+                if judged is None:
+                    continue  # it vanished meanwhile: try again
+                why, seen = judged
+                try:
+                    now = os.stat(self.path)
+                    if (now.st_ino, now.st_mtime_ns) != (seen.st_ino, seen.st_mtime_ns):
+                        continue  # replaced since it was judged (another taker): judge again
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                except PermissionError:  # Windows: a live holder has it open
+                    raise LockError(f"{self.what} is in use (lock file {self.path} is open in "
+                                    "another process); wait for it to finish") from None
+                self.log(f"note: took over the lock {self.path}: {why}")
+                continue
+            try:
+                os.write(fd, json.dumps(info).encode())
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                raise
+            self._fd = fd
             self.held = True
             return self
-        raise LockError(f"could not take the lock {self.path}")
+        raise LockError(f"could not take the lock {self.path}; try again")
 
-    def _holder(self) -> dict | None:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return None
+    def _stale_reason(self, host: str) -> tuple[str, os.stat_result] | None:
+        """Why the existing lock is stale (and its stat as judged); LockError when it may be
+        live; None when it vanished meanwhile."""
+        t0 = time.monotonic()
+        while True:
+            try:
+                st = os.stat(self.path)
+                with open(self.path, "rb") as fh:
+                    raw = fh.read(4096)
+            except FileNotFoundError:
+                return None
+            holder = _parse_lock(raw)
+            if holder is not None:
+                if holder["host"] == host and not _pid_alive(holder["pid"]):
+                    return f"its holder, pid {holder['pid']}, is no longer running", st
+                raise LockError(f"{self.what} is in use by pid {holder['pid']} on "
+                                f"{holder['host']} since {holder.get('started')} (lock file "
+                                f"{self.path}); wait for it to finish, or delete the lock "
+                                "file if that process is gone")
+            # unparsable for this long (by its mtime, or as watched here when its mtime is
+            # in the future) cannot be a live writer about to fill it
+            age = max(time.time() - st.st_mtime, time.monotonic() - t0)
+            if age >= LOCK_UNREADABLE_AFTER_S:
+                break
+            time.sleep(min(0.2, LOCK_UNREADABLE_AFTER_S - age))
+        what = "is empty" if not raw.strip() else "cannot be parsed (not pid and host)"
+        open_elsewhere = _lock_open_elsewhere(self.path)
+        if open_elsewhere is False:
+            return f"its content {what}, it is {age:.0f} s old and no process has it open", st
+        held = "is open in another process" if open_elsewhere else \
+            "may be held by a face-sets process this user cannot inspect"
+        raise LockError(f"{self.what} is locked: the content of lock file {self.path} {what} "
+                        f"and it {held}; "
+                        "wait for it to finish, or delete the lock file if no face-sets "
+                        "is running")
 
     def release(self) -> None:
         if self.held:
+            if self._fd is not None:
+                os.close(self._fd)  # before unlink: Windows cannot delete an open file
+                self._fd = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             self.held = False
@@ -174,6 +271,18 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _parse_lock(raw: bytes) -> dict | None:
+    """A lock file's holder when its content is well formed: pid (int) and host (str)."""
+    try:
+        holder = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(holder, dict) or type(holder.get("pid")) is not int \
+            or not isinstance(holder.get("host"), str) or holder["pid"] <= 0:
+        return None
+    return holder
 
 
 def reversible_move(src: str | os.PathLike, holding_dir: str | os.PathLike) -> Path:
