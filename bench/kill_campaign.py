@@ -46,6 +46,8 @@ def main(argv=None) -> int:
         h = KillHarness(SCENARIOS[name], root)
         h.prepare()
         n = h.run_reference()
+        if h.reference_leftovers():
+            print(f"  {name}: the uninterrupted run leaves {h.reference_leftovers()}")
         print(f"{name}: {n} commits; killing at every {'' if args.every == 1 else f'{args.every}th '}"
               "one", flush=True)
         counts = {"equal": 0, "differs": 0, "failed": 0}

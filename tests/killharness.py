@@ -226,6 +226,9 @@ def compare(ref: dict, got: dict) -> list[str]:
     for rel in sorted(set(gt) - set(rt)):
         diffs.append(f"extra {rel}" + (" (leftover temp/staging/lock)" if is_leftover(rel)
                                         else ""))
+    for rel in sorted(set(rt) & set(gt)):
+        if is_leftover(rel):
+            diffs.append(f"leftover {rel} (the uninterrupted run leaves it too)")
     for rel in sorted(set(rt) - set(gt)):
         diffs.append(f"missing {rel}")
     for rel in sorted(set(rt) & set(gt)):
@@ -312,6 +315,10 @@ class KillHarness:
         self.commits = r.commits
         self.reference = state(self.w, self.scenario)
         return len(self.commits)
+
+    def reference_leftovers(self) -> list[str]:
+        """Temp files, staging folders or locks the uninterrupted run itself leaves."""
+        return sorted(rel for rel in self.reference["tree"] if is_leftover(rel))
 
     def try_kill(self, k: int) -> KillResult:
         """Kill at commit k, re-run, compare with the reference."""

@@ -24,6 +24,7 @@ def test_rerun_after_a_kill_at_a_commit_equals_an_uninterrupted_run(name, tmp_pa
     h.prepare()
     n = h.run_reference()
     assert n > 0, f"{name} committed no file"
+    assert not h.reference_leftovers(), f"{name} leaves {h.reference_leftovers()}"
     results = [h.try_kill(k) for k in sample_points(h.commits, MOST)]
     assert any(r.killed for r in results)
     bad = [r for r in results if r.outcome != "equal"]
