@@ -109,9 +109,9 @@ def _file_digest(path: Path, drop: frozenset) -> str:
     if path.suffix in (".json", ".jsonl"):
         try:
             text = data.decode("utf-8")
-            docs = ([json.loads(text)] if path.suffix == ".json"
-                    else [json.loads(line) for line in text.splitlines() if line.strip()])
-            return "json:" + json.dumps([_strip(d, drop) for d in docs], sort_keys=True)
+            doc = (json.loads(text) if path.suffix == ".json"
+                   else [json.loads(line) for line in text.splitlines() if line.strip()])
+            return "json:" + json.dumps(_strip(doc, drop), sort_keys=True)
         except (UnicodeDecodeError, ValueError):
             pass   # compared by bytes: a broken manifest differs anyway
     return "sha256:" + hashlib.sha256(data).hexdigest()

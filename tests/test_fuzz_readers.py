@@ -76,14 +76,17 @@ def pristine(tmp_path_factory) -> Path:
     return w
 
 
-# ---- mutations: each takes the file's path inside the case's copy ------------------------
+# ---- mutations: each gets the file (in the case's copy) and the sandbox ------------------
+Mutation = Callable[[Path, Path], None]
+
+
 def _get(doc, path: str):
     for part in path.split("."):
         doc = doc[int(part)] if isinstance(doc, list) else doc[part]
     return doc
 
 
-def json_set(path: str, value) -> Callable[[Path], None]:
+def json_set(path: str, value) -> Mutation:
     """Set ``a.0.b`` (dots; numbers index lists) to ``value`` (a callable gets the case's
     sandbox and returns the value)."""
     def mutate(f: Path, sandbox: Path) -> None:
@@ -96,7 +99,7 @@ def json_set(path: str, value) -> Callable[[Path], None]:
     return mutate
 
 
-def json_del(path: str) -> Callable[[Path], None]:
+def json_del(path: str) -> Mutation:
     def mutate(f: Path, sandbox: Path) -> None:
         doc = json.loads(f.read_text(encoding="utf-8"))
         parent, _, last = path.rpartition(".")
@@ -106,7 +109,7 @@ def json_del(path: str) -> Callable[[Path], None]:
     return mutate
 
 
-def jsonl_set(line: int, key: str, value) -> Callable[[Path], None]:
+def jsonl_set(line: int, key: str, value) -> Mutation:
     def mutate(f: Path, sandbox: Path) -> None:
         recs = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x]
         recs[line][key] = value
@@ -114,14 +117,14 @@ def jsonl_set(line: int, key: str, value) -> Callable[[Path], None]:
     return mutate
 
 
-def truncate(fraction: float = 0.5) -> Callable[[Path], None]:
+def truncate(fraction: float = 0.5) -> Mutation:
     def mutate(f: Path, sandbox: Path) -> None:
         data = f.read_bytes()
         f.write_bytes(data[: int(len(data) * fraction)])
     return mutate
 
 
-def npz_edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
+def npz_edit(change: Callable[[dict], None]) -> Mutation:
     """Load every array of an npz, let ``change`` edit the dict, write it back."""
     def mutate(f: Path, sandbox: Path) -> None:
         with np.load(f, allow_pickle=False) as z:
@@ -154,7 +157,7 @@ def _nan(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def npz_bomb(member: str = "faces.det_score", gib: float = 2.0) -> Callable[[Path], None]:
+def npz_bomb(member: str = "faces.det_score", gib: float = 2.0) -> Mutation:
     """Replace one member by a deflated .npy of ``gib`` GiB of zeros (a few MB on disk)."""
     def mutate(f: Path, sandbox: Path) -> None:
         n = int(gib * (1 << 30)) // 8
@@ -183,7 +186,7 @@ def _write_zeros(out, size: int) -> None:
         size -= len(block)
 
 
-def fsz_members(members: list[tuple[str, bytes]]) -> Callable[[Path], None]:
+def fsz_members(members: list[tuple[str, bytes]]) -> Mutation:
     """Replace a bundle by one holding ``members`` (name, data)."""
     def mutate(f: Path, sandbox: Path) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
@@ -202,7 +205,7 @@ def png_header(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
-def fsz_bomb(inflated: int = 200 << 20) -> Callable[[Path], None]:
+def fsz_bomb(inflated: int = 200 << 20) -> Mutation:
     """A bundle whose 0.png inflates to ``inflated`` bytes (its header says so honestly)."""
     def mutate(f: Path, sandbox: Path) -> None:
         with zipfile.ZipFile(f, "w") as z:
@@ -214,7 +217,7 @@ def fsz_bomb(inflated: int = 200 << 20) -> Callable[[Path], None]:
     return mutate
 
 
-def also(*mutations) -> Callable[[Path], None]:
+def also(*mutations) -> Mutation:
     def mutate(f: Path, sandbox: Path) -> None:
         for m in mutations:
             m(f, sandbox)
@@ -240,7 +243,6 @@ def _segment_beside(cache: str) -> Callable[[Path], Path]:
 class Cmd:
     argv: Callable[[Path], list]       # full argv; W (the case's copy) given
     outputs: tuple[str, ...]           # paths in W (prefixes) the command may write
-    worker: bool = False               # a worker script, not the CLI
 
 
 def cli(*args, outputs: tuple[str, ...] = ()) -> Cmd:
@@ -250,7 +252,7 @@ def cli(*args, outputs: tuple[str, ...] = ()) -> Cmd:
 
 def worker(script: Path, *args, outputs: tuple[str, ...] = ()) -> Cmd:
     return Cmd(lambda w: [sys.executable, script, *[a(w) if callable(a) else a for a in args],
-                          "--no-progress"], outputs, worker=True)
+                          "--no-progress"], outputs)
 
 
 def at(rel: str) -> Callable[[Path], Path]:
@@ -258,7 +260,7 @@ def at(rel: str) -> Callable[[Path], Path]:
 
 
 CLUSTER = cli("cluster", at("c.npz"), at("out"), "--threshold", TEST_THRESHOLD,
-              outputs=("out", ".out.partial"))
+              outputs=("out",))
 EXTEND_RAW = cli("extend", at("cx.npz"), at("raw"), outputs=("raw",))
 EXTEND_REFINE = cli("extend", at("cx.npz"), at("raw"), "--refine-out", at("refined"),
                     outputs=("raw", "refined"))
@@ -292,7 +294,7 @@ class Case:
     kind: str                                   # which reader
     mutation: str                               # what is wrong with the file
     target: str | Callable[[Path], Path]        # the file (relative to W, or made from W)
-    mutate: Callable[[Path, Path], None]
+    mutate: Mutation
     cmd: Cmd
     accept: tuple[str, ...] = ("error",)        # "fail": verify-fsz's FAIL report is fine too
     prepare: Callable[[Path], object] | None = field(default=None)
@@ -302,7 +304,7 @@ class Case:
         return f"{self.kind}: {self.mutation}"
 
 
-RES0 = "eres/results.npz.segments"
+RESULTS = "eres/results.npz"   # the embed worker's results cache
 CASES = [
     # cache base, read by every command (here cluster)
     Case("cache base", "truncated", "c.npz", truncate(0.5), CLUSTER),
@@ -400,15 +402,15 @@ CASES = [
     Case("embed queue", "size is a string", "eq.json", json_set("items.0.size", "big"),
          EMBED_WORKER_RUN),
     # embed worker results, read by embed --merge-results
-    Case("embed results", "64-D rows into a 128-D cache", _first_segment(RES0[:-9]),
+    Case("embed results", "64-D rows into a 128-D cache", _first_segment(RESULTS),
          npz_edit(_set("faces.embedding", lambda x: x[:, :64].copy())), MERGE),
-    Case("embed results", "NaN embedding", _first_segment(RES0[:-9]),
+    Case("embed results", "NaN embedding", _first_segment(RESULTS),
          npz_edit(_set("faces.embedding", _nan)), MERGE),
-    Case("embed results", "missing column faces.bbox", _first_segment(RES0[:-9]),
+    Case("embed results", "missing column faces.bbox", _first_segment(RESULTS),
          npz_edit(_drop("faces.bbox")), MERGE),
-    Case("embed results", "truncated segment", _first_segment(RES0[:-9]), truncate(0.5),
+    Case("embed results", "truncated segment", _first_segment(RESULTS), truncate(0.5),
          MERGE),
-    Case("embed results", "a path outside the staged folder", _first_segment(RES0[:-9]),
+    Case("embed results", "a path outside the staged folder", _first_segment(RESULTS),
          npz_edit(_set("paths.path", lambda x: np.array(["/etc/passwd"] * len(x)))), MERGE),
     # audit queue and results, read by apply and the multiface worker
     Case("audit queue", "item faceset ../..", "mq.json",

@@ -28,7 +28,8 @@ def test_rerun_after_a_kill_at_a_commit_equals_an_uninterrupted_run(name, tmp_pa
     results = [h.try_kill(k) for k in sample_points(h.commits, MOST)]
     assert any(r.killed for r in results)
     bad = [r for r in results if r.outcome != "equal"]
-    assert not bad, f"{name} ({n} commits):\n" + "\n".join(r.line() for r in bad)
+    if bad:
+        pytest.fail(f"{name} ({n} commits):\n" + "\n".join(r.line() for r in bad), pytrace=False)
 
 
 def test_the_hook_kills_at_the_nth_commit_and_logs_every_commit(tmp_path):
