@@ -12,12 +12,35 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
+# Fault injection (docs/design.md, "Fault injection"), read once per process: a kill harness
+# counts the commits of a run (FACESETS_COMMIT_LOG) and kills a run right after its N-th
+# commit (FACESETS_KILL_AT_COMMIT). Unset, ``commit_point`` is one flag check.
+_KILL_AT_COMMIT = int(os.environ.get("FACESETS_KILL_AT_COMMIT") or 0)
+_COMMIT_LOG = os.environ.get("FACESETS_COMMIT_LOG") or ""
+_FAULT_INJECTION = bool(_KILL_AT_COMMIT or _COMMIT_LOG)
+_commits = 0
+
+
+def commit_point(what: str) -> None:
+    """Mark that a file was just committed (renamed into place, moved); ``what`` names it."""
+    if not _FAULT_INJECTION:
+        return
+    global _commits
+    _commits += 1
+    if _COMMIT_LOG:
+        with open(_COMMIT_LOG, "a", encoding="utf-8", errors="backslashreplace") as fh:
+            fh.write(f"{_commits}\t{what.replace(chr(10), ' ').replace(chr(9), ' ')}\n")
+    if _commits == _KILL_AT_COMMIT:
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -61,6 +84,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    commit_point(os.fspath(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -299,6 +323,7 @@ def reversible_move(src: str | os.PathLike, holding_dir: str | os.PathLike) -> P
         dest = holding / f"{src.stem}.{n}{src.suffix}"
         n += 1
     shutil.move(os.fspath(src), os.fspath(dest))
+    commit_point(f"{src} -> {dest}")
     return dest
 
 
