@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fsutil import atomic_write_json, fsync_dir, remove_temp_files, sha256_file
+from .fsutil import atomic_write_json, commit_point, fsync_dir, remove_temp_files, sha256_file
 from .imageio import ImageError, decode, read_header
 from .manifest import (AUDIT_PLAN, FACE_PNG, FACESET_NAME, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
@@ -315,6 +315,7 @@ def _move(fdir: Path, d: Drop) -> bool:
         os.replace(src, dest)
         fsync_dir(dest.parent)
         fsync_dir(src.parent)
+        commit_point(f"{src} -> {dest}")
     return dest.is_file() and not src.exists()
 
 

@@ -408,8 +408,10 @@ def replace_dir(staging: str | os.PathLike, final: str | os.PathLike,
                                   "choose an empty or new output folder")
         aside = _owned_dir(final, "aside")
         os.replace(final, aside / final.name)
+        commit_point(f"{final} -> aside")
     os.replace(staging, final)
     fsync_dir(final.parent)
+    commit_point(os.fspath(final))
     _remove_owned(staging.parent)
     if aside is not None:
         _remove_owned(aside)

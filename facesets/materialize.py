@@ -8,6 +8,8 @@ import secrets
 import shutil
 from pathlib import Path
 
+from .fsutil import commit_point
+
 LINK_MODES = ("copy", "hardlink", "symlink")
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 
@@ -51,6 +53,7 @@ def place(src: str, dest: Path, link: str = "copy") -> None:
         else:
             os.symlink(os.path.abspath(src), tmp)
         os.replace(tmp, dest)
+        commit_point(os.fspath(dest))
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
