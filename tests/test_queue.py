@@ -86,7 +86,9 @@ def test_mapper_rules_override_longest_first_and_auto_applies_only_on_windows():
 # ---- queue documents ------------------------------------------------------------------------
 def test_queue_round_trip_and_validation(tmp_path, monkeypatch):
     monkeypatch.setenv("WSL_DISTRO_NAME", "Ubuntu")
-    q = new_queue("multiface", {"det_size": 640}, [{"id": "a", "path": "/x/ä #1.png"}])
+    item = {"id": "fs/faces/ä #1.png", "path": "/x/fs/faces/ä #1.png", "faceset": "fs",
+            "file": "faces/ä #1.png", "size": 10, "sha256": "0" * 64}
+    q = new_queue("multiface", {"det_size": 640, "export": "/x"}, [item])
     path = tmp_path / "q.json"
     write_queue(path, q)
     back = load_queue(path, "multiface")
@@ -97,7 +99,7 @@ def test_queue_round_trip_and_validation(tmp_path, monkeypatch):
         {"format": "other"},
         dict(q, version=99),
         dict(q, kind="zzz"),
-        dict(q, items=[{"id": "a", "path": "/x"}, {"id": "a", "path": "/y"}]),
+        dict(q, items=[item, item]),
         dict(q, items=[{"id": 3, "path": "/x"}]),
         dict(q, items="nope"),
         dict(q, wsl_distro="../../etc"),
