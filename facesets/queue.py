@@ -81,9 +81,10 @@ def _path_problem(path) -> str:
 
 
 def is_under(path: str, root: str) -> bool:
-    """Whether the (checked, absolute) ``path`` lies inside folder ``root``."""
-    root = posixpath.normpath(root)
-    return posixpath.normpath(path).startswith(root.rstrip("/") + "/")
+    """Whether the (checked, absolute) ``path`` lies inside folder ``root`` or is ``root``
+    itself (embed SRC may be a single photo)."""
+    root, path = posixpath.normpath(root), posixpath.normpath(path)
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 class _Check:
