@@ -51,7 +51,7 @@ class QueueError(ValueError):
 def new_queue(kind: str, params: dict, items: list[dict]) -> dict:
     """A queue document; ``wsl_distro`` is recorded when staged inside WSL."""
     if kind not in KINDS:
-        raise QueueError(f"unknown queue kind {kind!r}")
+        raise QueueError(f"unknown queue kind {_show(kind)}")
     return {"format": QUEUE_FORMAT, "version": QUEUE_VERSION, "kind": kind,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wsl_distro": os.environ.get("WSL_DISTRO_NAME") or None,
@@ -65,6 +65,12 @@ def write_queue(path: str | os.PathLike, queue: dict) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value) -> str:
+    """A value read from an untrusted file, quoted and cut short enough for one line."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:100] + f"...({len(text)} chars)"
 
 
 def _path_problem(path) -> str:
@@ -100,7 +106,7 @@ class _Check:
         if value is None and optional:
             return
         if not isinstance(value, str) or not value:
-            raise self.fail(field, f"{value!r} is not a non-empty string")
+            raise self.fail(field, f"{_show(value)} is not a non-empty string")
 
     def integer(self, value, field: str, low: int | None = None, high: int | None = None,
                 optional: bool = False) -> None:
@@ -110,7 +116,7 @@ class _Check:
                 or (high is not None and value > high):
             span = f" in {low}..{high}" if high is not None else \
                 (f" >= {low}" if low is not None else "")
-            raise self.fail(field, f"{value!r} is not an integer{span}")
+            raise self.fail(field, f"{_show(value)} is not an integer{span}")
 
     def path(self, value, field: str, roots: list[str] | None = None,
              optional: bool = False) -> None:
@@ -118,14 +124,14 @@ class _Check:
             return
         why = _path_problem(value)
         if why:
-            raise self.fail(field, f"{value!r} {why}")
+            raise self.fail(field, f"{_show(value)} {why}")
         if roots is not None and not any(is_under(value, r) for r in roots):
-            raise self.fail(field, f"{value!r} is not under a staged root "
+            raise self.fail(field, f"{_show(value)} is not under a staged root "
                                    f"({', '.join(map(repr, roots))})")
 
     def sha256(self, value, field: str) -> None:
         if not (isinstance(value, str) and _SHA256.match(value)):
-            raise self.fail(field, f"{value!r} is not a sha256 (64 lowercase hex digits)")
+            raise self.fail(field, f"{_show(value)} is not a sha256 (64 lowercase hex digits)")
 
 
 def _plain_name(name) -> bool:
@@ -156,7 +162,7 @@ def _check_params(kind: str, params: dict, c: _Check) -> None:
 def _check_embed_item(it: dict, field: str, roots: list[str], c: _Check) -> None:
     c.sha256(it.get("sha256"), f"{field}.sha256")
     if it["id"] != it["sha256"]:
-        raise c.fail(f"{field}.id", f"{it['id']!r} is not the item's sha256")
+        raise c.fail(f"{field}.id", f"{_show(it['id'])} is not the item's sha256")
     c.integer(it.get("size"), f"{field}.size", 0)
     c.integer(it.get("mtime_ns"), f"{field}.mtime_ns")
     aliases = it.get("aliases", [])
@@ -174,19 +180,19 @@ def _check_embed_item(it: dict, field: str, roots: list[str], c: _Check) -> None
 def _check_multiface_item(it: dict, field: str, roots: list[str], c: _Check) -> None:
     faceset, file = it.get("faceset"), it.get("file")
     if not _plain_name(faceset):
-        raise c.fail(f"{field}.faceset", f"{faceset!r} is not a plain folder name")
+        raise c.fail(f"{field}.faceset", f"{_show(faceset)} is not a plain folder name")
     parts = file.split("/") if isinstance(file, str) else []
     if len(parts) != 2 or parts[0] != "faces" or not _plain_name(parts[1]) \
             or not parts[1].lower().endswith(".png"):
-        raise c.fail(f"{field}.file", f"{file!r} is not faces/<name>.png")
+        raise c.fail(f"{field}.file", f"{_show(file)} is not faces/<name>.png")
     if it["id"] != f"{faceset}/{file}":
-        raise c.fail(f"{field}.id", f"{it['id']!r} is not <faceset>/<file>")
+        raise c.fail(f"{field}.id", f"{_show(it['id'])} is not <faceset>/<file>")
     if posixpath.normpath(it["path"]) != posixpath.join(roots[0], faceset, file):
-        raise c.fail(f"{field}.path", f"{it['path']!r} is not <export>/{faceset}/{file}")
+        raise c.fail(f"{field}.path", f"{_show(it['path'])} is not <export>/{faceset}/{file}")
     c.integer(it.get("size"), f"{field}.size", 0)
     c.sha256(it.get("sha256"), f"{field}.sha256")
     if not isinstance(it.get("key", ""), str):
-        raise c.fail(f"{field}.key", f"{it.get('key')!r} is not a string")
+        raise c.fail(f"{field}.key", f"{_show(it.get('key'))} is not a string")
 
 
 def validate_queue(data, where: str, kind: str | None = None) -> dict:
@@ -200,12 +206,12 @@ def validate_queue(data, where: str, kind: str | None = None) -> dict:
         raise c.fail("format", "is not face-sets/queue (not a face-sets queue)")
     version = data.get("version")
     if not _is_int(version) or version < 1:
-        raise c.fail("version", f"{version!r} is not a valid version")
+        raise c.fail("version", f"{_show(version)} is not a valid version")
     if version > QUEUE_VERSION:
         raise QueueError(f"{where}: queue v{version} is newer than this worker "
                          f"(v{QUEUE_VERSION}); update face-sets on the worker side")
     if data.get("kind") not in KINDS:
-        raise c.fail("kind", f"{data.get('kind')!r} is not a known queue kind")
+        raise c.fail("kind", f"{_show(data.get('kind'))} is not a known queue kind")
     if kind and data["kind"] != kind:
         raise QueueError(f"{where}: a {data['kind']} queue, not a {kind} queue; pass it to "
                          f"the {data['kind']} worker")
@@ -215,7 +221,7 @@ def validate_queue(data, where: str, kind: str | None = None) -> dict:
     _check_params(data["kind"], params, c)
     distro = data.get("wsl_distro")
     if distro is not None and (not isinstance(distro, str) or not _plain_name(distro)):
-        raise c.fail("wsl_distro", f"{distro!r} is not a distro name")
+        raise c.fail("wsl_distro", f"{_show(distro)} is not a distro name")
     items = data.get("items")
     if not isinstance(items, list):
         raise c.fail("items", "is missing or not a list")
@@ -229,7 +235,7 @@ def validate_queue(data, where: str, kind: str | None = None) -> dict:
         c.string(it.get("id"), f"{field}.id")
         c.path(it.get("path"), f"{field}.path", roots)
         if it["id"] in seen:
-            raise c.fail(f"{field}.id", f"{it['id']!r} appears twice")
+            raise c.fail(f"{field}.id", f"{_show(it['id'])} appears twice")
         seen.add(it["id"])
         check_item(it, field, roots, c)
     return data
@@ -281,15 +287,15 @@ def validate_embed_results(results, queue: dict, dim: int, where: str) -> None:
 
     for k in ("model", "model_id"):
         if not isinstance(results.meta.get(k), str) or not results.meta[k]:
-            raise bad(f"meta.{k}", f"{results.meta.get(k)!r} is not a non-empty string")
+            raise bad(f"meta.{k}", f"{_show(results.meta.get(k))} is not a non-empty string")
     det = results.meta.get("det_size")
     if det is not None and not (_is_int(det) and 32 <= det <= MAX_DET_SIZE):
-        raise bad("meta.det_size", f"{det!r} is not an integer in 32..{MAX_DET_SIZE}")
+        raise bad("meta.det_size", f"{_show(det)} is not an integer in 32..{MAX_DET_SIZE}")
     if not isinstance(results.meta.get("has_landmarks", False), bool):
         raise bad("meta.has_landmarks", "is not true or false")
     meta_dim = results.meta.get("embedding_dim")
     if not _is_int(meta_dim) or not 0 < meta_dim <= MAX_EMBEDDING_DIM:
-        raise bad("meta.embedding_dim", f"{meta_dim!r} is not a positive integer")
+        raise bad("meta.embedding_dim", f"{_show(meta_dim)} is not a positive integer")
     if meta_dim != dim:
         raise bad("meta.embedding_dim", f"{meta_dim} differs from the cache's {dim}")
     for tname, spec in TABLES.items():
@@ -309,7 +315,7 @@ def validate_embed_results(results, queue: dict, dim: int, where: str) -> None:
 
     def key(tname: str, i: int, sha: str) -> dict:
         if sha not in items:
-            raise bad(f"{tname}.sha256[{i}]", f"{sha!r} is not an item of the queue")
+            raise bad(f"{tname}.sha256[{i}]", f"{_show(sha)} is not an item of the queue")
         return items[sha]
 
     files, faces, paths = results.files, results.faces, results.paths
@@ -318,9 +324,9 @@ def validate_embed_results(results, queue: dict, dim: int, where: str) -> None:
                                                 files["path"].tolist(),
                                                 files["status"].tolist())):
         if path != key("files", i, sha)["path"]:
-            raise bad(f"files.path[{i}]", f"{path!r} is not the queued path of {sha}")
+            raise bad(f"files.path[{i}]", f"{_show(path)} is not the queued path of {sha}")
         if status not in _FILE_STATUSES:
-            raise bad(f"files.status[{i}]", f"{status!r} is not one of {_FILE_STATUSES}")
+            raise bad(f"files.status[{i}]", f"{_show(status)} is not one of {_FILE_STATUSES}")
         statuses[sha] = status
     for col in ("width", "height"):
         if (files[col] < 0).any():
@@ -340,7 +346,7 @@ def validate_embed_results(results, queue: dict, dim: int, where: str) -> None:
     for i, (sha, path) in enumerate(zip(paths["sha256"].tolist(), paths["path"].tolist())):
         key("paths", i, sha)
         if path not in allowed[sha]:
-            raise bad(f"paths.path[{i}]", f"{path!r} is neither the queued path of {sha} "
+            raise bad(f"paths.path[{i}]", f"{_show(path)} is neither the queued path of {sha} "
                                           "nor one of its aliases")
 
 
@@ -358,16 +364,16 @@ def validate_multiface_results(records: list[dict], queue: dict, where: str) -> 
     for n, rec in enumerate(records):
         rid = rec.get("id")
         if not isinstance(rid, str) or rid not in paths:
-            raise bad(n, "id", f"{rid!r} is not an item of the queue")
+            raise bad(n, "id", f"{_show(rid)} is not an item of the queue")
         if rec.get("path") != paths[rid]:
-            raise bad(n, "path", f"{rec.get('path')!r} is not the queued path of {rid}")
+            raise bad(n, "path", f"{_show(rec.get('path'))} is not the queued path of {rid}")
         if "error" in rec:
             if not isinstance(rec["error"], str):
-                raise bad(n, "error", f"{rec['error']!r} is not a string")
+                raise bad(n, "error", f"{_show(rec['error'])} is not a string")
             continue
         faces, scores = rec.get("faces"), rec.get("scores")
         if not _is_int(faces) or faces < 0:
-            raise bad(n, "faces", f"{faces!r} is not an integer >= 0")
+            raise bad(n, "faces", f"{_show(faces)} is not an integer >= 0")
         if not isinstance(scores, list) or len(scores) != faces or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool)
                 and math.isfinite(x) and 0 <= x <= 1 for x in scores):
