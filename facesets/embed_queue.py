@@ -117,7 +117,9 @@ class EmbedJob(WorkerJob):
         self.faces = 0
 
     def done_ids(self) -> set[str]:
-        return set(load_cache(self.results, must_exist=False).files["sha256"].tolist())
+        if not cache_exists(self.results):
+            return set()
+        return set(_load_results(self.results).files["sha256"].tolist())
 
     def start(self) -> None:
         from .backends import load_backend
