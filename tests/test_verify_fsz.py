@@ -114,3 +114,20 @@ def test_oversized_png_members_are_reported_without_decoding(small_export, tmp_p
     r = run_cli("verify-fsz", fs / f"{fs.name}_all.fsz", *PACK, "--no-progress",
                 "--max-pixels", "1000", check=False)
     assert r.returncode == 1 and "image too large" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("centroid", ["abc", [[1, 2], [3]], {"x": 1}, [float("nan")] * 4])
+def test_a_centroid_of_the_wrong_type_is_not_comparable(small_export, tmp_path, centroid):
+    import shutil
+
+    fs = sorted(small_export.glob("faceset_*"))[0]
+    copy = tmp_path / fs.name
+    shutil.copytree(fs, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["centroid"] = centroid
+    (copy / "manifest.json").write_text(json.dumps(m))
+    r = run_cli("verify-fsz", copy / f"{fs.name}_all.fsz", *PACK, "--no-progress",
+                check=False)
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    assert "similarity n/a (faceset manifest's centroid is not a list of finite numbers)" \
+        in r.stdout
