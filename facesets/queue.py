@@ -41,7 +41,7 @@ KINDS = {KIND_EMBED, KIND_MULTIFACE}
 RESULTS_CACHE = "results.npz"      # OUT/results.npz(.segments/) of the embed worker
 FAILURES_LOG = "failures.jsonl"    # OUT/failures.jsonl: items to retry, with the reason
 MAX_DET_SIZE = 4096                # detector input side; larger is a typo or an attack
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")   # fullmatch: "$" would let a trailing newline in
 
 
 class QueueError(ValueError):
@@ -130,7 +130,7 @@ class _Check:
                                    f"({', '.join(map(repr, roots))})")
 
     def sha256(self, value, field: str) -> None:
-        if not (isinstance(value, str) and _SHA256.match(value)):
+        if not (isinstance(value, str) and _SHA256.fullmatch(value)):
             raise self.fail(field, f"{_show(value)} is not a sha256 (64 lowercase hex digits)")
 
 
