@@ -27,7 +27,7 @@ from .imageio import ImageError, decode, read_header
 from .manifest import (AUDIT_PLAN, FACE_PNG, FACESET_NAME, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
 from .queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
-                    new_queue, read_jsonl, write_queue)
+                    new_queue, read_jsonl, validate_multiface_results, write_queue)
 from .worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
 
 MANIFEST_NAME = "manifest.json"
@@ -246,11 +246,12 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
         raise QueueError(f"{queue_path}: no export folder in params; re-stage the queue")
     plan = AuditPlan(export=Path(export), queue=os.path.abspath(queue_path),
                      results=os.path.abspath(results_path))
-    top = load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
-    records, _ = read_jsonl(results_path)
-    if not records and not Path(results_path).is_file():
+    load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
+    if not Path(results_path).is_file():
         raise FileNotFoundError(f"{results_path}: no results; run work/multiface_worker.py "
                                 f"{queue_path} {results_path} first")
+    records, _ = read_jsonl(results_path, strict=True)
+    validate_multiface_results(records, queue, str(results_path))
     plan.run_id = _run_id(queue_path, results_path)
     plan.applied = _recorded(plan.export, plan.run_id)
     results = latest_by_id(records)

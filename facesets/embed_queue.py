@@ -13,7 +13,7 @@ The merged cache therefore holds the same records in-process ``embed`` writes.
 from __future__ import annotations
 
 import os
-import re
+import posixpath
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -24,12 +24,12 @@ from .cache import (CacheError, FaceCache, SegmentWriter, cache_exists, cache_lo
                     compact_cache, load_cache, table_len)
 from .embed import check_model, iter_analyzed, record_plan_paths, record_result
 from .imageio import DEFAULT_MAX_PIXELS
-from .queue import (FAILURES_LOG, KIND_EMBED, RESULTS_CACHE, QueueError, new_queue,
-                    write_queue)
+from .fsutil import atomic_write_json
+from .queue import (FAILURES_LOG, KIND_EMBED, QUEUE_COPY, RESULTS_CACHE, QueueError,
+                    load_queue, new_queue, validate_embed_results, write_queue)
 from .scan import Listed, list_images, plan_embed
 from .worker import ERROR, NOFACE, OK, WorkerJob, WorkItem, map_param_path
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # what the worker's backend says about its model (copied into the cache's meta on merge)
 MODEL_META = ("model", "model_id", "embedding_dim", "det_size", "has_landmarks")
 
@@ -90,26 +90,13 @@ def stage_embed_queue(src: str, cache_path: str, queue_path: str, model: str,
 
 
 # ---- worker (GPU side) ------------------------------------------------------------------
-def _listed(entry: dict, where: str) -> Listed:
-    size, mtime = entry.get("size"), entry.get("mtime_ns")
-    if not (isinstance(entry.get("path"), str) and isinstance(size, int)
-            and isinstance(mtime, int)):
-        raise QueueError(f"{where}: needs path, size and mtime_ns; re-stage the queue")
-    return Listed(entry["path"], size, mtime, entry.get("sha256", ""))
-
-
 def queued_photo(item: WorkItem) -> tuple[Listed, list[Listed]]:
-    """The queue item as the cache records it: the photo and its aliases (WSL paths)."""
+    """The queue item (checked by queue.validate_queue) as the cache records it: the photo
+    and its aliases (WSL paths)."""
     f = item.fields
-    where = f"embed queue item {item.id}"
-    if not (isinstance(f.get("sha256"), str) and _SHA256.match(f["sha256"])
-            and f["sha256"] == item.id):
-        raise QueueError(f"{where}: id must be the file's sha256; re-stage the queue")
-    aliases = f.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, dict) for a in aliases):
-        raise QueueError(f"{where}: aliases must be a list of objects; re-stage the queue")
-    return (_listed(f, where),
-            [_listed(dict(a, sha256=f["sha256"]), where) for a in aliases])
+    return (Listed(f["path"], f["size"], f["mtime_ns"], f["sha256"]),
+            [Listed(a["path"], a["size"], a["mtime_ns"], f["sha256"])
+             for a in f.get("aliases", [])])
 
 
 class EmbedJob(WorkerJob):
@@ -128,11 +115,11 @@ class EmbedJob(WorkerJob):
         self.workers = workers
         self.writer: SegmentWriter | None = None
         self.faces = 0
-        for it in queue["items"]:  # validate every item before any work
-            queued_photo(WorkItem(it["id"], it["path"], it["path"], it))
 
     def done_ids(self) -> set[str]:
-        return set(load_cache(self.results, must_exist=False).files["sha256"].tolist())
+        if not cache_exists(self.results):
+            return set()
+        return set(_load_results(self.results).files["sha256"].tolist())
 
     def start(self) -> None:
         from .backends import load_backend
@@ -181,11 +168,25 @@ class EmbedJob(WorkerJob):
         return {"faces": self.faces}
 
 
+def keep_queue_copy(out: Path, queue: dict) -> None:
+    """Keep the queue beside its results (OUT/queue.json): merge checks every result row
+    against it. A results folder answers one queue only."""
+    copy = out / QUEUE_COPY
+    if copy.is_file():
+        held = load_queue(copy, KIND_EMBED)
+        if held["params"] != queue["params"] or held["items"] != queue["items"]:
+            raise QueueError(f"{out}: holds the results of another queue ({copy}); give "
+                             "this queue an empty results folder")
+        return
+    atomic_write_json(copy, queue)
+
+
 def make_embed_job(queue: dict, args, mapper):
     job = EmbedJob(queue, args.results, mapper, args.providers, args.model_root,
                    getattr(args, "workers", 2))
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
+    keep_queue_copy(out, queue)
     return job, out / ".worker.lock", out / FAILURES_LOG
 
 
@@ -218,23 +219,58 @@ def import_rows(writer: SegmentWriter, source: FaceCache) -> None:
             writer.add(name, **row)
 
 
+def _load_results(results: Path) -> FaceCache:
+    """A worker's results as a cache; a tampered file is one line naming it."""
+    try:
+        return load_cache(results)
+    except CacheError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise QueueError(f"{results}: not readable worker results ({type(exc).__name__}: "
+                         f"{exc}); re-run the worker into an empty folder") from None
+
+
+def _check_staged_for(cache: FaceCache, queue: dict, cache_path: str, copy: Path) -> None:
+    """The queue's staged root must be a source this cache recorded when it was staged:
+    a queue copy edited to name another root cannot let foreign paths in."""
+    src = posixpath.normpath(queue["params"]["src"])
+    sources = cache.meta.get("sources")
+    if not isinstance(sources, list) or src not in [posixpath.normpath(s) for s in sources
+                                                    if isinstance(s, str)]:
+        raise QueueError(f"{copy}: params.src {src!r} is not a folder {cache_path} was "
+                         "staged from; merge into the cache the queue was staged for")
+
+
 def merge_embed_results(cache_path: str, out: str) -> MergeSummary:
-    """Fold a worker's results folder into the cache (idempotent: merging twice is harmless)."""
+    """Fold a worker's results folder into the cache (idempotent: merging twice is harmless).
+
+    Every row is checked against the queue the worker answered (OUT/queue.json) before
+    anything is written: a bad results folder leaves the cache byte for byte unchanged.
+    """
     from .worker import failures_outstanding
 
     results = Path(out) / RESULTS_CACHE
     if not cache_exists(results):
         raise FileNotFoundError(f"{out}: no worker results ({RESULTS_CACHE}.segments/); run "
                                 f"work/embed_worker.py QUEUE {out} first")
-    res = load_cache(results)
-    summary = MergeSummary(files=res.n_files, faces=res.n_faces,
-                           paths=table_len(res.paths),
-                           errors=int((res.files["status"] == "error").sum()))
-    summary.pending_failures = len(failures_outstanding(Path(out) / FAILURES_LOG,
-                                                        res.files["sha256"].tolist()))
+    copy = Path(out) / QUEUE_COPY
+    if not copy.is_file():
+        raise FileNotFoundError(f"{copy}: no copy of the queue beside the results; re-run "
+                                f"work/embed_worker.py QUEUE {out}")
+    queue = load_queue(copy, KIND_EMBED)
+    res = _load_results(results)
     with cache_lock(cache_path):
         cache = load_cache(cache_path, must_exist=False)
         check_model(cache, res.meta.get("model"), res.meta.get("model_id"), cache_path)
+        if table_len(res.paths) or table_len(res.files):
+            _check_staged_for(cache, queue, cache_path, copy)
+        validate_embed_results(res, queue, cache.embedding_dim or
+                               res.meta.get("embedding_dim"), str(results))
+        summary = MergeSummary(files=res.n_files, faces=res.n_faces,
+                               paths=table_len(res.paths),
+                               errors=int((res.files["status"] == "error").sum()))
+        summary.pending_failures = len(failures_outstanding(Path(out) / FAILURES_LOG,
+                                                            res.files["sha256"].tolist()))
         meta = dict(cache.meta)
         meta.update({k: res.meta[k] for k in MODEL_META if k in res.meta})
         meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .backends.base import FaceBackend
 from .bundle import read_fsz
+from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode, read_header
 from .manifest import SWAP_FACESET_MANIFEST, ManifestError, centroid_of, load_manifest
 
 
@@ -25,7 +25,7 @@ class BundleReport:
     path: str
     faces_per_png: list[tuple[str, int]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)     # non-PNG members, ignored
-    undecodable: list[str] = field(default_factory=list)
+    undecodable: list[tuple[str, str]] = field(default_factory=list)  # (member, why)
     similarity: float | None = None                      # cosine(mean embedding, centroid)
     centroid_note: str = ""
 
@@ -62,15 +62,19 @@ def bundle_centroid(path: Path, model_id: str, dim: int | None) -> tuple[np.ndar
         return None, str(exc)
 
 
-def verify_bundle(path: str | os.PathLike, backend: FaceBackend) -> BundleReport:
+def verify_bundle(path: str | os.PathLike, backend: FaceBackend,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> BundleReport:
     path = Path(path)
     contents = read_fsz(path)
     report = BundleReport(path=str(path), skipped=contents.skipped)
     embeddings = []
     for name, data in contents.pngs:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            report.undecodable.append(name)
+        try:
+            # the header first: a PNG member may claim any size (a decompression bomb)
+            read_header(data, max_pixels)
+            image = decode(data)
+        except ImageError as exc:
+            report.undecodable.append((name, str(exc)))
             report.faces_per_png.append((name, 0))
             continue
         faces = backend.detect(image)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -86,7 +87,9 @@ def test_mapper_rules_override_longest_first_and_auto_applies_only_on_windows():
 # ---- queue documents ------------------------------------------------------------------------
 def test_queue_round_trip_and_validation(tmp_path, monkeypatch):
     monkeypatch.setenv("WSL_DISTRO_NAME", "Ubuntu")
-    q = new_queue("multiface", {"det_size": 640}, [{"id": "a", "path": "/x/ä #1.png"}])
+    item = {"id": "fs/faces/ä #1.png", "path": "/x/fs/faces/ä #1.png", "faceset": "fs",
+            "file": "faces/ä #1.png", "size": 10, "sha256": "0" * 64}
+    q = new_queue("multiface", {"det_size": 640, "export": "/x"}, [item])
     path = tmp_path / "q.json"
     write_queue(path, q)
     back = load_queue(path, "multiface")
@@ -97,7 +100,7 @@ def test_queue_round_trip_and_validation(tmp_path, monkeypatch):
         {"format": "other"},
         dict(q, version=99),
         dict(q, kind="zzz"),
-        dict(q, items=[{"id": "a", "path": "/x"}, {"id": "a", "path": "/y"}]),
+        dict(q, items=[item, item]),
         dict(q, items=[{"id": 3, "path": "/x"}]),
         dict(q, items="nope"),
         dict(q, wsl_distro="../../etc"),
@@ -131,3 +134,27 @@ def test_truncated_last_jsonl_line_is_ignored_then_cut_before_appending(tmp_path
     assert [r["id"] for r in records] == ["a", "b", "c"] and bad == 0
     assert log.read_bytes().endswith(b"\n")
     assert read_jsonl(tmp_path / "none.jsonl") == ([], 0)
+
+
+def test_queue_paths_must_lie_under_the_staged_root():
+    from facesets.queue import validate_queue
+
+    sha = "a" * 64
+
+    def embed_queue(src, path, aliases=()):
+        return new_queue("embed", {"model": "m", "det_size": 640, "src": src},
+                         [{"id": sha, "sha256": sha, "path": path, "size": 1, "mtime_ns": 2,
+                           "aliases": [{"path": a, "size": 1, "mtime_ns": 2}
+                                       for a in aliases]}])
+    validate_queue(embed_queue("/p", "/p/a.jpg", ["/p/sub/b.jpg"]), "q.json")
+    validate_queue(embed_queue("/p/one.jpg", "/p/one.jpg"), "q.json")   # SRC a single photo
+    refused = {
+        ("/p", "/p2/a.jpg", ()): "items[0].path '/p2/a.jpg' is not under a staged root",
+        ("/p", "/p/a.jpg", ("/etc/passwd",)): "items[0].aliases[0] '/etc/passwd' is not under",
+        ("/p", "a.jpg", ()): "items[0].path 'a.jpg' is not an absolute path",
+        ("/p", "/p/../etc/passwd", ()): "'..' component",
+        ("p", "/p/a.jpg", ()): "params.src 'p' is not an absolute path",
+    }
+    for (src, path, aliases), msg in refused.items():
+        with pytest.raises(QueueError, match=re.escape(msg)):
+            validate_queue(embed_queue(src, path, aliases), "q.json")

@@ -82,3 +82,52 @@ def test_refuses_unsafe_or_broken_bundles(tmp_path):
     assert r.returncode == 2 and "not a .fsz bundle" in r.stderr
     r = run_cli("verify-fsz", tmp_path / "missing.fsz", *PACK, check=False)
     assert r.returncode == 2 and "no such bundle" in r.stderr
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header claims width x height (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_oversized_png_members_are_reported_without_decoding(small_export, tmp_path):
+    fs = sorted(small_export.glob("faceset_*"))[0]
+    good = sorted((fs / "faces").glob("*.png"))[:2]
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_claiming(60000, 60000))
+    bad = tmp_path / "bomb.fsz"
+    write_fsz([good[0], bomb, good[1]], bad)
+    r = run_cli("verify-fsz", bad, fs / f"{fs.name}_all.fsz", *PACK, "--no-progress",
+                check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert f"{bad}: member 1.png: image too large" in r.stdout
+    assert "0.png" not in r.stdout and "2.png" not in r.stdout   # the others are checked
+    assert "verify-fsz: 1 of 2 bundles pass" in r.stdout
+    # a real PNG above --max-pixels is refused from its header as well
+    r = run_cli("verify-fsz", fs / f"{fs.name}_all.fsz", *PACK, "--no-progress",
+                "--max-pixels", "1000", check=False)
+    assert r.returncode == 1 and "image too large" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("centroid", ["abc", [[1, 2], [3]], {"x": 1}, [float("nan")] * 4])
+def test_a_centroid_of_the_wrong_type_is_not_comparable(small_export, tmp_path, centroid):
+    import shutil
+
+    fs = sorted(small_export.glob("faceset_*"))[0]
+    copy = tmp_path / fs.name
+    shutil.copytree(fs, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["centroid"] = centroid
+    (copy / "manifest.json").write_text(json.dumps(m))
+    r = run_cli("verify-fsz", copy / f"{fs.name}_all.fsz", *PACK, "--no-progress",
+                check=False)
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    assert "similarity n/a (faceset manifest's centroid is not a list of finite numbers)" \
+        in r.stdout

@@ -198,8 +198,10 @@ def test_worker_refuses_a_queue_of_another_kind(tmp_path):
 def test_worker_runs_without_sklearn_torch_or_scenedetect(tmp_path, script):
     """Run a worker end to end in a fresh interpreter, then look at what it imported."""
     src = tmp_path / "p"
-    src.mkdir()
-    shutil.copy2(sorted(sorted(FACES.iterdir())[0].iterdir())[0], src / "a.png")
+    (src / "fs" / "faces").mkdir(parents=True)
+    png = src / "fs" / "faces" / "a.png"
+    shutil.copy2(sorted(sorted(FACES.iterdir())[0].iterdir())[0], png)
+    from facesets.fsutil import sha256_file
     from facesets.queue import new_queue, write_queue
     if script == "embed_worker.py":
         queue = tmp_path / "q.json"
@@ -207,9 +209,11 @@ def test_worker_runs_without_sklearn_torch_or_scenedetect(tmp_path, script):
                 "--no-progress")
     else:
         queue = tmp_path / "mq.json"
-        write_queue(queue, new_queue("multiface", {"model": PACK[1], "model_root": PACK[3],
-                                                   "det_size": 640},
-                                     [{"id": "a", "path": str(src / "a.png")}]))
+        write_queue(queue, new_queue(
+            "multiface", {"model": PACK[1], "model_root": PACK[3], "det_size": 640,
+                          "export": str(src)},
+            [{"id": "fs/faces/a.png", "path": str(png), "faceset": "fs",
+              "file": "faces/a.png", "size": png.stat().st_size, "sha256": sha256_file(png)}]))
     code = ("import runpy, sys, json\n"
             f"sys.argv = ['w', {str(queue)!r}, {str(tmp_path / 'out')!r}, '--no-progress']\n"
             "try:\n"

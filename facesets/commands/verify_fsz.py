@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from ..imageio import DEFAULT_MAX_PIXELS
 from ..verify import find_bundles, verify_bundle
 from .common import add_model_options, add_progress_option, say
 
@@ -15,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help=".fsz files, or folders searched for them")
     add_model_options(p)
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="larger PNG members are reported as bad without decoding "
+                        "(decompression bombs)")
     add_progress_option(p)
     p.set_defaults(func=run)
 
@@ -27,7 +31,7 @@ def run(args) -> int:
     failed = 0
     for path in tqdm(bundles, desc="verify-fsz", unit="bundle",
                      disable=not args.progress or len(bundles) < 2):
-        r = verify_bundle(path, backend)
+        r = verify_bundle(path, backend, args.max_pixels)
         counts = [c for _, c in r.faces_per_png]
         sim = (f"similarity to centroid {r.similarity:.3f}" if r.similarity is not None
                else f"similarity n/a ({r.centroid_note})")
@@ -35,10 +39,13 @@ def run(args) -> int:
                          for k in sorted(set(counts))) or "no PNG"
         status = "ok" if r.ok else "FAIL"
         say(f"{status} {path}: {r.png_count} PNGs ({hist}); {sim}")
-        if r.bad:
-            failed += 1
-            say("  " + ", ".join(f"{n}: {c} faces" for n, c in r.bad))
-        elif not r.ok:
+        for name, why in r.undecodable:
+            say(f"  {path}: member {name}: {why}")
+        unreadable = {name for name, _ in r.undecodable}
+        faces_wrong = [(n, c) for n, c in r.bad if n not in unreadable]
+        if faces_wrong:
+            say("  " + ", ".join(f"{n}: {c} faces" for n, c in faces_wrong))
+        if not r.ok:
             failed += 1
         if r.skipped:
             say(f"  ignored non-PNG members: {', '.join(r.skipped)}")
