@@ -65,9 +65,9 @@ def run_method(method: str, emb: Path, threshold: float, work: Path) -> tuple[di
 
 def real_faces(cache: Path | None, work: Path):
     """(embeddings of the centre faces, person labels, all selected embeddings, cannot-link)"""
-    from facesets.cache import load_cache
-    from facesets.calibrate import truth_selection
-    from facesets.truth import load_truth
+    from facesets.formats.cache import load_cache
+    from facesets.steps.calibrate import truth_selection
+    from facesets.core.truth import load_truth
     if cache is None:
         cache = work / "faces.npz"
         subprocess.run([sys.executable, str(ROOT / "sort_faces.py"), "embed",
@@ -95,7 +95,7 @@ def fitted_stats(cache: Path | None, work: Path):
 
 def cmd_quality(a) -> None:
     from facesets.engine import cluster_faces
-    from facesets.metrics import bcubed_scores, pairwise_scores
+    from facesets.core.metrics import bcubed_scores, pairwise_scores
     import synth
     work = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     sel, scored, truth = real_faces(a.cache, work)
@@ -155,7 +155,7 @@ def alternatives(x: np.ndarray, t: float) -> dict[str, np.ndarray]:
 
 
 def cmd_sklearn(a) -> None:
-    from facesets.metrics import bcubed_scores, pairwise_scores
+    from facesets.core.metrics import bcubed_scores, pairwise_scores
     work = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     stats = fitted_stats(a.cache, work)
     print("faces | sklearn wall s, peak MB | engine wall s, peak MB (loaded MB) | speed x, "
@@ -173,7 +173,7 @@ def cmd_sklearn(a) -> None:
 
 
 def cmd_scale(a) -> None:
-    from facesets.metrics import bcubed_scores, pairwise_scores
+    from facesets.core.metrics import bcubed_scores, pairwise_scores
     work = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     stats = fitted_stats(a.cache, work)
     print("faces | identities | wall s (neighbours, clustering) | peak MB (loaded MB) | edges, "

@@ -4,7 +4,7 @@
 
 For every face of N 12-MP photos (bench/photos.py), the embedding from a full decode is
 compared with the embeddings from 1/2 and 1/4 JPEG-scaled decodes, binned by how much the
-recognition alignment magnifies the face in the reduced decode (facesets.analyze
+recognition alignment magnifies the face in the reduced decode (facesets.core.analyze
 .alignment_scale). Where agreement in a bin is as close as in the bins <= 1.0 (the face is
 only shrunk, so the paths differ by resampling alone), that decode loses nothing.
 """
@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from photos import SHARED, make_photos  # noqa: E402
 
-from facesets.analyze import alignment_scale  # noqa: E402
+from facesets.core.analyze import alignment_scale  # noqa: E402
 from facesets.backends import load_backend  # noqa: E402
-from facesets.imageio import decode  # noqa: E402
+from facesets.io.imageio import decode  # noqa: E402
 
 BINS = [(0, 0.8), (0.8, 1.0), (1.0, 1.25), (1.25, 1.5), (1.5, 2.0), (2.0, 3.0), (3.0, 99)]
 

@@ -1,4 +1,4 @@
-"""dedup's near-duplicate search: the chunked upper-triangle product (facesets.dedup.near_pairs)
+"""dedup's near-duplicate search: the chunked upper-triangle product (facesets.steps.dedup.near_pairs)
 against the naive baseline (one full N x N similarity matrix), same run, same data.
 
 Synthetic 512-D unit embeddings (buffalo_l's size) with 1% planted near copies. Reports
@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from facesets import dedup  # noqa: E402
+from facesets.steps import dedup  # noqa: E402
 
 DIM = 512
 

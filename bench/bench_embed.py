@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from photos import SHARED, make_photos  # noqa: E402
 
 from facesets.backends import load_backend  # noqa: E402
-from facesets.cache import load_cache  # noqa: E402
-from facesets.embed import embed_folder  # noqa: E402
+from facesets.formats.cache import load_cache  # noqa: E402
+from facesets.steps.embed import embed_folder  # noqa: E402
 
 PACK = ("testpack_s", str(SHARED / "insightface"))
 

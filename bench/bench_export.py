@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from photos import SHARED, make_photos  # noqa: E402
 
-from facesets import export  # noqa: E402
+from facesets.steps import export  # noqa: E402
 from facesets.backends import load_backend  # noqa: E402
 from facesets.cli import main as cli  # noqa: E402
-from facesets.crop import crop_square, cut  # noqa: E402
+from facesets.core.crop import crop_square, cut  # noqa: E402
 
 PACK = ["--model", "testpack_s", "--model-root", str(SHARED / "insightface")]
 

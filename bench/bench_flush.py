@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from synthetic_cache import face_rows, synthetic_cache  # noqa: E402
 
-from facesets.cache import SegmentWriter, save_cache  # noqa: E402
+from facesets.formats.cache import SegmentWriter, save_cache  # noqa: E402
 
 
 def main():

@@ -27,8 +27,8 @@ from PIL import Image  # noqa: E402
 
 from synthetic_cache import face_rows  # noqa: E402
 
-from facesets.cache import SegmentWriter, compact_cache  # noqa: E402
-from facesets.scan import list_images, sha256_file  # noqa: E402
+from facesets.formats.cache import SegmentWriter, compact_cache  # noqa: E402
+from facesets.sources.folder import list_images, sha256_file  # noqa: E402
 
 
 def main():

@@ -1,12 +1,12 @@
 """Synthetic caches for benchmarks of the cache machinery (no model needed).
 
-Rows follow the real schema (facesets.cache) with random 512-D embeddings, like buffalo_l.
+Rows follow the real schema (facesets.formats.cache) with random 512-D embeddings, like buffalo_l.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from facesets.cache import FaceCache, empty_table
+from facesets.formats.cache import FaceCache, empty_table
 
 DIM = 512
 

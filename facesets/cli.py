@@ -32,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .backends.base import BackendError
-    from .cache import CacheError
-    from .fsutil import LockError
-    from .manifest import ManifestError
-    from .thresholds import ThresholdError
+    from .core.thresholds import ThresholdError
+    from .formats.cache import CacheError
+    from .formats.manifest import ManifestError
+    from .io.fsutil import LockError
 
     args = build_parser().parse_args(argv)
     known = (BackendError, CacheError, LockError, ManifestError, ThresholdError,

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from facesets.cache import list_segments, load_cache, segments_dir  # noqa: E402
+from facesets.formats.cache import list_segments, load_cache, segments_dir  # noqa: E402
 
 # JSON fields that differ between two equal runs (when, how long, which run)
 VOLATILE_KEYS = frozenset({"created", "saved", "when", "finished", "started", "seconds",

@@ -12,8 +12,8 @@ import cv2
 import pytest
 
 from conftest import FACES, GROUP, LOW_GATES, PACK, ROOT, TEST_THRESHOLD, run_cli
-from facesets.bundle import read_fsz
-from facesets.queue import read_jsonl
+from facesets.formats.bundle import read_fsz
+from facesets.formats.queue import read_jsonl
 
 WORKER = ROOT / "work" / "multiface_worker.py"
 PEOPLE, PER_PERSON = 3, 6

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, copy_cache, run_cli
-from facesets.cache import (CacheError, SegmentWriter, compact_cache, list_segments,
+from facesets.formats.cache import (CacheError, SegmentWriter, compact_cache, list_segments,
                             load_cache, segments_dir)
 
 META = {"model": "m", "model_id": "m:1", "embedding_dim": 4}
@@ -116,8 +116,8 @@ def test_pickled_arrays_are_refused(tmp_path):
 def _explode(cache, n_segments: int) -> None:
     """Leave ``cache`` as a run killed after its last flush does: its rows only in segments
     (no base), plus the temp files of a write killed half-way."""
-    from facesets.embed_queue import import_rows
-    from facesets.cache import FaceCache, table_len
+    from facesets.steps.embed_queue import import_rows
+    from facesets.formats.cache import FaceCache, table_len
 
     whole = load_cache(cache)
     cache.unlink()
@@ -242,7 +242,7 @@ READER = r"""
 import hashlib, sys, time
 from pathlib import Path
 import numpy as np
-from facesets.cache import load_cache
+from facesets.formats.cache import load_cache
 cache, stop, want = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 ok = bad = 0
 first = ""

@@ -237,7 +237,7 @@ def test_embed_into_an_existing_folder_is_refused_before_any_work(tmp_path):
 def test_random_damage_is_always_a_cache_error(faces_cache, tmp_path):
     """Flipped bytes, cuts and insertions anywhere in a real cache: load_cache either reads
     it (the damage hit nothing that matters) or raises CacheError, nothing else."""
-    from facesets.cache import CacheError, load_cache
+    from facesets.formats.cache import CacheError, load_cache
 
     data = faces_cache.read_bytes()
     rng = np.random.default_rng(8)

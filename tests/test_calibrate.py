@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from conftest import FACES, LOW_GATES, copy_cache, run_cli
-from facesets.cache import load_cache
-from facesets.thresholds import MODEL_THRESHOLDS
+from facesets.formats.cache import load_cache
+from facesets.core.thresholds import MODEL_THRESHOLDS
 
 NAMES = ("cluster", "initial", "merge", "outlier", "swap_outlier", "candidate_match", "extend")
 

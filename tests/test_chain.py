@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from conftest import FACES, PACK, ROOT, TEST_THRESHOLD, run_cli
-from facesets.cache import list_segments
-from facesets.manifest import CLUSTER_MANIFEST, load_manifest
+from facesets.formats.cache import list_segments
+from facesets.formats.manifest import CLUSTER_MANIFEST, load_manifest
 from test_worker import assert_same_records
 
 CHAIN = ROOT / "work" / "run_embed_chain.sh"

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import FACES, GROUP, LOW_GATES, PACK, TEST_THRESHOLD, identity_of, run_cli
-from facesets.cache import load_cache
-from facesets.materialize import flat_name
+from facesets.formats.cache import load_cache
+from facesets.io.materialize import flat_name
 
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, "--min-faces", "5", *LOW_GATES]

@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from conftest import FACES, PACK, ROOT, copy_cache, run_cli
-from facesets import scan
-from facesets.cache import list_segments, load_cache
-from facesets.embed import embed_folder
-from facesets.fsutil import FileLock
-from facesets.imageio import decode, face_blur
+from facesets.sources import folder
+from facesets.formats.cache import list_segments, load_cache
+from facesets.steps.embed import embed_folder
+from facesets.io.fsutil import FileLock
+from facesets.io.imageio import decode, face_blur
 
 
 def _some_photos(dest: Path, people=3, per_person=4) -> list[Path]:
@@ -96,7 +96,7 @@ def test_aliases_are_recorded_once_and_materialized_everywhere(tmp_path):
     run_cli("refine", cache, tmp_path / "ref", "--initial-threshold", "0.65",
             "--merge-threshold", "0.5", "--outlier-threshold", "0.65", "--min-faces", "2",
             "--min-short", "20", "--min-blur", "0", "--min-det-score", "0.5")
-    from facesets.materialize import flat_name
+    from facesets.io.materialize import flat_name
     for out_dir in (tmp_path / "raw", tmp_path / "ref"):
         placed = {p.name for p in out_dir.rglob("*") if p.is_file()}
         for p in [dup1, dup2, photos[0], photos[1]]:
@@ -160,7 +160,7 @@ def test_bad_files_are_recorded_with_reasons_and_the_run_goes_on(tmp_path, monke
         vanishing.unlink()  # gone between listing/hashing and reading
         return plan
 
-    import facesets.embed as embed_mod
+    import facesets.steps.embed as embed_mod
     monkeypatch.setattr(embed_mod, "plan_embed", plan_then_delete)
     cache = tmp_path / "bad.npz"
     summary = embed_folder(str(src), str(cache), load=_backend, model="testpack_s",
@@ -199,7 +199,7 @@ def test_embedding_into_a_cache_of_another_model_is_refused(faces_cache, tmp_pat
     assert "testpack_s" in p.stderr and "otherpack" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     # same name, other weights (model_id differs)
-    from facesets.cache import update_meta
+    from facesets.formats.cache import update_meta
     update_meta(cache, model_id="testpack_s:000000000000")
     p = run_cli("embed", src, cache, *PACK, check=False)
     assert p.returncode != 0 and "other weights" in p.stderr
@@ -270,7 +270,7 @@ def test_blur_does_not_depend_on_the_decode_scale(tmp_path):
 def test_large_photos_are_detected_at_reduced_scale_with_the_same_faces(tmp_path):
     """A 12-MP photo: read at 1/2 scale (JPEG DCT scaling), detected on that shrunk to the
     detector input; the result matches detecting and embedding a full decode."""
-    from facesets.analyze import analyze_photo, load_photo
+    from facesets.core.analyze import analyze_photo, load_photo
 
     face = cv2.imread(str(sorted((FACES / "Hugo_Chavez").iterdir())[0]))
     canvas = np.full((3000, 4000, 3), 90, np.uint8)

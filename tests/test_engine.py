@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TEST_THRESHOLD, run_cli
-from facesets.cache import load_cache
-from facesets.cluster import select_faces
+from facesets.formats.cache import load_cache
+from facesets.steps.cluster import select_faces
 from facesets.engine import GraphEngine, cluster_faces, normalize_rows, violates_cannot_link
-from facesets.metrics import bcubed_scores, pairwise_scores
+from facesets.core.metrics import bcubed_scores, pairwise_scores
 
 sys.path.insert(0, str(ROOT / "bench"))
 import synth  # noqa: E402

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import FACES, GROUP, PACK, ROOT, copy_cache, run_cli
-from facesets.cache import list_segments, load_cache
-from facesets.pose import MODEL_5, angles_to_matrix, pose_from_kps
+from facesets.formats.cache import list_segments, load_cache
+from facesets.core.pose import MODEL_5, angles_to_matrix, pose_from_kps
 
 
 def _faces_in_segments(cache: Path) -> int:
@@ -134,7 +134,7 @@ def test_enrich_with_landmark_models_redetects_and_stores_full_size_landmarks(tm
     """A stand-in for the landmark models (the offline pack has none) that writes each
     face's keypoints as its landmarks: stored landmarks must land on the cached keypoints
     in full-size pixels, for every face of multi-face photos too."""
-    from facesets.enrich import detection_loader, run_enrich
+    from facesets.steps.enrich import detection_loader, run_enrich
 
     src = tmp_path / "src"
     src.mkdir()

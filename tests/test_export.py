@@ -16,7 +16,7 @@ import cv2
 import pytest
 
 from conftest import LOW_GATES, PACK, ROOT, SHARED, TEST_THRESHOLD, identity_of, run_cli
-from facesets.bundle import read_fsz
+from facesets.formats.bundle import read_fsz
 
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, *LOW_GATES, "--min-faces", "5"]

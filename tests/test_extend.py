@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import FACES, LOW_GATES, PACK, TEST_THRESHOLD, identity_of, run_cli
-from facesets.cache import load_cache
+from facesets.formats.cache import load_cache
 
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, *LOW_GATES, "--min-faces", "5"]

@@ -34,7 +34,7 @@ def test_rerun_after_a_kill_at_a_commit_equals_an_uninterrupted_run(name, tmp_pa
 
 def test_the_hook_kills_at_the_nth_commit_and_logs_every_commit(tmp_path):
     """FACESETS_KILL_AT_COMMIT kills right after commit N; FACESETS_COMMIT_LOG lists them."""
-    code = ("from facesets.fsutil import atomic_write_bytes as w\n"
+    code = ("from facesets.io.fsutil import atomic_write_bytes as w\n"
             "import sys\n"
             "for i in range(5): w(sys.argv[1] + f'/f{i}', b'x')\n")
     log = tmp_path / "commits.log"

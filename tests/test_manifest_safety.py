@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FACES, LOW_GATES, PACK, TEST_THRESHOLD, run_cli
-from facesets.bundle import read_fsz
+from facesets.formats.bundle import read_fsz
 
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, *LOW_GATES, "--min-faces", "4"]
@@ -173,7 +173,7 @@ def test_tampered_manifest_is_one_error_line_and_writes_nothing(outputs, tmp_pat
 
 def test_tampered_audit_plan_is_refused(outputs, tmp_path):
     """The plan a killed apply leaves is read back as untrusted too."""
-    from facesets.audit import PLAN_NAME
+    from facesets.steps.audit import PLAN_NAME
 
     export = tmp_path / "export"
     shutil.copytree(outputs / "export", export, symlinks=True)

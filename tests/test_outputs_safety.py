@@ -91,7 +91,7 @@ def test_user_folders_beside_out_survive_every_command(small, tmp_path):
 def test_only_marked_staging_leftovers_are_removed(tmp_path):
     """A killed run's staging folder (marked, owner dead) is removed by the next run; a
     hidden folder that merely looks like one is not."""
-    from facesets.fsutil import OWNED_MARKER, make_staging, replace_dir
+    from facesets.io.fsutil import OWNED_MARKER, make_staging, replace_dir
 
     out = tmp_path / "sorted"
     dead = tmp_path / ".sorted.facesets-dead01"
@@ -156,7 +156,7 @@ def test_out_equal_to_src_is_refused(tmp_path):
 
 # ---- item 8: one writer per output folder -------------------------------------------------
 def test_second_export_into_one_out_is_refused_while_the_first_runs(small, tmp_path):
-    from facesets.bundle import read_fsz
+    from facesets.formats.bundle import read_fsz
 
     _, _, cache = small
     refined = tmp_path / "facesets"
@@ -252,7 +252,7 @@ def test_symlinked_source_is_followed_and_skips_are_reported(tmp_path):
 
 
 def test_unreadable_folder_is_reported(tmp_path, monkeypatch):
-    from facesets.scan import scan_source
+    from facesets.sources.folder import scan_source
 
     lib = tmp_path / "lib"
     _library(lib, 2)

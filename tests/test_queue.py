@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from facesets.pathmap import (PathMapError, PathMapper, parse_rule, windows_to_wsl,
+from facesets.runtime.pathmap import (PathMapError, PathMapper, parse_rule, windows_to_wsl,
                               wsl_to_windows)
-from facesets.queue import (JsonlAppender, QueueError, load_queue, new_queue, read_jsonl,
+from facesets.formats.queue import (JsonlAppender, QueueError, load_queue, new_queue, read_jsonl,
                             write_queue)
 
 ODD_NAMES = ["with space/a b.jpg", "ünïcødé/Zoë 日本.jpg", "hash#tag/#1.jpg",
@@ -137,7 +137,7 @@ def test_truncated_last_jsonl_line_is_ignored_then_cut_before_appending(tmp_path
 
 
 def test_queue_paths_must_lie_under_the_staged_root():
-    from facesets.queue import validate_queue
+    from facesets.formats.queue import validate_queue
 
     sha = "a" * 64
 

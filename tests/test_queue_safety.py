@@ -14,7 +14,7 @@ from conftest import FACES, PACK, TEST_THRESHOLD, run_cli
 from test_audit import export_dir, run_worker as run_multiface_worker  # noqa: F401
 from test_audit import WORKER as MULTIFACE_WORKER
 from test_worker import run_worker
-from facesets.cache import list_segments, load_cache
+from facesets.formats.cache import list_segments, load_cache
 
 
 def one_line_error(proc, *needles: str) -> str:
@@ -90,7 +90,7 @@ def test_embed_worker_refuses_a_bad_queue_in_one_line(staged, tmp_path, change, 
     one_line_error(proc, str(queue), *needles)
     assert not out.exists(), "nothing written for a refused queue"
     # the CLI's own reader (audit apply, merge) says the same through load_queue
-    from facesets.queue import QueueError, load_queue
+    from facesets.formats.queue import QueueError, load_queue
     with pytest.raises(QueueError):
         load_queue(queue)
 

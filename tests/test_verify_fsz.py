@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import GROUP, LOW_GATES, PACK, SHARED, TEST_THRESHOLD, run_cli
-from facesets.bundle import read_fsz, write_fsz
+from facesets.formats.bundle import read_fsz, write_fsz
 
 EXPORT_ARGS = ["--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
                "--model-root", str(SHARED / "insightface"), "--no-progress"]

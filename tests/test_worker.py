@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import FACES, PACK, ROOT, copy_cache, run_cli
-from facesets.cache import list_segments, load_cache, update_meta
-from facesets.fsutil import FileLock
-from facesets.queue import read_jsonl
+from facesets.formats.cache import list_segments, load_cache, update_meta
+from facesets.io.fsutil import FileLock
+from facesets.formats.queue import read_jsonl
 
 EMBED_WORKER = ROOT / "work" / "embed_worker.py"
 
@@ -201,8 +201,8 @@ def test_worker_runs_without_sklearn_torch_or_scenedetect(tmp_path, script):
     (src / "fs" / "faces").mkdir(parents=True)
     png = src / "fs" / "faces" / "a.png"
     shutil.copy2(sorted(sorted(FACES.iterdir())[0].iterdir())[0], png)
-    from facesets.fsutil import sha256_file
-    from facesets.queue import new_queue, write_queue
+    from facesets.io.fsutil import sha256_file
+    from facesets.formats.queue import new_queue, write_queue
     if script == "embed_worker.py":
         queue = tmp_path / "q.json"
         run_cli("embed", src, tmp_path / "c.npz", "--stage-queue", queue, *PACK,
@@ -226,5 +226,5 @@ def test_worker_runs_without_sklearn_torch_or_scenedetect(tmp_path, script):
     mods = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert "onnxruntime" in mods and "facesets.backends.insightface_backend" in mods
     for banned in ("sklearn", "torch", "scenedetect", "faiss", "hnswlib",
-                   "facesets.engine", "facesets.cluster"):
+                   "facesets.engine", "facesets.steps.cluster"):
         assert banned not in mods, banned

@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facesets.embed_queue import make_embed_job  # noqa: E402
-from facesets.queue import KIND_EMBED  # noqa: E402
-from facesets.worker import main  # noqa: E402
+from facesets.steps.embed_queue import make_embed_job  # noqa: E402
+from facesets.formats.queue import KIND_EMBED  # noqa: E402
+from facesets.runtime.worker import main  # noqa: E402
 
 
 def _extra_args(p) -> None:

@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facesets.audit import make_multiface_job  # noqa: E402
-from facesets.queue import KIND_MULTIFACE  # noqa: E402
-from facesets.worker import main  # noqa: E402
+from facesets.steps.audit import make_multiface_job  # noqa: E402
+from facesets.formats.queue import KIND_MULTIFACE  # noqa: E402
+from facesets.runtime.worker import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(None, KIND_MULTIFACE, make_multiface_job,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fsutil import sha256_file
+from ..io.fsutil import sha256_file
 from .base import BackendError, DetectedFace, FaceBackend
 
 DEFAULT_MODEL = "buffalo_l"
@@ -39,7 +39,7 @@ def best_providers(requested: str | list[str] | None = None) -> list[str]:
 
 def session_options(providers: list[str], intra_threads: int | None = None):
     """ONNX Runtime session options: on CPU, idle inference threads sleep instead of
-    spinning, so the threads decoding the next photos get the cores (see facesets.embed)."""
+    spinning, so the threads decoding the next photos get the cores (see facesets.steps.embed)."""
     import onnxruntime
 
     opts = onnxruntime.SessionOptions()
@@ -79,7 +79,7 @@ def resolve_pack_dir(name: str, root: str | None) -> Path:
 
 class InsightFaceBackend(FaceBackend):
     """FaceAnalysis with its models used one by one, so detection and recognition can run
-    on different decode scales of one photo (see facesets.embed)."""
+    on different decode scales of one photo (see facesets.steps.embed)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, model_root: str | None = None,
                  providers: str | list[str] | None = None, det_size: int = 640,

@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def run_stage(args) -> int:
-    from ..audit import stage_multiface_queue
+    from ..steps.audit import stage_multiface_queue
 
     n = stage_multiface_queue(args.out_dir, args.queue, args.model, args.model_root,
                               args.det_size)
@@ -40,8 +40,8 @@ def run_stage(args) -> int:
 
 
 def run_apply(args) -> int:
-    from ..audit import apply_audit, plan_audit, resume_audit
-    from ..fsutil import output_lock
+    from ..io.fsutil import output_lock
+    from ..steps.audit import apply_audit, plan_audit, resume_audit
 
     log = lambda m: say(f"  {m}")  # noqa: E731
     plan = plan_audit(args.queue, args.results)

@@ -7,9 +7,9 @@ refine / extend / export-swap runs take them as defaults (explicit flags still w
 """
 from __future__ import annotations
 
-from ..cache import load_cache, update_meta
-from ..calibrate import SWEEP_HEADER, calibrate
-from ..thresholds import FLAGS
+from ..core.thresholds import FLAGS
+from ..formats.cache import load_cache, update_meta
+from ..steps.calibrate import SWEEP_HEADER, calibrate
 from .common import add_engine_option, say
 
 

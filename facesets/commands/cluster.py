@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cache import load_cache
-from ..calibrate import truth_report
-from ..cluster import run_cluster
-from ..fsutil import output_lock
-from ..thresholds import resolve_threshold, threshold_source
+from ..core.thresholds import resolve_threshold, threshold_source
+from ..formats.cache import load_cache
+from ..io.fsutil import output_lock
+from ..steps.calibrate import truth_report
+from ..steps.cluster import run_cluster
 from .common import add_engine_option, add_link_option, say, warn
 
 

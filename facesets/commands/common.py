@@ -6,7 +6,7 @@ import sys
 
 from ..backends.insightface_backend import DEFAULT_MODEL, DEFAULT_MODEL_ROOT
 from ..engine import ENGINES
-from ..materialize import LINK_MODES
+from ..io.materialize import LINK_MODES
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """dedup CACHE: byte-identical copies and visual near-duplicates -> CACHE.duplicates.json."""
 from __future__ import annotations
 
-from ..dedup import DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, run_dedup
+from ..steps.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, run_dedup
 from .common import add_progress_option, say
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..embed import DEFAULT_FLUSH_EVERY, embed_folder
-from ..imageio import DEFAULT_MAX_PIXELS
+from ..io.imageio import DEFAULT_MAX_PIXELS
+from ..steps.embed import DEFAULT_FLUSH_EVERY, embed_folder
 from .common import add_model_options, add_progress_option, backend_loader, say
 
 EXIT_INTERRUPTED = 130
@@ -47,7 +47,7 @@ def run(args) -> int:
         if args.cache is not None:
             raise ValueError("embed --merge-results takes only CACHE: "
                              "embed CACHE --merge-results OUT")
-        from ..embed_queue import merge_embed_results
+        from ..steps.embed_queue import merge_embed_results
 
         summary = merge_embed_results(args.src, args.merge_results)
         say(f"embed: {summary.line()} into {args.src}")
@@ -58,7 +58,7 @@ def run(args) -> int:
         raise ValueError(f"{args.cache}: the cache cannot be the photo folder itself; pass a "
                          "cache file such as work/cache/photos.npz")
     if args.stage_queue:
-        from ..embed_queue import stage_embed_queue
+        from ..steps.embed_queue import stage_embed_queue
 
         summary = stage_embed_queue(args.src, args.cache, args.stage_queue, args.model,
                                     args.model_root, args.det_size, args.max_pixels,

@@ -1,10 +1,10 @@
 """export-swap CACHE REFINE_MANIFEST OUT: ranked single-face crops and .fsz bundles per faceset."""
 from __future__ import annotations
 
-from ..cache import load_cache
-from ..export import ExportParams, run_export
-from ..fsutil import output_lock
-from ..thresholds import resolve_threshold
+from ..core.thresholds import resolve_threshold
+from ..formats.cache import load_cache
+from ..io.fsutil import output_lock
+from ..steps.export import ExportParams, run_export
 from .common import add_model_options, add_progress_option, say, warn
 
 

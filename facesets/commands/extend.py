@@ -5,9 +5,9 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..cache import load_cache
-from ..extend import run_extend
-from ..fsutil import output_lock
+from ..formats.cache import load_cache
+from ..io.fsutil import output_lock
+from ..steps.extend import run_extend
 from .common import add_engine_option, say, warn
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cache import load_cache
-from ..calibrate import truth_report
-from ..fsutil import output_lock
-from ..refine import RefineParams, run_refine
-from ..thresholds import resolve_threshold
+from ..core.thresholds import resolve_threshold
+from ..formats.cache import load_cache
+from ..io.fsutil import output_lock
+from ..steps.calibrate import truth_report
+from ..steps.refine import RefineParams, run_refine
 from .common import add_engine_option, add_link_option, say
 
 

@@ -10,17 +10,17 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
-from .. import pipeline
-from ..cache import load_cache
-from ..cluster import run_cluster
-from ..dedup import duplicates_path, run_dedup
-from ..embed import DEFAULT_FLUSH_EVERY, embed_folder
-from ..enrich import detection_loader, run_enrich
-from ..export import run_export
-from ..fsutil import output_lock
-from ..refine import run_refine
-from ..scan import list_images
-from ..thresholds import resolve_threshold
+from ..core.thresholds import resolve_threshold
+from ..formats.cache import load_cache
+from ..io.fsutil import output_lock
+from ..runtime import pipeline
+from ..sources.folder import list_images
+from ..steps.cluster import run_cluster
+from ..steps.dedup import duplicates_path, run_dedup
+from ..steps.embed import DEFAULT_FLUSH_EVERY, embed_folder
+from ..steps.enrich import detection_loader, run_enrich
+from ..steps.export import run_export
+from ..steps.refine import run_refine
 from .common import (add_engine_option, add_link_option, add_model_options, add_progress_option,
                      backend_loader, say)
 from .export_swap import add_export_options, detector_loader, export_params, summary_line

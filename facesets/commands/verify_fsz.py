@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from ..imageio import DEFAULT_MAX_PIXELS
-from ..verify import find_bundles, verify_bundle
+from ..io.imageio import DEFAULT_MAX_PIXELS
+from ..steps.verify import find_bundles, verify_bundle
 from .common import add_model_options, add_progress_option, say
 
 EXIT_FAILED = 1

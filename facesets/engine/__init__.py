@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
+from .assign import assign_nearest
 from .base import (ClusterEngine, centroids, normalize_rows, pairs_from_groups, relabel_by_size,
                    violates_cannot_link)
-from .assign import assign_nearest
 from .exact import ExactEngine
 from .graph import GraphEngine
 

@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from .cache import FaceCache, cache_exists, load_cache
-from .fsutil import atomic_write_json, read_json, sha256_file
+from ..formats.cache import FaceCache, cache_exists, load_cache
+from ..io.fsutil import atomic_write_json, read_json, sha256_file
 
 STATE_FILE = "run_state.json"
 STATE_VERSION = 1
@@ -54,7 +54,7 @@ class RunLayout:
 
 
 # the project's work/ folder: default home of caches, logs and outputs (kept out of git)
-WORK_DIR = Path(__file__).resolve().parent.parent / "work"
+WORK_DIR = Path(__file__).resolve().parent.parent.parent / "work"
 
 
 def work_dir() -> Path:

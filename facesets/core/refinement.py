@@ -1,30 +1,17 @@
-"""``refine``: from raw clusters to clean facesets (one identity each, enough photos).
-
-Stages, each a plain function over label arrays (no N x N matrix outside the engine):
-  1. cluster at ``initial`` threshold (the engine, cannot-link honoured)
-  2. merge over-split clusters whose centroids are within ``merge`` (the engine again, on
-     centroids; two clusters holding faces of one photo never merge)
-  3. quality gate: face_short, blur, det_score
-  4. outlier rejection: in clusters of 4+ faces, drop faces farther than ``outlier`` from
-     the centroid
-  5. size filter: at least ``min_faces`` unique source images
-and the survivors become OUT/faceset_NNN/ (numbered by size) + refine_manifest.json.
+"""refine's stages on a face selection: cluster, merge over-split clusters by centroid,
+quality gate, outlier removal. Shared by ``refine``, ``extend`` (growing facesets under
+refine's recorded parameters) and ``calibrate`` (the merge sweep).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .cache import FaceCache
-from .cluster import FaceSelection, entry_for, groups_by_label, select_faces, start_output
-from .engine import centroids, cluster_faces, relabel_by_size
-from .fsutil import replace_dir
-from .manifest import REFINE_MANIFEST, is_face_sets_output, new_manifest, write_manifest
-from .materialize import place_all
+from ..engine import centroids, cluster_faces, relabel_by_size
+from ..formats.cache import FaceCache
+from .selection import FaceSelection, groups_by_label
 
 
 @dataclass
@@ -128,41 +115,3 @@ def refine_labels(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> Refi
             final[idx[groups[n]]] = new
     res.labels = final
     return res
-
-
-def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult, out: Path,
-                        link: str, manifest: dict) -> dict:
-    out = Path(out)
-    stage = start_output(out)
-    facesets = []
-    valid = res.labels >= 0
-    idx = np.flatnonzero(valid)
-    groups = groups_by_label(res.labels[valid]) if valid.any() else []
-    for members in tqdm(groups, desc="placing photos", unit="faceset", disable=None):
-        members = idx[members]
-        name = f"faceset_{len(facesets):03d}"
-        entries, images, aliases = [], [], 0
-        for i in members:
-            locs = sel.locations[sel.sha256[i]]
-            placed, _ = place_all(locs, stage / name, link)
-            entries.append(entry_for(cache, sel, i, placed))
-            images.append(locs[0])
-            aliases += len(locs) - 1
-        facesets.append({"name": name, "face_count": len(members),
-                         "image_count": len(set(images)), "alias_count": aliases,
-                         "images": sorted(set(images)), "faces": entries})
-    manifest.update({"summary": {"facesets": len(facesets), "faces_in": int(len(sel)),
-                                 "faces_kept": int(valid.sum()), "dropped": res.dropped},
-                     "timing": res.timing, "facesets": facesets})
-    write_manifest(stage / "refine_manifest.json", manifest)
-    replace_dir(stage, out, is_ours=is_face_sets_output)
-    return manifest
-
-
-def run_refine(cache: FaceCache, cache_path: str, out: Path, params: RefineParams,
-               link: str = "copy") -> dict:
-    sel = select_faces(cache)
-    res = refine_labels(cache, sel, params)
-    manifest = new_manifest(REFINE_MANIFEST, cache_path, cache.meta,
-                            dict(vars(params), link=link))
-    return write_refine_output(cache, sel, res, out, link, manifest)

@@ -20,9 +20,9 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from .fsutil import FileLock, LockError
-from .pathmap import PathMapper, PathMapError
-from .queue import JsonlAppender, QueueError, latest_by_id, load_queue, read_jsonl
+from ..formats.queue import JsonlAppender, QueueError, latest_by_id, load_queue, read_jsonl
+from ..io.fsutil import FileLock, LockError
+from .pathmap import PathMapError, PathMapper
 
 DEFAULT_BATCH = 50
 EXIT_ERROR = 2
@@ -232,8 +232,8 @@ def main(argv: list[str] | None, kind: str, make_job, results_help: str,
     if extra_args:
         extra_args(p)
     args = p.parse_args(argv)
-    from .backends.base import BackendError
-    from .cache import CacheError
+    from ..backends.base import BackendError
+    from ..formats.cache import CacheError
 
     try:
         if args.batch < 1:

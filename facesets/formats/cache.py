@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fsutil import FileLock, atomic_write, fsync_dir
+from ..io.fsutil import FileLock, atomic_write, fsync_dir
 
 SCHEMA_VERSION = 1
 
@@ -745,3 +745,17 @@ def update_meta(cache_path: str | os.PathLike, **changes) -> None:
         cache = load_cache(cache_path)
         SegmentWriter(cache_path, cache.meta).flush(meta_update=changes)
         compact_cache(cache_path)
+
+
+def check_model(cache: FaceCache, model: str, model_id: str | None = None,
+                cache_path: str = "") -> None:
+    """Refuse to mix embeddings of two models in one cache."""
+    have = cache.meta.get("model")
+    if have and have != model:
+        raise CacheError(f"{cache_path}: cache was made with model '{have}', not '{model}'; "
+                         f"use --model {have} or another cache file")
+    have_id = cache.meta.get("model_id")
+    if model_id and have_id and have_id != model_id:
+        raise CacheError(f"{cache_path}: cache was made with other weights ({have_id}) than "
+                         f"this '{model}' pack ({model_id}); use the same pack or another "
+                         "cache file")

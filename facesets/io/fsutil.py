@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
-
 
 # Fault injection (docs/design.md, "Fault injection"), read once per process: a kill harness
 # counts the commits of a run (FACESETS_COMMIT_LOG) and kills a run right after its N-th

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import FaceCache
-from .scan import list_images, sha256_file
+from ..formats.cache import FaceCache
+from ..sources.folder import list_images, sha256_file
 
 
 @dataclass

@@ -14,139 +14,33 @@ Every faceset is built in a staging folder and swapped in whole (fsutil.replace_
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .bundle import write_fsz
-from .cache import FaceCache, load_cache
-from .cluster import FaceSelection, entry_for, groups_by_label, select_faces, staging_dir
-from .crop import Crop, single_face_crop
-from .dedup import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, near_pairs,
-                    relative_sizes, same_relative_size)
-from .engine import assign_nearest, cluster_faces, normalize_rows
-from .fsutil import atomic_write_bytes, remove_temp_files, replace_dir
-from .imageio import ImageError, decode, read_header, scale_for
-from .manifest import (CLUSTER_MANIFEST, FACESET_NAME, REFINE_MANIFEST, SWAP_FACESET_MANIFEST,
-                       SWAP_MANIFEST, ManifestError, is_face_sets_output, load_manifest,
-                       new_manifest, safe_member_path, write_manifest)
-from .quality import FaceQuality, cache_row, face_quality
-
-FACES_DIR = "faces"
-PREVIEW = "previews/top_grid.jpg"
-NAME_FILE = "NAME.txt"
-NAME_TEMPLATE = "# Write this person's name on the first line; it is kept across re-runs.\n"
-MANIFEST_NAME = "manifest.json"
-CANDIDATES_DIR = "_candidates"
-# sections of the top-level manifest that maintenance steps fill; export-swap keeps them
-# ("multiface_audit" is audit.SECTION: the provenance of audit-multiface runs)
-MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", "multiface_audit")
-
-
-def bundle_names(name: str, top_n: int) -> dict[str, str]:
-    """File names of a faceset's two bundles."""
-    return {"top": f"{name}_top{top_n}.fsz", "all": f"{name}_all.fsz"}
-
-
-def write_bundles(faceset_dir: Path, manifest: dict) -> None:
-    """(Re)write both bundles from ``manifest['faces']`` (rank order), removing stale ones."""
-    faceset_dir = Path(faceset_dir)
-    top_n = int(manifest["top_n"])
-    names = bundle_names(manifest["name"], top_n)
-    pngs = [safe_member_path(faceset_dir, f["file"], "faces[].file")
-            for f in sorted(manifest["faces"], key=lambda f: f["rank"])]
-    write_fsz(pngs[:top_n], faceset_dir / names["top"])
-    write_fsz(pngs, faceset_dir / names["all"])
-    for stale in faceset_dir.glob(f"{manifest['name']}_*.fsz"):
-        if stale.name not in names.values() and BUNDLE_FILE.fullmatch(stale.name):
-            stale.unlink()
-    manifest["bundles"] = {"top": names["top"], "top_count": min(top_n, len(pngs)),
-                           "all": names["all"], "all_count": len(pngs)}
-
-
-# what atomic_write leaves behind when a kill interrupts a bundle or manifest write
-BUNDLE_FILE = re.compile(r"faceset_[0-9]{3,}_(top[0-9]+|all)\.fsz")
-FACESET_FILES = re.compile(rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
-
-
-def remove_faceset_temps(faceset_dir: Path) -> None:
-    """Remove the temp files of writes a kill interrupted in a faceset folder."""
-    remove_temp_files(faceset_dir, FACESET_FILES)
-
-
-def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles",
-                    run: str | None = None, details: dict[str, dict] | None = None,
-                    reason: str = "removed from faces/") -> dict:
-    """Rebuild a faceset's ``.fsz`` bundles from the PNGs still in its faces/ folder.
-
-    Faces whose PNG is gone (moved to ``faces/_dropped/`` by an audit, deleted by hand) leave
-    ``faces[]`` for ``dropped[]``, with ``details[file]`` (reason and what the step found)
-    or else ``reason``, and ``audit_run`` = ``run``; the rest keep their rank and file name,
-    and the bundles hold them in rank order. The bundles are written first, the manifest
-    (with a ``history`` entry naming ``run``) last, so a kill in between is redone by the
-    next call. Returns the new manifest.
-    """
-    faceset_dir = Path(faceset_dir)
-    details = details or {}
-    manifest = load_manifest(faceset_dir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-    kept, gone = [], []
-    for face in sorted(manifest["faces"], key=lambda f: f["rank"]):
-        (kept if (faceset_dir / face["file"]).is_file() else gone).append(face)
-    for face in gone:
-        entry = dict(face, reason=reason)
-        entry.update(details.get(face["file"], {}))
-        if run is not None:
-            entry["audit_run"] = run
-        manifest["dropped"].append(entry)
-    manifest["faces"] = kept
-    write_bundles(faceset_dir, manifest)
-    summary = manifest["summary"]
-    summary["kept"] = len(kept)
-    counts = summary.get("dropped") if isinstance(summary.get("dropped"), dict) else {}
-    for entry in manifest["dropped"][len(manifest["dropped"]) - len(gone):]:
-        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
-    summary["dropped"] = counts
-    manifest.setdefault("history", []).append(
-        {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run,
-         "removed": [f["key"] for f in gone], "kept": len(kept)})
-    write_manifest(faceset_dir / MANIFEST_NAME, manifest)
-    return manifest
-
-
-def faceset_listing(manifest: dict) -> dict:
-    """A faceset's entry in the top-level manifest's ``facesets[]``."""
-    b = manifest.get("bundles", {})
-    return {"name": manifest["name"], "folder": manifest["name"],
-            "source_faceset": manifest.get("source_faceset", ""),
-            "faces": len(manifest["faces"]), "dropped": len(manifest["dropped"]),
-            "top_bundle": f"{manifest['name']}/{b.get('top', '')}",
-            "all_bundle": f"{manifest['name']}/{b.get('all', '')}",
-            "manifest": f"{manifest['name']}/{MANIFEST_NAME}"}
-
-
-def refresh_listing(out: str | os.PathLike, names: list[str],
-                    update: Callable[[dict], None] | None = None) -> dict:
-    """Update the entries of faceset ``names`` in OUT/manifest.json from their own manifests,
-    let ``update`` add a maintenance step's provenance, and write it (atomically, once).
-    """
-    out = Path(out)
-    top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
-    fresh = {name: faceset_listing(load_manifest(out / name / MANIFEST_NAME,
-                                                 SWAP_FACESET_MANIFEST)) for name in names}
-    top["facesets"] = [fresh.get(e["name"], e) for e in top.get("facesets", [])]
-    if update is not None:
-        update(top)
-    write_manifest(out / MANIFEST_NAME, top)
-    return top
+from ..core.crop import Crop, single_face_crop
+from ..core.near import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, near_pairs,
+                         relative_sizes, same_relative_size)
+from ..core.quality import FaceQuality, cache_row, face_quality
+from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces, subset
+from ..engine import assign_nearest, cluster_faces, normalize_rows
+from ..formats.cache import FaceCache, load_cache
+from ..formats.manifest import (CLUSTER_MANIFEST, FACESET_NAME, REFINE_MANIFEST,
+                                SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
+                                is_face_sets_output, load_manifest, new_manifest, safe_member_path,
+                                staging_dir, write_manifest)
+from ..formats.swapset import (CANDIDATES_DIR, DROPPED_DIR, FACES_DIR, MAINTENANCE_SECTIONS,
+                               MANIFEST_NAME, MULTIFACE_AUDIT, NAME_FILE, NAME_TEMPLATE, PREVIEW,
+                               faceset_listing, write_bundles)
+from ..io.fsutil import atomic_write_bytes, replace_dir
+from ..io.imageio import ImageError, decode, read_header, scale_for
 
 
 # ---- the export run ---------------------------------------------------------------------
@@ -188,11 +82,6 @@ def _entry(cache: FaceCache, sel: FaceSelection, i: int, q: FaceQuality,
     return e
 
 
-def _subset(sel: FaceSelection, idx: np.ndarray) -> FaceSelection:
-    return FaceSelection(rows=sel.rows[idx], embeddings=sel.embeddings[idx],
-                         keys=sel.keys[idx], sha256=sel.sha256[idx], locations=sel.locations)
-
-
 def select_for_swap(cache: FaceCache, sel: FaceSelection, members: np.ndarray,
                     quality: list[FaceQuality], p: ExportParams
                     ) -> tuple[np.ndarray, list[int], list[dict]]:
@@ -225,7 +114,7 @@ def select_for_swap(cache: FaceCache, sel: FaceSelection, members: np.ndarray,
             drop(k, "same_source", kept=str(sel.keys[members[best_of[str(sel.sha256[members[k]])]]]))
     # visual near-duplicates (dedup's rule): keep the best-scoring face of each group
     live = np.flatnonzero(alive)
-    sub = _subset(sel, members[live])
+    sub = subset(sel, members[live])
     pairs, _ = near_pairs(sub.embeddings, p.dup_distance)
     if len(pairs):
         pairs = pairs[same_relative_size(relative_sizes(cache, sub), pairs,
@@ -376,14 +265,13 @@ def previous_names(out: Path) -> list[tuple[set[str], str]]:
 def audited_drops(out: Path) -> dict[str, tuple[Path, dict]]:
     """Faces an audit (audit-multiface) dropped from the previous export in OUT: key ->
     (its faceset folder, its dropped[] entry). A re-export keeps them dropped."""
-    from .audit import REASON
 
     found: dict[str, tuple[Path, dict]] = {}
     for d in sorted(out.glob("faceset_*")) if out.is_dir() else []:
         if not FACESET_NAME.fullmatch(d.name) or not (d / MANIFEST_NAME).is_file():
             continue
         for e in load_manifest(d / MANIFEST_NAME, SWAP_FACESET_MANIFEST)["dropped"]:
-            if e["reason"] == REASON and e.get("key"):
+            if e["reason"] == MULTIFACE_AUDIT and e.get("key"):
                 found[e["key"]] = (d, e)
     return found
 
@@ -394,7 +282,6 @@ def carry_dropped(stage: Path, audited: list[tuple[Path, dict]], old_dir: Path,
     returned with ``moved_to`` updated), and whatever else the faceset of the same name held
     in faces/_dropped/ (never lost to a re-export). Copies: the old folder stays whole until
     the new one is swapped in."""
-    from .audit import DROPPED_DIR
 
     holding = stage / FACES_DIR / DROPPED_DIR
     entries = []
@@ -626,7 +513,6 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
 def _holds_uncarried_drops(faceset_dir: Path, carried_from: set[tuple[Path, str]]) -> bool:
     """Whether a faceset folder about to go holds dropped PNGs (an audit's, or moved there
     by hand) that no new faceset took over: then it stays, so they are never lost."""
-    from .audit import DROPPED_DIR
 
     holding = faceset_dir / FACES_DIR / DROPPED_DIR
     return holding.is_dir() and any(

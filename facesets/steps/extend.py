@@ -30,25 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
-from .cluster import FaceSelection, entry_for, groups_by_label, select_faces
-from .engine import assign_nearest, centroids, cluster_faces
-from .fsutil import remove_temp_files
-from .manifest import (CLUSTER_MANIFEST, FACESET_NAME, PERSON_NAME, REFINE_MANIFEST,
-                       ManifestError, load_manifest, write_manifest)
-from .materialize import FLAT_NAME, place_all
-from .refine import RefineParams, quality_mask, refine_labels
-from .thresholds import resolve_threshold, threshold_source
+from ..core.refinement import RefineParams, quality_mask, refine_labels
+from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces, subset
+from ..core.thresholds import resolve_threshold, threshold_source
+from ..engine import assign_nearest, centroids, cluster_faces
+from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
+from ..formats.manifest import (CLUSTER_MANIFEST, FACESET_NAME, PERSON_NAME, REFINE_MANIFEST,
+                                ManifestError, load_manifest, write_manifest)
+from ..io.fsutil import remove_temp_files
+from ..io.materialize import FLAT_NAME, place_all
 
 RAW_MANIFEST_NAME = "manifest.json"
 REFINE_MANIFEST_NAME = "refine_manifest.json"
 RAW_GROUPS = re.compile(rf"{PERSON_NAME.pattern}|_singletons|_noface")
-
-
-def subset(sel: FaceSelection, idx: np.ndarray) -> FaceSelection:
-    """The faces ``idx`` of a selection, as a selection of their own."""
-    return FaceSelection(rows=sel.rows[idx], embeddings=sel.embeddings[idx], keys=sel.keys[idx],
-                         sha256=sel.sha256[idx], locations=sel.locations)
 
 
 def next_number(names: list[str], prefix: str) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cache import FaceCache
-from .fsutil import sha256_file
-from .imageio import IMAGE_EXTENSIONS
-from .manifest import holds_face_sets_manifest
+from ..formats.cache import FaceCache
+from ..formats.manifest import holds_face_sets_manifest
+from ..io.fsutil import sha256_file
+from ..io.imageio import IMAGE_EXTENSIONS
 
 SKIP_DIRS = {"@eaDir", "#recycle", "$RECYCLE.BIN"}  # NAS thumbnails, recycle bins
 # photo formats embed cannot read yet: counted and reported, not silently passed over

@@ -10,9 +10,9 @@ import re
 import time
 from pathlib import Path
 
-from . import __version__
-from .fsutil import atomic_write_json, read_json
-from .materialize import LINK_MODES
+from .. import __version__
+from ..io.fsutil import atomic_write_json, make_staging, read_json
+from ..io.materialize import LINK_MODES
 
 MANIFEST_VERSION = 1
 CLUSTER_MANIFEST = "face-sets/cluster"   # OUT/manifest.json of `cluster`
@@ -307,3 +307,19 @@ def is_face_sets_output(folder: Path) -> bool:
     if any((folder / name).is_file() for name in MANIFEST_NAMES):
         return holds_face_sets_manifest(folder)
     return not any(folder.iterdir())
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh folder to build ``out`` in, inside a hidden sibling face-sets owns (marked;
+    leftovers of killed runs are removed, nothing else is)."""
+    return make_staging(out)
+
+
+def start_output(out: Path) -> Path:
+    """Check ``out`` may be replaced (absent, empty or made by face-sets) and return a
+    fresh staging folder to build it in; ``replace_dir`` swaps it in at the end."""
+    out = Path(out)
+    if out.exists() and not is_face_sets_output(out):
+        raise FileExistsError(f"{out} exists and was not made by face-sets; choose an empty "
+                              "or new output folder")
+    return staging_dir(out)

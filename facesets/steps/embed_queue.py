@@ -4,7 +4,7 @@
           the paths that need no model (aliases of known content, unhashable files) in the
           cache at once, and queue one item per new content: {id = sha256, path, size,
           mtime_ns, aliases: [{path, size, mtime_ns}]}.
-  worker  analyse each item exactly as in-process embed does (facesets.embed.iter_analyzed)
+  worker  analyse each item exactly as in-process embed does (facesets.steps.embed.iter_analyzed)
           and record it with the same function (record_result) into cache segments under
           ``OUT/results.npz.segments/``, carrying the queue's WSL paths.
   merge   import those rows into the cache under its lock, refusing another model.
@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .cache import (CacheError, FaceCache, SegmentWriter, cache_exists, cache_lock,
-                    compact_cache, load_cache, table_len)
-from .embed import check_model, iter_analyzed, record_plan_paths, record_result
-from .imageio import DEFAULT_MAX_PIXELS
-from .fsutil import atomic_write_json
-from .queue import (FAILURES_LOG, KIND_EMBED, QUEUE_COPY, RESULTS_CACHE, QueueError,
-                    load_queue, new_queue, validate_embed_results, write_queue)
-from .scan import Listed, list_images, plan_embed
-from .worker import ERROR, NOFACE, OK, WorkerJob, WorkItem, map_param_path
+from ..core.analyze import iter_analyzed, record_plan_paths, record_result
+from ..formats.cache import (CacheError, FaceCache, SegmentWriter, cache_exists, cache_lock,
+                             check_model, compact_cache, load_cache, table_len)
+from ..formats.queue import (FAILURES_LOG, KIND_EMBED, QUEUE_COPY, RESULTS_CACHE, QueueError,
+                             load_queue, new_queue, validate_embed_results, write_queue)
+from ..io.fsutil import atomic_write_json
+from ..io.imageio import DEFAULT_MAX_PIXELS
+from ..runtime.worker import ERROR, NOFACE, OK, WorkerJob, WorkItem, map_param_path
+from ..sources.folder import Listed, list_images, plan_embed
 
 # what the worker's backend says about its model (copied into the cache's meta on merge)
 MODEL_META = ("model", "model_id", "embedding_dim", "det_size", "has_landmarks")
@@ -122,7 +122,7 @@ class EmbedJob(WorkerJob):
         return set(_load_results(self.results).files["sha256"].tolist())
 
     def start(self) -> None:
-        from .backends import load_backend
+        from ..backends import load_backend
 
         model = self.params.get("model")
         if not isinstance(model, str) or not model:
@@ -247,7 +247,7 @@ def merge_embed_results(cache_path: str, out: str) -> MergeSummary:
     Every row is checked against the queue the worker answered (OUT/queue.json) before
     anything is written: a bad results folder leaves the cache byte for byte unchanged.
     """
-    from .worker import failures_outstanding
+    from ..runtime.worker import failures_outstanding
 
     results = Path(out) / RESULTS_CACHE
     if not cache_exists(results):

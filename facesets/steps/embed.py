@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 from tqdm import tqdm
 
-from .analyze import (PhotoResult, describe_photo, detect_photo, face_row, file_row, finer_image,
-                      load_photo, path_row)
-from .backends.base import FaceBackend
-from .cache import (CacheError, FaceCache, SegmentWriter, cache_lock, compact_cache,
-                    load_cache)
-from .imageio import DEFAULT_MAX_PIXELS, ImageError
-from .scan import EmbedPlan, Listed, plan_embed, scan_source
-
-DEFAULT_FLUSH_EVERY = 50
+from ..backends.base import FaceBackend
+from ..core.analyze import iter_analyzed, record_plan_paths, record_result
+from ..formats.cache import SegmentWriter, cache_lock, check_model, compact_cache, load_cache
+from ..io.imageio import DEFAULT_MAX_PIXELS
+from ..runtime.jobs import DEFAULT_FLUSH_EVERY
+from ..sources.folder import plan_embed, scan_source
 
 
 @dataclass
@@ -47,80 +42,6 @@ class EmbedSummary:
                 f"aliased {self.aliased}, noface {self.noface}, errors {self.errors}; "
                 f"faces {self.faces}; {rate:.1f} img/s"
                 + (" (interrupted: re-run to resume)" if self.interrupted else ""))
-
-
-def check_model(cache: FaceCache, model: str, model_id: str | None = None,
-                cache_path: str = "") -> None:
-    """Refuse to mix embeddings of two models in one cache."""
-    have = cache.meta.get("model")
-    if have and have != model:
-        raise CacheError(f"{cache_path}: cache was made with model '{have}', not '{model}'; "
-                         f"use --model {have} or another cache file")
-    have_id = cache.meta.get("model_id")
-    if model_id and have_id and have_id != model_id:
-        raise CacheError(f"{cache_path}: cache was made with other weights ({have_id}) than "
-                         f"this '{model}' pack ({model_id}); use the same pack or another "
-                         "cache file")
-
-
-def iter_analyzed(backend: FaceBackend, items: Iterable[Listed], workers: int = 2,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[PhotoResult]:
-    """Analyse photos, yielding results in input order.
-
-    Reading + detection-scale decoding and the finer decodes some photos need run in a pool
-    of ``workers`` threads, ahead of and beside inference in this thread: while the model
-    looks at one photo, the next ones are being read and decoded.
-    """
-    items = iter(items)
-    window = max(2, 2 * workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        loading: deque = deque()   # futures of load_photo, input order
-        detected: deque = deque()  # (DetectedPhoto, future of its finer decode | None)
-
-        def fill():
-            while len(loading) + len(detected) < window + 2:
-                item = next(items, None)
-                if item is None:
-                    return
-                loading.append(pool.submit(load_photo, item.path, item.sha256,
-                                           backend.det_size, max_pixels))
-
-        fill()
-        while loading or detected:
-            head = detected[0] if detected else None
-            if head is not None and (head[1] is None or head[1].done() or not loading):
-                detected.popleft()
-                det, future = head
-                try:
-                    image = future.result() if future is not None else None
-                except ImageError as exc:
-                    det.result.status, det.result.error = "error", str(exc)
-                    yield det.result
-                else:
-                    yield describe_photo(backend, det, image)
-                fill()
-                continue
-            det = detect_photo(backend, loading.popleft().result())
-            detected.append((det, pool.submit(finer_image, det) if det.needs_finer else None))
-            fill()
-
-
-def record_result(writer: SegmentWriter, result: PhotoResult, item: Listed,
-                  aliases: list[Listed]) -> None:
-    """Append one analysed photo (file row, its faces, its paths) to the writer."""
-    writer.add("files", **file_row(result))
-    for i, af in enumerate(result.faces):
-        writer.add("faces", **face_row(result, i, af))
-    for it in [item] + aliases:
-        writer.add("paths", **path_row(it.path, it.sha256, it.size, it.mtime_ns))
-
-
-def record_plan_paths(writer: SegmentWriter, plan: EmbedPlan) -> None:
-    """Paths that need no embedding: copies of known content and unhashable files."""
-    for it in plan.aliases:
-        writer.add("paths", **path_row(it.path, it.sha256, it.size, it.mtime_ns))
-    for it in plan.unreadable:
-        writer.add("paths", **path_row(it.path, "", it.size, it.mtime_ns, it.error))
 
 
 def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], model: str,

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import FaceCache
-from .cluster import FaceSelection, select_faces
-from .engine import centroids, cluster_sweep, normalize_rows
-from .metrics import Scores, bcubed_scores, pairwise_scores
-from .refine import merge_clusters
-from .truth import TruthSet, load_truth
+from ..core.metrics import Scores, bcubed_scores, pairwise_scores
+from ..core.refinement import merge_clusters
+from ..core.selection import FaceSelection, select_faces, subset
+from ..core.truth import TruthSet, load_truth
+from ..engine import centroids, cluster_sweep, normalize_rows
+from ..formats.cache import FaceCache
 
 CLUSTER_GRID = tuple(np.round(np.arange(0.20, 1.0001, 0.025), 3))
 MERGE_GRID = tuple(np.round(np.arange(0.10, 0.8001, 0.025), 3))
@@ -69,12 +69,6 @@ class Calibration:
     assign_rows: list[tuple[float, Scores]] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def subset(sel: FaceSelection, idx: np.ndarray) -> FaceSelection:
-    """The faces ``idx`` of a selection, as a selection."""
-    return FaceSelection(rows=sel.rows[idx], embeddings=sel.embeddings[idx],
-                         keys=sel.keys[idx], sha256=sel.sha256[idx], locations=sel.locations)
 
 
 def truth_selection(cache: FaceCache, truth: TruthSet) -> tuple[FaceSelection, np.ndarray]:

@@ -22,20 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fsutil import atomic_write_json, commit_point, fsync_dir, remove_temp_files, sha256_file
-from .imageio import ImageError, decode, read_header
-from .manifest import (AUDIT_PLAN, FACE_PNG, FACESET_NAME, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
-                       load_manifest, safe_member_path)
-from .queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
-                    new_queue, read_jsonl, validate_multiface_results, write_queue)
-from .worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
+from ..formats.manifest import (AUDIT_PLAN, FACE_PNG, FACESET_NAME, SWAP_FACESET_MANIFEST,
+                                SWAP_MANIFEST, ManifestError, load_manifest, safe_member_path)
+from ..formats.queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
+                             new_queue, read_jsonl, validate_multiface_results, write_queue)
+from ..formats.swapset import (DROPPED_DIR, FACES_DIR, MANIFEST_NAME, MULTIFACE_AUDIT,
+                               rebuild_bundles, refresh_listing, remove_faceset_temps)
+from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, remove_temp_files, sha256_file
+from ..io.imageio import ImageError, decode, read_header
+from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
 
-MANIFEST_NAME = "manifest.json"
-FACES_DIR = "faces"
-DROPPED_DIR = "_dropped"
 STEP = "audit-multiface"
-REASON = "multiface_audit"           # dropped[] reason: the PNG did not show exactly one face
-SECTION = "multiface_audit"          # provenance list in the top-level manifest
+REASON = MULTIFACE_AUDIT     # dropped[] reason: the PNG did not show exactly one face
+SECTION = MULTIFACE_AUDIT    # provenance list in the top-level manifest
 
 
 # ---- stage (WSL side) -------------------------------------------------------------------
@@ -102,7 +101,7 @@ class MultifaceJob(WorkerJob):
         return set(latest_by_id(records))
 
     def start(self) -> None:
-        from .backends import load_backend
+        from ..backends import load_backend
 
         model = self.params.get("model")
         if not isinstance(model, str) or not model:
@@ -246,7 +245,7 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
         raise QueueError(f"{queue_path}: no export folder in params; re-stage the queue")
     plan = AuditPlan(export=Path(export), queue=os.path.abspath(queue_path),
                      results=os.path.abspath(results_path))
-    load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
+    top = load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
     if not Path(results_path).is_file():
         raise FileNotFoundError(f"{results_path}: no results; run work/multiface_worker.py "
                                 f"{queue_path} {results_path} first")
@@ -322,7 +321,6 @@ def _move(fdir: Path, d: Drop) -> bool:
 
 def _apply_faceset(out: Path, name: str, drops: list[Drop], run_id: str) -> dict:
     """Steps 2-3 for one faceset; the faceset manifest after them."""
-    from .export import rebuild_bundles, remove_faceset_temps
 
     fdir = out / name
     remove_faceset_temps(fdir)      # a write a kill interrupted
@@ -362,7 +360,6 @@ def resume_audit(export: Path, log: Callable[[str], None] = print) -> dict | Non
 
 
 def _execute(plan: AuditPlan, log: Callable[[str], None]) -> dict:
-    from .export import refresh_listing
 
     out = plan.export
     by_faceset: dict[str, list[Drop]] = {name: [] for name in plan.facesets()}

@@ -11,14 +11,19 @@ Importing this module pulls in only numpy, OpenCV and Pillow (worker-safe).
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
-from .backends.base import DetectedFace, FaceBackend
-from .imageio import (BLUR_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode, face_blur, read_header,
-                      scale_for)
+from ..backends.base import DetectedFace, FaceBackend
+from ..formats.cache import SegmentWriter
+from ..io.imageio import (BLUR_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode, face_blur,
+                          read_header, scale_for)
+from ..sources.folder import EmbedPlan, Listed
 
 # The 5-point template faces are aligned to for recognition (InsightFace's arcface_dst,
 # 112 x 112 crop). How much the alignment magnifies a face in a given decode decides whether
@@ -202,7 +207,7 @@ def analyze_photo(backend: FaceBackend, photo: LoadedPhoto) -> PhotoResult:
 
 
 def face_row(result: PhotoResult, i: int, af: AnalyzedFace) -> dict:
-    """A cache ``faces`` row for one analysed face (see facesets.cache.FACE_COLUMNS)."""
+    """A cache ``faces`` row for one analysed face (see facesets.formats.cache.FACE_COLUMNS)."""
     f = af.face
     pose_method = "3d68" if f.pose is not None else ""
     return {"sha256": result.sha256, "index": i, "embedding": f.embedding, "bbox": f.bbox,
@@ -220,3 +225,63 @@ def file_row(result: PhotoResult) -> dict:
 def path_row(path: str, sha256: str, size: int, mtime_ns: int, error: str = "") -> dict:
     """A cache ``paths`` row; size and mtime are those seen when the file was hashed."""
     return {"path": path, "sha256": sha256, "size": size, "mtime_ns": mtime_ns, "error": error}
+
+
+def iter_analyzed(backend: FaceBackend, items: Iterable[Listed], workers: int = 2,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[PhotoResult]:
+    """Analyse photos, yielding results in input order.
+
+    Reading + detection-scale decoding and the finer decodes some photos need run in a pool
+    of ``workers`` threads, ahead of and beside inference in this thread: while the model
+    looks at one photo, the next ones are being read and decoded.
+    """
+    items = iter(items)
+    window = max(2, 2 * workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        loading: deque = deque()   # futures of load_photo, input order
+        detected: deque = deque()  # (DetectedPhoto, future of its finer decode | None)
+
+        def fill():
+            while len(loading) + len(detected) < window + 2:
+                item = next(items, None)
+                if item is None:
+                    return
+                loading.append(pool.submit(load_photo, item.path, item.sha256,
+                                           backend.det_size, max_pixels))
+
+        fill()
+        while loading or detected:
+            head = detected[0] if detected else None
+            if head is not None and (head[1] is None or head[1].done() or not loading):
+                detected.popleft()
+                det, future = head
+                try:
+                    image = future.result() if future is not None else None
+                except ImageError as exc:
+                    det.result.status, det.result.error = "error", str(exc)
+                    yield det.result
+                else:
+                    yield describe_photo(backend, det, image)
+                fill()
+                continue
+            det = detect_photo(backend, loading.popleft().result())
+            detected.append((det, pool.submit(finer_image, det) if det.needs_finer else None))
+            fill()
+
+
+def record_result(writer: SegmentWriter, result: PhotoResult, item: Listed,
+                  aliases: list[Listed]) -> None:
+    """Append one analysed photo (file row, its faces, its paths) to the writer."""
+    writer.add("files", **file_row(result))
+    for i, af in enumerate(result.faces):
+        writer.add("faces", **face_row(result, i, af))
+    for it in [item] + aliases:
+        writer.add("paths", **path_row(it.path, it.sha256, it.size, it.mtime_ns))
+
+
+def record_plan_paths(writer: SegmentWriter, plan: EmbedPlan) -> None:
+    """Paths that need no embedding: copies of known content and unhashable files."""
+    for it in plan.aliases:
+        writer.add("paths", **path_row(it.path, it.sha256, it.size, it.mtime_ns))
+    for it in plan.unreadable:
+        writer.add("paths", **path_row(it.path, "", it.size, it.mtime_ns, it.error))

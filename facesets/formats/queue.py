@@ -11,7 +11,7 @@ Results are written by the worker beside nothing else and are resumable by const
   * scoring-type kinds append JSON Lines (one record per item, carrying the queue's ``id``
     and ``path``); a half-written last line from a kill is ignored by ``read_jsonl`` and cut
     off by ``JsonlAppender`` before it appends again;
-  * the embed kind writes cache segments (facesets.cache.SegmentWriter) under
+  * the embed kind writes cache segments (facesets.formats.cache.SegmentWriter) under
     ``OUT/results.npz.segments/``, so merging is an import.
 Per-item failures (missing file, changed since staging) go to ``OUT/failures.jsonl`` and are
 retried by the next run. Queues come from another machine: everything is validated.
@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .fsutil import atomic_write_json, fsync_dir, read_json
+from ..io.fsutil import atomic_write_json, fsync_dir, read_json
 
 QUEUE_FORMAT = "face-sets/queue"
 QUEUE_VERSION = 1

@@ -20,88 +20,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .cache import FaceCache, load_cache
-from .cluster import FaceSelection, entry_for, select_faces
-from .manifest import DUPLICATES_MANIFEST, new_manifest, write_manifest
-
-DEFAULT_MAX_DISTANCE = 0.03
-DEFAULT_SIZE_TOLERANCE = 0.15
-# similarities computed per block (rows x columns): 32M float32 = 128 MB
-CHUNK_ELEMENTS = 32 * 1024 * 1024
-EXACT_MAX_FACES = 30000
-DUP_NEIGHBOURS = 32
+from ..core.near import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, near_pairs,
+                         relative_sizes, same_relative_size)
+from ..core.selection import FaceSelection, entry_for, select_faces
+from ..formats.cache import FaceCache, load_cache
+from ..formats.manifest import DUPLICATES_MANIFEST, new_manifest, write_manifest
 
 
 def duplicates_path(cache_path: str | os.PathLike) -> Path:
     """Where dedup writes its report for a cache: ``CACHE.duplicates.json``."""
     return Path(os.fspath(cache_path) + ".duplicates.json")
-
-
-def near_pairs(embeddings: np.ndarray, max_distance: float, progress: bool = False
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) of unit embeddings at cosine distance <= ``max_distance``, and their
-    distances: block by block over the upper triangle, or by neighbour search when large."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    n = len(x)
-    if n > EXACT_MAX_FACES:
-        from .engine.knn import knn_edges
-
-        u, v, d = knn_edges(x, DUP_NEIGHBOURS, max_distance, progress=progress)
-        return np.stack([u, v], axis=1).astype(np.int64), d.astype(np.float32)
-    rows = max(1, min(n, CHUNK_ELEMENTS // max(n, 1)))
-    min_sim = np.float32(1.0 - max_distance)
-    found_i, found_j, found_d = [], [], []
-    with tqdm(total=n, desc="near-duplicates", unit="face", disable=not progress) as bar:
-        for s in range(0, n, rows):
-            block = x[s:s + rows] @ x[s:].T          # rows x (n - s): upper part only
-            i, j = np.nonzero(block >= min_sim)
-            keep = j > i                              # column j of the block is face s + j
-            i, j = i[keep], j[keep]
-            found_d.append(1.0 - block[i, j])
-            found_i.append(i + s)
-            found_j.append(j + s)
-            bar.update(min(rows, n - s))
-    if not found_i:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
-    pairs = np.stack([np.concatenate(found_i), np.concatenate(found_j)], axis=1)
-    return pairs.astype(np.int64), np.clip(np.concatenate(found_d), 0, 2).astype(np.float32)
-
-
-def relative_sizes(cache: FaceCache, sel: FaceSelection) -> np.ndarray:
-    """(N, 2) box width and height of each selected face as a share of its image's."""
-    frow = cache.file_row_of_faces()[sel.rows]
-    wh = np.stack([cache.files["width"], cache.files["height"]], axis=1).astype(np.float64)
-    dims = np.where(frow[:, None] >= 0, wh[np.maximum(frow, 0)], np.nan)
-    bbox = cache.faces["bbox"][sel.rows].astype(np.float64)
-    box = np.stack([bbox[:, 2] - bbox[:, 0], bbox[:, 3] - bbox[:, 1]], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return box / dims
-
-
-def same_relative_size(rel: np.ndarray, pairs: np.ndarray, tolerance: float) -> np.ndarray:
-    """For each pair, True when both faces take the same share of their image (within
-    ``tolerance`` of the larger share, in width and in height)."""
-    a, b = rel[pairs[:, 0]], rel[pairs[:, 1]]
-    with np.errstate(invalid="ignore"):
-        ok = np.abs(a - b) <= tolerance * np.maximum(a, b)
-    return ok.all(axis=1)
-
-
-def components(n: int, pairs: np.ndarray) -> list[np.ndarray]:
-    """Connected components (2+ members) of the graph of ``pairs`` over 0..n-1."""
-    if len(pairs) == 0:
-        return []
-    # imported here: SciPy's import costs ~0.25 s at every CLI start otherwise
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
-    groups = [np.flatnonzero(labels == k) for k in np.flatnonzero(sizes >= 2)]
-    return sorted(groups, key=lambda g: (-len(g), int(g[0])))
 
 
 def identical_groups(cache: FaceCache) -> list[dict]:

@@ -6,7 +6,7 @@ cached face takes the detected face it overlaps best (IoU >= MATCH_IOU), or keep
 cached box when none does (the landmark models need only a box), and the landmark models run
 on a decode where every face spans at least LANDMARK_MIN_FACE px. Pose: the 3d68 model's
 (``pose_method`` "3d68"). A pack without landmark models (e.g. the offline test pack): the
-pose is estimated from the 5 cached keypoints (facesets.pose, "kps5"); no photo is read.
+pose is estimated from the 5 cached keypoints (facesets.core.pose, "kps5"); no photo is read.
 
 Crash-safe like embed: under the cache lock, rows go to segments every ``flush_every``
 photos; the faces of a sha256 come whole from its last segment, so ALL face rows of a photo
@@ -22,13 +22,13 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .analyze import load_photo
-from .backends.base import DetectedFace, FaceBackend
-from .cache import (OPTIONAL_FACE_COLUMNS, FaceCache, SegmentWriter, cache_lock, compact_cache,
-                    load_cache)
-from .embed import DEFAULT_FLUSH_EVERY, check_model
-from .imageio import ImageError, decode
-from .pose import POSE_METHOD_3D, POSE_METHOD_KPS, pose_from_kps
+from ..backends.base import DetectedFace, FaceBackend
+from ..core.analyze import load_photo
+from ..core.pose import POSE_METHOD_3D, POSE_METHOD_KPS, pose_from_kps
+from ..formats.cache import (OPTIONAL_FACE_COLUMNS, FaceCache, SegmentWriter, cache_lock,
+                             check_model, compact_cache, load_cache)
+from ..io.imageio import ImageError, decode
+from ..runtime.jobs import DEFAULT_FLUSH_EVERY
 
 MATCH_IOU = 0.5
 # landmark models read a 192 px crop: decode so that every face spans at least that
@@ -64,7 +64,7 @@ def detection_loader(model: str, model_root: str | None = None, providers: str |
                      det_size: int = 640) -> Callable[[], FaceBackend]:
     """A zero-argument loader of the pack's detector and landmark models (no recognition)."""
     def load() -> FaceBackend:
-        from .backends import load_backend
+        from ..backends import load_backend
         return load_backend(model, model_root, providers, det_size, with_recognition=False)
     return load
 

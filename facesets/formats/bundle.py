@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsutil import atomic_write
+from ..io.fsutil import atomic_write
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # limits for reading untrusted bundles: a real bundle holds tens of ~0.5 MB PNGs

@@ -9,81 +9,18 @@ Output (built in a staging folder, then swapped in whole):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
-from .engine import cluster_faces, normalize_rows, pairs_from_groups
-from .fsutil import make_staging, replace_dir
-from .manifest import (CLUSTER_MANIFEST, face_entry, is_face_sets_output, new_manifest,
-                       write_manifest)
-from .materialize import place_all
-
-
-@dataclass
-class FaceSelection:
-    """The cached faces that take part in grouping, with what every step needs of them."""
-
-    rows: np.ndarray          # row of each selected face in cache.faces
-    embeddings: np.ndarray    # unit-normalised, float32
-    keys: np.ndarray          # "sha256:index"
-    sha256: np.ndarray
-    locations: dict           # sha256 -> [canonical path, aliases...]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def cannot_link(self, subset: np.ndarray | None = None) -> np.ndarray:
-        """Pairs of faces from one photo (within ``subset`` rows of this selection)."""
-        sha = self.sha256 if subset is None else self.sha256[subset]
-        _, groups = np.unique(sha, return_inverse=True)
-        return pairs_from_groups(groups.reshape(-1))
-
-
-def select_faces(cache: FaceCache) -> FaceSelection:
-    """Faces whose photo still has a recorded location (moved-away content is left out)."""
-    locations = cache.locations()
-    sha = cache.faces["sha256"]
-    keep = np.fromiter((s in locations for s in sha.tolist()), dtype=bool, count=len(sha))
-    rows = np.flatnonzero(keep)
-    return FaceSelection(rows=rows,
-                         embeddings=normalize_rows(cache.faces["embedding"][rows]),
-                         keys=cache.face_keys()[rows], sha256=sha[rows], locations=locations)
-
-
-def entry_for(cache: FaceCache, sel: FaceSelection, i: int,
-              placed: list[str] | None = None) -> dict:
-    """Manifest face entry of selected face ``i``."""
-    r = sel.rows[i]
-    f = cache.faces
-    return face_entry(str(sel.keys[i]), str(sel.sha256[i]), sel.locations.get(sel.sha256[i], []),
-                      f["bbox"][r], f["det_score"][r], f["face_short"][r], f["blur"][r], placed)
-
-
-def groups_by_label(labels: np.ndarray) -> list[np.ndarray]:
-    """Member indices of each label 0..K-1."""
-    order = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0, True])
-    return [order[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]
-
-
-def staging_dir(out: Path) -> Path:
-    """A fresh folder to build ``out`` in, inside a hidden sibling face-sets owns (marked;
-    leftovers of killed runs are removed, nothing else is)."""
-    return make_staging(out)
-
-
-def start_output(out: Path) -> Path:
-    """Check ``out`` may be replaced (absent, empty or made by face-sets) and return a
-    fresh staging folder to build it in; ``replace_dir`` swaps it in at the end."""
-    out = Path(out)
-    if out.exists() and not is_face_sets_output(out):
-        raise FileExistsError(f"{out} exists and was not made by face-sets; choose an empty "
-                              "or new output folder")
-    return staging_dir(out)
+from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
+from ..engine import cluster_faces
+from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
+from ..formats.manifest import (CLUSTER_MANIFEST, is_face_sets_output, new_manifest, start_output,
+                                write_manifest)
+from ..io.fsutil import replace_dir
+from ..io.materialize import place_all
 
 
 def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarray, out: Path,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.base import FaceBackend
-from .bundle import read_fsz
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode, read_header
-from .manifest import SWAP_FACESET_MANIFEST, ManifestError, centroid_of, load_manifest
+from ..backends.base import FaceBackend
+from ..formats.bundle import read_fsz
+from ..formats.manifest import SWAP_FACESET_MANIFEST, ManifestError, centroid_of, load_manifest
+from ..io.imageio import DEFAULT_MAX_PIXELS, ImageError, decode, read_header
 
 
 @dataclass

@@ -1,0 +1,136 @@
+"""The swap-ready faceset folder (docs/manifest-format.md, "Swap-ready export"): its file
+names, its two ``.fsz`` bundles, and the listing of a faceset in the top-level manifest.
+
+  OUT/faceset_NNN/faces/000.png ...        crops, named by rank (000 best)
+  OUT/faceset_NNN/faces/_dropped/          PNGs taken out by a maintenance step
+  OUT/faceset_NNN/faceset_NNN_top{N}.fsz   the N best, as 0.png, 1.png, ...
+  OUT/faceset_NNN/faceset_NNN_all.fsz      every kept crop, in rank order
+  OUT/faceset_NNN/manifest.json            kept faces (+ quality), dropped faces (+ reason)
+  OUT/faceset_NNN/NAME.txt                 for the operator (kept across re-runs)
+  OUT/faceset_NNN/previews/top_grid.jpg    contact sheet of the top crops
+  OUT/manifest.json                        every faceset; maintenance sections
+export-swap writes these folders; maintenance steps (audit-multiface, and the identity
+operations) change them through ``rebuild_bundles`` and ``refresh_listing``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..io.fsutil import remove_temp_files
+from .bundle import write_fsz
+from .manifest import (SWAP_FACESET_MANIFEST, SWAP_MANIFEST, load_manifest, safe_member_path,
+                       write_manifest)
+
+FACES_DIR = "faces"
+DROPPED_DIR = "_dropped"                 # faces/_dropped/: PNGs a maintenance step took out
+PREVIEW = "previews/top_grid.jpg"
+NAME_FILE = "NAME.txt"
+NAME_TEMPLATE = "# Write this person's name on the first line; it is kept across re-runs.\n"
+MANIFEST_NAME = "manifest.json"
+CANDIDATES_DIR = "_candidates"
+# audit-multiface: its dropped[] reason and its provenance section in the top-level manifest
+MULTIFACE_AUDIT = "multiface_audit"
+# sections of the top-level manifest that maintenance steps fill; export-swap keeps them
+MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", MULTIFACE_AUDIT)
+
+
+def bundle_names(name: str, top_n: int) -> dict[str, str]:
+    """File names of a faceset's two bundles."""
+    return {"top": f"{name}_top{top_n}.fsz", "all": f"{name}_all.fsz"}
+
+
+def write_bundles(faceset_dir: Path, manifest: dict) -> None:
+    """(Re)write both bundles from ``manifest['faces']`` (rank order), removing stale ones."""
+    faceset_dir = Path(faceset_dir)
+    top_n = int(manifest["top_n"])
+    names = bundle_names(manifest["name"], top_n)
+    pngs = [safe_member_path(faceset_dir, f["file"], "faces[].file")
+            for f in sorted(manifest["faces"], key=lambda f: f["rank"])]
+    write_fsz(pngs[:top_n], faceset_dir / names["top"])
+    write_fsz(pngs, faceset_dir / names["all"])
+    for stale in faceset_dir.glob(f"{manifest['name']}_*.fsz"):
+        if stale.name not in names.values() and BUNDLE_FILE.fullmatch(stale.name):
+            stale.unlink()
+    manifest["bundles"] = {"top": names["top"], "top_count": min(top_n, len(pngs)),
+                           "all": names["all"], "all_count": len(pngs)}
+
+
+# what atomic_write leaves behind when a kill interrupts a bundle or manifest write
+BUNDLE_FILE = re.compile(r"faceset_[0-9]{3,}_(top[0-9]+|all)\.fsz")
+
+FACESET_FILES = re.compile(rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
+
+
+def remove_faceset_temps(faceset_dir: Path) -> None:
+    """Remove the temp files of writes a kill interrupted in a faceset folder."""
+    remove_temp_files(faceset_dir, FACESET_FILES)
+
+
+def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles",
+                    run: str | None = None, details: dict[str, dict] | None = None,
+                    reason: str = "removed from faces/") -> dict:
+    """Rebuild a faceset's ``.fsz`` bundles from the PNGs still in its faces/ folder.
+
+    Faces whose PNG is gone (moved to ``faces/_dropped/`` by an audit, deleted by hand) leave
+    ``faces[]`` for ``dropped[]``, with ``details[file]`` (reason and what the step found)
+    or else ``reason``, and ``audit_run`` = ``run``; the rest keep their rank and file name,
+    and the bundles hold them in rank order. The bundles are written first, the manifest
+    (with a ``history`` entry naming ``run``) last, so a kill in between is redone by the
+    next call. Returns the new manifest.
+    """
+    faceset_dir = Path(faceset_dir)
+    details = details or {}
+    manifest = load_manifest(faceset_dir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+    kept, gone = [], []
+    for face in sorted(manifest["faces"], key=lambda f: f["rank"]):
+        (kept if (faceset_dir / face["file"]).is_file() else gone).append(face)
+    for face in gone:
+        entry = dict(face, reason=reason)
+        entry.update(details.get(face["file"], {}))
+        if run is not None:
+            entry["audit_run"] = run
+        manifest["dropped"].append(entry)
+    manifest["faces"] = kept
+    write_bundles(faceset_dir, manifest)
+    summary = manifest["summary"]
+    summary["kept"] = len(kept)
+    counts = summary.get("dropped") if isinstance(summary.get("dropped"), dict) else {}
+    for entry in manifest["dropped"][len(manifest["dropped"]) - len(gone):]:
+        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+    summary["dropped"] = counts
+    manifest.setdefault("history", []).append(
+        {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run,
+         "removed": [f["key"] for f in gone], "kept": len(kept)})
+    write_manifest(faceset_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def faceset_listing(manifest: dict) -> dict:
+    """A faceset's entry in the top-level manifest's ``facesets[]``."""
+    b = manifest.get("bundles", {})
+    return {"name": manifest["name"], "folder": manifest["name"],
+            "source_faceset": manifest.get("source_faceset", ""),
+            "faces": len(manifest["faces"]), "dropped": len(manifest["dropped"]),
+            "top_bundle": f"{manifest['name']}/{b.get('top', '')}",
+            "all_bundle": f"{manifest['name']}/{b.get('all', '')}",
+            "manifest": f"{manifest['name']}/{MANIFEST_NAME}"}
+
+
+def refresh_listing(out: str | os.PathLike, names: list[str],
+                    update: Callable[[dict], None] | None = None) -> dict:
+    """Update the entries of faceset ``names`` in OUT/manifest.json from their own manifests,
+    let ``update`` add a maintenance step's provenance, and write it (atomically, once).
+    """
+    out = Path(out)
+    top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
+    fresh = {name: faceset_listing(load_manifest(out / name / MANIFEST_NAME,
+                                                 SWAP_FACESET_MANIFEST)) for name in names}
+    top["facesets"] = [fresh.get(e["name"], e) for e in top.get("facesets", [])]
+    if update is not None:
+        update(top)
+    write_manifest(out / MANIFEST_NAME, top)
+    return top

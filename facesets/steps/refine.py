@@ -1,0 +1,64 @@
+"""``refine``: from raw clusters to clean facesets (one identity each, enough photos).
+
+Stages, each a plain function over label arrays (no N x N matrix outside the engine):
+  1. cluster at ``initial`` threshold (the engine, cannot-link honoured)
+  2. merge over-split clusters whose centroids are within ``merge`` (the engine again, on
+     centroids; two clusters holding faces of one photo never merge)
+  3. quality gate: face_short, blur, det_score
+  4. outlier rejection: in clusters of 4+ faces, drop faces farther than ``outlier`` from
+     the centroid
+  5. size filter: at least ``min_faces`` unique source images
+and the survivors become OUT/faceset_NNN/ (numbered by size) + refine_manifest.json.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..core.refinement import RefineParams, RefineResult, refine_labels
+from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
+from ..formats.cache import FaceCache
+from ..formats.manifest import (REFINE_MANIFEST, is_face_sets_output, new_manifest, start_output,
+                                write_manifest)
+from ..io.fsutil import replace_dir
+from ..io.materialize import place_all
+
+
+def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult, out: Path,
+                        link: str, manifest: dict) -> dict:
+    out = Path(out)
+    stage = start_output(out)
+    facesets = []
+    valid = res.labels >= 0
+    idx = np.flatnonzero(valid)
+    groups = groups_by_label(res.labels[valid]) if valid.any() else []
+    for members in tqdm(groups, desc="placing photos", unit="faceset", disable=None):
+        members = idx[members]
+        name = f"faceset_{len(facesets):03d}"
+        entries, images, aliases = [], [], 0
+        for i in members:
+            locs = sel.locations[sel.sha256[i]]
+            placed, _ = place_all(locs, stage / name, link)
+            entries.append(entry_for(cache, sel, i, placed))
+            images.append(locs[0])
+            aliases += len(locs) - 1
+        facesets.append({"name": name, "face_count": len(members),
+                         "image_count": len(set(images)), "alias_count": aliases,
+                         "images": sorted(set(images)), "faces": entries})
+    manifest.update({"summary": {"facesets": len(facesets), "faces_in": int(len(sel)),
+                                 "faces_kept": int(valid.sum()), "dropped": res.dropped},
+                     "timing": res.timing, "facesets": facesets})
+    write_manifest(stage / "refine_manifest.json", manifest)
+    replace_dir(stage, out, is_ours=is_face_sets_output)
+    return manifest
+
+
+def run_refine(cache: FaceCache, cache_path: str, out: Path, params: RefineParams,
+               link: str = "copy") -> dict:
+    sel = select_faces(cache)
+    res = refine_labels(cache, sel, params)
+    manifest = new_manifest(REFINE_MANIFEST, cache_path, cache.meta,
+                            dict(vars(params), link=link))
+    return write_refine_output(cache, sel, res, out, link, manifest)
