@@ -246,7 +246,7 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
         raise QueueError(f"{queue_path}: no export folder in params; re-stage the queue")
     plan = AuditPlan(export=Path(export), queue=os.path.abspath(queue_path),
                      results=os.path.abspath(results_path))
-    load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
+    top = load_manifest(plan.export / MANIFEST_NAME, SWAP_MANIFEST)  # still an export?
     if not Path(results_path).is_file():
         raise FileNotFoundError(f"{results_path}: no results; run work/multiface_worker.py "
                                 f"{queue_path} {results_path} first")
