@@ -11,12 +11,11 @@ import importlib
 import os
 import sys
 
+from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
+
 # modules under facesets.commands, in the order `--help` lists them
 COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz",
             "run", "audit-multiface", "calibrate"]
-
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:

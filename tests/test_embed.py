@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -294,16 +296,31 @@ def test_large_photos_are_detected_at_reduced_scale_with_the_same_faces(tmp_path
 
 def test_ctrl_c_flushes_and_exits_cleanly(tmp_path):
     cache = tmp_path / "i.npz"
+    # the progress bar (stderr) is on: it shows when photos are being embedded
     proc = subprocess.Popen([sys.executable, str(ROOT / "sort_faces.py"), "embed", str(FACES),
-                             str(cache), *PACK, "--flush-every", "1000", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    # wait until the model is loaded and embedding is under way (the lock exists, no segment)
-    while not Path(str(cache) + ".lock").exists() and time.monotonic() < deadline:
+                             str(cache), *PACK, "--flush-every", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr = bytearray()
+
+    def read_stderr():
+        while chunk := os.read(proc.stderr.fileno(), 4096):
+            stderr.extend(chunk)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    # wait until the model is loaded and a photo is embedded (not yet flushed: no segment),
+    # however slow the machine: Ctrl-C must then flush it
+    embedding = re.compile(rb"embedding:[^\r\n]*\| *[1-9][0-9]*/180 ")
+    deadline = time.monotonic() + 300
+    while not embedding.search(bytes(stderr)) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
         time.sleep(0.05)
-    time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)   # stdout holds a few summary lines: its pipe never fills
+    out = proc.stdout.read().decode()
+    reader.join(timeout=10)
+    err = stderr.decode(errors="replace")
     assert proc.returncode == 130, err
     assert "interrupted" in out
     partial = load_cache(cache)  # what was embedded before Ctrl-C was flushed

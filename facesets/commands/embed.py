@@ -11,10 +11,9 @@ import argparse
 import os
 
 from ..io.imageio import DEFAULT_MAX_PIXELS
+from ..runtime.jobs import EXIT_INTERRUPTED
 from ..steps.embed import DEFAULT_FLUSH_EVERY, embed_folder
 from .common import add_model_options, add_progress_option, backend_loader, say
-
-EXIT_INTERRUPTED = 130
 
 
 def register(sub) -> None:

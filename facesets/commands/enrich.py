@@ -5,11 +5,10 @@ from the 5 cached keypoints (pose_method kps5) instead of the 3d68 model's (3d68
 """
 from __future__ import annotations
 
+from ..runtime.jobs import EXIT_INTERRUPTED
 from ..steps.embed import DEFAULT_FLUSH_EVERY
 from ..steps.enrich import detection_loader, run_enrich
 from .common import add_model_options, add_progress_option, say
-
-EXIT_INTERRUPTED = 130
 
 
 def register(sub) -> None:

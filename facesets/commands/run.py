@@ -14,6 +14,7 @@ from ..core.thresholds import resolve_threshold
 from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
+from ..runtime.jobs import EXIT_INTERRUPTED
 from ..sources.folder import list_images
 from ..steps.cluster import run_cluster
 from ..steps.dedup import duplicates_path, run_dedup
@@ -25,8 +26,6 @@ from .common import (add_engine_option, add_link_option, add_model_options, add_
                      backend_loader, say)
 from .export_swap import add_export_options, detector_loader, export_params, summary_line
 from .refine import add_refine_options, params_from_args
-
-EXIT_INTERRUPTED = 130
 
 
 def register(sub) -> None:

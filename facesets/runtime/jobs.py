@@ -1,4 +1,106 @@
-"""The one job loop: progress, flush every N items, Ctrl-C -> flush and stop, summary."""
+"""The one job loop: progress, flush every N items, Ctrl-C -> flush and stop, counts.
+
+A ``Job`` turns a stream of items into recorded results (embed into a cache segment, enrich
+a photo's face rows, a queue worker's results); ``run_items`` drives it: the progress bar
+(rate and ETA), a flush every ``flush_every`` recorded items so that a kill loses at most
+that window, Ctrl-C -> drop what is half-recorded, flush and report interrupted, and the
+final flush. Callers build their summaries from the ``JobResult`` and exit with
+``EXIT_INTERRUPTED`` when it was interrupted.
+Importable with the queue worker's minimal requirements (tqdm only).
+"""
 from __future__ import annotations
 
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from tqdm import tqdm
+
 DEFAULT_FLUSH_EVERY = 50
+
+EXIT_ERROR = 2          # a known failure, reported as one "error:" line
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it); work done is flushed
+
+# what a processed item turned out to be; a FAILED item has nothing recorded (it is retried
+# by the next run) and so does not count towards the flush window
+OK, NOFACE, ERROR, FAILED = "ok", "noface", "error", "failed"
+
+Outcome = tuple[Any, str, str]   # (item, status, detail)
+
+
+class Job:
+    """One kind of work over a stream of items; subclasses fill these in."""
+
+    def check(self, item: Any) -> str:
+        """Why ``item`` cannot be processed now ('' if it can): it is then FAILED unseen."""
+        return ""
+
+    def process(self, items: Iterator[Any]) -> Iterator[Outcome]:
+        """Yield ``(item, status, detail)`` per item, in order, after recording its result."""
+        raise NotImplementedError
+
+    def failed(self, item: Any, why: str) -> None:
+        """An item failed (``check`` refused it or ``process`` yielded FAILED)."""
+
+    def flush(self) -> None:
+        """Make every recorded result durable."""
+
+    def on_interrupt(self) -> None:
+        """Ctrl-C came: drop what is recorded only in part (the flush that follows must
+        write whole results only)."""
+
+
+@dataclass
+class JobResult:
+    counts: Counter = field(default_factory=Counter)   # items by status
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def recorded(self) -> int:
+        """Items whose result is recorded (every status but FAILED)."""
+        return sum(n for status, n in self.counts.items() if status != FAILED)
+
+
+def run_items(job: Job, items: Sequence[Any], flush_every: int, progress: bool = True,
+              desc: str = "", unit: str = "it") -> JobResult:
+    """Run ``job`` over ``items``: flush every ``flush_every`` recorded items and at the end;
+    Ctrl-C stops the run (``interrupted``) after ``job.on_interrupt`` and the flush."""
+    result = JobResult()
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress or len(items) == 0,
+               dynamic_ncols=True, smoothing=0.1)
+    since_flush = 0
+
+    def count(item: Any, status: str, detail: str) -> None:
+        if status == FAILED:
+            job.failed(item, detail)
+        result.counts[status] += 1
+        bar.update(1)
+
+    def checked() -> Iterator[Any]:
+        for item in items:
+            why = job.check(item)
+            if why:
+                count(item, FAILED, why)
+            else:
+                yield item
+
+    t0 = time.monotonic()
+    try:
+        for item, status, detail in job.process(checked()):
+            count(item, status, detail)
+            if status == FAILED:
+                continue
+            since_flush += 1
+            if since_flush >= flush_every:
+                job.flush()
+                since_flush = 0
+    except KeyboardInterrupt:
+        result.interrupted = True
+        job.on_interrupt()
+    finally:
+        bar.close()
+        job.flush()
+        result.seconds = time.monotonic() - t0
+    return result

@@ -1,10 +1,13 @@
-"""The loop every queue worker shares (work/*_worker.py): arguments, queue, path mapping,
-skipping finished items, per-item failures, batched flushes, progress and the summary.
+"""What every queue worker shares (work/*_worker.py): arguments, queue, path mapping,
+skipping finished items, per-item failures and the summary, around the one job loop.
 
-A worker kind supplies a ``WorkerJob``: which item ids its results already hold, how to
-process a stream of items (recording results itself) and how to flush them durably. The loop
-guarantees the resumability contract of docs/queue-format.md: results are flushed every
-``--batch`` items, so a kill loses at most that window, and a restart skips finished items.
+A worker kind supplies a ``WorkerJob`` (a runtime.jobs.Job): which item ids its results
+already hold, how to process a stream of items (recording results itself) and how to flush
+them durably. On top of the one job loop (runtime.jobs.run_items) this adds the queue's
+side: finished items skipped, each item checked before it is opened, failures logged for a
+retry. Together they keep the resumability contract of docs/queue-format.md: results are
+flushed every ``--batch`` items, so a kill loses at most that window, and a restart skips
+finished items.
 Importable with the worker's minimal requirements only (no scikit-learn, torch, scenedetect).
 """
 from __future__ import annotations
@@ -16,20 +19,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
-
-from tqdm import tqdm
+from typing import Iterable
 
 from ..formats.queue import JsonlAppender, QueueError, latest_by_id, load_queue, read_jsonl
 from ..io.fsutil import FileLock, LockError
+from .jobs import ERROR, EXIT_ERROR, EXIT_INTERRUPTED, FAILED, NOFACE, OK, Job, run_items
 from .pathmap import PathMapError, PathMapper
 
 DEFAULT_BATCH = 50
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
-
-# what a processed item turned out to be; FAILED items are retried by the next run
-OK, NOFACE, ERROR, FAILED = "ok", "noface", "error", "failed"
 
 
 @dataclass
@@ -65,8 +62,9 @@ class WorkerSummary:
                    if self.interrupted else ""))
 
 
-class WorkerJob:
-    """What one worker kind does; subclasses fill these in."""
+class WorkerJob(Job):
+    """What one worker kind does over its ``WorkItem``s; subclasses fill these in (and
+    ``process``, ``flush`` of runtime.jobs.Job)."""
 
     name = "worker"
     unit = "img"
@@ -76,13 +74,6 @@ class WorkerJob:
 
     def start(self) -> None:
         """Load models; called only when there is something to do."""
-
-    def process(self, items: Iterator[WorkItem]) -> Iterator[tuple[WorkItem, str, str]]:
-        """Yield ``(item, status, detail)`` per item, in order, after recording its result."""
-        raise NotImplementedError
-
-    def flush(self) -> None:
-        """Make every recorded result durable."""
 
     def extra(self) -> dict:
         return {}
@@ -162,6 +153,31 @@ def precheck(item: WorkItem) -> str:
     return ""
 
 
+class _CheckedJob(Job):
+    """A worker kind's job as the loop runs it: each item checked before it is opened, every
+    failure logged (retried by the next run), the log flushed with the results."""
+
+    def __init__(self, job: WorkerJob, failures: JsonlAppender):
+        self.job, self.failures = job, failures
+
+    def check(self, item: WorkItem) -> str:
+        return precheck(item)
+
+    def process(self, items):
+        return self.job.process(items)
+
+    def failed(self, item: WorkItem, why: str) -> None:
+        self.failures.add({"id": item.id, "path": item.path, "local": item.local,
+                           "error": why, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def flush(self) -> None:
+        self.job.flush()
+        self.failures.flush()
+
+    def on_interrupt(self) -> None:
+        self.job.on_interrupt()
+
+
 def run_job(job: WorkerJob, items: list[WorkItem], failures_path: Path, batch: int,
             progress: bool = True) -> WorkerSummary:
     """Process the items the job has not finished; flush every ``batch`` items."""
@@ -173,47 +189,12 @@ def run_job(job: WorkerJob, items: list[WorkItem], failures_path: Path, batch: i
     if not todo:
         return summary
     job.start()
-    bar = tqdm(total=len(todo), desc=job.name, unit=job.unit, disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
-    since_flush = 0
-
-    def fail(item: WorkItem, why: str) -> None:
-        failures.add({"id": item.id, "path": item.path, "local": item.local, "error": why,
-                      "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        summary.failed += 1
-        bar.update(1)
-
-    def checked() -> Iterator[WorkItem]:
-        for it in todo:
-            why = precheck(it)
-            if why:
-                fail(it, why)
-            else:
-                yield it
-
-    t0 = time.monotonic()
-    try:
-        for item, status, detail in job.process(checked()):
-            if status == FAILED:
-                fail(item, detail)
-                continue
-            summary.done += 1
-            summary.noface += status == NOFACE
-            summary.errors += status == ERROR
-            bar.update(1)
-            since_flush += 1
-            if since_flush >= batch:
-                job.flush()
-                failures.flush()
-                since_flush = 0
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        bar.close()
-        job.flush()
-        failures.flush()
-        summary.seconds = time.monotonic() - t0
-        summary.extra = job.extra()
+    result = run_items(_CheckedJob(job, failures), todo, batch, progress, job.name, job.unit)
+    summary.extra = job.extra()
+    summary.done = sum(result.counts[status] for status in (OK, NOFACE, ERROR))
+    summary.noface, summary.errors = result.counts[NOFACE], result.counts[ERROR]
+    summary.failed = result.counts[FAILED]
+    summary.seconds, summary.interrupted = result.seconds, result.interrupted
     return summary
 
 

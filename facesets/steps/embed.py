@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-
-from tqdm import tqdm
+from typing import Callable, Iterator
 
 from ..backends.base import FaceBackend
 from ..core.analyze import iter_analyzed, record_plan_paths, record_result
 from ..formats.cache import SegmentWriter, cache_lock, check_model, compact_cache, load_cache
 from ..io.imageio import DEFAULT_MAX_PIXELS
-from ..runtime.jobs import DEFAULT_FLUSH_EVERY
-from ..sources.folder import plan_embed, scan_source
+from ..runtime.jobs import DEFAULT_FLUSH_EVERY, ERROR, NOFACE, OK, Job, run_items
+from ..sources.folder import EmbedPlan, Listed, plan_embed, scan_source
 
 
 @dataclass
@@ -42,6 +40,28 @@ class EmbedSummary:
                 f"aliased {self.aliased}, noface {self.noface}, errors {self.errors}; "
                 f"faces {self.faces}; {rate:.1f} img/s"
                 + (" (interrupted: re-run to resume)" if self.interrupted else ""))
+
+
+class _EmbedJob(Job):
+    """Detect and embed the plan's photos into the cache writer (with their aliases)."""
+
+    def __init__(self, backend: FaceBackend | None, writer: SegmentWriter, plan: EmbedPlan,
+                 workers: int, max_pixels: int):
+        self.backend, self.writer, self.plan = backend, writer, plan
+        self.workers, self.max_pixels = workers, max_pixels
+        self.faces = 0
+
+    def process(self, items: Iterator[Listed]):
+        by_path = {it.path: it for it in self.plan.to_embed}
+        for result in iter_analyzed(self.backend, items, self.workers, self.max_pixels):
+            item = by_path[result.path]
+            record_result(self.writer, result, item,
+                          self.plan.pending_aliases.get(item.sha256, []))
+            self.faces += len(result.faces)
+            yield item, {"face": OK, "noface": NOFACE}.get(result.status, ERROR), result.error
+
+    def flush(self) -> None:
+        self.writer.flush()
 
 
 def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], model: str,
@@ -80,33 +100,14 @@ def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], mod
         meta["sources"] = sources
         writer = SegmentWriter(cache_path, meta)
         record_plan_paths(writer, plan)
-        t_embed = time.monotonic()
-        bar = tqdm(total=len(plan.to_embed), desc="embedding", unit="img",
-                   disable=not progress or not plan.to_embed)
-        done_since_flush = 0
-        try:
-            if backend is not None:
-                by_path = {it.path: it for it in plan.to_embed}
-                for result in iter_analyzed(backend, plan.to_embed, workers, max_pixels):
-                    item = by_path[result.path]
-                    record_result(writer, result, item,
-                                  plan.pending_aliases.get(item.sha256, []))
-                    summary.new += 1
-                    summary.faces += len(result.faces)
-                    summary.noface += result.status == "noface"
-                    summary.errors += result.status == "error"
-                    summary.embedded += 1
-                    bar.update(1)
-                    done_since_flush += 1
-                    if done_since_flush >= flush_every:
-                        writer.flush()
-                        done_since_flush = 0
-        except KeyboardInterrupt:
-            summary.interrupted = True
-        finally:
-            bar.close()
-            writer.flush()
-        summary.seconds = time.monotonic() - t_embed
+        job = _EmbedJob(backend, writer, plan, workers, max_pixels)
+        # no backend: nothing to embed; the run still flushes the aliases and unreadables
+        result = run_items(job, plan.to_embed, flush_every, progress, "embedding", "img")
+        summary.new = summary.embedded = result.recorded
+        summary.faces = job.faces
+        summary.noface = result.counts[NOFACE]
+        summary.errors += result.counts[ERROR]
+        summary.seconds, summary.interrupted = result.seconds, result.interrupted
         if not summary.interrupted:
             compact_cache(cache_path)
     return summary

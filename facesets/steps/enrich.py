@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from ..backends.base import DetectedFace, FaceBackend
 from ..core.analyze import load_photo
@@ -28,7 +27,7 @@ from ..core.pose import POSE_METHOD_3D, POSE_METHOD_KPS, pose_from_kps
 from ..formats.cache import (OPTIONAL_FACE_COLUMNS, FaceCache, SegmentWriter, cache_lock,
                              check_model, compact_cache, load_cache)
 from ..io.imageio import ImageError, decode
-from ..runtime.jobs import DEFAULT_FLUSH_EVERY
+from ..runtime.jobs import DEFAULT_FLUSH_EVERY, ERROR, OK, Job, run_items
 
 MATCH_IOU = 0.5
 # landmark models read a 192 px crop: decode so that every face spans at least that
@@ -171,6 +170,61 @@ def _row(cache: FaceCache, r: int) -> dict:
     return {col: cache.faces[col][r] for col in cache.faces}
 
 
+class _EnrichJob(Job):
+    """Enrich photo by photo (items: sha256s): all face rows of a photo are added to the
+    writer together, those still to do with landmarks and pose."""
+
+    def __init__(self, backend: FaceBackend, cache: FaceCache, todo: np.ndarray,
+                 writer: SegmentWriter, s: EnrichSummary):
+        self.backend, self.cache, self.todo, self.writer, self.s = backend, cache, todo, writer, s
+        self.rows_of: dict[str, list[int]] = {}
+        for r, h in enumerate(cache.faces["sha256"].tolist()):
+            self.rows_of.setdefault(h, []).append(r)
+        # every location of a photo, canonical first (files.path when no location is left)
+        self.locations: dict[str, list[str]] = {}
+        if backend.has_landmarks:
+            self.locations = cache.locations()
+            for h, p in zip(cache.files["sha256"].tolist(), cache.files["path"].tolist()):
+                self.locations.setdefault(h, [p])
+        self.whole = 0   # pending face rows that hold whole photos only
+
+    def process(self, items: Iterator[str]):
+        s, cache, todo = self.s, self.cache, self.todo
+        for h in items:
+            rows = np.array(self.rows_of[h])
+            got = None
+            if self.backend.has_landmarks:
+                got, unmatched = landmark_faces(self.backend, self.locations.get(h, []), h,
+                                                cache, rows)
+                s.unmatched += unmatched
+            out = []
+            for k, r in enumerate(rows):
+                if not todo[r]:
+                    out.append(_row(cache, r))
+                    continue
+                face = got[k] if got is not None else None
+                out.append(enriched_row(_row(cache, r), face))
+                s.enriched += 1
+                s.landmarks += face is not None and (face.landmark_2d_106 is not None
+                                                     or face.landmark_3d_68 is not None)
+                s.kps5 += out[-1]["pose_method"] == POSE_METHOD_KPS
+            # all face rows of the photo, added together: a segment never holds part
+            # of a photo (its faces would replace all the cached ones)
+            for row in out:
+                self.writer.add("faces", **row)
+            self.whole = len(self.writer.pending["faces"])
+            unreadable = self.backend.has_landmarks and got is None
+            yield h, ERROR if unreadable else OK, ""
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self.whole = 0
+
+    def on_interrupt(self) -> None:
+        # drop the rows of a photo cut off half-way (faces of one sha256 come whole)
+        del self.writer.pending["faces"][self.whole:]
+
+
 def run_enrich(cache_path: str, load_backend_fn: Callable[[], FaceBackend], progress: bool = True,
                flush_every: int = DEFAULT_FLUSH_EVERY, model: str | None = None
                ) -> EnrichSummary:
@@ -204,57 +258,11 @@ def run_enrich(cache_path: str, load_backend_fn: Callable[[], FaceBackend], prog
             s.seconds = time.monotonic() - t0
             return s
         writer = SegmentWriter(cache_path, cache.meta)
-        sha = cache.faces["sha256"]
-        todo_shas = list(dict.fromkeys(sha[todo].tolist()))   # photo order of the cache
-        rows_of: dict[str, list[int]] = {}
-        for r, h in enumerate(sha.tolist()):
-            rows_of.setdefault(h, []).append(r)
-        # every location of a photo, canonical first (files.path when no location is left)
-        locations: dict[str, list[str]] = {}
-        if backend.has_landmarks:
-            locations = cache.locations()
-            for h, p in zip(cache.files["sha256"].tolist(), cache.files["path"].tolist()):
-                locations.setdefault(h, [p])
-        bar = tqdm(total=len(todo_shas), desc=f"enriching ({s.method})", unit="photo",
-                   disable=not progress)
-        since_flush = whole = 0
-        try:
-            for h in todo_shas:
-                rows = np.array(rows_of[h])
-                got = None
-                if backend.has_landmarks:
-                    got, unmatched = landmark_faces(backend, locations.get(h, []), h, cache, rows)
-                    s.unreadable += got is None
-                    s.unmatched += unmatched
-                out = []
-                for k, r in enumerate(rows):
-                    if not todo[r]:
-                        out.append(_row(cache, r))
-                        continue
-                    face = got[k] if got is not None else None
-                    out.append(enriched_row(_row(cache, r), face))
-                    s.enriched += 1
-                    s.landmarks += face is not None and (face.landmark_2d_106 is not None
-                                                         or face.landmark_3d_68 is not None)
-                    s.kps5 += out[-1]["pose_method"] == POSE_METHOD_KPS
-                # all face rows of the photo, added together: a segment never holds part
-                # of a photo (its faces would replace all the cached ones)
-                for row in out:
-                    writer.add("faces", **row)
-                whole = len(writer.pending["faces"])
-                s.photos += 1
-                bar.update(1)
-                since_flush += 1
-                if since_flush >= flush_every:
-                    writer.flush()
-                    since_flush = whole = 0
-        except KeyboardInterrupt:
-            s.interrupted = True
-            # drop the rows of a photo cut off half-way (faces of one sha256 come whole)
-            del writer.pending["faces"][whole:]
-        finally:
-            bar.close()
-            writer.flush()
+        todo_shas = list(dict.fromkeys(cache.faces["sha256"][todo].tolist()))  # cache order
+        result = run_items(_EnrichJob(backend, cache, todo, writer, s), todo_shas, flush_every,
+                           progress, f"enriching ({s.method})", "photo")
+        s.photos, s.unreadable = result.recorded, result.counts[ERROR]
+        s.interrupted = result.interrupted
         s.seconds = time.monotonic() - t0
         if not s.interrupted:
             compact_cache(cache_path)
