@@ -1,6 +1,8 @@
-"""Manifest formats (docs/manifest-format.md): one source of truth for their names, versions
-and the shape of a face entry. Every manifest is JSON, written atomically, and read back
-through ``load_manifest``, which checks its kind and version.
+"""Manifest formats (docs/manifest-format.md): one source of truth for their kinds, versions,
+file names and bodies (every writer, a step or a maintenance command, builds its manifest with
+the functions here, so the same results give the same bytes). Every manifest is JSON, written
+atomically, and read back through ``load_manifest``, which checks its kind, version and the
+structure its readers use. The swap-ready folder's bodies are in ``formats.swapset``.
 """
 from __future__ import annotations
 
