@@ -1,14 +1,7 @@
 """``export-swap``: swap-ready facesets (ranked single-face PNG crops + ``.fsz`` bundles).
 
-Layout of OUT (docs/manifest-format.md, "Swap-ready export"):
-  OUT/faceset_NNN/faces/000.png ...        crops, named by rank (000 best)
-  OUT/faceset_NNN/faceset_NNN_top{N}.fsz   the N best, as 0.png, 1.png, ...
-  OUT/faceset_NNN/faceset_NNN_all.fsz      every kept crop, in rank order
-  OUT/faceset_NNN/manifest.json            kept faces (+ quality), dropped faces (+ reason)
-  OUT/faceset_NNN/NAME.txt                 for the operator (kept across re-runs)
-  OUT/faceset_NNN/previews/top_grid.jpg    contact sheet of the top crops
-  OUT/_candidates/to_faceset_NNN/, new_NNN/ (with --candidates)
-  OUT/manifest.json                        every faceset; written last
+Layout of OUT and every manifest body: formats/swapset.py (docs/manifest-format.md,
+"Swap-ready export"); with --candidates also OUT/_candidates/to_faceset_NNN/, new_NNN/.
 Every faceset is built in a staging folder and swapped in whole (fsutil.replace_dir).
 """
 from __future__ import annotations
