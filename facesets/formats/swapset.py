@@ -8,6 +8,7 @@ names, its two ``.fsz`` bundles, and the listing of a faceset in the top-level m
   OUT/faceset_NNN/manifest.json            kept faces (+ quality), dropped faces (+ reason)
   OUT/faceset_NNN/NAME.txt                 for the operator (kept across re-runs)
   OUT/faceset_NNN/previews/top_grid.jpg    contact sheet of the top crops
+  OUT/_candidates/to_faceset_NNN/, new_NNN/, manifest.json   review crops (--candidates)
   OUT/manifest.json                        every faceset; maintenance sections
 export-swap writes these folders; maintenance steps (audit-multiface, and the identity
 operations) change them through ``rebuild_bundles`` and ``refresh_listing``.
