@@ -63,7 +63,8 @@ def write_bundles(faceset_dir: Path, manifest: dict) -> None:
 # what atomic_write leaves behind when a kill interrupts a bundle or manifest write
 BUNDLE_FILE = re.compile(r"faceset_[0-9]{3,}_(top[0-9]+|all)\.fsz")
 
-FACESET_FILES = re.compile(rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
+FACESET_FILES = re.compile(
+    rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
 
 
 def remove_faceset_temps(faceset_dir: Path) -> None:
