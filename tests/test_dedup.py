@@ -72,7 +72,7 @@ def test_near_pairs_matches_brute_force_and_never_builds_n_by_n(monkeypatch):
     x = rng.normal(size=(300, 16)).astype(np.float32)
     x[150:160] = x[:10] + rng.normal(scale=0.02, size=(10, 16))   # ten near copies
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    monkeypatch.setattr("facesets.steps.dedup.CHUNK_ELEMENTS", 300 * 7)  # 7 rows per block
+    monkeypatch.setattr("facesets.core.near.CHUNK_ELEMENTS", 300 * 7)  # 7 rows per block
     pairs, dist = near_pairs(x, 0.03)
     d = 1 - x @ x.T
     want = {(i, j) for i, j in zip(*np.nonzero(d <= 0.03)) if i < j}
@@ -99,7 +99,7 @@ def test_large_caches_use_the_neighbour_search_and_find_the_same_pairs(monkeypat
         x[copies] + rng.normal(scale=0.01, size=(60, 64))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     exact, _ = near_pairs(x, 0.03)
-    monkeypatch.setattr("facesets.steps.dedup.EXACT_MAX_FACES", 1000)
+    monkeypatch.setattr("facesets.core.near.EXACT_MAX_FACES", 1000)
     monkeypatch.setattr(knn, "FLAT_MAX_FACES", 1000)  # the approximate cell search
     approx, dist = near_pairs(x, 0.03)
     assert len(exact) >= 60

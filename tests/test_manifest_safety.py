@@ -173,7 +173,7 @@ def test_tampered_manifest_is_one_error_line_and_writes_nothing(outputs, tmp_pat
 
 def test_tampered_audit_plan_is_refused(outputs, tmp_path):
     """The plan a killed apply leaves is read back as untrusted too."""
-    from facesets.steps.audit import PLAN_NAME
+    from facesets.formats.manifest import AUDIT_PLAN_FILE as PLAN_NAME
 
     export = tmp_path / "export"
     shutil.copytree(outputs / "export", export, symlinks=True)

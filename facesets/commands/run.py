@@ -12,12 +12,14 @@ from pathlib import Path
 
 from ..core.thresholds import resolve_threshold
 from ..formats.cache import load_cache
+from ..formats.manifest import (CLUSTER_MANIFEST_FILE, MANIFEST_FILE, REFINE_MANIFEST_FILE,
+                                duplicates_path)
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import EXIT_INTERRUPTED
 from ..sources.folder import list_images
 from ..steps.cluster import run_cluster
-from ..steps.dedup import duplicates_path, run_dedup
+from ..steps.dedup import run_dedup
 from ..steps.embed import DEFAULT_FLUSH_EVERY, embed_folder
 from ..steps.enrich import detection_loader, run_enrich
 from ..steps.export import run_export
@@ -53,8 +55,8 @@ def register(sub) -> None:
 
 def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
     cache_path = str(layout.cache)
-    refine_manifest = layout.facesets / "refine_manifest.json"
-    raw_manifest = layout.raw / "manifest.json"
+    refine_manifest = layout.facesets / REFINE_MANIFEST_FILE
+    raw_manifest = layout.raw / CLUSTER_MANIFEST_FILE
     model = dict(model=args.model, model_root=args.model_root, det_size=args.det_size)
 
     def embed():
@@ -130,7 +132,7 @@ def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
                       duplicates_path(cache_path), dedup),
         pipeline.Step("enrich", pipeline.cache_inputs(layout, False, model), layout.cache,
                       enrich),
-        pipeline.Step("export-swap", export_inputs, layout.swap_ready / "manifest.json",
+        pipeline.Step("export-swap", export_inputs, layout.swap_ready / MANIFEST_FILE,
                       export),
     ]
 

@@ -1,6 +1,8 @@
-"""Manifest formats (docs/manifest-format.md): one source of truth for their names, versions
-and the shape of a face entry. Every manifest is JSON, written atomically, and read back
-through ``load_manifest``, which checks its kind and version.
+"""Manifest formats (docs/manifest-format.md): one source of truth for their kinds, versions,
+file names and bodies (every writer, a step or a maintenance command, builds its manifest with
+the functions here, so the same results give the same bytes). Every manifest is JSON, written
+atomically, and read back through ``load_manifest``, which checks its kind, version and the
+structure its readers use. The swap-ready folder's bodies are in ``formats.swapset``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,15 @@ AUDIT_PLAN = "face-sets/audit-plan"     # OUT/.multiface_audit.plan.json of `aud
 KINDS = {CLUSTER_MANIFEST, REFINE_MANIFEST, SWAP_MANIFEST, SWAP_FACESET_MANIFEST,
          DUPLICATES_MANIFEST, AUDIT_PLAN}
 
+# file names: the one place each is spelled
+MANIFEST_FILE = "manifest.json"            # cluster's OUT, export-swap's OUT and its facesets
+CLUSTER_MANIFEST_FILE = MANIFEST_FILE
+REFINE_MANIFEST_FILE = "refine_manifest.json"
+DUPLICATES_SUFFIX = ".duplicates.json"     # beside the cache: CACHE.duplicates.json
+AUDIT_PLAN_FILE = ".multiface_audit.plan.json"   # in export-swap's OUT while an apply runs
+# the manifests that mark a folder as face-sets output
+MANIFEST_NAMES = (CLUSTER_MANIFEST_FILE, REFINE_MANIFEST_FILE)
+
 # the names face-sets gives the folders and files a manifest lists (nothing else is accepted
 # from a manifest: a name read from one must never lead outside the folder it belongs to)
 PERSON_NAME = re.compile(r"person_[0-9]{3,}")
@@ -44,6 +55,11 @@ def new_manifest(kind: str, cache_path: str, meta: dict, parameters: dict) -> di
             "model_id": meta.get("model_id"), "parameters": parameters}
 
 
+def duplicates_path(cache_path: str | os.PathLike) -> Path:
+    """Where dedup writes its report for a cache: ``CACHE.duplicates.json``."""
+    return Path(os.fspath(cache_path) + DUPLICATES_SUFFIX)
+
+
 def face_entry(key: str, sha256: str, paths: list[str], bbox, det_score: float,
                face_short: float, blur: float, placed: list[str] | None = None) -> dict:
     """A face as every manifest lists it: cache key, source path (canonical), aliases."""
@@ -51,6 +67,101 @@ def face_entry(key: str, sha256: str, paths: list[str], bbox, det_score: float,
             "aliases": list(paths[1:]), "bbox": [round(float(v), 1) for v in bbox],
             "det_score": round(float(det_score), 4), "face_short": round(float(face_short), 1),
             "blur": round(float(blur), 2), "files": list(placed or [])}
+
+
+# ---- bodies: every writer (a step now, a maintenance command later) builds them here -----
+def person_entry(name: str, faces: list[dict]) -> dict:
+    """A person of the cluster manifest's ``persons[]``."""
+    return {"name": name, "face_count": len(faces),
+            "image_count": len({f["sha256"] for f in faces}), "faces": faces}
+
+
+def noface_entry(sha256: str, locations: list[str], placed: list[str]) -> dict:
+    """A photo without a face (``noface[]``): canonical path, aliases, placed files."""
+    return {"sha256": sha256, "path": locations[0], "aliases": locations[1:], "files": placed}
+
+
+def error_entry(sha256: str, path: str, error: str) -> dict:
+    """An unreadable file (``errors[]``); ``sha256`` is "" when it could not be hashed."""
+    return {"sha256": sha256, "path": path, "error": error}
+
+
+def cluster_summary(persons: int, singletons: int, noface: int, errors: int, faces: int,
+                    missing_sources: int) -> dict:
+    return {"persons": persons, "singletons": singletons, "noface": noface, "errors": errors,
+            "faces": faces, "missing_sources": missing_sources}
+
+
+def cluster_manifest(head: dict, persons: list[dict], singletons: list[dict],
+                     noface: list[dict], errors: list[dict], missing: list[str],
+                     faces: int) -> dict:
+    """OUT/manifest.json of `cluster`: ``head`` (new_manifest, timing) and the groups;
+    ``missing``: source files that could not be placed (repeats counted in the summary)."""
+    return dict(head, summary=cluster_summary(len(persons), len(singletons), len(noface),
+                                              len(errors), faces, len(missing)),
+                persons=persons, singletons=singletons, noface=noface, errors=errors,
+                missing_sources=sorted(set(missing)))
+
+
+def faceset_entry(name: str, faces: list[dict]) -> dict:
+    """A faceset of the refine manifest's ``facesets[]``."""
+    images = [f["path"] for f in faces]
+    return {"name": name, "face_count": len(faces), "image_count": len(set(images)),
+            "alias_count": sum(len(f["aliases"]) for f in faces),
+            "images": sorted(set(images)), "faces": faces}
+
+
+def refine_manifest(head: dict, facesets: list[dict], faces_in: int, faces_kept: int,
+                    dropped: dict, timing: dict) -> dict:
+    """OUT/refine_manifest.json of `refine`."""
+    return dict(head, summary={"facesets": len(facesets), "faces_in": faces_in,
+                               "faces_kept": faces_kept, "dropped": dropped},
+                timing=timing, facesets=facesets)
+
+
+def raw_extended_record(when: str, threshold: float, faces_added: int, joined: dict,
+                        new_persons: list[str], singletons: int, noface: int,
+                        errors: int) -> dict:
+    """What `extend` added to a cluster manifest (an entry of its ``extended[]``)."""
+    return {"when": when, "threshold": threshold, "faces_added": faces_added,
+            "joined": joined, "new_persons": new_persons, "singletons": singletons,
+            "noface": noface, "errors": errors}
+
+
+def refine_extended_record(when: str, join_threshold: float, outlier_threshold: float,
+                           faces_added: int, joined: dict, new_facesets: list[str],
+                           dropped: dict, considered: list[str]) -> dict:
+    """What `extend` added to a refine manifest (an entry of its ``extended[]``);
+    ``considered``: the keys of every new face looked at, added or not."""
+    return {"when": when, "join_threshold": join_threshold,
+            "outlier_threshold": outlier_threshold, "faces_considered": len(considered),
+            "faces_added": faces_added, "joined": joined, "new_facesets": new_facesets,
+            "dropped": dropped, "considered": considered}
+
+
+def duplicates_report(head: dict, identical: list[dict], photo_groups: list[dict],
+                      face_groups: list[dict], photos: int, faces: int,
+                      seconds: float) -> dict:
+    """CACHE.duplicates.json of `dedup`."""
+    summary = {
+        "photos": photos, "faces": faces,
+        "identical_groups": len(identical),
+        "identical_extra_copies": sum(len(g["paths"]) - 1 for g in identical),
+        "near_photo_groups": len(photo_groups),
+        "near_photos": sum(len(g["photos"]) for g in photo_groups),
+        "near_face_groups": len(face_groups),
+        "seconds": seconds,
+    }
+    return dict(head, summary=summary, identical=identical, near_photos=photo_groups,
+                near_faces=face_groups)
+
+
+def audit_plan(run_id: str, queue: str, results: str, counts: dict, facesets: list[str],
+               drops: list[dict]) -> dict:
+    """OUT/.multiface_audit.plan.json: what an `audit-multiface apply` run is carrying out."""
+    return {"format": AUDIT_PLAN, "version": MANIFEST_VERSION, "run_id": run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "queue": queue,
+            "results": results, "counts": counts, "facesets": facesets, "drops": drops}
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
@@ -283,9 +394,6 @@ def centroid_of(manifest: dict, path: str | os.PathLike, dim: int | None):
                             f"{dim}; restore the file or re-run export-swap")
     v = np.asarray(c, dtype=np.float32)
     return v / (np.linalg.norm(v) or 1.0)
-
-
-MANIFEST_NAMES = ("manifest.json", "refine_manifest.json")
 
 
 def holds_face_sets_manifest(folder: Path) -> bool:

@@ -8,6 +8,7 @@ names, its two ``.fsz`` bundles, and the listing of a faceset in the top-level m
   OUT/faceset_NNN/manifest.json            kept faces (+ quality), dropped faces (+ reason)
   OUT/faceset_NNN/NAME.txt                 for the operator (kept across re-runs)
   OUT/faceset_NNN/previews/top_grid.jpg    contact sheet of the top crops
+  OUT/_candidates/to_faceset_NNN/, new_NNN/, manifest.json   review crops (--candidates)
   OUT/manifest.json                        every faceset; maintenance sections
 export-swap writes these folders; maintenance steps (audit-multiface, and the identity
 operations) change them through ``rebuild_bundles`` and ``refresh_listing``.
@@ -22,15 +23,15 @@ from typing import Callable
 
 from ..io.fsutil import remove_temp_files
 from .bundle import write_fsz
-from .manifest import (SWAP_FACESET_MANIFEST, SWAP_MANIFEST, load_manifest, safe_member_path,
-                       write_manifest)
+from .manifest import (MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
+                       load_manifest, safe_member_path, write_manifest)
 
 FACES_DIR = "faces"
 DROPPED_DIR = "_dropped"                 # faces/_dropped/: PNGs a maintenance step took out
 PREVIEW = "previews/top_grid.jpg"
 NAME_FILE = "NAME.txt"
 NAME_TEMPLATE = "# Write this person's name on the first line; it is kept across re-runs.\n"
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST_FILE            # OUT/manifest.json, OUT/faceset_NNN/manifest.json
 CANDIDATES_DIR = "_candidates"
 # audit-multiface: its dropped[] reason and its provenance section in the top-level manifest
 MULTIFACE_AUDIT = "multiface_audit"
@@ -62,7 +63,8 @@ def write_bundles(faceset_dir: Path, manifest: dict) -> None:
 # what atomic_write leaves behind when a kill interrupts a bundle or manifest write
 BUNDLE_FILE = re.compile(r"faceset_[0-9]{3,}_(top[0-9]+|all)\.fsz")
 
-FACESET_FILES = re.compile(rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
+FACESET_FILES = re.compile(
+    rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")
 
 
 def remove_faceset_temps(faceset_dir: Path) -> None:
@@ -107,6 +109,76 @@ def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles
          "removed": [f["key"] for f in gone], "kept": len(kept)})
     write_manifest(faceset_dir / MANIFEST_NAME, manifest)
     return manifest
+
+
+# ---- bodies: export-swap writes them; maintenance steps change them -----------------------
+def faceset_manifest(head: dict, name: str, source_faceset: str, run: str, top_n: int,
+                     centroid, faces: list[dict], dropped: list[dict], faces_in: int,
+                     kept_audit_drops: list[str]) -> dict:
+    """OUT/faceset_NNN/manifest.json as export-swap writes it (``write_bundles`` adds its
+    ``bundles``); ``kept_audit_drops``: keys of faces an earlier audit dropped, kept dropped
+    (recorded in ``history``)."""
+    history = [{"step": "export-swap", "when": head["created"], "run": run,
+                "kept_audit_drops": kept_audit_drops}] if kept_audit_drops else []
+    counts: dict[str, int] = {}
+    for e in dropped:
+        counts[e["reason"]] = counts.get(e["reason"], 0) + 1
+    return dict(head, name=name, source_faceset=source_faceset, run=run, top_n=top_n,
+                centroid=[round(float(v), 6) for v in centroid], faces=faces, dropped=dropped,
+                history=history,
+                summary={"faces_in": faces_in, "kept": len(faces), "dropped": counts})
+
+
+def candidates_manifest(head: dict, run: str, candidates: dict) -> dict:
+    """OUT/_candidates/manifest.json: the review folders of ``--candidates``."""
+    return dict(head, format=SWAP_MANIFEST, run=run, candidates=candidates)
+
+
+def swap_manifest(head: dict, run: str, refine_manifest: str, listing: list[dict],
+                  candidates: dict, sections: dict[str, list], faces_in: int,
+                  dropped: dict[str, int], crops: int, decoded: int, seconds: float) -> dict:
+    """OUT/manifest.json as export-swap writes it: every faceset's listing, the candidates,
+    and the maintenance ``sections`` (kept from the previous export)."""
+    top = dict(head, format=SWAP_MANIFEST, run=run, refine_manifest=refine_manifest)
+    top["summary"] = {
+        "facesets": len(listing), "faces_in": faces_in,
+        "faces_kept": sum(e["faces"] for e in listing), "dropped": dropped,
+        "crops": crops, "sources_decoded": decoded,
+        "candidates_to": sum(len(v) for v in candidates["to"].values()),
+        "candidates_new": len(candidates["new"]),
+        "seconds": seconds}
+    top["facesets"] = listing
+    top["candidates"] = candidates
+    for k in MAINTENANCE_SECTIONS:
+        top[k] = sections.get(k, [])
+    return top
+
+
+def maintenance_sections(out: str | os.PathLike) -> dict[str, list]:
+    """The maintenance sections of the top-level manifest in ``out`` ({} when there is none
+    or it is unreadable): a re-export keeps them."""
+    path = Path(out) / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        prev = load_manifest(path, SWAP_MANIFEST)
+    except (ManifestError, ValueError):
+        return {}
+    return {k: prev.get(k, []) for k in MAINTENANCE_SECTIONS}
+
+
+def multiface_audit_record(run: str, step: str, queue: str, results: str, checked: int,
+                           dropped: dict[str, int], unreadable: int, unchecked: int,
+                           changed: int) -> dict:
+    """An audit-multiface run's entry in the top-level manifest's ``multiface_audit[]``;
+    ``dropped``: PNGs dropped per faceset."""
+    return {
+        "run": run, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
+        "why": "face PNG did not show exactly one face on re-detection (0 or 2+); moved to "
+               "<faceset>/faces/_dropped/",
+        "queue": queue, "results": results, "checked": checked,
+        "dropped": sum(dropped.values()), "by_faceset": {k: v for k, v in dropped.items() if v},
+        "unreadable": unreadable, "unchecked": unchecked, "changed_since_staging": changed}
 
 
 def faceset_listing(manifest: dict) -> dict:

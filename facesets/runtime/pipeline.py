@@ -14,17 +14,16 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..formats.cache import FaceCache, cache_exists, load_cache
-from ..io.fsutil import atomic_write_json, read_json, sha256_file
+from ..formats.runstate import STATE_FILE, RunState
+from ..io.fsutil import sha256_file
 
-STATE_FILE = "run_state.json"
-STATE_VERSION = 1
 STEPS = ("embed", "cluster", "refine", "dedup", "enrich", "export-swap")
 # columns enrich adds: only export-swap (quality) reads them
 ENRICHED = ("pose", "pose_method", "landmark_2d_106", "landmark_3d_68")
@@ -107,29 +106,6 @@ def listing_digest(paths: list[str]) -> str:
 
 def file_digest(path: Path) -> str:
     return sha256_file(path) if path.is_file() else "missing"
-
-
-@dataclass
-class RunState:
-    path: Path
-    steps: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> "RunState":
-        if not path.is_file():
-            return cls(path)
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            return cls(path)   # unknown state: redo everything (every step is idempotent)
-        return cls(path, dict(data.get("steps", {})))
-
-    def done(self, step: str, inputs: str) -> bool:
-        return self.steps.get(step, {}).get("inputs") == inputs
-
-    def finish(self, step: str, inputs: str, summary: dict) -> None:
-        self.steps[step] = {"inputs": inputs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            "summary": summary}
-        atomic_write_json(self.path, {"version": STATE_VERSION, "steps": self.steps})
 
 
 @dataclass

@@ -17,17 +17,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..formats.manifest import (AUDIT_PLAN, FACE_PNG, FACESET_NAME, SWAP_FACESET_MANIFEST,
-                                SWAP_MANIFEST, ManifestError, load_manifest, safe_member_path)
+from ..formats.manifest import (AUDIT_PLAN, AUDIT_PLAN_FILE, FACE_PNG, FACESET_NAME,
+                                SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, audit_plan,
+                                load_manifest, safe_member_path)
 from ..formats.queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
                              new_queue, read_jsonl, validate_multiface_results, write_queue)
 from ..formats.swapset import (DROPPED_DIR, FACES_DIR, MANIFEST_NAME, MULTIFACE_AUDIT,
-                               rebuild_bundles, refresh_listing, remove_faceset_temps)
+                               multiface_audit_record, rebuild_bundles, refresh_listing,
+                               remove_faceset_temps)
 from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, remove_temp_files, sha256_file
 from ..io.imageio import ImageError, decode, read_header
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
@@ -158,8 +159,7 @@ def make_multiface_job(queue: dict, args, mapper):
 #      record names the run); then the plan file is removed.
 # A killed apply is finished by the next one; an apply of a run already recorded changes
 # nothing.
-PLAN_NAME = ".multiface_audit.plan.json"
-_OUT_FILES = re.compile(f"{re.escape(PLAN_NAME)}|{re.escape(MANIFEST_NAME)}")
+_OUT_FILES = re.compile(f"{re.escape(AUDIT_PLAN_FILE)}|{re.escape(MANIFEST_NAME)}")
 
 
 @dataclass
@@ -208,10 +208,8 @@ class AuditPlan:
                 "already_gone": len(self.gone)}
 
     def to_json(self) -> dict:
-        return {"format": AUDIT_PLAN, "version": 1, "run_id": self.run_id,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "queue": self.queue,
-                "results": self.results, "counts": self.counts(), "facesets": self.facesets(),
-                "drops": [vars(d) for d in self.drops]}
+        return audit_plan(self.run_id, self.queue, self.results, self.counts(),
+                          self.facesets(), [vars(d) for d in self.drops])
 
 
 def _run_id(queue_path: str, results_path: str) -> str:
@@ -291,7 +289,7 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
 
 def load_pending(export: Path) -> AuditPlan | None:
     """The plan a killed apply left in ``export``, or None."""
-    path = export / PLAN_NAME
+    path = export / AUDIT_PLAN_FILE
     if not path.is_file():
         return None
     m = load_manifest(path, AUDIT_PLAN)
@@ -341,10 +339,10 @@ def apply_audit(plan: AuditPlan, log: Callable[[str], None] = print) -> dict:
     pending = load_pending(plan.export)
     if pending is not None:
         if pending.run_id != plan.run_id:
-            raise ManifestError(f"{plan.export / PLAN_NAME}: the interrupted audit run "
+            raise ManifestError(f"{plan.export / AUDIT_PLAN_FILE}: the interrupted audit run "
                                 f"{pending.run_id} is not finished; run apply again")
         return _execute(pending, log)
-    atomic_write_json(plan.export / PLAN_NAME, plan.to_json())
+    atomic_write_json(plan.export / AUDIT_PLAN_FILE, plan.to_json())
     return _execute(plan, log)
 
 
@@ -371,20 +369,15 @@ def _execute(plan: AuditPlan, log: Callable[[str], None]) -> dict:
         dropped[name] = sum(1 for e in manifest["dropped"]
                             if e.get("audit_run") == plan.run_id and e["reason"] == REASON)
         log(f"{name}: dropped {dropped[name]}, kept {len(manifest['faces'])}; bundles rebuilt")
-    record = {
-        "run": plan.run_id, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": STEP,
-        "why": "face PNG did not show exactly one face on re-detection (0 or 2+); moved to "
-               "<faceset>/faces/_dropped/",
-        "queue": plan.queue, "results": plan.results, "checked": plan.checked,
-        "dropped": sum(dropped.values()), "by_faceset": {k: v for k, v in dropped.items() if v},
-        "unreadable": len(plan.unreadable), "unchecked": len(plan.unchecked),
-        "changed_since_staging": len(plan.changed)}
+    record = multiface_audit_record(plan.run_id, STEP, plan.queue, plan.results, plan.checked,
+                                    dropped, len(plan.unreadable), len(plan.unchecked),
+                                    len(plan.changed))
 
     def add_record(top: dict) -> None:
         if not any(r.get("run") == plan.run_id for r in top.get(SECTION, [])):
             top.setdefault(SECTION, []).append(record)
 
     refresh_listing(out, list(by_faceset), add_record)
-    (out / PLAN_NAME).unlink(missing_ok=True)
+    (out / AUDIT_PLAN_FILE).unlink(missing_ok=True)
     fsync_dir(out)
     return _recorded(out, plan.run_id) or record

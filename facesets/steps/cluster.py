@@ -17,15 +17,17 @@ from tqdm import tqdm
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
 from ..engine import cluster_faces
 from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
-from ..formats.manifest import (CLUSTER_MANIFEST, is_face_sets_output, new_manifest, start_output,
-                                write_manifest)
+from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, cluster_manifest,
+                                error_entry, is_face_sets_output, new_manifest, noface_entry,
+                                person_entry, start_output, write_manifest)
 from ..io.fsutil import replace_dir
 from ..io.materialize import place_all
 
 
 def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarray, out: Path,
                          link: str, manifest: dict) -> dict:
-    """Materialise persons / singletons / noface and the manifest, then swap ``out`` in."""
+    """Materialise persons / singletons / noface and the manifest (``manifest``: its head),
+    then swap ``out`` in. Returns the manifest."""
     out = Path(out)
     stage = start_output(out)
     persons, singletons, missing = [], [], []
@@ -39,9 +41,7 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
                 placed, miss = place_all(sel.locations[sel.sha256[i]], stage / name, link)
                 missing += miss
                 entries.append(entry_for(cache, sel, i, placed))
-            persons.append({"name": name, "face_count": len(members),
-                            "image_count": len({e["sha256"] for e in entries}),
-                            "faces": entries})
+            persons.append(person_entry(name, entries))
         else:
             i = members[0]
             placed, miss = place_all(sel.locations[sel.sha256[i]], stage / "_singletons", link)
@@ -56,21 +56,15 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
         if status == STATUS_NOFACE:
             placed, miss = place_all(locations[sha], stage / "_noface", link)
             missing += miss
-            noface.append({"sha256": sha, "path": locations[sha][0],
-                           "aliases": locations[sha][1:], "files": placed})
+            noface.append(noface_entry(sha, locations[sha], placed))
         elif status == STATUS_ERROR:
-            errors.append({"sha256": sha, "path": path, "error": err})
+            errors.append(error_entry(sha, path, err))
     for path, err in zip(cache.paths["path"].tolist(), cache.paths["error"].tolist()):
         if err:
-            errors.append({"sha256": "", "path": path, "error": err})
-    manifest.update({
-        "summary": {"persons": len(persons), "singletons": len(singletons),
-                    "noface": len(noface), "errors": len(errors),
-                    "faces": int(len(sel)), "missing_sources": len(missing)},
-        "persons": persons, "singletons": singletons, "noface": noface, "errors": errors,
-        "missing_sources": sorted(set(missing)),
-    })
-    write_manifest(stage / "manifest.json", manifest)
+            errors.append(error_entry("", path, err))
+    manifest = cluster_manifest(manifest, persons, singletons, noface, errors, missing,
+                                int(len(sel)))
+    write_manifest(stage / CLUSTER_MANIFEST_FILE, manifest)
     replace_dir(stage, out, is_ours=is_face_sets_output)
     return manifest
 

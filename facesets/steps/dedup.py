@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -25,12 +24,8 @@ from ..core.near import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, component
                          relative_sizes, same_relative_size)
 from ..core.selection import FaceSelection, entry_for, select_faces
 from ..formats.cache import FaceCache, load_cache
-from ..formats.manifest import DUPLICATES_MANIFEST, new_manifest, write_manifest
-
-
-def duplicates_path(cache_path: str | os.PathLike) -> Path:
-    """Where dedup writes its report for a cache: ``CACHE.duplicates.json``."""
-    return Path(os.fspath(cache_path) + ".duplicates.json")
+from ..formats.manifest import (DUPLICATES_MANIFEST, duplicates_path, duplicates_report,
+                                new_manifest, write_manifest)
 
 
 def identical_groups(cache: FaceCache) -> list[dict]:
@@ -78,19 +73,11 @@ def run_dedup(cache_path: str | os.PathLike, max_distance: float = DEFAULT_MAX_D
     sel = select_faces(cache)
     identical = identical_groups(cache)
     face_groups, photo_groups = near_groups(cache, sel, max_distance, size_tolerance, progress)
-    report = new_manifest(DUPLICATES_MANIFEST, os.fspath(cache_path), cache.meta,
-                          {"max_distance": max_distance, "size_tolerance": size_tolerance})
-    summary = {
-        "photos": len(cache.locations()), "faces": len(sel),
-        "identical_groups": len(identical),
-        "identical_extra_copies": sum(len(g["paths"]) - 1 for g in identical),
-        "near_photo_groups": len(photo_groups),
-        "near_photos": sum(len(g["photos"]) for g in photo_groups),
-        "near_face_groups": len(face_groups),
-        "seconds": round(time.monotonic() - t0, 2),
-    }
-    report.update({"summary": summary, "identical": identical, "near_photos": photo_groups,
-                   "near_faces": face_groups})
+    head = new_manifest(DUPLICATES_MANIFEST, os.fspath(cache_path), cache.meta,
+                        {"max_distance": max_distance, "size_tolerance": size_tolerance})
+    report = duplicates_report(head, identical, photo_groups, face_groups,
+                               len(cache.locations()), len(sel),
+                               round(time.monotonic() - t0, 2))
     out = duplicates_path(cache_path)
     write_manifest(out, report)
-    return dict(summary, report=str(out))
+    return dict(report["summary"], report=str(out))

@@ -1,14 +1,7 @@
 """``export-swap``: swap-ready facesets (ranked single-face PNG crops + ``.fsz`` bundles).
 
-Layout of OUT (docs/manifest-format.md, "Swap-ready export"):
-  OUT/faceset_NNN/faces/000.png ...        crops, named by rank (000 best)
-  OUT/faceset_NNN/faceset_NNN_top{N}.fsz   the N best, as 0.png, 1.png, ...
-  OUT/faceset_NNN/faceset_NNN_all.fsz      every kept crop, in rank order
-  OUT/faceset_NNN/manifest.json            kept faces (+ quality), dropped faces (+ reason)
-  OUT/faceset_NNN/NAME.txt                 for the operator (kept across re-runs)
-  OUT/faceset_NNN/previews/top_grid.jpg    contact sheet of the top crops
-  OUT/_candidates/to_faceset_NNN/, new_NNN/ (with --candidates)
-  OUT/manifest.json                        every faceset; written last
+Layout of OUT and every manifest body: formats/swapset.py (docs/manifest-format.md,
+"Swap-ready export"); with --candidates also OUT/_candidates/to_faceset_NNN/, new_NNN/.
 Every faceset is built in a staging folder and swapped in whole (fsutil.replace_dir).
 """
 from __future__ import annotations
@@ -33,12 +26,13 @@ from ..core.selection import FaceSelection, entry_for, groups_by_label, select_f
 from ..engine import assign_nearest, cluster_faces, normalize_rows
 from ..formats.cache import FaceCache, load_cache
 from ..formats.manifest import (CLUSTER_MANIFEST, FACESET_NAME, REFINE_MANIFEST,
-                                SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
-                                is_face_sets_output, load_manifest, new_manifest, safe_member_path,
-                                staging_dir, write_manifest)
-from ..formats.swapset import (CANDIDATES_DIR, DROPPED_DIR, FACES_DIR, MAINTENANCE_SECTIONS,
-                               MANIFEST_NAME, MULTIFACE_AUDIT, NAME_FILE, NAME_TEMPLATE, PREVIEW,
-                               faceset_listing, write_bundles)
+                                SWAP_FACESET_MANIFEST, ManifestError, is_face_sets_output,
+                                load_manifest, new_manifest, safe_member_path, staging_dir,
+                                write_manifest)
+from ..formats.swapset import (CANDIDATES_DIR, DROPPED_DIR, FACES_DIR, MANIFEST_NAME,
+                               MULTIFACE_AUDIT, NAME_FILE, NAME_TEMPLATE, PREVIEW,
+                               candidates_manifest, faceset_listing, faceset_manifest,
+                               maintenance_sections, swap_manifest, write_bundles)
 from ..io.fsutil import atomic_write_bytes, replace_dir
 from ..io.imageio import ImageError, decode, read_header, scale_for
 
@@ -444,18 +438,11 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
         name, stage = fs["name"], stage_of[fs["name"]]
         kept, crop_dropped = finish_folder(stage, by_target.get(name, []))
         carried = carry_dropped(stage, fs["audited"], out / name, carried_from)
-        dropped = fs["dropped"] + crop_dropped + carried
-        history = [{"step": "export-swap", "when": head["created"], "run": run_id,
-                    "kept_audit_drops": [e["key"] for e in carried]}] if carried else []
-        m = dict(head, name=name, source_faceset=fs["source_faceset"], run=run_id,
-                 top_n=params.top_n,
-                 centroid=[round(float(v), 6) for v in fs["centroid"]],
-                 faces=kept, dropped=dropped, history=history)
-        counts: dict[str, int] = {}
-        for e in dropped:
-            counts[e["reason"]] = counts.get(e["reason"], 0) + 1
-            dropped_total[e["reason"]] = dropped_total.get(e["reason"], 0) + 1
-        m["summary"] = {"faces_in": fs["faces_in"], "kept": len(kept), "dropped": counts}
+        m = faceset_manifest(head, name, fs["source_faceset"], run_id, params.top_n,
+                             fs["centroid"], kept, fs["dropped"] + crop_dropped + carried,
+                             fs["faces_in"], [e["key"] for e in carried])
+        for reason, n in m["summary"]["dropped"].items():
+            dropped_total[reason] = dropped_total.get(reason, 0) + n
         (stage / FACES_DIR).mkdir(exist_ok=True)
         write_bundles(stage, m)
         contact_sheet([stage / e["file"] for e in kept[:params.top_n]], stage / PREVIEW)
@@ -474,32 +461,14 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
                 candidates["to"][target[3:]] = kept
             elif kept:
                 candidates["new"].append({"name": target, "faces": kept})
-        write_manifest(cand_stage / MANIFEST_NAME, dict(head, format=SWAP_MANIFEST, run=run_id,
-                                                        candidates=candidates))
+        write_manifest(cand_stage / MANIFEST_NAME, candidates_manifest(head, run_id, candidates))
         replace_dir(cand_stage, out / CANDIDATES_DIR, is_ours=is_face_sets_output)
-    top = dict(head, format=SWAP_MANIFEST, run=run_id,
-               refine_manifest=os.path.abspath(refine_manifest))
-    old_top = out / MANIFEST_NAME
-    carried = {}
-    if old_top.is_file():
-        try:
-            prev = load_manifest(old_top, SWAP_MANIFEST)
-            carried = {k: prev.get(k, []) for k in MAINTENANCE_SECTIONS}
-        except (ManifestError, ValueError):
-            carried = {}
-    top["summary"] = {
-        "facesets": len(listing), "faces_in": sum(fs["faces_in"] for fs in facesets),
-        "faces_kept": sum(e["faces"] for e in listing), "dropped": dropped_total,
-        "crops": sum(1 for pl in plans if pl.crop and pl.crop.reason == ""),
-        "sources_decoded": decoded, "candidates_to": sum(len(v) for v in
-                                                         candidates["to"].values()),
-        "candidates_new": len(candidates["new"]),
-        "seconds": round(time.monotonic() - t0, 2)}
-    top["facesets"] = listing
-    top["candidates"] = candidates
-    for k in MAINTENANCE_SECTIONS:
-        top[k] = carried.get(k, [])
-    write_manifest(old_top, top)
+    top = swap_manifest(head, run_id, os.path.abspath(refine_manifest), listing, candidates,
+                        maintenance_sections(out), sum(fs["faces_in"] for fs in facesets),
+                        dropped_total,
+                        sum(1 for pl in plans if pl.crop and pl.crop.reason == ""), decoded,
+                        round(time.monotonic() - t0, 2))
+    write_manifest(out / MANIFEST_NAME, top)
     keep = set(names) | ({CANDIDATES_DIR} if params.candidates else set())
     for d in out.iterdir():
         stale_faceset = d.name.startswith("faceset_") and d.name not in keep

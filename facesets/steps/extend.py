@@ -35,13 +35,14 @@ from ..core.selection import FaceSelection, entry_for, groups_by_label, select_f
 from ..core.thresholds import resolve_threshold, threshold_source
 from ..engine import assign_nearest, centroids, cluster_faces
 from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
-from ..formats.manifest import (CLUSTER_MANIFEST, FACESET_NAME, PERSON_NAME, REFINE_MANIFEST,
-                                ManifestError, load_manifest, write_manifest)
+from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, FACESET_NAME, PERSON_NAME,
+                                REFINE_MANIFEST, REFINE_MANIFEST_FILE, ManifestError,
+                                cluster_summary, error_entry, faceset_entry, load_manifest,
+                                noface_entry, person_entry, raw_extended_record,
+                                refine_extended_record, write_manifest)
 from ..io.fsutil import remove_temp_files
 from ..io.materialize import FLAT_NAME, place_all
 
-RAW_MANIFEST_NAME = "manifest.json"
-REFINE_MANIFEST_NAME = "refine_manifest.json"
 RAW_GROUPS = re.compile(rf"{PERSON_NAME.pattern}|_singletons|_noface")
 
 
@@ -123,13 +124,12 @@ def _new_photos(cache: FaceCache, sel: FaceSelection, manifest: dict, out: Path,
         if status == STATUS_NOFACE and sha not in known_noface:
             placed, miss = place_all(locs, out / "_noface", link)
             missing += miss
-            noface.append({"sha256": sha, "path": locs[0], "aliases": locs[1:],
-                           "files": placed})
+            noface.append(noface_entry(sha, locs, placed))
         elif status == STATUS_ERROR and (sha, path) not in known_errors:
-            errors.append({"sha256": sha, "path": path, "error": err})
+            errors.append(error_entry(sha, path, err))
     for path, err in zip(cache.paths["path"].tolist(), cache.paths["error"].tolist()):
         if err and ("", path) not in known_errors:
-            errors.append({"sha256": "", "path": path, "error": err})
+            errors.append(error_entry("", path, err))
     return noface, errors
 
 
@@ -151,8 +151,7 @@ def extend_raw(cache: FaceCache, sel: FaceSelection, manifest: dict, out: Path,
         added[person["name"]] = added.get(person["name"], 0) + 1
     for person in persons:
         if person["name"] in added:
-            person["face_count"] = len(person["faces"])
-            person["image_count"] = len({f["sha256"] for f in person["faces"]})
+            person.update(person_entry(person["name"], person["faces"]))
     rest = new[joined < 0]
     labels = cluster_faces(sel.embeddings[rest], threshold, sel.cannot_link(rest), engine)
     number = next_number([p["name"] for p in persons], "person")
@@ -162,8 +161,7 @@ def extend_raw(cache: FaceCache, sel: FaceSelection, manifest: dict, out: Path,
             name = f"person_{number:03d}"
             number += 1
             faces = [_place(cache, sel, i, out / name, link, missing) for i in rest[members]]
-            persons.append({"name": name, "face_count": len(faces),
-                            "image_count": len({f["sha256"] for f in faces}), "faces": faces})
+            persons.append(person_entry(name, faces))
             new_persons.append(name)
         else:
             singletons.append(_place(cache, sel, rest[members[0]], out / "_singletons", link,
@@ -173,13 +171,12 @@ def extend_raw(cache: FaceCache, sel: FaceSelection, manifest: dict, out: Path,
     manifest.setdefault("errors", []).extend(errors)
     manifest["missing_sources"] = sorted(set(manifest.get("missing_sources", [])) | set(missing))
     summary = manifest.setdefault("summary", {})
-    summary.update({"persons": len(persons), "singletons": len(manifest["singletons"]),
-                    "noface": len(manifest["noface"]), "errors": len(manifest["errors"]),
-                    "faces": int(summary.get("faces", 0)) + len(new),
-                    "missing_sources": len(manifest["missing_sources"])})
-    record = {"when": when, "threshold": threshold, "faces_added": int(len(new)),
-              "joined": added, "new_persons": new_persons, "singletons": len(singletons),
-              "noface": len(noface), "errors": len(errors)}
+    summary.update(cluster_summary(len(persons), len(manifest["singletons"]),
+                                   len(manifest["noface"]), len(manifest["errors"]),
+                                   int(summary.get("faces", 0)) + len(new),
+                                   len(manifest["missing_sources"])))
+    record = raw_extended_record(when, threshold, int(len(new)), added, new_persons,
+                                 len(singletons), len(noface), len(errors))
     manifest.setdefault("extended", []).append(record)
     return record
 
@@ -232,27 +229,21 @@ def extend_refine(cache: FaceCache, sel: FaceSelection, manifest: dict, out: Pat
         number += 1
         faces = [_place(cache, sel, i, out / name, link, missing)
                  for i in rest[np.flatnonzero(valid)[members]]]
-        facesets.append({"name": name, "face_count": 0, "image_count": 0, "alias_count": 0,
-                         "images": [], "faces": faces})
+        facesets.append(faceset_entry(name, faces))
         new_sets.append(name)
         added[name] = len(faces)
     for fs in facesets:
         if fs["name"] in added:
-            images = [f["path"] for f in fs["faces"]]
-            fs.update({"face_count": len(fs["faces"]), "image_count": len(set(images)),
-                       "alias_count": sum(len(f["aliases"]) for f in fs["faces"]),
-                       "images": sorted(set(images))})
+            fs.update(faceset_entry(fs["name"], fs["faces"]))
     kept = sum(added.values())
     summary = manifest.setdefault("summary", {})
     summary.update({"facesets": len(facesets),
                     "faces_in": int(summary.get("faces_in", 0)) + len(new),
                     "faces_kept": int(summary.get("faces_kept", 0)) + kept})
-    record = {"when": when, "join_threshold": params.initial_threshold,
-              "outlier_threshold": params.outlier_threshold, "faces_considered": int(len(new)),
-              "faces_added": kept, "joined": {k: v for k, v in added.items()
-                                              if k not in new_sets},
-              "new_facesets": new_sets, "dropped": dropped,
-              "considered": [str(sel.keys[i]) for i in new]}
+    record = refine_extended_record(
+        when, params.initial_threshold, params.outlier_threshold, kept,
+        {k: v for k, v in added.items() if k not in new_sets}, new_sets, dropped,
+        [str(sel.keys[i]) for i in new])
     manifest.setdefault("extended", []).append(record)
     return record
 
@@ -271,13 +262,13 @@ def run_extend(cache: FaceCache, cache_path: str, raw_out: Path, refine_out: Pat
     """The whole ``extend`` command. Returns {"threshold", "threshold_source", "raw",
     "refine"} with the records of what was added (None where nothing was)."""
     raw_out = Path(raw_out)
-    raw_path = raw_out / RAW_MANIFEST_NAME
+    raw_path = raw_out / CLUSTER_MANIFEST_FILE
     raw = load_manifest(raw_path, CLUSTER_MANIFEST)
-    refine_path = Path(refine_out) / REFINE_MANIFEST_NAME if refine_out else None
+    refine_path = Path(refine_out) / REFINE_MANIFEST_FILE if refine_out else None
     refine = load_manifest(refine_path, REFINE_MANIFEST) if refine_path else None
-    remove_partial_writes(raw_out, RAW_MANIFEST_NAME, RAW_GROUPS)
+    remove_partial_writes(raw_out, CLUSTER_MANIFEST_FILE, RAW_GROUPS)
     if refine_path:
-        remove_partial_writes(Path(refine_out), REFINE_MANIFEST_NAME, FACESET_NAME)
+        remove_partial_writes(Path(refine_out), REFINE_MANIFEST_FILE, FACESET_NAME)
     for path, m in ((raw_path, raw), (refine_path, refine)):
         if m is not None and m.get("model_id") and cache.meta.get("model_id") \
                 and m["model_id"] != cache.meta["model_id"]:

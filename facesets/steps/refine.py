@@ -20,7 +20,8 @@ from tqdm import tqdm
 from ..core.refinement import RefineParams, RefineResult, refine_labels
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
 from ..formats.cache import FaceCache
-from ..formats.manifest import (REFINE_MANIFEST, is_face_sets_output, new_manifest, start_output,
+from ..formats.manifest import (REFINE_MANIFEST, REFINE_MANIFEST_FILE, faceset_entry,
+                                is_face_sets_output, new_manifest, refine_manifest, start_output,
                                 write_manifest)
 from ..io.fsutil import replace_dir
 from ..io.materialize import place_all
@@ -35,22 +36,15 @@ def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult,
     idx = np.flatnonzero(valid)
     groups = groups_by_label(res.labels[valid]) if valid.any() else []
     for members in tqdm(groups, desc="placing photos", unit="faceset", disable=None):
-        members = idx[members]
         name = f"faceset_{len(facesets):03d}"
-        entries, images, aliases = [], [], 0
-        for i in members:
-            locs = sel.locations[sel.sha256[i]]
-            placed, _ = place_all(locs, stage / name, link)
+        entries = []
+        for i in idx[members]:
+            placed, _ = place_all(sel.locations[sel.sha256[i]], stage / name, link)
             entries.append(entry_for(cache, sel, i, placed))
-            images.append(locs[0])
-            aliases += len(locs) - 1
-        facesets.append({"name": name, "face_count": len(members),
-                         "image_count": len(set(images)), "alias_count": aliases,
-                         "images": sorted(set(images)), "faces": entries})
-    manifest.update({"summary": {"facesets": len(facesets), "faces_in": int(len(sel)),
-                                 "faces_kept": int(valid.sum()), "dropped": res.dropped},
-                     "timing": res.timing, "facesets": facesets})
-    write_manifest(stage / "refine_manifest.json", manifest)
+        facesets.append(faceset_entry(name, entries))
+    manifest = refine_manifest(manifest, facesets, int(len(sel)), int(valid.sum()),
+                               res.dropped, res.timing)
+    write_manifest(stage / REFINE_MANIFEST_FILE, manifest)
     replace_dir(stage, out, is_ours=is_face_sets_output)
     return manifest
 

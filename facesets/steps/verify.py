@@ -17,6 +17,7 @@ import numpy as np
 from ..backends.base import FaceBackend
 from ..formats.bundle import read_fsz
 from ..formats.manifest import SWAP_FACESET_MANIFEST, ManifestError, centroid_of, load_manifest
+from ..formats.swapset import MANIFEST_NAME
 from ..io.imageio import DEFAULT_MAX_PIXELS, ImageError, decode, read_header
 
 
@@ -44,7 +45,7 @@ class BundleReport:
 
 def bundle_centroid(path: Path, model_id: str, dim: int | None) -> tuple[np.ndarray | None, str]:
     """The centroid of the faceset a bundle belongs to, if its manifest is beside it."""
-    manifest = path.parent / "manifest.json"
+    manifest = path.parent / MANIFEST_NAME
     if not manifest.is_file():
         return None, "no faceset manifest beside the bundle"
     try:
