@@ -4,22 +4,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..backends.insightface_backend import DEFAULT_MODEL, DEFAULT_MODEL_ROOT
+from ..backends import DEFAULT_DET_SIZE, backend_class
 from ..engine import ENGINES
 from ..io.materialize import LINK_MODES
+
+BACKEND = backend_class()   # the default backend: its model pack and model folder
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL,
+    g.add_argument("--model", default=BACKEND.DEFAULT_MODEL,
                    help="InsightFace model pack name, or a folder of its ONNX files "
-                        f"(default {DEFAULT_MODEL})")
+                        f"(default {BACKEND.DEFAULT_MODEL})")
     g.add_argument("--model-root", default=None,
-                   help=f"folder holding models/<name>/ (default {DEFAULT_MODEL_ROOT})")
+                   help=f"folder holding models/<name>/ (default {BACKEND.DEFAULT_MODEL_ROOT})")
     g.add_argument("--providers", default=None,
                    help="ONNX Runtime providers, comma-separated (default: the best "
                         "available of DirectML, CUDA, CoreML, CPU)")
-    g.add_argument("--det-size", type=int, default=640, help="detector input size (640)")
+    g.add_argument("--det-size", type=int, default=DEFAULT_DET_SIZE,
+                   help=f"detector input size ({DEFAULT_DET_SIZE})")
 
 
 def backend_loader(args):
