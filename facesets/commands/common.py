@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
 from ..backends import DEFAULT_DET_SIZE, backend_class
-from ..engine import ENGINES
-from ..io.materialize import LINK_MODES
+from ..engine import ENGINES, cluster_faces
+from ..io.materialize import LINK_MODES, place
 
 BACKEND = backend_class()   # the default backend: its model pack and model folder
+
+
+def defaults(fn) -> dict:
+    """Default value of each keyword parameter of ``fn`` (a function or a dataclass): a
+    command's defaults are read from the step it runs, never written twice."""
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -34,13 +42,15 @@ def backend_loader(args):
 
 
 def add_engine_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default="auto", choices=["auto"] + sorted(ENGINES),
+    p.add_argument("--engine", default=defaults(cluster_faces)["engine"],
+                   choices=["auto"] + sorted(ENGINES),
                    help="clustering engine (auto: by number of faces)")
 
 
 def add_link_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--link", default="copy", choices=LINK_MODES,
-                   help="how photos are placed in output folders (default copy)")
+    link = defaults(place)["link"]
+    p.add_argument("--link", default=link, choices=LINK_MODES,
+                   help=f"how photos are placed in output folders (default {link})")
 
 
 def add_progress_option(p: argparse.ArgumentParser) -> None:

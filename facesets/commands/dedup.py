@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from ..runtime.pipeline import RunLayout, Step, cache_inputs
 from ..steps.dedup import duplicates_path, run_dedup
-from .common import add_progress_option, say
-from .options import defaults
+from .common import add_progress_option, defaults, say
 
 DEDUP = defaults(run_dedup)
 

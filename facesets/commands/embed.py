@@ -28,8 +28,11 @@ def register(sub) -> None:
     add_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
                    help=f"write progress to the cache every N files ({DEFAULT_FLUSH_EVERY})")
-    p.add_argument("--workers", type=int, default=2,
-                   help="threads reading and decoding ahead of inference (2)")
+    from .common import defaults
+
+    workers = defaults(embed_folder)["workers"]
+    p.add_argument("--workers", type=int, default=workers,
+                   help=f"threads reading and decoding ahead of inference ({workers})")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="larger images are recorded as errors (decompression bombs)")
     g = p.add_mutually_exclusive_group()

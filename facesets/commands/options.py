@@ -3,21 +3,13 @@ step Params built from them. Every default is read from the step's Params datacl
 threshold default from the model table, so help texts cannot drift from the library."""
 from __future__ import annotations
 
-import inspect
-
 from ..core.refinement import RefineParams
 from ..core.thresholds import MODEL_THRESHOLDS, resolve_threshold
 from ..steps.export import ExportParams
-from .common import BACKEND
+from .common import BACKEND, defaults
 
 # thresholds shown in help texts: those of the default model pack
 DEFAULT_MODEL = BACKEND.DEFAULT_MODEL
-
-
-def defaults(fn) -> dict:
-    """Default value of each keyword parameter of ``fn`` (a function or a dataclass)."""
-    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
 
 
 def model_threshold(name: str) -> str:

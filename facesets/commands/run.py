@@ -14,8 +14,7 @@ from pathlib import Path
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..steps.embed import DEFAULT_FLUSH_EVERY
-from .common import (add_engine_option, add_link_option, add_model_options, add_progress_option,
-                     say)
+from .common import add_engine_option, add_link_option, add_model_options, add_progress_option, say
 from .options import DEFAULT_MODEL, add_export_options, add_refine_options, model_threshold
 
 EXIT_INTERRUPTED = 130
