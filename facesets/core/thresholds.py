@@ -2,7 +2,8 @@
 
 Resolution order for every threshold: the command-line flag, then thresholds calibrated
 for this cache (``calibrate --save`` stores them in the cache's meta under "thresholds"),
-then this table. A model with neither has no safe default: the command must be given the
+then any source a command adds (extend: the threshold the raw clustering recorded), then
+this table. A model with none of these has no safe default: the command must be given the
 flag, and says so.
 """
 from __future__ import annotations
