@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DEFAULT_DET_SIZE = 640   # detector input size, px (--det-size)
+
 
 class BackendError(RuntimeError):
     """The model pack cannot be loaded (missing, incomplete, wrong kind)."""
@@ -44,6 +46,8 @@ class DetectedFace:
 class FaceBackend(ABC):
     """Base class of face backends."""
 
+    #: the model pack a command uses when none is named (``--model``)
+    DEFAULT_MODEL: str
     #: model pack name (recorded in the cache's meta as ``model``)
     name: str
     #: identity of the recognition weights (``model_id`` in meta): caches of different
@@ -52,7 +56,7 @@ class FaceBackend(ABC):
     embedding_dim: int
     #: True when the pack has landmark models (landmark_2d_106, landmark_3d_68 + pose)
     has_landmarks: bool = False
-    det_size: int = 640
+    det_size: int = DEFAULT_DET_SIZE
 
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[DetectedFace]:

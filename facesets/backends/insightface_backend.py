@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.fsutil import sha256_file
-from .base import BackendError, DetectedFace, FaceBackend
+from .base import DEFAULT_DET_SIZE, BackendError, DetectedFace, FaceBackend
 
 DEFAULT_MODEL = "buffalo_l"
 DEFAULT_MODEL_ROOT = "~/.insightface"
@@ -81,8 +81,11 @@ class InsightFaceBackend(FaceBackend):
     """FaceAnalysis with its models used one by one, so detection and recognition can run
     on different decode scales of one photo (see facesets.steps.embed)."""
 
+    DEFAULT_MODEL = DEFAULT_MODEL
+    DEFAULT_MODEL_ROOT = DEFAULT_MODEL_ROOT
+
     def __init__(self, model: str = DEFAULT_MODEL, model_root: str | None = None,
-                 providers: str | list[str] | None = None, det_size: int = 640,
+                 providers: str | list[str] | None = None, det_size: int = DEFAULT_DET_SIZE,
                  det_thresh: float = 0.5, with_recognition: bool = True,
                  intra_threads: int | None = None):
         try:

@@ -6,9 +6,11 @@ from pathlib import Path
 from ..core.thresholds import resolve_threshold, threshold_source
 from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
+from ..runtime.pipeline import RunLayout, Step, cache_inputs, option_values
 from ..steps.calibrate import truth_report
 from ..steps.cluster import run_cluster
 from .common import add_engine_option, add_link_option, say, warn
+from .options import DEFAULT_MODEL, model_threshold
 
 
 def register(sub) -> None:
@@ -17,8 +19,8 @@ def register(sub) -> None:
     p.add_argument("cache")
     p.add_argument("out", help="output folder (replaced whole if made by face-sets)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="cosine distance for average linkage (model default; 0.55 for "
-                        "buffalo_l)")
+                   help="cosine distance for average linkage (model default; "
+                        f"{model_threshold('cluster')} for {DEFAULT_MODEL})")
     add_engine_option(p)
     add_link_option(p)
     p.add_argument("--truth", metavar="TRUTH_ROOT", default=None,
@@ -43,3 +45,17 @@ def run(args) -> int:
         for line in truth_report(cache, args.truth, groups):
             say(line)
     return 0
+
+
+def pipeline_step(args, layout: RunLayout) -> Step:
+    """cluster as a step of `run`: OUT/raw from the cache."""
+    def action() -> dict:
+        cache = load_cache(str(layout.cache))
+        t = resolve_threshold("cluster", cache.meta, args.threshold)
+        m = run_cluster(cache, str(layout.cache), layout.raw, t, args.engine, args.link)
+        say(f"cluster: {m['summary']['persons']} persons, {m['summary']['singletons']} "
+            f"singletons; {layout.raw}")
+        return m["summary"]
+
+    options = option_values(args, "threshold", "engine", "link")
+    return Step("cluster", cache_inputs(layout, False, options), layout.raw_manifest, action)

@@ -1,20 +1,24 @@
 """dedup CACHE: byte-identical copies and visual near-duplicates -> CACHE.duplicates.json."""
 from __future__ import annotations
 
-from ..steps.dedup import DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, run_dedup
-from .common import add_progress_option, say
+from ..runtime.pipeline import RunLayout, Step, cache_inputs
+from ..steps.dedup import duplicates_path, run_dedup
+from .common import add_progress_option, defaults, say
+
+DEDUP = defaults(run_dedup)
 
 
 def register(sub) -> None:
     p = sub.add_parser("dedup", help="find byte-identical and visually near-duplicate photos",
                        description=__doc__)
     p.add_argument("cache")
-    p.add_argument("--max-distance", type=float, default=DEFAULT_MAX_DISTANCE,
+    p.add_argument("--max-distance", type=float, default=DEDUP["max_distance"],
                    help=f"cosine distance of two faces of one photo re-encoded or resized "
-                        f"({DEFAULT_MAX_DISTANCE})")
-    p.add_argument("--size-tolerance", type=float, default=DEFAULT_SIZE_TOLERANCE,
+                        f"({DEDUP['max_distance']})")
+    p.add_argument("--size-tolerance", type=float, default=DEDUP["size_tolerance"],
                    help="how far the two faces' share of their image (box width and height "
-                        f"over image width and height) may differ, relative ({DEFAULT_SIZE_TOLERANCE})")
+                        "over image width and height) may differ, relative "
+                        f"({DEDUP['size_tolerance']})")
     add_progress_option(p)
     p.set_defaults(func=run)
 
@@ -26,3 +30,15 @@ def run(args) -> int:
         f"near-duplicate groups ({s['near_photos']} photos, {s['near_face_groups']} face "
         f"groups); {s['report']}")
     return 0
+
+
+def pipeline_step(args, layout: RunLayout) -> Step:
+    """dedup as a step of `run`: the duplicates report beside the cache."""
+    def action() -> dict:
+        s = run_dedup(str(layout.cache), progress=args.progress)
+        say(f"dedup: {s['identical_groups']} identical groups, {s['near_face_groups']} "
+            f"near-duplicate face groups; {s['report']}")
+        return {k: v for k, v in s.items() if k != "report"}
+
+    return Step("dedup", cache_inputs(layout, False), duplicates_path(str(layout.cache)),
+                action)

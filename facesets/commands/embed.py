@@ -27,8 +27,11 @@ def register(sub) -> None:
     add_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
                    help=f"write progress to the cache every N files ({DEFAULT_FLUSH_EVERY})")
-    p.add_argument("--workers", type=int, default=2,
-                   help="threads reading and decoding ahead of inference (2)")
+    from .common import defaults
+
+    workers = defaults(embed_folder)["workers"]
+    p.add_argument("--workers", type=int, default=workers,
+                   help=f"threads reading and decoding ahead of inference ({workers})")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="larger images are recorded as errors (decompression bombs)")
     g = p.add_mutually_exclusive_group()
@@ -71,3 +74,26 @@ def run(args) -> int:
     for line in summary.skipped:
         say(f"embed: {line}")
     return EXIT_INTERRUPTED if summary.interrupted else 0
+
+
+def pipeline_step(args, layout):
+    """embed as the first step of `run`: SRC into the cache (inputs: the SRC listing)."""
+    from ..runtime.pipeline import MODEL_OPTIONS, Step, digest, listing_digest, option_values
+    from ..sources.folder import list_images
+
+    cache_path = str(layout.cache)
+
+    def action() -> dict:
+        s = embed_folder(str(layout.src), cache_path, backend_loader(args), args.model,
+                         flush_every=args.flush_every, progress=args.progress)
+        say(f"embed: {s.line()}")
+        for line in s.skipped:
+            say(f"embed: {line}")
+        if not s.seen:   # nothing to sort: stop here rather than fail on a missing cache
+            raise ValueError(f"{layout.src}: no photos found; nothing to sort")
+        return {"faces": s.faces, "new": s.new, "interrupted": s.interrupted}
+
+    def inputs() -> str:   # the SRC tree + model options
+        return digest(listing_digest(list_images(str(layout.src))),
+                      option_values(args, *MODEL_OPTIONS), cache_path)
+    return Step("embed", inputs, layout.cache, action)

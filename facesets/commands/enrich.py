@@ -30,3 +30,17 @@ def run(args) -> int:
                    model=args.model)
     say(f"enrich: {s.line()}")
     return EXIT_INTERRUPTED if s.interrupted else 0
+
+
+def pipeline_step(args, layout):
+    """enrich as a step of `run`: landmarks and pose into the cache."""
+    from ..runtime.pipeline import MODEL_OPTIONS, Step, cache_inputs, option_values
+
+    def action() -> dict:
+        load = detection_loader(args.model, args.model_root, args.providers, args.det_size)
+        s = run_enrich(str(layout.cache), load, progress=args.progress, model=args.model)
+        say(f"enrich: {s.line()}")
+        return {"enriched": s.enriched, "interrupted": s.interrupted}
+
+    return Step("enrich", cache_inputs(layout, False, option_values(args, *MODEL_OPTIONS)),
+                layout.cache, action)

@@ -1,11 +1,12 @@
 """export-swap CACHE REFINE_MANIFEST OUT: ranked single-face crops and .fsz bundles per faceset."""
 from __future__ import annotations
 
-from ..core.thresholds import resolve_threshold
 from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
-from ..steps.export import ExportParams, run_export
-from .common import add_model_options, add_progress_option, say, warn
+from ..runtime.pipeline import RunLayout, Step, cache_inputs, digest, file_digest, option_values
+from ..steps.export import run_export
+from .common import BACKEND, add_model_options, add_progress_option, say, warn
+from .options import add_export_options, export_params
 
 
 def register(sub) -> None:
@@ -26,44 +27,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_export_options(p, outlier_flag: str = "--outlier-threshold") -> None:
-    """The gates and sizes of export-swap (also taken by `run`, where refine already owns
-    --outlier-threshold)."""
-    g = p.add_argument_group("export-swap")
-    g.add_argument(outlier_flag, dest="swap_outlier_threshold", type=float,
-                   default=None, help="drop faces farther than this cosine distance from the "
-                                      "faceset centroid (0.45 for buffalo_l)")
-    g.add_argument("--min-face-short", type=float, default=100.0,
-                   help="min face short edge in source pixels (100)")
-    g.add_argument("--out-size", type=int, default=512, help="crop size in px (512)")
-    g.add_argument("--pad-ratio", type=float, default=0.5,
-                   help="padding around the face box, share of its size per side (0.5)")
-    g.add_argument("--top-n", type=int, default=30, help="faces in the _top bundle (30)")
-    g.add_argument("--candidate-match-threshold", type=float, default=None,
-                   help="singleton-to-centroid cosine distance (0.55 for buffalo_l)")
-    g.add_argument("--candidate-min-score", type=float, default=0.40,
-                   help="min composite quality of a candidate (0.40)")
-
-
-def export_params(args, meta: dict, candidates: bool) -> ExportParams:
-    if args.out_size < 64 or args.pad_ratio < 0 or args.top_n < 1:
-        raise ValueError("--out-size must be >= 64, --pad-ratio >= 0 and --top-n >= 1")
-    return ExportParams(
-        outlier_threshold=resolve_threshold("swap_outlier", meta, args.swap_outlier_threshold),
-        min_face_short=args.min_face_short, out_size=args.out_size, pad_ratio=args.pad_ratio,
-        top_n=args.top_n, candidates=candidates,
-        candidate_match_threshold=(resolve_threshold("candidate_match", meta,
-                                                     args.candidate_match_threshold)
-                                   if candidates else None),
-        candidate_min_score=args.candidate_min_score)
-
-
 def detector_loader(args, meta: dict):
     """Loads the detection model of the cache's pack (or --model) for the crop re-check."""
     def load():
         from ..backends import load_backend
-        return load_backend(args.model or meta.get("model") or "buffalo_l", args.model_root,
-                            args.providers, args.det_size, with_recognition=False)
+        return load_backend(args.model or meta.get("model") or BACKEND.DEFAULT_MODEL,
+                            args.model_root, args.providers, args.det_size,
+                            with_recognition=False)
     return load
 
 
@@ -91,3 +61,23 @@ def run(args) -> int:
     if not top["facesets"]:
         warn("no faceset to export: check refine's output (--min-faces) and the gates")
     return 0
+
+
+def pipeline_step(args, layout: RunLayout) -> Step:
+    """export-swap as a step of `run`: OUT/swap_ready from the cache and both manifests."""
+    def action() -> dict:
+        cache = load_cache(str(layout.cache))
+        params = export_params(args, cache.meta, args.candidates)
+        top = run_export(str(layout.cache), layout.refine_manifest, layout.swap_ready, params,
+                         detector_loader(args, cache.meta), layout.raw_manifest, args.progress)
+        say(summary_line(top, layout.swap_ready))
+        return {k: v for k, v in top["summary"].items() if k != "dropped"}
+
+    options = option_values(args, "swap_outlier_threshold", "min_face_short", "out_size",
+                            "pad_ratio", "top_n", "candidate_match_threshold",
+                            "candidate_min_score", "candidates", "model", "model_root")
+
+    def inputs() -> str:   # the enriched cache (quality reads pose) and both manifests
+        return digest(cache_inputs(layout, True, options)(), file_digest(layout.refine_manifest),
+                      file_digest(layout.raw_manifest))
+    return Step("export-swap", inputs, layout.swap_manifest, action)

@@ -2,7 +2,8 @@
 
 Resolution order for every threshold: the command-line flag, then thresholds calibrated
 for this cache (``calibrate --save`` stores them in the cache's meta under "thresholds"),
-then this table. A model with neither has no safe default: the command must be given the
+then any source a command adds (extend: the threshold the raw clustering recorded), then
+this table. A model with none of these has no safe default: the command must be given the
 flag, and says so.
 """
 from __future__ import annotations
@@ -31,26 +32,34 @@ class ThresholdError(ValueError):
     """No threshold is known for this model and none was given."""
 
 
-def resolve_threshold(name: str, meta: dict, given: float | None) -> float:
-    """The threshold ``name`` for a cache with ``meta`` (flag > calibrated > model table)."""
-    if given is not None:
-        return float(given)
-    calibrated = (meta.get("thresholds") or {}).get(name)
-    if calibrated is not None:
-        return float(calibrated)
+def _candidates(name: str, meta: dict, given: float | None,
+                extra: tuple[tuple[float | None, str], ...]):
+    """(value, source) of every place a threshold can come from, in the order they win."""
+    yield given, "flag"
+    yield (meta.get("thresholds") or {}).get(name), "calibrated"
+    yield from extra
+    yield (MODEL_THRESHOLDS.get(meta.get("model", "?")) or {}).get(name), "model default"
+
+
+def resolve_with_source(name: str, meta: dict, given: float | None,
+                        *extra: tuple[float | None, str]) -> tuple[float, str]:
+    """The threshold ``name`` for a cache with ``meta`` and where it came from: the flag, then
+    calibrated, then each ``extra`` (value, source) a command adds, then the model table."""
+    for value, source in _candidates(name, meta, given, extra):
+        if value is not None:
+            return float(value), source
     model = meta.get("model", "?")
-    table = MODEL_THRESHOLDS.get(model)
-    if table and name in table:
-        return table[name]
     raise ThresholdError(f"model '{model}' has no default for {FLAGS.get(name, name)}: pass "
                          f"{FLAGS.get(name, name)}, or run `sort_faces.py calibrate CACHE "
                          "TRUTH_ROOT --save` to store thresholds for this cache")
 
 
+def resolve_threshold(name: str, meta: dict, given: float | None) -> float:
+    """The threshold ``name`` for a cache with ``meta`` (flag > calibrated > model table)."""
+    return resolve_with_source(name, meta, given)[0]
+
+
 def threshold_source(name: str, meta: dict, given: float | None) -> str:
     """Where a resolved threshold came from: flag, calibrated or model default."""
-    if given is not None:
-        return "flag"
-    if (meta.get("thresholds") or {}).get(name) is not None:
-        return "calibrated"
-    return "model default"
+    return next((source for value, source in _candidates(name, meta, given, ())
+                 if value is not None), "model default")

@@ -21,10 +21,14 @@ from typing import Callable
 import numpy as np
 
 from ..formats.cache import FaceCache, cache_exists, load_cache
+from ..formats.manifest import CLUSTER_MANIFEST_FILE, MANIFEST_FILE, REFINE_MANIFEST_FILE
 from ..formats.runstate import STATE_FILE, RunState
 from ..io.fsutil import sha256_file
 
+# the steps in the order `run` runs them; each is a command module's pipeline_step()
 STEPS = ("embed", "cluster", "refine", "dedup", "enrich", "export-swap")
+# the options naming the model pack (part of the inputs of the steps that run the model)
+MODEL_OPTIONS = ("model", "model_root", "det_size")
 # columns enrich adds: only export-swap (quality) reads them
 ENRICHED = ("pose", "pose_method", "landmark_2d_106", "landmark_3d_68")
 
@@ -51,6 +55,18 @@ class RunLayout:
     def state(self) -> Path:
         return self.out / STATE_FILE
 
+    @property
+    def raw_manifest(self) -> Path:
+        return self.raw / CLUSTER_MANIFEST_FILE
+
+    @property
+    def refine_manifest(self) -> Path:
+        return self.facesets / REFINE_MANIFEST_FILE
+
+    @property
+    def swap_manifest(self) -> Path:
+        return self.swap_ready / MANIFEST_FILE
+
 
 # the project's work/ folder: default home of caches, logs and outputs (kept out of git)
 WORK_DIR = Path(__file__).resolve().parent.parent.parent / "work"
@@ -68,7 +84,8 @@ def default_cache(src: str | os.PathLike) -> Path:
     return work_dir() / "cache" / f"{name}.npz"
 
 
-def _digest(*parts) -> str:
+def digest(*parts) -> str:
+    """sha256 over ``parts``: arrays by dtype, shape and bytes, the rest as sorted JSON."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, np.ndarray):
@@ -87,7 +104,7 @@ def cache_digest(cache: FaceCache, enriched: bool) -> str:
     cols = ["sha256", "index", "embedding", "bbox", "det_score", "face_short", "blur"]
     if enriched:
         cols += [c for c in ENRICHED if c in f]
-    return _digest(*(f[c] for c in cols), cache.paths["path"], cache.paths["sha256"],
+    return digest(*(f[c] for c in cols), cache.paths["path"], cache.paths["sha256"],
                    cache.files["status"], cache.meta.get("model_id"),
                    cache.meta.get("thresholds"))
 
@@ -101,7 +118,7 @@ def listing_digest(paths: list[str]) -> str:
             rows.append((p, st.st_size, st.st_mtime_ns))
         except OSError:
             rows.append((p, -1, -1))
-    return _digest(rows)
+    return digest(rows)
 
 
 def file_digest(path: Path) -> str:
@@ -114,6 +131,11 @@ class Step:
     inputs: Callable[[], str]          # digest of what it reads, computed just before
     output: Path                       # a file that exists once the step has run
     action: Callable[[], dict]         # runs it; returns a small summary
+
+
+def option_values(args, *names: str) -> dict:
+    """The values of the command-line options ``names`` (part of a step's inputs)."""
+    return {n: getattr(args, n) for n in names}
 
 
 def run_steps(steps: list[Step], state: RunState, log: Callable[[str], None]) -> dict:
@@ -136,8 +158,9 @@ def run_steps(steps: list[Step], state: RunState, log: Callable[[str], None]) ->
 
 
 def cache_inputs(layout: RunLayout, enriched: bool, *extra) -> Callable[[], str]:
-    def digest() -> str:
+    """A step's inputs: what it reads of the cache, and ``extra`` (its options)."""
+    def inputs() -> str:
         if not cache_exists(layout.cache):
             return "no cache"
-        return _digest(cache_digest(load_cache(layout.cache), enriched), *extra)
-    return digest
+        return digest(cache_digest(load_cache(layout.cache), enriched), *extra)
+    return inputs

@@ -56,7 +56,9 @@ def stage_multiface_queue(export_dir: str, queue_path: str, model: str | None,
             items.append({"id": f"{name}/{rel}", "path": str(png), "faceset": name,
                           "file": rel, "key": face.get("key", ""),
                           "size": png.stat().st_size, "sha256": sha256_file(png)})
-    params = {"model": model or top.get("model") or "buffalo_l",
+    from ..backends import default_model
+
+    params = {"model": model or top.get("model") or default_model(),
               "model_root": os.path.abspath(os.path.expanduser(model_root)) if model_root
               else None,
               "det_size": int(det_size), "export": str(out), "export_run": top.get("run")}

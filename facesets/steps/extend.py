@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.refinement import RefineParams, quality_mask, refine_labels
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces, subset
-from ..core.thresholds import resolve_threshold, threshold_source
+from ..core.thresholds import resolve_with_source
 from ..engine import assign_nearest, centroids, cluster_faces
 from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, FACESET_NAME, PERSON_NAME,
@@ -276,13 +276,9 @@ def run_extend(cache: FaceCache, cache_path: str, raw_out: Path, refine_out: Pat
                                 f"cache holds {cache.meta['model_id']}; pass the cache it was "
                                 "made from")
     # the threshold: flag > calibrated for this cache > the raw run's own > model default
-    recorded = raw.get("parameters", {}).get("threshold")
-    if threshold is None and not (cache.meta.get("thresholds") or {}).get("extend") \
-            and recorded is not None:
-        value, source = float(recorded), "raw manifest"
-    else:
-        value = resolve_threshold("extend", cache.meta, threshold)
-        source = threshold_source("extend", cache.meta, threshold)
+    value, source = resolve_with_source("extend", cache.meta, threshold,
+                                        (raw.get("parameters", {}).get("threshold"),
+                                         "raw manifest"))
     sel = select_faces(cache)
     known = _listed_keys(raw, "persons", "singletons")
     new = np.array([i for i, k in enumerate(sel.keys.tolist()) if k not in known],

@@ -1,0 +1,91 @@
+"""Option groups that more than one command takes (a step's own command and `run`), with the
+step Params built from them. Every default is read from the step's Params dataclass and every
+threshold default from the model table, so help texts cannot drift from the library."""
+from __future__ import annotations
+
+from ..core.refinement import RefineParams
+from ..core.thresholds import MODEL_THRESHOLDS, resolve_threshold
+from ..steps.export import ExportParams
+from .common import BACKEND, defaults
+
+# thresholds shown in help texts: those of the default model pack
+DEFAULT_MODEL = BACKEND.DEFAULT_MODEL
+
+
+def model_threshold(name: str) -> str:
+    """The default model's threshold ``name`` as help texts show it (0.40, not 0.4)."""
+    return f"{MODEL_THRESHOLDS[DEFAULT_MODEL][name]:.2f}"
+
+
+REFINE = defaults(RefineParams)
+EXPORT = defaults(ExportParams)
+
+
+def add_refine_options(p) -> None:
+    """refine's thresholds and gates (also taken by `run`)."""
+    p.add_argument("--initial-threshold", type=float, default=None,
+                   help="stage-1 clustering distance (model default; "
+                        f"{model_threshold('initial')} for {DEFAULT_MODEL})")
+    p.add_argument("--merge-threshold", type=float, default=None,
+                   help="centroid distance for merging clusters "
+                        f"({model_threshold('merge')} for {DEFAULT_MODEL})")
+    p.add_argument("--outlier-threshold", type=float, default=None,
+                   help="drop faces farther than this from their centroid "
+                        f"({model_threshold('outlier')} {DEFAULT_MODEL})")
+    p.add_argument("--min-short", type=float, default=REFINE["min_short"],
+                   help=f"min face short edge, px ({REFINE['min_short']:g})")
+    p.add_argument("--min-blur", type=float, default=REFINE["min_blur"],
+                   help=f"min sharpness ({REFINE['min_blur']:.1f})")
+    p.add_argument("--min-det-score", type=float, default=REFINE["min_det_score"],
+                   help=f"min detector score ({REFINE['min_det_score']})")
+    p.add_argument("--min-faces", type=int, default=REFINE["min_faces"],
+                   help=f"min unique source images per faceset ({REFINE['min_faces']})")
+
+
+def refine_params(args, meta: dict) -> RefineParams:
+    """RefineParams from add_refine_options' flags (thresholds resolved for the cache)."""
+    return RefineParams(
+        initial_threshold=resolve_threshold("initial", meta, args.initial_threshold),
+        merge_threshold=resolve_threshold("merge", meta, args.merge_threshold),
+        outlier_threshold=resolve_threshold("outlier", meta, args.outlier_threshold),
+        min_short=args.min_short, min_blur=args.min_blur, min_det_score=args.min_det_score,
+        min_faces=args.min_faces, engine=args.engine)
+
+
+def add_export_options(p, outlier_flag: str = "--outlier-threshold") -> None:
+    """The gates and sizes of export-swap (also taken by `run`, where refine already owns
+    --outlier-threshold)."""
+    g = p.add_argument_group("export-swap")
+    g.add_argument(outlier_flag, dest="swap_outlier_threshold", type=float,
+                   default=None, help="drop faces farther than this cosine distance from the "
+                                      f"faceset centroid ({model_threshold('swap_outlier')} "
+                                      f"for {DEFAULT_MODEL})")
+    g.add_argument("--min-face-short", type=float, default=EXPORT["min_face_short"],
+                   help=f"min face short edge in source pixels ({EXPORT['min_face_short']:g})")
+    g.add_argument("--out-size", type=int, default=EXPORT["out_size"],
+                   help=f"crop size in px ({EXPORT['out_size']})")
+    g.add_argument("--pad-ratio", type=float, default=EXPORT["pad_ratio"],
+                   help=f"padding around the face box, share of its size per side "
+                        f"({EXPORT['pad_ratio']})")
+    g.add_argument("--top-n", type=int, default=EXPORT["top_n"],
+                   help=f"faces in the _top bundle ({EXPORT['top_n']})")
+    g.add_argument("--candidate-match-threshold", type=float, default=None,
+                   help="singleton-to-centroid cosine distance "
+                        f"({model_threshold('candidate_match')} for {DEFAULT_MODEL})")
+    g.add_argument("--candidate-min-score", type=float, default=EXPORT["candidate_min_score"],
+                   help=f"min composite quality of a candidate "
+                        f"({EXPORT['candidate_min_score']:.2f})")
+
+
+def export_params(args, meta: dict, candidates: bool) -> ExportParams:
+    """ExportParams from add_export_options' flags (thresholds resolved for the cache)."""
+    if args.out_size < 64 or args.pad_ratio < 0 or args.top_n < 1:
+        raise ValueError("--out-size must be >= 64, --pad-ratio >= 0 and --top-n >= 1")
+    return ExportParams(
+        outlier_threshold=resolve_threshold("swap_outlier", meta, args.swap_outlier_threshold),
+        min_face_short=args.min_face_short, out_size=args.out_size, pad_ratio=args.pad_ratio,
+        top_n=args.top_n, candidates=candidates,
+        candidate_match_threshold=(resolve_threshold("candidate_match", meta,
+                                                     args.candidate_match_threshold)
+                                   if candidates else None),
+        candidate_min_score=args.candidate_min_score)
