@@ -25,6 +25,7 @@ def _face(sha, i, value):
                 blur=50.0, pose=None, pose_method="")
 
 
+@pytest.mark.unit
 def test_flushes_append_segments_and_never_rewrite_the_base(tmp_path):
     cache = tmp_path / "c.npz"
     w = SegmentWriter(cache, META)
@@ -44,6 +45,7 @@ def test_flushes_append_segments_and_never_rewrite_the_base(tmp_path):
     assert c.n_files == 4 and c.n_faces == 1
 
 
+@pytest.mark.unit
 def test_the_last_segment_mentioning_a_photo_supplies_all_its_faces(tmp_path):
     cache = tmp_path / "c.npz"
     w = SegmentWriter(cache, META)
@@ -81,6 +83,7 @@ def test_segments_left_by_a_crash_during_compaction_change_nothing(faces_cache, 
     np.testing.assert_array_equal(np.sort(a.face_keys()), np.sort(b.face_keys()))
 
 
+@pytest.mark.unit
 def test_temp_files_of_a_killed_flush_are_ignored(tmp_path):
     cache = tmp_path / "c.npz"
     w = SegmentWriter(cache, META)
@@ -90,6 +93,7 @@ def test_temp_files_of_a_killed_flush_are_ignored(tmp_path):
     assert load_cache(cache).n_files == 1
 
 
+@pytest.mark.unit
 def test_a_corrupt_or_missing_cache_is_one_clear_error(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"this is not a zip")
@@ -104,6 +108,7 @@ def test_a_corrupt_or_missing_cache_is_one_clear_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.unit
 def test_pickled_arrays_are_refused(tmp_path):
     evil = tmp_path / "evil.npz"
     np.savez(evil, meta=np.array('{"schema_version": 1}'),
@@ -274,6 +279,7 @@ def _digest(c) -> str:
                           ).hexdigest()
 
 
+@pytest.mark.unit
 def test_a_reader_never_sees_a_half_compacted_cache(tmp_path):
     cache = tmp_path / "c.npz"
     w = SegmentWriter(cache, META)
@@ -319,6 +325,7 @@ def test_a_reader_never_sees_a_half_compacted_cache(tmp_path):
     assert _digest(load_cache(cache)) == want
 
 
+@pytest.mark.unit
 def test_segment_numbers_continue_after_a_compaction(tmp_path):
     cache = tmp_path / "c.npz"
     w = SegmentWriter(cache, META)
@@ -337,6 +344,7 @@ def test_segment_numbers_continue_after_a_compaction(tmp_path):
 
 
 # ---- the writer refuses typos ------------------------------------------------------------
+@pytest.mark.unit
 def test_the_writer_refuses_an_unknown_or_missing_column_and_a_wrong_shape(tmp_path):
     w = SegmentWriter(tmp_path / "c.npz", META)
     with pytest.raises(CacheError, match="unknown column embeding"):
@@ -358,6 +366,7 @@ def test_the_writer_refuses_an_unknown_or_missing_column_and_a_wrong_shape(tmp_p
     assert "landmark_2d_106" not in c.faces
 
 
+@pytest.mark.unit
 def test_the_writer_refuses_rows_of_another_dimension_before_writing(tmp_path):
     cache = tmp_path / "c.npz"
     w = SegmentWriter(cache, META)

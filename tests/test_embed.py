@@ -66,7 +66,7 @@ def test_rerun_over_unchanged_tree_hashes_and_embeds_nothing(faces_cache, tmp_pa
     def no_hashing(path):
         raise AssertionError(f"re-hashed {path}")
 
-    monkeypatch.setattr(scan, "sha256_file", no_hashing)
+    monkeypatch.setattr(folder, "sha256_file", no_hashing)
     summary = embed_folder(str(FACES), str(cache), load=lambda: pytest.fail("model loaded"),
                            model="testpack_s", progress=False)
     assert summary.unchanged == summary.seen == before.n_files
@@ -93,7 +93,7 @@ def test_aliases_are_recorded_once_and_materialized_everywhere(tmp_path):
     assert c.n_files == 9
     assert len(c.paths["path"]) == 11
     locs = c.locations()
-    assert str(dup1) in locs[scan.sha256_file(str(photos[0]))]
+    assert str(dup1) in locs[folder.sha256_file(str(photos[0]))]
     run_cli("cluster", cache, tmp_path / "raw", "--threshold", "0.65")
     run_cli("refine", cache, tmp_path / "ref", "--initial-threshold", "0.65",
             "--merge-threshold", "0.5", "--outlier-threshold", "0.65", "--min-faces", "2",
@@ -155,7 +155,7 @@ def test_bad_files_are_recorded_with_reasons_and_the_run_goes_on(tmp_path, monke
     shutil.copy2(good[1], vanishing)
     (src / "vanishing.jpg").write_bytes(real + b"\x00")  # distinct content
 
-    real_plan = scan.plan_embed
+    real_plan = folder.plan_embed
 
     def plan_then_delete(*a, **kw):
         plan = real_plan(*a, **kw)

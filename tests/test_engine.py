@@ -28,6 +28,7 @@ def test_graph_agrees_with_exact_on_real_faces(faces_cache, threshold):
     assert bcubed_scores(graph, exact).f >= 0.99
 
 
+@pytest.mark.unit
 def test_graph_cell_search_agrees_with_exact_on_synthetic():
     # the approximate (cells) neighbour search that large libraries use, forced on 4000 faces
     x, _ = synth.generate(4000, seed=7)
@@ -62,6 +63,7 @@ def test_cli_engines_give_the_same_persons(faces_cache, tmp_path):
     assert len(groups["exact"]) >= 20
 
 
+@pytest.mark.unit
 def test_metrics_match_their_definitions():
     rng = np.random.default_rng(0)
     pred, true = rng.integers(0, 30, 400), rng.integers(0, 25, 400)

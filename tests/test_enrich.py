@@ -30,6 +30,7 @@ def _faces_in_segments(cache: Path) -> int:
 # ---- pose from 5 keypoints ------------------------------------------------------------
 @pytest.mark.parametrize("angles", [(0, 0, 0), (0, 30, 0), (0, -30, 0), (20, 0, 0),
                                     (-20, 0, 0), (0, 0, 25), (10, -40, 15), (-15, 50, -10)])
+@pytest.mark.unit
 def test_pose_from_kps_recovers_known_angles_in_insightface_convention(angles):
     from insightface.utils import transform
 
@@ -41,6 +42,7 @@ def test_pose_from_kps_recovers_known_angles_in_insightface_convention(angles):
     assert np.allclose(pose_from_kps(points[:, :2]), angles, atol=1.5)
 
 
+@pytest.mark.unit
 def test_pose_from_kps_degenerate_input_is_nan():
     assert np.isnan(pose_from_kps(np.full((5, 2), np.nan))).all()
     assert np.isnan(pose_from_kps(np.zeros((5, 2)))).all()

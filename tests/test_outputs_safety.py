@@ -88,6 +88,7 @@ def test_user_folders_beside_out_survive_every_command(small, tmp_path):
     assert (work / "sorted" / "manifest.json").is_file()
 
 
+@pytest.mark.unit
 def test_only_marked_staging_leftovers_are_removed(tmp_path):
     """A killed run's staging folder (marked, owner dead) is removed by the next run; a
     hidden folder that merely looks like one is not."""

@@ -11,6 +11,8 @@ from facesets.runtime.pathmap import (PathMapError, PathMapper, parse_rule, wind
 from facesets.formats.queue import (JsonlAppender, QueueError, load_queue, new_queue, read_jsonl,
                             write_queue)
 
+pytestmark = pytest.mark.unit  # pure: path mapping and queue files only
+
 ODD_NAMES = ["with space/a b.jpg", "ünïcødé/Zoë 日本.jpg", "hash#tag/#1.jpg",
              "percent%20/x.jpg", "emoji 🙂/face.png"]
 

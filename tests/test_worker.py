@@ -186,6 +186,7 @@ def test_merge_refuses_another_model_and_a_held_lock(faces_cache, tmp_path):
     assert proc.returncode == 2 and "embed_worker.py" in proc.stderr
 
 
+@pytest.mark.unit
 def test_worker_refuses_a_queue_of_another_kind(tmp_path):
     queue = tmp_path / "q.json"
     queue.write_text(json.dumps({"format": "face-sets/queue", "version": 1,

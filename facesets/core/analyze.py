@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ from ..backends.base import DetectedFace, FaceBackend
 from ..formats.cache import SegmentWriter
 from ..io.imageio import (BLUR_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode, face_blur,
                           read_header, scale_for)
-from ..sources.folder import EmbedPlan, Listed
+from ..sources.folder import EmbedPlan, Listed, read_file
 
 # The 5-point template faces are aligned to for recognition (InsightFace's arcface_dst,
 # 112 x 112 crop). How much the alignment magnifies a face in a given decode decides whether
@@ -97,12 +97,15 @@ class PhotoResult:
 
 
 def load_photo(path: str, sha256: str, det_size: int,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedPhoto:
-    """Read and decode for detection; never raises for a bad file (sets ``error``)."""
+               max_pixels: int = DEFAULT_MAX_PIXELS,
+               read: Callable[[str], bytes] = read_file) -> LoadedPhoto:
+    """Read and decode for detection; never raises for a bad file (sets ``error``).
+
+    ``path`` is the item's id; ``read`` gives its bytes: a photo source's ``read_bytes``
+    (sources/base.py), by default the file at ``path``."""
     photo = LoadedPhoto(path=path, sha256=sha256)
     try:
-        with open(path, "rb") as fh:
-            photo.data = fh.read()
+        photo.data = read(path)
         header = read_header(photo.data, max_pixels)
         photo.width, photo.height = header.width, header.height
         photo.factor = scale_for(max(header.width, header.height), LOAD_SIDE_PER_DET * det_size)

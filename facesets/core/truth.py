@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.cache import FaceCache
-from ..sources.folder import list_images, sha256_file
+from ..io.fsutil import sha256_file
+from ..sources.folder import FolderSource
 
 
 @dataclass
@@ -78,7 +79,7 @@ def load_truth(truth_root: str | os.PathLike, cache: FaceCache) -> TruthSet:
                          "their own sub-folder")
     paths, owner = [], []
     for i, name in enumerate(people):
-        found = list_images(str(root / name))
+        found = FolderSource(str(root / name)).list_ids()
         paths += found
         owner += [i] * len(found)
     shas = _hash_all(paths, cache)

@@ -1,4 +1,8 @@
-"""Listing and hashing photo files: the cheap part of embed (the WSL side of a queue).
+"""A folder tree of photo files as a photo source, and the cheap part of embed (the WSL side
+of a queue): listing and hashing.
+
+``FolderSource`` is the ``PhotoSource`` (sources/base.py) over ``scan_source``: its ids are
+absolute file paths.
 
 ``plan_embed`` decides, against a cache, which listed files are unchanged (skipped without
 hashing: same size and mtime as recorded), which are copies of known content (aliases) and
@@ -17,6 +21,7 @@ from ..formats.cache import FaceCache
 from ..formats.manifest import holds_face_sets_manifest
 from ..io.fsutil import sha256_file
 from ..io.imageio import IMAGE_EXTENSIONS
+from .base import PhotoSource, SourceItem
 
 SKIP_DIRS = {"@eaDir", "#recycle", "$RECYCLE.BIN"}  # NAS thumbnails, recycle bins
 # photo formats embed cannot read yet: counted and reported, not silently passed over
@@ -109,6 +114,45 @@ def scan_source(src: str) -> SourceScan:
 def list_images(src: str) -> list[str]:
     """Absolute paths of the image files under ``src`` (see ``scan_source``)."""
     return scan_source(src).images
+
+
+def read_file(path: str) -> bytes:
+    """The whole file (a folder item's bytes)."""
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+class FolderSource(PhotoSource):
+    """The photo files under a folder (or one file), listed by ``scan_source``; the listing is
+    made once, on first use."""
+
+    kind = "folder"
+
+    def __init__(self, src: str):
+        self.src = src   # as given: the summary names it so
+        self._scan: SourceScan | None = None
+
+    @property
+    def scan(self) -> SourceScan:
+        if self._scan is None:
+            self._scan = scan_source(self.src)
+        return self._scan
+
+    def list_ids(self) -> list[str]:
+        return self.scan.images
+
+    def item(self, item_id: str) -> SourceItem:
+        st = os.stat(item_id)
+        return SourceItem(item_id, st.st_size, st.st_mtime_ns, {"path": item_id})
+
+    def read_bytes(self, item_id: str) -> bytes:
+        return read_file(item_id)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "root": os.path.abspath(self.src)}
+
+    def skipped_lines(self) -> list[str]:
+        return self.scan.skipped_lines(self.src)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from ..core.analyze import iter_analyzed, record_plan_paths, record_result
 from ..formats.cache import SegmentWriter, cache_lock, check_model, compact_cache, load_cache
 from ..io.imageio import DEFAULT_MAX_PIXELS
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, ERROR, NOFACE, OK, Job, run_items
-from ..sources.folder import EmbedPlan, Listed, plan_embed, scan_source
+from ..sources.folder import EmbedPlan, FolderSource, Listed, plan_embed
 
 
 @dataclass
@@ -77,8 +77,8 @@ def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], mod
     with cache_lock(cache_path):
         cache = load_cache(cache_path, must_exist=False)
         check_model(cache, model, cache_path=cache_path)
-        listing = scan_source(src)
-        paths, summary.skipped = listing.images, listing.skipped_lines(src)
+        source = FolderSource(src)
+        paths, summary.skipped = source.list_ids(), source.skipped_lines()
         plan = plan_embed(paths, cache, progress=progress)
         summary.seen, summary.unchanged = plan.listed, plan.unchanged
         summary.aliased = len(plan.aliases) + sum(len(v) for v in plan.pending_aliases.values())

@@ -28,7 +28,7 @@ from ..formats.queue import (FAILURES_LOG, KIND_EMBED, QUEUE_COPY, RESULTS_CACHE
 from ..io.fsutil import atomic_write_json
 from ..io.imageio import DEFAULT_MAX_PIXELS
 from ..runtime.worker import ERROR, NOFACE, OK, WorkerJob, WorkItem, map_param_path
-from ..sources.folder import Listed, list_images, plan_embed
+from ..sources.folder import FolderSource, Listed, plan_embed
 
 # what the worker's backend says about its model (copied into the cache's meta on merge)
 MODEL_META = ("model", "model_id", "embedding_dim", "det_size", "has_landmarks")
@@ -63,7 +63,7 @@ def stage_embed_queue(src: str, cache_path: str, queue_path: str, model: str,
     with cache_lock(cache_path):
         cache = load_cache(cache_path, must_exist=False)
         check_model(cache, model, cache_path=cache_path)
-        plan = plan_embed(list_images(src), cache, progress=progress)
+        plan = plan_embed(FolderSource(src).list_ids(), cache, progress=progress)
         summary.seen, summary.unchanged = plan.listed, plan.unchanged
         summary.queued, summary.unreadable = len(plan.to_embed), len(plan.unreadable)
         summary.aliased = len(plan.aliases) + sum(len(v) for v in plan.pending_aliases.values())

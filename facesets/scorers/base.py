@@ -1,0 +1,67 @@
+"""Per-face attribute scorers: the base every scorer implements.
+
+A scorer looks at face crops and gives, for each crop, a probability per attribute it knows
+("occluded", "sunglasses", "mask", "eyes_closed", "blurry"...). Filters and reports decide
+what to do with the numbers (a threshold per attribute); a scorer only measures.
+
+The contract:
+``name``
+    The scorer's key in ``SCORERS`` and in what it writes (cache columns, manifests): stable
+    across versions of the same weights; new weights get a new name.
+``attributes``
+    The attribute names it scores, in a fixed order; every dict ``score`` returns has exactly
+    these keys.
+``batch_size``
+    How many crops ``score`` takes at once to make good use of the device; callers split
+    longer lists into batches of this size, so ``score`` may assume ``len(images) <=
+    batch_size``.
+``score(images)``
+    ``images``: RGB uint8 arrays (H x W x 3), one aligned face crop each, any size (the
+    scorer resizes to its input). Returns one ``{attribute: probability in [0, 1]}`` per
+    image, in input order. Never reads files, never keeps state between calls.
+
+The scorers to come, each one module in ``scorers/``:
+- CLIP zero-shot (``scorers/clip.py``): an image encoder and one text prompt pair per
+  attribute ("a photo of a face wearing sunglasses" / "... without sunglasses"); the
+  probability is the softmax over the pair's similarities. Weights load on construction,
+  from a local model root (no download at score time).
+- ONNX classifiers (``scorers/onnx_classifier.py``): one ONNX Runtime session per model
+  file, a declared input size and normalisation, a sigmoid (multi-label) or softmax head
+  mapped to attribute names by the model's metadata. ONNX Runtime only, so it runs in the
+  Windows GPU worker without torch.
+Heavy imports (torch, open_clip, onnxruntime) stay inside the scorer's module and its
+constructor, so importing ``facesets.scorers`` costs nothing.
+A new scorer: subclass ``FaceScorer`` in ``scorers/<name>.py`` and add a line to
+``_FACTORIES`` in ``scorers/__init__.py``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class ScorerError(RuntimeError):
+    """A scorer cannot be built (unknown name, missing weights)."""
+
+
+class FaceScorer(ABC):
+    """Base class of per-face attribute scorers (see the module docstring)."""
+
+    #: the scorer's name in ``SCORERS``
+    name: str
+    #: the attributes ``score`` returns, in order
+    attributes: tuple[str, ...]
+    #: crops per ``score`` call
+    batch_size: int = 32
+
+    @abstractmethod
+    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
+        """One ``{attribute: probability}`` per RGB face crop, in input order."""
+
+    def score_all(self, images: list[np.ndarray]) -> list[dict[str, float]]:
+        """``score`` over any number of crops, ``batch_size`` at a time."""
+        out: list[dict[str, float]] = []
+        for start in range(0, len(images), self.batch_size):
+            out += self.score(images[start:start + self.batch_size])
+        return out
