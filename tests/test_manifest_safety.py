@@ -149,7 +149,8 @@ def test_tampered_manifest_is_one_error_line_and_writes_nothing(outputs, tmp_pat
         run_cli("audit-multiface", "stage", work / "export", places["QUEUE"], *PACK)
         items = json.loads(places["QUEUE"].read_text())["items"]
         places["RESULTS"].write_text("".join(
-            json.dumps({"id": it["id"], "path": it["path"], "faces": 2}) + "\n"
+            json.dumps({"id": it["id"], "path": it["path"], "faces": 2, "scores": [0.9, 0.8]})
+            + "\n"
             for it in items))
     target = work / folder / name
     _edit(target, change)
@@ -180,7 +181,8 @@ def test_tampered_audit_plan_is_refused(outputs, tmp_path):
     queue, results = tmp_path / "q.json", tmp_path / "r.jsonl"
     run_cli("audit-multiface", "stage", export, queue, *PACK)
     first = json.loads(queue.read_text())["items"][0]
-    results.write_text(json.dumps({"id": first["id"], "path": first["path"], "faces": 0})
+    results.write_text(json.dumps({"id": first["id"], "path": first["path"], "faces": 0,
+                                   "scores": []})
                        + "\n")
     plan = {"format": "face-sets/audit-plan", "version": 1, "run_id": "x", "queue": str(queue),
             "results": str(results), "counts": {}, "facesets": ["faceset_000"],

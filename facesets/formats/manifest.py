@@ -335,7 +335,8 @@ def _check_refine(c: _Fields, m: dict) -> None:
 def _check_swap(c: _Fields, m: dict) -> None:
     _check_head(c, m)
     c.str(m, "run", "", required=False)
-    for f, e in c.items(m, "facesets", "", required="candidates" not in m):
+    # the top-level manifest (it has a summary) lists its facesets; _candidates/ has none
+    for f, e in c.items(m, "facesets", "", required="summary" in m or "candidates" not in m):
         c.name(e, "name", f, FACESET_NAME, "a faceset name (faceset_NNN)")
     for section in ("masked", "thin_eras", "merged", "multiface_audit"):
         c.items(m, section, "", required=False)

@@ -262,10 +262,11 @@ def merge_embed_results(cache_path: str, out: str) -> MergeSummary:
     with cache_lock(cache_path):
         cache = load_cache(cache_path, must_exist=False)
         check_model(cache, res.meta.get("model"), res.meta.get("model_id"), cache_path)
-        if table_len(res.paths) or table_len(res.files):
-            _check_staged_for(cache, queue, cache_path, copy)
+        # the results themselves first: a tampered row is named in its own file
         validate_embed_results(res, queue, cache.embedding_dim or
                                res.meta.get("embedding_dim"), str(results))
+        if table_len(res.paths) or table_len(res.files):
+            _check_staged_for(cache, queue, cache_path, copy)
         summary = MergeSummary(files=res.n_files, faces=res.n_faces,
                                paths=table_len(res.paths),
                                errors=int((res.files["status"] == "error").sum()))
