@@ -93,7 +93,6 @@ def test_temp_files_of_a_killed_flush_are_ignored(tmp_path):
     assert load_cache(cache).n_files == 1
 
 
-@pytest.mark.unit
 def test_a_corrupt_or_missing_cache_is_one_clear_error(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"this is not a zip")
@@ -279,7 +278,6 @@ def _digest(c) -> str:
                           ).hexdigest()
 
 
-@pytest.mark.unit
 def test_a_reader_never_sees_a_half_compacted_cache(tmp_path):
     cache = tmp_path / "c.npz"
     w = SegmentWriter(cache, META)

@@ -203,14 +203,12 @@ def test_a_photo_given_as_cache_says_what_it_is(tmp_path):
 
 @pytest.mark.parametrize("content, what", [(b"", "an empty file"), (b'{"kind": "x"}', "a JSON file"),
                                            (b"\x89PNG\r\n\x1a\n....", "a PNG image")])
-@pytest.mark.unit
 def test_other_files_given_as_cache_say_what_they_are(tmp_path, content, what):
     f = tmp_path / "thing.npz"
     f.write_bytes(content)
     _one_error(_cluster(f, tmp_path), str(f), f"is {what}, not a face-sets cache")
 
 
-@pytest.mark.unit
 def test_a_zip_that_is_not_ours_is_not_called_a_damaged_cache(tmp_path):
     f = tmp_path / "bundle.fsz"
     with zipfile.ZipFile(f, "w") as zf:

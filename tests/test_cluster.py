@@ -5,7 +5,6 @@ import json
 import os
 from collections import Counter, defaultdict
 
-import numpy as np
 import pytest
 from PIL import Image
 

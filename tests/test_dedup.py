@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import FACES, PACK, copy_cache, run_cli
@@ -81,14 +80,12 @@ def test_near_pairs_matches_brute_force_and_never_builds_n_by_n(monkeypatch):
     assert np.allclose(dist, [d[i, j] for i, j in pairs], atol=1e-5)
 
 
-@pytest.mark.unit
 def test_dedup_missing_cache_is_a_clear_error(tmp_path):
     proc = run_cli("dedup", tmp_path / "none.npz", check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "none.npz" in proc.stderr
 
 
-@pytest.mark.unit
 def test_large_caches_use_the_neighbour_search_and_find_the_same_pairs(monkeypatch):
     """Past EXACT_MAX_FACES the search goes through the engine's k-NN cells; on clustered
     embeddings with planted near copies it finds exactly what the exact search finds."""

@@ -1,7 +1,6 @@
 """embed: real photos, real files, real subprocesses."""
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil

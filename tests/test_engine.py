@@ -28,7 +28,6 @@ def test_graph_agrees_with_exact_on_real_faces(faces_cache, threshold):
     assert bcubed_scores(graph, exact).f >= 0.99
 
 
-@pytest.mark.unit
 def test_graph_cell_search_agrees_with_exact_on_synthetic():
     # the approximate (cells) neighbour search that large libraries use, forced on 4000 faces
     x, _ = synth.generate(4000, seed=7)

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from conftest import LOW_GATES, PACK, ROOT, SHARED, TEST_THRESHOLD, identity_of, run_cli
+from conftest import LOW_GATES, ROOT, SHARED, TEST_THRESHOLD, identity_of, run_cli
 from facesets.formats.bundle import read_fsz
 
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",

@@ -79,7 +79,7 @@ def run(args) -> int:
 def pipeline_step(args, layout):
     """embed as the first step of `run`: SRC into the cache (inputs: the SRC listing)."""
     from ..runtime.pipeline import MODEL_OPTIONS, Step, digest, listing_digest, option_values
-    from ..sources.folder import list_images
+    from ..sources.folder import FolderSource
 
     cache_path = str(layout.cache)
 
@@ -94,6 +94,6 @@ def pipeline_step(args, layout):
         return {"faces": s.faces, "new": s.new, "interrupted": s.interrupted}
 
     def inputs() -> str:   # the SRC tree + model options
-        return digest(listing_digest(list_images(str(layout.src))),
+        return digest(listing_digest(FolderSource(str(layout.src)).list_ids()),
                       option_values(args, *MODEL_OPTIONS), cache_path)
     return Step("embed", inputs, layout.cache, action)
