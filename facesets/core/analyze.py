@@ -23,6 +23,7 @@ from ..backends.base import DetectedFace, FaceBackend
 from ..formats.cache import SegmentWriter
 from ..io.imageio import (BLUR_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode, face_blur,
                           read_header, scale_for)
+from ..runtime.jobs import ERROR, NOFACE, OK
 from ..sources.folder import EmbedPlan, Listed, read_file
 
 # The 5-point template faces are aligned to for recognition (InsightFace's arcface_dst,
@@ -207,6 +208,11 @@ def analyze_photo(backend: FaceBackend, photo: LoadedPhoto) -> PhotoResult:
         det.result.status, det.result.error = "error", str(exc)
         return det.result
     return describe_photo(backend, det, image)
+
+
+def job_status(result: PhotoResult) -> str:
+    """The job loop's status of an analysed photo (runtime.jobs: OK, NOFACE, ERROR)."""
+    return {"face": OK, "noface": NOFACE}.get(result.status, ERROR)
 
 
 def face_row(result: PhotoResult, i: int, af: AnalyzedFace) -> dict:

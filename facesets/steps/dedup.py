@@ -5,12 +5,8 @@
     boxes take the same share of their image (width and height within ``size_tolerance``):
     re-encodes, resizes and screenshots of one photo. Linked faces form face groups
     (connected components); photos linked through any of their faces form photo groups.
-The neighbour search is exact up to EXACT_MAX_FACES faces: a chunked matrix product over the
-upper triangle (memory bounded by ``CHUNK_ELEMENTS``; never an N x N matrix) keeping only
-the pairs under the distance. Beyond that its time grows as N^2 (~50 s at 100k faces), so
-larger caches use the clustering engine's neighbour search (engine.knn, ~2 min at a million
-faces), keeping each face's DUP_NEIGHBOURS nearest within the distance: a face with more
-near-copies than that still links to all of them through the groups (connected components).
+The near-duplicate search (exact, chunked, or by neighbour search past 30,000 faces) is
+``core/near.py``, shared with export-swap's near-duplicate gate.
 Format: DUPLICATES_MANIFEST, docs/manifest-format.md.
 """
 from __future__ import annotations

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..backends.base import FaceBackend
-from ..core.analyze import iter_analyzed, record_plan_paths, record_result
+from ..core.analyze import iter_analyzed, job_status, record_plan_paths, record_result
 from ..formats.cache import SegmentWriter, cache_lock, check_model, compact_cache, load_cache
 from ..io.imageio import DEFAULT_MAX_PIXELS
-from ..runtime.jobs import DEFAULT_FLUSH_EVERY, ERROR, NOFACE, OK, Job, run_items
+from ..runtime.jobs import DEFAULT_FLUSH_EVERY, ERROR, NOFACE, Job, run_items
 from ..sources.folder import EmbedPlan, FolderSource, Listed, plan_embed
 
 
@@ -58,7 +58,7 @@ class _EmbedJob(Job):
             record_result(self.writer, result, item,
                           self.plan.pending_aliases.get(item.sha256, []))
             self.faces += len(result.faces)
-            yield item, {"face": OK, "noface": NOFACE}.get(result.status, ERROR), result.error
+            yield item, job_status(result), result.error
 
     def flush(self) -> None:
         self.writer.flush()

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..core.analyze import iter_analyzed, record_plan_paths, record_result
+from ..core.analyze import iter_analyzed, job_status, record_plan_paths, record_result
 from ..formats.cache import (CacheError, FaceCache, SegmentWriter, cache_exists, cache_lock,
                              check_model, compact_cache, load_cache, table_len)
 from ..formats.queue import (FAILURES_LOG, KIND_EMBED, QUEUE_COPY, RESULTS_CACHE, QueueError,
                              load_queue, new_queue, validate_embed_results, write_queue)
 from ..io.fsutil import atomic_write_json
 from ..io.imageio import DEFAULT_MAX_PIXELS
-from ..runtime.worker import ERROR, NOFACE, OK, WorkerJob, WorkItem, map_param_path
+from ..runtime.worker import WorkerJob, WorkItem, map_param_path
 from ..sources.folder import FolderSource, Listed, plan_embed
 
 # what the worker's backend says about its model (copied into the cache's meta on merge)
@@ -157,7 +157,7 @@ class EmbedJob(WorkerJob):
             result.path = item.path  # results carry the queue's own paths
             record_result(self.writer, result, photo, aliases)
             self.faces += len(result.faces)
-            status = {"face": OK, "noface": NOFACE}.get(result.status, ERROR)
+            status = job_status(result)
             yield item, status, result.error
 
     def flush(self) -> None:
