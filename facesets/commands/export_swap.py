@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("cache")
     p.add_argument("refine_manifest", help="refine_manifest.json written by `refine`")
     p.add_argument("out", help="output folder (facesets replaced whole if made by face-sets)")
-    add_export_options(p)
+    add_export_options(p, old_outlier_alias=True)
     p.add_argument("--raw-manifest", default=None,
                    help="manifest.json of `cluster` (needed by --candidates)")
     p.add_argument("--candidates", action="store_true",

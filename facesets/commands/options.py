@@ -3,10 +3,12 @@ step Params built from them. Every default is read from the step's Params datacl
 threshold default from the model table, so help texts cannot drift from the library."""
 from __future__ import annotations
 
+import argparse
+
 from ..core.refinement import RefineParams
 from ..core.thresholds import MODEL_THRESHOLDS, resolve_threshold
 from ..steps.export import ExportParams
-from .common import BACKEND, defaults
+from .common import BACKEND, defaults, warn
 
 # thresholds shown in help texts: those of the default model pack
 DEFAULT_MODEL = BACKEND.DEFAULT_MODEL
@@ -52,14 +54,32 @@ def refine_params(args, meta: dict) -> RefineParams:
         min_faces=args.min_faces, engine=args.engine)
 
 
-def add_export_options(p, outlier_flag: str = "--outlier-threshold") -> None:
-    """The gates and sizes of export-swap (also taken by `run`, where refine already owns
-    --outlier-threshold)."""
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new one's dest and warns once."""
+
+    def __init__(self, option_strings, dest, new_flag: str = "", **kw):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn(f"{option_string} is deprecated here: use {self.new_flag} (the same flag as in "
+             "`run`; --outlier-threshold is refine's gate)")
+        setattr(namespace, self.dest, values)
+
+
+def add_export_options(p, old_outlier_alias: bool = False) -> None:
+    """The gates and sizes of export-swap (also taken by `run`). Its outlier gate is
+    --swap-outlier-threshold everywhere (--outlier-threshold is refine's); export-swap still
+    takes the old --outlier-threshold as a deprecated alias (``old_outlier_alias``)."""
     g = p.add_argument_group("export-swap")
-    g.add_argument(outlier_flag, dest="swap_outlier_threshold", type=float,
-                   default=None, help="drop faces farther than this cosine distance from the "
-                                      f"faceset centroid ({model_threshold('swap_outlier')} "
-                                      f"for {DEFAULT_MODEL})")
+    g.add_argument("--swap-outlier-threshold", dest="swap_outlier_threshold", type=float,
+                   default=None, help="export: drop faces farther than this cosine distance "
+                                      "from the faceset centroid (model default; "
+                                      f"{model_threshold('swap_outlier')} for {DEFAULT_MODEL})")
+    if old_outlier_alias:
+        g.add_argument("--outlier-threshold", dest="swap_outlier_threshold", type=float,
+                       action=DeprecatedAlias, new_flag="--swap-outlier-threshold",
+                       help=argparse.SUPPRESS)
     g.add_argument("--min-face-short", type=float, default=EXPORT["min_face_short"],
                    help=f"min face short edge in source pixels ({EXPORT['min_face_short']:g})")
     g.add_argument("--out-size", type=int, default=EXPORT["out_size"],

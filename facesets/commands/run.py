@@ -11,6 +11,8 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
+from ..core.thresholds import ThresholdError, missing_message, missing_thresholds
+from ..formats.cache import cache_exists, load_cache
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, EXIT_INTERRUPTED
@@ -34,7 +36,7 @@ def register(sub) -> None:
     add_refine_options(g)
     add_engine_option(p)
     add_link_option(p)
-    add_export_options(p, outlier_flag="--swap-outlier-threshold")
+    add_export_options(p)
     p.add_argument("--candidates", action="store_true",
                    help="export-swap: review folders of raw singletons (see export-swap)")
     add_progress_option(p)
@@ -47,6 +49,34 @@ def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
             .pipeline_step(args, layout) for name in pipeline.STEPS]
 
 
+# the thresholds each step of `run` resolves (threshold name -> the argparse dest)
+RUN_THRESHOLDS = {"cluster": "threshold", "initial": "initial_threshold",
+                  "merge": "merge_threshold", "outlier": "outlier_threshold",
+                  "swap_outlier": "swap_outlier_threshold"}
+
+
+def check_thresholds(args, cache: Path) -> None:
+    """Before any work: every threshold the whole run will resolve is known (flag, the
+    cache's calibrated values, or the model's table), else one error lists all missing."""
+    names = dict(RUN_THRESHOLDS, **({"candidate_match": "candidate_match_threshold"}
+                                     if args.candidates else {}))
+    given = {n: getattr(args, dest) for n, dest in names.items()}
+    model = Path(args.model).name if Path(args.model).expanduser().is_dir() else args.model
+    meta = {"model": model}
+    if not missing_thresholds(names, meta, given):
+        return
+    embed = ""
+    if cache_exists(cache):   # its calibrated thresholds (and its model) count
+        meta = load_cache(cache).meta
+    else:
+        root = f" --model-root {args.model_root}" if args.model_root else ""
+        embed = f"sort_faces.py embed {args.src} {os.fspath(cache)} --model {args.model}{root}"
+    missing = missing_thresholds(names, meta, given)
+    if missing:
+        raise ThresholdError(missing_message(missing, meta.get("model") or model,
+                                             os.fspath(cache), "run", embed))
+
+
 def run(args) -> int:
     src = Path(args.src)
     if not src.is_dir():
@@ -56,6 +86,7 @@ def run(args) -> int:
                          f"{os.path.join(args.src, 'sorted')} (face-sets' own folders inside "
                          "SRC are never scanned as photos)")
     cache = Path(args.cache) if args.cache else pipeline.default_cache(src)
+    check_thresholds(args, cache)
     layout = pipeline.RunLayout(src=src, out=Path(args.out), cache=cache)
     layout.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as locks:   # OUT and each folder a step replaces whole
