@@ -179,6 +179,11 @@ class InsightFaceBackend(FaceBackend):
             self.embedding_dim = 0
             self.model_id = f"{self.name}:detection-only"
 
+    def describe(self) -> dict:
+        """The base meta plus ``pack_dir``: where the pack was loaded from, so commands that
+        read the cache later load the same pack without --model / --model-root."""
+        return dict(super().describe(), pack_dir=str(Path(self.pack_dir).resolve()))
+
     def detect(self, image):
         bboxes, kpss = self.det.detect(image, max_num=0)
         faces = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+from pathlib import Path
 
 from ..backends import DEFAULT_DET_SIZE, backend_class
 from ..engine import ENGINES, cluster_faces
@@ -31,6 +32,48 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "available of DirectML, CUDA, CoreML, CPU)")
     g.add_argument("--det-size", type=int, default=DEFAULT_DET_SIZE,
                    help=f"detector input size ({DEFAULT_DET_SIZE})")
+
+
+def add_cache_model_options(p: argparse.ArgumentParser, what: str = "the cache") -> None:
+    """Model options of a command that reads what an earlier embed made: by default the
+    pack that made it (its name and the folder it was loaded from)."""
+    add_model_options(p)
+    p.set_defaults(model=None)
+    for a in p._actions:
+        if a.dest == "model":
+            a.help = (f"InsightFace model pack name, or a folder of its ONNX files (default: "
+                      f"the pack that made {what}, from the folder it was loaded from)")
+
+
+def cache_model(args, meta: dict, where: str) -> tuple[str, str | None, str]:
+    """(model, model_root, note) for a command reading ``where`` (a cache or a manifest)
+    whose ``meta`` names the model: the flags when given, else the recorded pack folder when
+    it still holds the pack, else the recorded name under --model-root (or the default root).
+    ``note`` says what was recorded, for an error when the pack cannot be loaded."""
+    if args.model:
+        return args.model, args.model_root, ""
+    name = meta.get("model") if isinstance(meta.get("model"), str) else None
+    if not name:
+        return BACKEND.DEFAULT_MODEL, args.model_root, f"{where} names no model"
+    pack_dir = meta.get("pack_dir")
+    if isinstance(pack_dir, str) and args.model_root is None:
+        d = Path(pack_dir)
+        if d.is_dir() and d.name == name and any(d.glob("*.onnx")):
+            return str(d), None, f"{where} was made with pack {d}"
+        return name, None, (f"{where} was made with model '{name}' loaded from {pack_dir}, "
+                            "which is gone; pass --model / --model-root")
+    return name, args.model_root, f"{where} was made with model '{name}'"
+
+
+def load_for(args, meta: dict, where: str, **kw):
+    """load_backend for the pack ``cache_model`` picks; a failure names what was recorded."""
+    from ..backends import BackendError, load_backend
+
+    model, root, note = cache_model(args, meta, where)
+    try:
+        return load_backend(model, root, args.providers, args.det_size, **kw)
+    except BackendError as exc:
+        raise BackendError(f"{note}: {exc}" if note else str(exc)) from None
 
 
 def backend_loader(args):

@@ -5,7 +5,7 @@ from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, digest, file_digest, option_values
 from ..steps.export import run_export
-from .common import BACKEND, add_model_options, add_progress_option, say, warn
+from .common import add_cache_model_options, add_progress_option, load_for, say, warn
 from .options import add_export_options, export_params
 
 
@@ -21,19 +21,15 @@ def register(sub) -> None:
     p.add_argument("--candidates", action="store_true",
                    help="raw singletons near a faceset -> _candidates/to_<faceset>/, the "
                         "rest that group together -> _candidates/new_NNN/")
-    add_model_options(p)
-    p.set_defaults(model=None)  # the detector of the cache's own model pack
+    add_cache_model_options(p)   # the detector of the cache's own model pack
     add_progress_option(p)
     p.set_defaults(func=run)
 
 
-def detector_loader(args, meta: dict):
+def detector_loader(args, meta: dict, where: str):
     """Loads the detection model of the cache's pack (or --model) for the crop re-check."""
     def load():
-        from ..backends import load_backend
-        return load_backend(args.model or meta.get("model") or BACKEND.DEFAULT_MODEL,
-                            args.model_root, args.providers, args.det_size,
-                            with_recognition=False)
+        return load_for(args, meta, where, with_recognition=False)
     return load
 
 
@@ -56,7 +52,8 @@ def run(args) -> int:
     params = export_params(args, cache.meta, args.candidates)
     with output_lock(args.out):
         top = run_export(args.cache, args.refine_manifest, args.out, params,
-                         detector_loader(args, cache.meta), args.raw_manifest, args.progress)
+                         detector_loader(args, cache.meta, args.cache), args.raw_manifest,
+                         args.progress)
     say(summary_line(top, args.out))
     if not top["facesets"]:
         warn("no faceset to export: check refine's output (--min-faces) and the gates")
@@ -69,7 +66,8 @@ def pipeline_step(args, layout: RunLayout) -> Step:
         cache = load_cache(str(layout.cache))
         params = export_params(args, cache.meta, args.candidates)
         top = run_export(str(layout.cache), layout.refine_manifest, layout.swap_ready, params,
-                         detector_loader(args, cache.meta), layout.raw_manifest, args.progress)
+                         detector_loader(args, cache.meta, str(layout.cache)),
+                         layout.raw_manifest, args.progress)
         say(summary_line(top, layout.swap_ready))
         return {k: v for k, v in top["summary"].items() if k != "dropped"}
 
