@@ -5,20 +5,20 @@ from the 5 cached keypoints (pose_method kps5) instead of the 3d68 model's (3d68
 """
 from __future__ import annotations
 
+from ..formats.cache import load_cache
 from ..runtime.jobs import EXIT_INTERRUPTED
 from ..steps.embed import DEFAULT_FLUSH_EVERY
 from ..steps.enrich import detection_loader, run_enrich
-from ..formats.cache import load_cache
-from .common import add_cache_model_options, add_progress_option, load_for, say
+from .common import CACHE_HELP, add_cache_model_options, add_progress_option, load_for, say
 
 
 def register(sub) -> None:
     p = sub.add_parser("enrich", help="add landmarks and head pose to every cached face",
                        description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     add_cache_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
-                   help=f"write progress to the cache every N photos ({DEFAULT_FLUSH_EVERY})")
+                   help="write progress to the cache every N photos")
     add_progress_option(p)
     p.set_defaults(func=run)
 

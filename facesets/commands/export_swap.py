@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from ..formats.cache import load_cache
+from ..formats.manifest import REFINE_MANIFEST, ManifestError, load_manifest
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, digest, file_digest, option_values
 from ..steps.export import run_export
-from .common import add_cache_model_options, add_progress_option, load_for, say, warn
+from .common import CACHE_HELP, add_cache_model_options, add_progress_option, load_for, say, warn
 from .options import add_export_options, export_params
 
 
 def register(sub) -> None:
     p = sub.add_parser("export-swap", help="swap-ready crops and .fsz bundles per faceset",
                        description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("refine_manifest", help="refine_manifest.json written by `refine`")
     p.add_argument("out", help="output folder (facesets replaced whole if made by face-sets)")
     add_export_options(p, old_outlier_alias=True)
@@ -44,6 +45,24 @@ def summary_line(top: dict, out) -> str:
     return line + f"; {out}"
 
 
+def thin_warnings(top: dict, refine_manifest) -> list[str]:
+    """Facesets that export left with fewer faces than refine's --min-faces: export's own
+    gates (--min-face-short, its outlier gate, one face per crop) dropped the rest."""
+    try:
+        min_faces = int(load_manifest(refine_manifest, REFINE_MANIFEST)["parameters"]
+                        .get("min_faces") or 0)
+    except (ManifestError, ValueError, TypeError, OSError, KeyError):
+        return []
+    lines = []
+    for fs in top["facesets"]:
+        if fs["faces"] < min_faces:
+            lines.append(f"{fs['name']} has {fs['faces']} faces after export, fewer than "
+                         f"refine's --min-faces {min_faces} ({fs['dropped']} dropped by export's "
+                         f"gates; see {fs['manifest']}): lower --min-face-short or "
+                         "--swap-outlier-threshold, or leave this faceset out")
+    return lines
+
+
 def run(args) -> int:
     if args.candidates and not args.raw_manifest:
         raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
@@ -55,6 +74,8 @@ def run(args) -> int:
                          detector_loader(args, cache.meta, args.cache), args.raw_manifest,
                          args.progress)
     say(summary_line(top, args.out))
+    for line in thin_warnings(top, args.refine_manifest):
+        warn(line)
     if not top["facesets"]:
         warn("no faceset to export: check refine's output (--min-faces) and the gates")
     return 0
@@ -69,6 +90,8 @@ def pipeline_step(args, layout: RunLayout) -> Step:
                          detector_loader(args, cache.meta, str(layout.cache)),
                          layout.raw_manifest, args.progress)
         say(summary_line(top, layout.swap_ready))
+        for line in thin_warnings(top, layout.refine_manifest):
+            warn(line)
         return {k: v for k, v in top["summary"].items() if k != "dropped"}
 
     options = option_values(args, "swap_outlier_threshold", "min_face_short", "out_size",

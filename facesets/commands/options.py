@@ -29,19 +29,21 @@ def add_refine_options(p) -> None:
                    help="stage-1 clustering distance (model default; "
                         f"{model_threshold('initial')} for {DEFAULT_MODEL})")
     p.add_argument("--merge-threshold", type=float, default=None,
-                   help="centroid distance for merging clusters "
-                        f"({model_threshold('merge')} for {DEFAULT_MODEL})")
+                   help="centroid distance for merging clusters (model default; "
+                        f"{model_threshold('merge')} for {DEFAULT_MODEL})")
     p.add_argument("--outlier-threshold", type=float, default=None,
                    help="drop faces farther than this from their centroid "
-                        f"({model_threshold('outlier')} {DEFAULT_MODEL})")
+                        f"(model default; {model_threshold('outlier')} for {DEFAULT_MODEL})")
     p.add_argument("--min-short", type=float, default=REFINE["min_short"],
-                   help=f"min face short edge, px ({REFINE['min_short']:g})")
+                   help="min face short edge in source px for a face to be in a faceset "
+                        "(who is in it; export-swap's --min-face-short, larger by default, "
+                        "then decides which faces make a sharp swap crop)")
     p.add_argument("--min-blur", type=float, default=REFINE["min_blur"],
-                   help=f"min sharpness ({REFINE['min_blur']:.1f})")
+                   help="min sharpness")
     p.add_argument("--min-det-score", type=float, default=REFINE["min_det_score"],
-                   help=f"min detector score ({REFINE['min_det_score']})")
+                   help="min detector score")
     p.add_argument("--min-faces", type=int, default=REFINE["min_faces"],
-                   help=f"min unique source images per faceset ({REFINE['min_faces']})")
+                   help="min unique source images per faceset")
 
 
 def refine_params(args, meta: dict) -> RefineParams:
@@ -81,20 +83,22 @@ def add_export_options(p, old_outlier_alias: bool = False) -> None:
                        action=DeprecatedAlias, new_flag="--swap-outlier-threshold",
                        help=argparse.SUPPRESS)
     g.add_argument("--min-face-short", type=float, default=EXPORT["min_face_short"],
-                   help=f"min face short edge in source pixels ({EXPORT['min_face_short']:g})")
+                   help="min face short edge in source px of an exported crop: larger than "
+                        "refine's --min-short on purpose, since a crop of a small face is "
+                        "upscaled to --out-size and blurs; faces refine kept but smaller than "
+                        "this are dropped here (a warning names a faceset left below "
+                        "--min-faces)")
     g.add_argument("--out-size", type=int, default=EXPORT["out_size"],
-                   help=f"crop size in px ({EXPORT['out_size']})")
+                   help="crop size in px")
     g.add_argument("--pad-ratio", type=float, default=EXPORT["pad_ratio"],
-                   help=f"padding around the face box, share of its size per side "
-                        f"({EXPORT['pad_ratio']})")
+                   help="padding around the face box, share of its size per side")
     g.add_argument("--top-n", type=int, default=EXPORT["top_n"],
-                   help=f"faces in the _top bundle ({EXPORT['top_n']})")
+                   help="faces in the _top bundle")
     g.add_argument("--candidate-match-threshold", type=float, default=None,
-                   help="singleton-to-centroid cosine distance "
-                        f"({model_threshold('candidate_match')} for {DEFAULT_MODEL})")
+                   help="singleton-to-centroid cosine distance (model default; "
+                        f"{model_threshold('candidate_match')} for {DEFAULT_MODEL})")
     g.add_argument("--candidate-min-score", type=float, default=EXPORT["candidate_min_score"],
-                   help=f"min composite quality of a candidate "
-                        f"({EXPORT['candidate_min_score']:.2f})")
+                   help="min composite quality of a candidate")
 
 
 def export_params(args, meta: dict, candidates: bool) -> ExportParams:

@@ -13,14 +13,14 @@ from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, option_values
 from ..steps.calibrate import truth_report
 from ..steps.refine import run_refine
-from .common import add_engine_option, add_link_option, say
+from .common import CACHE_HELP, add_engine_option, add_link_option, say
 from .options import add_refine_options, refine_params
 
 
 def register(sub) -> None:
     p = sub.add_parser("refine", help="build clean facesets from the cache",
                        description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("out", help="output folder (replaced whole if made by face-sets)")
     add_refine_options(p)
     add_engine_option(p)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import textwrap
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..core.thresholds import ThresholdError, missing_message, missing_thresholds
+from ..core.thresholds import (FLAGS, MODEL_THRESHOLDS, ThresholdError, missing_message,
+                               missing_thresholds)
 from ..formats.cache import cache_exists, load_cache
+from ..formats.manifest import SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, load_manifest
+from ..formats.swapset import NAME_FILE
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, EXIT_INTERRUPTED
@@ -22,17 +26,18 @@ from .options import DEFAULT_MODEL, add_export_options, add_refine_options, mode
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline from a photo folder to .fsz bundles",
-                       description=__doc__)
+                       description=__doc__, epilog=thresholds_epilog())
     p.add_argument("src", help="folder of photos (scanned recursively)")
     p.add_argument("out", help="output folder: raw/, facesets/, swap_ready/, run_state.json")
     p.add_argument("--cache", default=None,
                    help="cache file (default work/cache/<SRC folder name>.npz)")
     add_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
-                   help=f"embed: write progress every N files ({DEFAULT_FLUSH_EVERY})")
+                   help="embed: write progress every N files")
     g = p.add_argument_group("cluster / refine")
     g.add_argument("--threshold", type=float, default=None,
-                   help=f"cluster distance ({model_threshold('cluster')} for {DEFAULT_MODEL})")
+                   help=f"cluster distance (model default; {model_threshold('cluster')} for "
+                        f"{DEFAULT_MODEL})")
     add_refine_options(g)
     add_engine_option(p)
     add_link_option(p)
@@ -53,6 +58,18 @@ def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
 RUN_THRESHOLDS = {"cluster": "threshold", "initial": "initial_threshold",
                   "merge": "merge_threshold", "outlier": "outlier_threshold",
                   "swap_outlier": "swap_outlier_threshold"}
+
+
+def thresholds_epilog() -> str:
+    """What `run --help` says about models without built-in thresholds."""
+    flags = ", ".join(FLAGS[n] for n in RUN_THRESHOLDS)
+    return textwrap.fill(f"Model packs with built-in thresholds: {', '.join(sorted(MODEL_THRESHOLDS))}. "
+            f"Any other pack (--model NAME or a folder) needs {flags} (and "
+            f"{FLAGS['candidate_match']} with --candidates), unless the cache holds "
+            "calibrated ones (`calibrate CACHE TRUTH_ROOT --save`); run checks this before any "
+            "work and lists every missing one. Old spelling: export-swap's --outlier-threshold "
+            "is --swap-outlier-threshold, as here (--outlier-threshold is refine's gate).",
+                         width=79, break_on_hyphens=False)
 
 
 def check_thresholds(args, cache: Path) -> None:
@@ -101,4 +118,40 @@ def run(args) -> int:
     say(f"run: ran {', '.join(result['ran']) or 'nothing'}; skipped "
         f"{', '.join(result['skipped']) or 'nothing'}; bundles in {layout.swap_ready} "
         f"(cache {os.fspath(cache)})")
+    for line in result_table(layout):
+        say(line)
     return 0
+
+
+def result_table(layout: pipeline.RunLayout) -> list[str]:
+    """The end of `run`: per faceset the faces kept, dropped by reason and its bundles, then
+    what to do next."""
+    try:
+        top = load_manifest(layout.swap_manifest, SWAP_MANIFEST)
+    except (ManifestError, ValueError, OSError):
+        return []
+    if not top["facesets"]:
+        return ["run: no faceset made it to export: see refine's line above (what it dropped, "
+                "and which gate value would keep the faces)"]
+    rows = []
+    for entry in top["facesets"]:
+        try:
+            m = load_manifest(layout.swap_ready / entry["manifest"], SWAP_FACESET_MANIFEST)
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted(m["summary"]["dropped"].items()))
+        except (ManifestError, ValueError, OSError, KeyError, TypeError):
+            dropped = "?"
+        rows.append((entry["name"], str(entry["faces"]), dropped or "none",
+                     f"{entry['top_bundle']}, {entry['all_bundle']}"))
+    head = ("faceset", "kept", "dropped by export", "bundles (in swap_ready/)")
+    width = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    lines = ["run: facesets"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, width))
+                                 + "  " + r[3] for r in [head, *rows]]
+    first = top["facesets"][0]
+    return lines + [
+        "next:",
+        f"  1. sort_faces.py verify-fsz {layout.swap_ready}   (one face per PNG, as "
+        "roop-unleashed reads them)",
+        f"  2. write each person's name in {layout.swap_ready / first['name'] / NAME_FILE} "
+        "(and the other facesets'); kept across re-runs",
+        f"  3. in roop-unleashed, load {layout.swap_ready / first['top_bundle']} (or _all) as "
+        "the source face set"]
