@@ -58,6 +58,20 @@ def test_run_lists_every_missing_threshold_before_any_work(tmp_path):
     assert not cache.exists() and not out.exists() and "embed:" not in r.stdout
 
 
+def test_step_commands_list_all_their_missing_thresholds_at_once(ran, tmp_path):
+    r = run_cli("refine", ran["cache"], tmp_path / "fs", check=False)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1
+    assert all(f in r.stderr for f in ("--initial-threshold (", "--merge-threshold (",
+                                       "--outlier-threshold ("))
+    r = run_cli("export-swap", ran["cache"], ran["out"] / "facesets" / "refine_manifest.json",
+                tmp_path / "swap", "--candidates", "--raw-manifest",
+                ran["out"] / "raw" / "manifest.json", check=False)
+    assert r.returncode == 2
+    assert "--swap-outlier-threshold (" in r.stderr and "--candidate-match-threshold (" in r.stderr
+    assert str(ran["cache"]) in r.stderr and "calibrate" in r.stderr
+    assert not (tmp_path / "fs").exists() and not (tmp_path / "swap").exists()
+
+
 @pytest.mark.unit
 def test_outlier_flags_mean_the_same_gate_in_run_and_the_step_commands(capsys):
     from facesets.cli import build_parser

@@ -68,7 +68,7 @@ def run(args) -> int:
         raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
-    params = export_params(args, cache.meta, args.candidates)
+    params = export_params(args, cache.meta, args.candidates, args.cache)
     with output_lock(args.out):
         top = run_export(args.cache, args.refine_manifest, args.out, params,
                          detector_loader(args, cache.meta, args.cache), args.raw_manifest,
@@ -85,7 +85,8 @@ def pipeline_step(args, layout: RunLayout) -> Step:
     """export-swap as a step of `run`: OUT/swap_ready from the cache and both manifests."""
     def action() -> dict:
         cache = load_cache(str(layout.cache))
-        params = export_params(args, cache.meta, args.candidates)
+        params = export_params(args, cache.meta, args.candidates,
+                               str(layout.cache))
         top = run_export(str(layout.cache), layout.refine_manifest, layout.swap_ready, params,
                          detector_loader(args, cache.meta, str(layout.cache)),
                          layout.raw_manifest, args.progress)

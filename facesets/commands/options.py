@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..core.refinement import RefineParams
-from ..core.thresholds import MODEL_THRESHOLDS, resolve_threshold
+from ..core.thresholds import (MODEL_THRESHOLDS, ThresholdError, missing_message,
+                               missing_thresholds, resolve_threshold)
 from ..steps.export import ExportParams
 from .common import BACKEND, defaults, warn
 
@@ -46,8 +47,20 @@ def add_refine_options(p) -> None:
                    help="min unique source images per faceset")
 
 
-def refine_params(args, meta: dict) -> RefineParams:
+def require_thresholds(given: dict[str, float | None], meta: dict, command: str,
+                       cache: str) -> None:
+    """Every threshold in ``given`` (name -> flag value) is known, else one error lists all
+    that are missing (not one per run)."""
+    missing = missing_thresholds(given, meta, given)
+    if missing:
+        raise ThresholdError(missing_message(missing, meta.get("model") or "?", cache,
+                                             command))
+
+
+def refine_params(args, meta: dict, cache: str = "CACHE") -> RefineParams:
     """RefineParams from add_refine_options' flags (thresholds resolved for the cache)."""
+    require_thresholds({"initial": args.initial_threshold, "merge": args.merge_threshold,
+                        "outlier": args.outlier_threshold}, meta, "refine", cache)
     return RefineParams(
         initial_threshold=resolve_threshold("initial", meta, args.initial_threshold),
         merge_threshold=resolve_threshold("merge", meta, args.merge_threshold),
@@ -101,10 +114,13 @@ def add_export_options(p, old_outlier_alias: bool = False) -> None:
                    help="min composite quality of a candidate")
 
 
-def export_params(args, meta: dict, candidates: bool) -> ExportParams:
+def export_params(args, meta: dict, candidates: bool, cache: str = "CACHE") -> ExportParams:
     """ExportParams from add_export_options' flags (thresholds resolved for the cache)."""
     if args.out_size < 64 or args.pad_ratio < 0 or args.top_n < 1:
         raise ValueError("--out-size must be >= 64, --pad-ratio >= 0 and --top-n >= 1")
+    require_thresholds(dict({"swap_outlier": args.swap_outlier_threshold},
+                            **({"candidate_match": args.candidate_match_threshold}
+                               if candidates else {})), meta, "export-swap", cache)
     return ExportParams(
         outlier_threshold=resolve_threshold("swap_outlier", meta, args.swap_outlier_threshold),
         min_face_short=args.min_face_short, out_size=args.out_size, pad_ratio=args.pad_ratio,

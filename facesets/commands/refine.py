@@ -94,7 +94,7 @@ def refine_lines(cache, params: RefineParams, m: dict, out) -> list[str]:
 
 def run(args) -> int:
     cache = load_cache(args.cache)
-    params = refine_params(args, cache.meta)
+    params = refine_params(args, cache.meta, args.cache)
     with output_lock(args.out):
         m = run_refine(cache, args.cache, Path(args.out), params, args.link)
     for line in refine_lines(cache, params, m, args.out):
@@ -110,7 +110,7 @@ def pipeline_step(args, layout: RunLayout) -> Step:
     """refine as a step of `run`: OUT/facesets from the cache."""
     def action() -> dict:
         cache = load_cache(str(layout.cache))
-        params = refine_params(args, cache.meta)
+        params = refine_params(args, cache.meta, str(layout.cache))
         m = run_refine(cache, str(layout.cache), layout.facesets, params, args.link)
         for line in refine_lines(cache, params, m, layout.facesets):
             say(line)

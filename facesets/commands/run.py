@@ -63,13 +63,14 @@ RUN_THRESHOLDS = {"cluster": "threshold", "initial": "initial_threshold",
 def thresholds_epilog() -> str:
     """What `run --help` says about models without built-in thresholds."""
     flags = ", ".join(FLAGS[n] for n in RUN_THRESHOLDS)
-    return textwrap.fill(f"Model packs with built-in thresholds: {', '.join(sorted(MODEL_THRESHOLDS))}. "
-            f"Any other pack (--model NAME or a folder) needs {flags} (and "
-            f"{FLAGS['candidate_match']} with --candidates), unless the cache holds "
-            "calibrated ones (`calibrate CACHE TRUTH_ROOT --save`); run checks this before any "
-            "work and lists every missing one. Old spelling: export-swap's --outlier-threshold "
-            "is --swap-outlier-threshold, as here (--outlier-threshold is refine's gate).",
-                         width=79, break_on_hyphens=False)
+    packs = ", ".join(sorted(MODEL_THRESHOLDS))
+    return textwrap.fill(
+        f"Model packs with built-in thresholds: {packs}. Any other pack (--model NAME or a "
+        f"folder) needs {flags} (and {FLAGS['candidate_match']} with --candidates), unless the "
+        "cache holds calibrated ones (`calibrate CACHE TRUTH_ROOT --save`); run checks this "
+        "before any work and lists every missing one. Old spelling: export-swap's "
+        "--outlier-threshold is --swap-outlier-threshold, as here (--outlier-threshold is "
+        "refine's gate).", width=79, break_on_hyphens=False)
 
 
 def check_thresholds(args, cache: Path) -> None:
