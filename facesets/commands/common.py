@@ -81,7 +81,9 @@ def cache_model(args, meta: dict, where: str) -> tuple[str, str | None, str]:
         return args.model, args.model_root, ""
     name = meta.get("model") if isinstance(meta.get("model"), str) else None
     if not name:
-        return BACKEND.DEFAULT_MODEL, args.model_root, f"{where} names no model"
+        return BACKEND.DEFAULT_MODEL, args.model_root, (
+            f"{where}: no model recorded, so the default pack {BACKEND.DEFAULT_MODEL} was "
+            "tried (pass --model)")
     pack_dir = meta.get("pack_dir")
     if isinstance(pack_dir, str) and args.model_root is None:
         d = Path(pack_dir)

@@ -56,7 +56,9 @@ class Backends:
             try:
                 self.loaded[model, root] = load_for(self.args, meta, where)
             except BackendError as exc:
-                self.loaded[model, root] = exc
+                if self.args.model:   # the pack asked for is missing: no bundle can pass
+                    raise
+                self.loaded[model, root] = exc   # this faceset's pack: its bundles fail
         return self.loaded[model, root]
 
 
@@ -80,7 +82,13 @@ def run(args) -> int:
             if isinstance(backend, BackendError):
                 raise backend
             r = verify_bundle(path, backend, args.max_pixels, contents)
-        except (BundleError, BackendError, OSError, ValueError) as exc:
+        except BackendError as exc:
+            if args.model:
+                raise
+            say(f"FAIL {path}: {exc}")
+            failed += 1
+            continue
+        except (BundleError, OSError, ValueError) as exc:
             say(f"FAIL {path}: {exc}")
             failed += 1
             continue
