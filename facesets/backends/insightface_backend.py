@@ -117,14 +117,21 @@ def resolve_pack_dir(name: str, root: str | None) -> Path:
             f"InsightFace's model zoo and unzip it to {pack}, or pass --model-root DIR (the "
             "folder holding models/<name>/) or --model /path/to/pack")
     top, before = _existing_parents(pack)
+    zip_path = pack.with_name(f"{name}.zip")
+    had_zip = zip_path.exists()
+
+    def clean() -> None:   # leave nothing of a failed download
+        if not had_zip:
+            zip_path.unlink(missing_ok=True)
+        _remove_new_empty_dirs(before, top)
     try:
         from insightface.utils import ensure_available
         got = Path(ensure_available("models", name, root=root))
     except Exception as exc:  # offline: requests' ConnectionError, or a bad zip
-        _remove_new_empty_dirs(before, top)
+        clean()
         raise BackendError(f"{hint} (download failed: {type(exc).__name__})") from None
     if not any(got.glob("*.onnx")):
-        _remove_new_empty_dirs(before, top)
+        clean()
         raise BackendError(hint)
     return got
 
