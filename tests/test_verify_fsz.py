@@ -14,7 +14,7 @@ import pytest
 from conftest import GROUP, LOW_GATES, PACK, SHARED, TEST_THRESHOLD, run_cli
 from facesets.formats.bundle import read_fsz, write_fsz
 
-EXPORT_ARGS = ["--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
+EXPORT_ARGS = ["--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
                "--model-root", str(SHARED / "insightface"), "--no-progress"]
 
 

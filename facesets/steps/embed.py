@@ -35,7 +35,8 @@ class EmbedSummary:
     skipped: list[str] = field(default_factory=list)   # what listing SRC passed over, why
 
     def line(self) -> str:
-        if not (self.new or self.aliased or self.errors or self.noface or self.interrupted):
+        if self.seen and not (self.new or self.aliased or self.errors or self.noface
+                              or self.interrupted):
             return (f"files seen {self.seen}, unchanged {self.unchanged}, new 0: nothing new "
                     "(the cache is up to date)")
         rate = (f"; {self.embedded / self.seconds:.1f} img/s"
