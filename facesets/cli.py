@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from . import __version__
+from .commands.common import use_help_formatter
 from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 
 # modules under facesets.commands, in the order `--help` lists them
@@ -22,10 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sort_faces.py",
         description="Sort a photo library by person and build face sets for face-swap tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"facesets.commands.{name.replace('-', '_')}").register(sub)
+    use_help_formatter(parser)   # every default shown, descriptions as written
     return parser
 
 

@@ -380,7 +380,7 @@ from conftest import FACES, GROUP, LOW_GATES, PACK, TEST_THRESHOLD, run_cli  # n
 PEOPLE = [p for p in sorted(FACES.iterdir()) if len(list(p.glob("*.jpg"))) >= 10]
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, *LOW_GATES, "--min-faces", "4"]
-EXPORT_ARGS = ["--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
+EXPORT_ARGS = ["--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
                "--no-progress"]
 RUN_ARGS = [*PACK, "--threshold", TEST_THRESHOLD, *REFINE_ARGS,
             "--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20",

@@ -42,7 +42,7 @@ def export_dir(tmp_path_factory) -> Path:
 def export_args(root: Path, out: Path) -> list:
     """export-swap of the cache and facesets the export_dir fixture made in ``root``."""
     return ["export-swap", root / "c.npz", root / "refined" / "refine_manifest.json", out,
-            "--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
+            "--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
             "--no-progress"]
 
 

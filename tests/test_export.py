@@ -21,7 +21,7 @@ from facesets.formats.bundle import read_fsz
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, *LOW_GATES, "--min-faces", "5"]
 # the LFW faces are 60-110 px: the 100 px gate lowered for them
-EXPORT_ARGS = ["--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
+EXPORT_ARGS = ["--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
                "--model-root", str(SHARED / "insightface"), "--no-progress"]
 
 
@@ -131,7 +131,7 @@ def test_group_photos_one_face_per_source(group_cache, refined, tmp_path, detect
     rm = tmp_path / "refine_manifest.json"
     rm.write_text(json.dumps(manifest))
     out = tmp_path / "swap"
-    run_cli("export-swap", group_cache, rm, out, *EXPORT_ARGS[:-1], "--outlier-threshold",
+    run_cli("export-swap", group_cache, rm, out, *EXPORT_ARGS[:-1], "--swap-outlier-threshold",
             "2.0", "--no-progress")
     m = assert_consistent(out / "faceset_000")
     kept = [f["sha256"] for f in m["faces"]]

@@ -34,7 +34,7 @@ MULTIFACE_WORKER = ROOT / "work" / "multiface_worker.py"
 PEOPLE = [p for p in sorted(FACES.iterdir()) if len(list(p.glob("*.jpg"))) >= 10][:3]
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, *LOW_GATES, "--min-faces", "4"]
-EXPORT_ARGS = ["--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
+EXPORT_ARGS = ["--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
                "--no-progress"]
 # each case's copy of the inputs lies this deep in its sandbox, so that a traversal
 # ("../../evil") from an output folder still lands in the sandbox, where it is seen

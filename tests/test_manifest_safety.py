@@ -31,7 +31,7 @@ def outputs(tmp_path_factory) -> Path:
     run_cli("cluster", cache, root / "raw", "--threshold", TEST_THRESHOLD, "--link", "symlink")
     run_cli("refine", cache, root / "sets", *REFINE_ARGS, "--link", "symlink")
     run_cli("export-swap", cache, root / "sets" / "refine_manifest.json", root / "export",
-            "--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
+            "--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
             "--no-progress")
     run_cli("embed", root / "batch2", cache, *PACK, "--no-progress")
     return root
@@ -63,7 +63,7 @@ _DELETE = object()
 #  what the error line must say)
 EXTEND = ["extend", "CACHE", "RAW", "--refine-out", "SETS"]
 EXPORT = ["export-swap", "CACHE", "SETS/refine_manifest.json", "EXPORT",
-          "--outlier-threshold", TEST_THRESHOLD, *PACK, "--no-progress"]
+          "--swap-outlier-threshold", TEST_THRESHOLD, *PACK, "--no-progress"]
 STAGE = ["audit-multiface", "stage", "EXPORT", "QUEUE", *PACK]
 APPLY = ["audit-multiface", "apply", "QUEUE", "RESULTS"]
 CASES = {

@@ -22,7 +22,7 @@ from test_run import RUN_ARGS
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, "--min-short", "20", "--min-blur", "0",
                "--min-det-score", "0.5", "--min-faces", "5"]
-EXPORT_ARGS = ["--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
+EXPORT_ARGS = ["--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
                "--model-root", str(SHARED / "insightface"), "--no-progress"]
 PEOPLE = 4
 # a file name whose bytes are not UTF-8 (Latin-1 "café"), as old cameras and SMB shares write

@@ -13,7 +13,7 @@ import pytest
 from conftest import GROUP, LOW_GATES, PACK, SHARED, TEST_THRESHOLD, run_cli
 from facesets.formats.bundle import read_fsz, write_fsz
 
-EXPORT_ARGS = ["--outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
+EXPORT_ARGS = ["--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "40",
                "--model-root", str(SHARED / "insightface"), "--no-progress"]
 
 
@@ -72,13 +72,15 @@ def test_refuses_unsafe_or_broken_bundles(tmp_path):
     evil = tmp_path / "evil.fsz"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../../escape.png", b"\x89PNG\r\n\x1a\n")
+    # a bad bundle fails alone (FAIL line, exit 1); the others are still checked
     r = run_cli("verify-fsz", evil, *PACK, check=False)
-    assert r.returncode == 2 and "unsafe member name" in r.stderr
+    assert r.returncode == 1 and f"FAIL {evil}: " in r.stdout and "unsafe member name" in r.stdout
     assert not (tmp_path.parent / "escape.png").exists()
     junk = tmp_path / "junk.fsz"
     junk.write_bytes(b"not a zip")
-    r = run_cli("verify-fsz", junk, *PACK, check=False)
-    assert r.returncode == 2 and "not a .fsz bundle" in r.stderr
+    r = run_cli("verify-fsz", junk, evil, *PACK, check=False)
+    assert r.returncode == 1 and "not a .fsz bundle" in r.stdout
+    assert "verify-fsz: 0 of 2 bundles pass" in r.stdout
     r = run_cli("verify-fsz", tmp_path / "missing.fsz", *PACK, check=False)
     assert r.returncode == 2 and "no such bundle" in r.stderr
 

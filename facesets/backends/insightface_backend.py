@@ -51,11 +51,48 @@ def session_options(providers: list[str], intra_threads: int | None = None):
     return opts
 
 
+# the packs InsightFace's model zoo serves as NAME.zip: only these are ever downloaded
+ZOO_PACKS = ("antelopev2", "buffalo_l", "buffalo_m", "buffalo_s", "buffalo_sc")
+
+
+def packs_under(root: str | os.PathLike) -> list[str]:
+    """Names of the model packs (folders holding .onnx files) in ROOT/models/."""
+    models = Path(root) / "models"
+    try:
+        return sorted(d.name for d in models.iterdir() if d.is_dir() and any(d.glob("*.onnx")))
+    except OSError:
+        return []
+
+
+def _remove_new_empty_dirs(before: set[Path], top: Path) -> None:
+    """Remove the folders a failed download created (empty ones only, deepest first)."""
+    if not top.exists():
+        return
+    made = sorted((d for d in [top, *top.rglob("*")] if d.is_dir() and d not in before),
+                  key=lambda d: len(d.parts), reverse=True)
+    for d in made:
+        for f in d.glob("*.zip"):   # a partly downloaded zip
+            f.unlink(missing_ok=True)
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+def _existing_parents(path: Path) -> tuple[Path, set[Path]]:
+    """The deepest existing folder above ``path`` and the folders below it now."""
+    top = path
+    while not top.exists() and top != top.parent:
+        top = top.parent
+    return top, {d for d in [top, *top.rglob("*")] if d.is_dir()} if top.is_dir() else set()
+
+
 def resolve_pack_dir(name: str, root: str | None) -> Path:
     """Folder of the model pack: ``name`` itself if it is a folder, else ROOT/models/NAME.
 
-    A missing pack is downloaded by InsightFace where a network is reachable; failing that a
-    BackendError says where we looked and how to point at a downloaded pack.
+    A missing pack of InsightFace's model zoo (ZOO_PACKS) is downloaded where a network is
+    reachable, and a failed download leaves no folder behind; any other name is a typo or a
+    private pack, and the BackendError lists the packs that ROOT does hold.
     """
     direct = Path(name).expanduser()
     if direct.is_dir():
@@ -64,15 +101,37 @@ def resolve_pack_dir(name: str, root: str | None) -> Path:
     pack = Path(root) / "models" / name
     if pack.is_dir() and any(pack.glob("*.onnx")):
         return pack
-    hint = (f"model pack '{name}' not found in {pack}; download {name}.zip from InsightFace's "
-            f"model zoo and unzip it to {pack}, or pass --model-root DIR (the folder holding "
-            "models/<name>/) or --model /path/to/pack")
+    have = packs_under(root)
+    listing = (f"packs in {Path(root) / 'models'}: {', '.join(have)}" if have else
+               f"no pack in {Path(root) / 'models'}")
+    nested = packs_under(Path(root).parent) if Path(root).name == "models" else []
+    if nested:
+        listing += (f"; --model-root names the folder that holds models/, here "
+                    f"{Path(root).parent}")
+    if name not in ZOO_PACKS:
+        choose = "pass one of those, " if have else ""
+        raise BackendError(f"model pack '{name}' not found in {pack} ({listing}); {choose}"
+                           f"pass a pack of InsightFace's model zoo ({', '.join(ZOO_PACKS)}, "
+                           "downloaded on first use) or --model /path/to/pack")
+    hint = (f"model pack '{name}' not found in {pack} ({listing}); download {name}.zip from "
+            f"InsightFace's model zoo and unzip it to {pack}, or pass --model-root DIR (the "
+            "folder holding models/<name>/) or --model /path/to/pack")
+    top, before = _existing_parents(pack)
+    zip_path = pack.with_name(f"{name}.zip")
+    had_zip = zip_path.exists()
+
+    def clean() -> None:   # leave nothing of a failed download
+        if not had_zip:
+            zip_path.unlink(missing_ok=True)
+        _remove_new_empty_dirs(before, top)
     try:
         from insightface.utils import ensure_available
         got = Path(ensure_available("models", name, root=root))
     except Exception as exc:  # offline: requests' ConnectionError, or a bad zip
+        clean()
         raise BackendError(f"{hint} (download failed: {type(exc).__name__})") from None
     if not any(got.glob("*.onnx")):
+        clean()
         raise BackendError(hint)
     return got
 
@@ -126,6 +185,11 @@ class InsightFaceBackend(FaceBackend):
         else:
             self.embedding_dim = 0
             self.model_id = f"{self.name}:detection-only"
+
+    def describe(self) -> dict:
+        """The base meta plus ``pack_dir``: where the pack was loaded from, so commands that
+        read the cache later load the same pack without --model / --model-root."""
+        return dict(super().describe(), pack_dir=str(Path(self.pack_dir).resolve()))
 
     def detect(self, image):
         bboxes, kpss = self.det.detect(image, max_num=0)

@@ -24,7 +24,7 @@ def register(sub) -> None:
     add_model_options(s)
     s.set_defaults(model=None, func=run_stage)  # default: the export's own model pack
     a = steps.add_parser("apply", help="drop the PNGs the worker found 0 or 2+ faces in")
-    a.add_argument("queue", metavar="QUEUE")
+    a.add_argument("queue", metavar="QUEUE", help="the queue JSON that `stage` wrote")
     a.add_argument("results", metavar="RESULTS", help="JSON Lines the worker wrote")
     a.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     a.set_defaults(func=run_apply)

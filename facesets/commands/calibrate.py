@@ -10,13 +10,13 @@ from __future__ import annotations
 from ..core.thresholds import FLAGS
 from ..formats.cache import load_cache, update_meta
 from ..steps.calibrate import SWEEP_HEADER, calibrate
-from .common import add_engine_option, say
+from .common import CACHE_HELP, add_engine_option, say
 
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="measure thresholds on hand-sorted person folders",
                        description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("truth_root", help="folder with one sub-folder of photos per person")
     p.add_argument("--save", action="store_true",
                    help="store the recommended thresholds in the cache as its defaults")

@@ -9,14 +9,14 @@ from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, option_values
 from ..steps.calibrate import truth_report
 from ..steps.cluster import run_cluster
-from .common import add_engine_option, add_link_option, say, warn
+from .common import CACHE_HELP, add_engine_option, add_link_option, say, warn
 from .options import DEFAULT_MODEL, model_threshold
 
 
 def register(sub) -> None:
     p = sub.add_parser("cluster", help="group cached faces into person folders",
                        description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("out", help="output folder (replaced whole if made by face-sets)")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine distance for average linkage (model default; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+from pathlib import Path
 
 from ..backends import DEFAULT_DET_SIZE, backend_class
 from ..engine import ENGINES, cluster_faces
@@ -19,6 +20,33 @@ def defaults(fn) -> dict:
             if p.default is not inspect.Parameter.empty}
 
 
+# help of every CACHE positional
+CACHE_HELP = "face-sets cache file (.npz) that `embed` made"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """Every command's help: descriptions as written, and every option's default shown
+    (appended unless the help text already says it; not for flags or None defaults)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or action.nargs == 0 or action.default is None
+                or action.default is argparse.SUPPRESS
+                or any(w in text for w in ("(default", "default:", "model default"))):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def use_help_formatter(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every sub-command under it the HelpFormatter."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_help_formatter(sub)
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=BACKEND.DEFAULT_MODEL,
@@ -30,7 +58,51 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime providers, comma-separated (default: the best "
                         "available of DirectML, CUDA, CoreML, CPU)")
     g.add_argument("--det-size", type=int, default=DEFAULT_DET_SIZE,
-                   help=f"detector input size ({DEFAULT_DET_SIZE})")
+                   help="detector input size")
+
+
+def add_cache_model_options(p: argparse.ArgumentParser, what: str = "the cache") -> None:
+    """Model options of a command that reads what an earlier embed made: by default the
+    pack that made it (its name and the folder it was loaded from)."""
+    add_model_options(p)
+    p.set_defaults(model=None)
+    for a in p._actions:
+        if a.dest == "model":
+            a.help = (f"InsightFace model pack name, or a folder of its ONNX files (default: "
+                      f"the pack that made {what}, from the folder it was loaded from)")
+
+
+def cache_model(args, meta: dict, where: str) -> tuple[str, str | None, str]:
+    """(model, model_root, note) for a command reading ``where`` (a cache or a manifest)
+    whose ``meta`` names the model: the flags when given, else the recorded pack folder when
+    it still holds the pack, else the recorded name under --model-root (or the default root).
+    ``note`` says what was recorded, for an error when the pack cannot be loaded."""
+    if args.model:
+        return args.model, args.model_root, ""
+    name = meta.get("model") if isinstance(meta.get("model"), str) else None
+    if not name:
+        return BACKEND.DEFAULT_MODEL, args.model_root, (
+            f"{where}: no model recorded, so the default pack {BACKEND.DEFAULT_MODEL} was "
+            "tried (pass --model)")
+    pack_dir = meta.get("pack_dir")
+    if isinstance(pack_dir, str) and args.model_root is None:
+        d = Path(pack_dir)
+        if d.is_dir() and d.name == name and any(d.glob("*.onnx")):
+            return str(d), None, f"{where} was made with pack {d}"
+        return name, None, (f"{where} was made with model '{name}' loaded from {pack_dir}, "
+                            "which is gone; pass --model / --model-root")
+    return name, args.model_root, f"{where} was made with model '{name}'"
+
+
+def load_for(args, meta: dict, where: str, **kw):
+    """load_backend for the pack ``cache_model`` picks; a failure names what was recorded."""
+    from ..backends import BackendError, load_backend
+
+    model, root, note = cache_model(args, meta, where)
+    try:
+        return load_backend(model, root, args.providers, args.det_size, **kw)
+    except BackendError as exc:
+        raise BackendError(f"{note}: {exc}" if note else str(exc)) from None
 
 
 def backend_loader(args):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..runtime.pipeline import RunLayout, Step, cache_inputs
 from ..steps.dedup import duplicates_path, run_dedup
-from .common import add_progress_option, defaults, say
+from .common import CACHE_HELP, add_progress_option, defaults, say
 
 DEDUP = defaults(run_dedup)
 
@@ -11,14 +11,12 @@ DEDUP = defaults(run_dedup)
 def register(sub) -> None:
     p = sub.add_parser("dedup", help="find byte-identical and visually near-duplicate photos",
                        description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("--max-distance", type=float, default=DEDUP["max_distance"],
-                   help=f"cosine distance of two faces of one photo re-encoded or resized "
-                        f"({DEDUP['max_distance']})")
+                   help="cosine distance of two faces of one photo re-encoded or resized")
     p.add_argument("--size-tolerance", type=float, default=DEDUP["size_tolerance"],
                    help="how far the two faces' share of their image (box width and height "
-                        "over image width and height) may differ, relative "
-                        f"({DEDUP['size_tolerance']})")
+                        "over image width and height) may differ, relative")
     add_progress_option(p)
     p.set_defaults(func=run)
 

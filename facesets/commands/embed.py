@@ -7,31 +7,28 @@ Through a GPU worker instead (docs/queue-format.md):
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 from ..io.imageio import DEFAULT_MAX_PIXELS
 from ..runtime.jobs import EXIT_INTERRUPTED
 from ..steps.embed import DEFAULT_FLUSH_EVERY, embed_folder
-from .common import add_model_options, add_progress_option, backend_loader, say
+from .common import add_model_options, add_progress_option, backend_loader, defaults, say
 
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="detect and embed faces of a photo folder into a cache",
                        description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter, usage="%(prog)s [options] SRC CACHE | "
-                       "SRC CACHE --stage-queue QUEUE | CACHE --merge-results OUT")
+                       usage="%(prog)s [options] SRC CACHE | SRC CACHE --stage-queue QUEUE | "
+                             "CACHE --merge-results OUT")
     p.add_argument("src", metavar="SRC", help="folder of photos (scanned recursively)")
     p.add_argument("cache", metavar="CACHE", nargs="?",
                    help="cache file (.npz); created if missing, else extended")
     add_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
-                   help=f"write progress to the cache every N files ({DEFAULT_FLUSH_EVERY})")
-    from .common import defaults
-
+                   help="write progress to the cache every N files")
     workers = defaults(embed_folder)["workers"]
     p.add_argument("--workers", type=int, default=workers,
-                   help=f"threads reading and decoding ahead of inference ({workers})")
+                   help="threads reading and decoding ahead of inference")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="larger images are recorded as errors (decompression bombs)")
     g = p.add_mutually_exclusive_group()

@@ -5,19 +5,20 @@ from the 5 cached keypoints (pose_method kps5) instead of the 3d68 model's (3d68
 """
 from __future__ import annotations
 
+from ..formats.cache import load_cache
 from ..runtime.jobs import EXIT_INTERRUPTED
 from ..steps.embed import DEFAULT_FLUSH_EVERY
 from ..steps.enrich import detection_loader, run_enrich
-from .common import add_model_options, add_progress_option, say
+from .common import CACHE_HELP, add_cache_model_options, add_progress_option, load_for, say
 
 
 def register(sub) -> None:
     p = sub.add_parser("enrich", help="add landmarks and head pose to every cached face",
                        description=__doc__)
-    p.add_argument("cache")
-    add_model_options(p)
+    p.add_argument("cache", help=CACHE_HELP)
+    add_cache_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
-                   help=f"write progress to the cache every N photos ({DEFAULT_FLUSH_EVERY})")
+                   help="write progress to the cache every N photos")
     add_progress_option(p)
     p.set_defaults(func=run)
 
@@ -25,7 +26,8 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.flush_every < 1:
         raise ValueError(f"--flush-every {args.flush_every}: must be at least 1")
-    load = detection_loader(args.model, args.model_root, args.providers, args.det_size)
+    def load():   # called only when some face needs work; the cache's own pack by default
+        return load_for(args, load_cache(args.cache).meta, args.cache, with_recognition=False)
     s = run_enrich(args.cache, load, progress=args.progress, flush_every=args.flush_every,
                    model=args.model)
     say(f"enrich: {s.line()}")

@@ -2,38 +2,35 @@
 from __future__ import annotations
 
 from ..formats.cache import load_cache
+from ..formats.manifest import REFINE_MANIFEST, ManifestError, load_manifest
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, digest, file_digest, option_values
 from ..steps.export import run_export
-from .common import BACKEND, add_model_options, add_progress_option, say, warn
+from .common import CACHE_HELP, add_cache_model_options, add_progress_option, load_for, say, warn
 from .options import add_export_options, export_params
 
 
 def register(sub) -> None:
     p = sub.add_parser("export-swap", help="swap-ready crops and .fsz bundles per faceset",
                        description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("refine_manifest", help="refine_manifest.json written by `refine`")
     p.add_argument("out", help="output folder (facesets replaced whole if made by face-sets)")
-    add_export_options(p)
+    add_export_options(p, old_outlier_alias=True)
     p.add_argument("--raw-manifest", default=None,
                    help="manifest.json of `cluster` (needed by --candidates)")
     p.add_argument("--candidates", action="store_true",
                    help="raw singletons near a faceset -> _candidates/to_<faceset>/, the "
                         "rest that group together -> _candidates/new_NNN/")
-    add_model_options(p)
-    p.set_defaults(model=None)  # the detector of the cache's own model pack
+    add_cache_model_options(p)   # the detector of the cache's own model pack
     add_progress_option(p)
     p.set_defaults(func=run)
 
 
-def detector_loader(args, meta: dict):
+def detector_loader(args, meta: dict, where: str):
     """Loads the detection model of the cache's pack (or --model) for the crop re-check."""
     def load():
-        from ..backends import load_backend
-        return load_backend(args.model or meta.get("model") or BACKEND.DEFAULT_MODEL,
-                            args.model_root, args.providers, args.det_size,
-                            with_recognition=False)
+        return load_for(args, meta, where, with_recognition=False)
     return load
 
 
@@ -48,16 +45,37 @@ def summary_line(top: dict, out) -> str:
     return line + f"; {out}"
 
 
+def thin_warnings(top: dict, refine_manifest) -> list[str]:
+    """Facesets that export left with fewer faces than refine's --min-faces: export's own
+    gates (--min-face-short, its outlier gate, one face per crop) dropped the rest."""
+    try:
+        min_faces = int(load_manifest(refine_manifest, REFINE_MANIFEST)["parameters"]
+                        .get("min_faces") or 0)
+    except (ManifestError, ValueError, TypeError, OSError, KeyError):
+        return []
+    lines = []
+    for fs in top["facesets"]:
+        if fs["faces"] < min_faces:
+            lines.append(f"{fs['name']} has {fs['faces']} faces after export, fewer than "
+                         f"refine's --min-faces {min_faces} ({fs['dropped']} dropped by export's "
+                         f"gates; see {fs['manifest']}): lower --min-face-short or "
+                         "--swap-outlier-threshold, or leave this faceset out")
+    return lines
+
+
 def run(args) -> int:
     if args.candidates and not args.raw_manifest:
         raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
-    params = export_params(args, cache.meta, args.candidates)
+    params = export_params(args, cache.meta, args.candidates, args.cache)
     with output_lock(args.out):
         top = run_export(args.cache, args.refine_manifest, args.out, params,
-                         detector_loader(args, cache.meta), args.raw_manifest, args.progress)
+                         detector_loader(args, cache.meta, args.cache), args.raw_manifest,
+                         args.progress)
     say(summary_line(top, args.out))
+    for line in thin_warnings(top, args.refine_manifest):
+        warn(line)
     if not top["facesets"]:
         warn("no faceset to export: check refine's output (--min-faces) and the gates")
     return 0
@@ -67,10 +85,14 @@ def pipeline_step(args, layout: RunLayout) -> Step:
     """export-swap as a step of `run`: OUT/swap_ready from the cache and both manifests."""
     def action() -> dict:
         cache = load_cache(str(layout.cache))
-        params = export_params(args, cache.meta, args.candidates)
+        params = export_params(args, cache.meta, args.candidates,
+                               str(layout.cache))
         top = run_export(str(layout.cache), layout.refine_manifest, layout.swap_ready, params,
-                         detector_loader(args, cache.meta), layout.raw_manifest, args.progress)
+                         detector_loader(args, cache.meta, str(layout.cache)),
+                         layout.raw_manifest, args.progress)
         say(summary_line(top, layout.swap_ready))
+        for line in thin_warnings(top, layout.refine_manifest):
+            warn(line)
         return {k: v for k, v in top["summary"].items() if k != "dropped"}
 
     options = option_values(args, "swap_outlier_threshold", "min_face_short", "out_size",

@@ -8,13 +8,13 @@ from pathlib import Path
 from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
 from ..steps.extend import run_extend
-from .common import add_engine_option, say, warn
+from .common import CACHE_HELP, add_engine_option, say, warn
 
 
 def register(sub) -> None:
     p = sub.add_parser("extend", help="add newly embedded faces to existing person folders "
                                       "and facesets", description=__doc__)
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("raw_out", help="the output folder of `cluster` (its manifest.json)")
     p.add_argument("--refine-out", default=None,
                    help="the output folder of `refine` (its refine_manifest.json), grown too")

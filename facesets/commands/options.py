@@ -3,10 +3,13 @@ step Params built from them. Every default is read from the step's Params datacl
 threshold default from the model table, so help texts cannot drift from the library."""
 from __future__ import annotations
 
+import argparse
+
 from ..core.refinement import RefineParams
-from ..core.thresholds import MODEL_THRESHOLDS, resolve_threshold
+from ..core.thresholds import (MODEL_THRESHOLDS, ThresholdError, missing_message,
+                               missing_thresholds, resolve_threshold)
 from ..steps.export import ExportParams
-from .common import BACKEND, defaults
+from .common import BACKEND, defaults, warn
 
 # thresholds shown in help texts: those of the default model pack
 DEFAULT_MODEL = BACKEND.DEFAULT_MODEL
@@ -27,23 +30,37 @@ def add_refine_options(p) -> None:
                    help="stage-1 clustering distance (model default; "
                         f"{model_threshold('initial')} for {DEFAULT_MODEL})")
     p.add_argument("--merge-threshold", type=float, default=None,
-                   help="centroid distance for merging clusters "
-                        f"({model_threshold('merge')} for {DEFAULT_MODEL})")
+                   help="centroid distance for merging clusters (model default; "
+                        f"{model_threshold('merge')} for {DEFAULT_MODEL})")
     p.add_argument("--outlier-threshold", type=float, default=None,
                    help="drop faces farther than this from their centroid "
-                        f"({model_threshold('outlier')} {DEFAULT_MODEL})")
+                        f"(model default; {model_threshold('outlier')} for {DEFAULT_MODEL})")
     p.add_argument("--min-short", type=float, default=REFINE["min_short"],
-                   help=f"min face short edge, px ({REFINE['min_short']:g})")
+                   help="min face short edge in source px for a face to be in a faceset "
+                        "(who is in it; export-swap's --min-face-short, larger by default, "
+                        "then decides which faces make a sharp swap crop)")
     p.add_argument("--min-blur", type=float, default=REFINE["min_blur"],
-                   help=f"min sharpness ({REFINE['min_blur']:.1f})")
+                   help="min sharpness")
     p.add_argument("--min-det-score", type=float, default=REFINE["min_det_score"],
-                   help=f"min detector score ({REFINE['min_det_score']})")
+                   help="min detector score")
     p.add_argument("--min-faces", type=int, default=REFINE["min_faces"],
-                   help=f"min unique source images per faceset ({REFINE['min_faces']})")
+                   help="min unique source images per faceset")
 
 
-def refine_params(args, meta: dict) -> RefineParams:
+def require_thresholds(given: dict[str, float | None], meta: dict, command: str,
+                       cache: str) -> None:
+    """Every threshold in ``given`` (name -> flag value) is known, else one error lists all
+    that are missing (not one per run)."""
+    missing = missing_thresholds(given, meta, given)
+    if missing:
+        raise ThresholdError(missing_message(missing, meta.get("model") or "?", cache,
+                                             command))
+
+
+def refine_params(args, meta: dict, cache: str = "CACHE") -> RefineParams:
     """RefineParams from add_refine_options' flags (thresholds resolved for the cache)."""
+    require_thresholds({"initial": args.initial_threshold, "merge": args.merge_threshold,
+                        "outlier": args.outlier_threshold}, meta, "refine", cache)
     return RefineParams(
         initial_threshold=resolve_threshold("initial", meta, args.initial_threshold),
         merge_threshold=resolve_threshold("merge", meta, args.merge_threshold),
@@ -52,35 +69,58 @@ def refine_params(args, meta: dict) -> RefineParams:
         min_faces=args.min_faces, engine=args.engine)
 
 
-def add_export_options(p, outlier_flag: str = "--outlier-threshold") -> None:
-    """The gates and sizes of export-swap (also taken by `run`, where refine already owns
-    --outlier-threshold)."""
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new one's dest and warns once."""
+
+    def __init__(self, option_strings, dest, new_flag: str = "", **kw):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn(f"{option_string} is deprecated here: use {self.new_flag} (the same flag as in "
+             "`run`; --outlier-threshold is refine's gate)")
+        setattr(namespace, self.dest, values)
+
+
+def add_export_options(p, old_outlier_alias: bool = False) -> None:
+    """The gates and sizes of export-swap (also taken by `run`). Its outlier gate is
+    --swap-outlier-threshold everywhere (--outlier-threshold is refine's); export-swap still
+    takes the old --outlier-threshold as a deprecated alias (``old_outlier_alias``)."""
     g = p.add_argument_group("export-swap")
-    g.add_argument(outlier_flag, dest="swap_outlier_threshold", type=float,
-                   default=None, help="drop faces farther than this cosine distance from the "
-                                      f"faceset centroid ({model_threshold('swap_outlier')} "
-                                      f"for {DEFAULT_MODEL})")
+    g.add_argument("--swap-outlier-threshold", dest="swap_outlier_threshold", type=float,
+                   default=None, help="export: drop faces farther than this cosine distance "
+                                      "from the faceset centroid (model default; "
+                                      f"{model_threshold('swap_outlier')} for {DEFAULT_MODEL})")
+    if old_outlier_alias:
+        g.add_argument("--outlier-threshold", dest="swap_outlier_threshold", type=float,
+                       action=DeprecatedAlias, new_flag="--swap-outlier-threshold",
+                       help=argparse.SUPPRESS)
     g.add_argument("--min-face-short", type=float, default=EXPORT["min_face_short"],
-                   help=f"min face short edge in source pixels ({EXPORT['min_face_short']:g})")
+                   help="min face short edge in source px of an exported crop: larger than "
+                        "refine's --min-short on purpose, since a crop of a small face is "
+                        "upscaled to --out-size and blurs; faces refine kept but smaller than "
+                        "this are dropped here (a warning names a faceset left below "
+                        "--min-faces)")
     g.add_argument("--out-size", type=int, default=EXPORT["out_size"],
-                   help=f"crop size in px ({EXPORT['out_size']})")
+                   help="crop size in px")
     g.add_argument("--pad-ratio", type=float, default=EXPORT["pad_ratio"],
-                   help=f"padding around the face box, share of its size per side "
-                        f"({EXPORT['pad_ratio']})")
+                   help="padding around the face box, share of its size per side")
     g.add_argument("--top-n", type=int, default=EXPORT["top_n"],
-                   help=f"faces in the _top bundle ({EXPORT['top_n']})")
+                   help="faces in the _top bundle")
     g.add_argument("--candidate-match-threshold", type=float, default=None,
-                   help="singleton-to-centroid cosine distance "
-                        f"({model_threshold('candidate_match')} for {DEFAULT_MODEL})")
+                   help="singleton-to-centroid cosine distance (model default; "
+                        f"{model_threshold('candidate_match')} for {DEFAULT_MODEL})")
     g.add_argument("--candidate-min-score", type=float, default=EXPORT["candidate_min_score"],
-                   help=f"min composite quality of a candidate "
-                        f"({EXPORT['candidate_min_score']:.2f})")
+                   help="min composite quality of a candidate")
 
 
-def export_params(args, meta: dict, candidates: bool) -> ExportParams:
+def export_params(args, meta: dict, candidates: bool, cache: str = "CACHE") -> ExportParams:
     """ExportParams from add_export_options' flags (thresholds resolved for the cache)."""
     if args.out_size < 64 or args.pad_ratio < 0 or args.top_n < 1:
         raise ValueError("--out-size must be >= 64, --pad-ratio >= 0 and --top-n >= 1")
+    require_thresholds(dict({"swap_outlier": args.swap_outlier_threshold},
+                            **({"candidate_match": args.candidate_match_threshold}
+                               if candidates else {})), meta, "export-swap", cache)
     return ExportParams(
         outlier_threshold=resolve_threshold("swap_outlier", meta, args.swap_outlier_threshold),
         min_face_short=args.min_face_short, out_size=args.out_size, pad_ratio=args.pad_ratio,

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import textwrap
 from contextlib import ExitStack
 from pathlib import Path
 
+from ..core.thresholds import (FLAGS, MODEL_THRESHOLDS, ThresholdError, missing_message,
+                               missing_thresholds)
+from ..formats.cache import cache_exists, load_cache
+from ..formats.manifest import SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, load_manifest
+from ..formats.swapset import NAME_FILE
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, EXIT_INTERRUPTED
@@ -20,21 +26,22 @@ from .options import DEFAULT_MODEL, add_export_options, add_refine_options, mode
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline from a photo folder to .fsz bundles",
-                       description=__doc__)
+                       description=__doc__, epilog=thresholds_epilog())
     p.add_argument("src", help="folder of photos (scanned recursively)")
     p.add_argument("out", help="output folder: raw/, facesets/, swap_ready/, run_state.json")
     p.add_argument("--cache", default=None,
                    help="cache file (default work/cache/<SRC folder name>.npz)")
     add_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
-                   help=f"embed: write progress every N files ({DEFAULT_FLUSH_EVERY})")
+                   help="embed: write progress every N files")
     g = p.add_argument_group("cluster / refine")
     g.add_argument("--threshold", type=float, default=None,
-                   help=f"cluster distance ({model_threshold('cluster')} for {DEFAULT_MODEL})")
+                   help=f"cluster distance (model default; {model_threshold('cluster')} for "
+                        f"{DEFAULT_MODEL})")
     add_refine_options(g)
     add_engine_option(p)
     add_link_option(p)
-    add_export_options(p, outlier_flag="--swap-outlier-threshold")
+    add_export_options(p)
     p.add_argument("--candidates", action="store_true",
                    help="export-swap: review folders of raw singletons (see export-swap)")
     add_progress_option(p)
@@ -47,6 +54,47 @@ def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
             .pipeline_step(args, layout) for name in pipeline.STEPS]
 
 
+# the thresholds each step of `run` resolves (threshold name -> the argparse dest)
+RUN_THRESHOLDS = {"cluster": "threshold", "initial": "initial_threshold",
+                  "merge": "merge_threshold", "outlier": "outlier_threshold",
+                  "swap_outlier": "swap_outlier_threshold"}
+
+
+def thresholds_epilog() -> str:
+    """What `run --help` says about models without built-in thresholds."""
+    flags = ", ".join(FLAGS[n] for n in RUN_THRESHOLDS)
+    packs = ", ".join(sorted(MODEL_THRESHOLDS))
+    return textwrap.fill(
+        f"Model packs with built-in thresholds: {packs}. Any other pack (--model NAME or a "
+        f"folder) needs {flags} (and {FLAGS['candidate_match']} with --candidates), unless the "
+        "cache holds calibrated ones (`calibrate CACHE TRUTH_ROOT --save`); run checks this "
+        "before any work and lists every missing one. Old spelling: export-swap's "
+        "--outlier-threshold is --swap-outlier-threshold, as here (--outlier-threshold is "
+        "refine's gate).", width=79, break_on_hyphens=False)
+
+
+def check_thresholds(args, cache: Path) -> None:
+    """Before any work: every threshold the whole run will resolve is known (flag, the
+    cache's calibrated values, or the model's table), else one error lists all missing."""
+    names = dict(RUN_THRESHOLDS, **({"candidate_match": "candidate_match_threshold"}
+                                     if args.candidates else {}))
+    given = {n: getattr(args, dest) for n, dest in names.items()}
+    model = Path(args.model).name if Path(args.model).expanduser().is_dir() else args.model
+    meta = {"model": model}
+    if not missing_thresholds(names, meta, given):
+        return
+    embed = ""
+    if cache_exists(cache):   # its calibrated thresholds (and its model) count
+        meta = load_cache(cache).meta
+    else:
+        root = f" --model-root {args.model_root}" if args.model_root else ""
+        embed = f"sort_faces.py embed {args.src} {os.fspath(cache)} --model {args.model}{root}"
+    missing = missing_thresholds(names, meta, given)
+    if missing:
+        raise ThresholdError(missing_message(missing, meta.get("model") or model,
+                                             os.fspath(cache), "run", embed))
+
+
 def run(args) -> int:
     src = Path(args.src)
     if not src.is_dir():
@@ -56,6 +104,7 @@ def run(args) -> int:
                          f"{os.path.join(args.src, 'sorted')} (face-sets' own folders inside "
                          "SRC are never scanned as photos)")
     cache = Path(args.cache) if args.cache else pipeline.default_cache(src)
+    check_thresholds(args, cache)
     layout = pipeline.RunLayout(src=src, out=Path(args.out), cache=cache)
     layout.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as locks:   # OUT and each folder a step replaces whole
@@ -70,4 +119,40 @@ def run(args) -> int:
     say(f"run: ran {', '.join(result['ran']) or 'nothing'}; skipped "
         f"{', '.join(result['skipped']) or 'nothing'}; bundles in {layout.swap_ready} "
         f"(cache {os.fspath(cache)})")
+    for line in result_table(layout):
+        say(line)
     return 0
+
+
+def result_table(layout: pipeline.RunLayout) -> list[str]:
+    """The end of `run`: per faceset the faces kept, dropped by reason and its bundles, then
+    what to do next."""
+    try:
+        top = load_manifest(layout.swap_manifest, SWAP_MANIFEST)
+    except (ManifestError, ValueError, OSError):
+        return []
+    if not top["facesets"]:
+        return ["run: no faceset made it to export: see refine's line above (what it dropped, "
+                "and which gate value would keep the faces)"]
+    rows = []
+    for entry in top["facesets"]:
+        try:
+            m = load_manifest(layout.swap_ready / entry["manifest"], SWAP_FACESET_MANIFEST)
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted(m["summary"]["dropped"].items()))
+        except (ManifestError, ValueError, OSError, KeyError, TypeError):
+            dropped = "?"
+        rows.append((entry["name"], str(entry["faces"]), dropped or "none",
+                     f"{entry['top_bundle']}, {entry['all_bundle']}"))
+    head = ("faceset", "kept", "dropped by export", "bundles (in swap_ready/)")
+    width = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    lines = ["run: facesets"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, width))
+                                 + "  " + r[3] for r in [head, *rows]]
+    first = top["facesets"][0]
+    return lines + [
+        "next:",
+        f"  1. sort_faces.py verify-fsz {layout.swap_ready}   (one face per PNG, as "
+        "roop-unleashed reads them)",
+        f"  2. write each person's name in {layout.swap_ready / first['name'] / NAME_FILE} "
+        "(and the other facesets'); kept across re-runs",
+        f"  3. in roop-unleashed, load {layout.swap_ready / first['top_bundle']} (or _all) as "
+        "the source face set"]

@@ -15,7 +15,7 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "initial": 0.55,          # refine --initial-threshold
         "merge": 0.40,            # refine --merge-threshold (centroid level)
         "outlier": 0.55,          # refine --outlier-threshold
-        "swap_outlier": 0.45,     # export-swap --outlier-threshold
+        "swap_outlier": 0.45,     # export-swap --swap-outlier-threshold
         "candidate_match": 0.55,  # export-swap --candidate-match-threshold
         "extend": 0.55,           # extend: join the nearest person within this
     },
@@ -23,13 +23,42 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
 
 FLAGS = {
     "cluster": "--threshold", "initial": "--initial-threshold", "merge": "--merge-threshold",
-    "outlier": "--outlier-threshold", "swap_outlier": "--outlier-threshold",
+    "outlier": "--outlier-threshold", "swap_outlier": "--swap-outlier-threshold",
     "candidate_match": "--candidate-match-threshold", "extend": "--threshold",
+}
+
+
+# what each threshold is for, as the one message listing the missing ones says it
+PURPOSE = {
+    "cluster": "cluster distance", "initial": "refine stage-1 distance",
+    "merge": "refine centroid merge distance", "outlier": "refine outlier gate",
+    "swap_outlier": "export-swap outlier gate",
+    "candidate_match": "export-swap candidate match distance",
+    "extend": "extend join distance",
 }
 
 
 class ThresholdError(ValueError):
     """No threshold is known for this model and none was given."""
+
+
+def missing_thresholds(names, meta: dict, given: dict[str, float | None]) -> list[str]:
+    """The thresholds among ``names`` that neither a flag (``given``), the cache's calibrated
+    values nor the model table supply: what a whole command would fail on, found up front."""
+    return [n for n in names
+            if all(v is None for v, _ in _candidates(n, meta, given.get(n), ()))]
+
+
+def missing_message(missing: list[str], model: str, cache: str, command: str,
+                    embed: str = "") -> str:
+    """One message naming every missing threshold with its flag, and how to get them
+    (``embed``: the command that makes the cache, when it does not exist yet)."""
+    flags = "; ".join(f"{FLAGS[n]} ({PURPOSE[n]})" for n in missing)
+    first = f"`{embed}`, then " if embed else ""
+    return (f"model '{model}' has no built-in thresholds and {cache} has no calibrated ones; "
+            f"`{command}` needs: {flags}. Pass them (cosine distances, e.g. 0.4-0.7), or "
+            f"measure them once: {first}`sort_faces.py calibrate {cache} TRUTH_ROOT --save` "
+            "(TRUTH_ROOT: one folder of photos per person), and re-run")
 
 
 def _candidates(name: str, meta: dict, given: float | None,

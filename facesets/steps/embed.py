@@ -35,10 +35,15 @@ class EmbedSummary:
     skipped: list[str] = field(default_factory=list)   # what listing SRC passed over, why
 
     def line(self) -> str:
-        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        if self.seen and not (self.new or self.aliased or self.errors or self.noface
+                              or self.interrupted):
+            return (f"files seen {self.seen}, unchanged {self.unchanged}, new 0: nothing new "
+                    "(the cache is up to date)")
+        rate = (f"; {self.embedded / self.seconds:.1f} img/s"
+                if self.embedded and self.seconds > 0 else "")
         return (f"files seen {self.seen}, unchanged {self.unchanged}, new {self.new}, "
                 f"aliased {self.aliased}, noface {self.noface}, errors {self.errors}; "
-                f"faces {self.faces}; {rate:.1f} img/s"
+                f"faces {self.faces}{rate}"
                 + (" (interrupted: re-run to resume)" if self.interrupted else ""))
 
 

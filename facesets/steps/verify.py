@@ -8,6 +8,7 @@ was made by the same recognition weights as the checking model).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import FaceBackend
-from ..formats.bundle import read_fsz
+from ..formats.bundle import FszContents, read_fsz
+from ..formats.cache import CacheError, cache_exists, load_cache
 from ..formats.manifest import SWAP_FACESET_MANIFEST, ManifestError, centroid_of, load_manifest
 from ..formats.swapset import MANIFEST_NAME
 from ..io.imageio import DEFAULT_MAX_PIXELS, ImageError, decode, read_header
@@ -63,10 +65,48 @@ def bundle_centroid(path: Path, model_id: str, dim: int | None) -> tuple[np.ndar
         return None, str(exc)
 
 
+def png_digest(contents: FszContents) -> str:
+    """Digest of a bundle's PNG members in order: two bundles with the same digest hold the
+    same faces (a faceset's _all and _topN when it has no more than N faces)."""
+    h = hashlib.sha256()
+    for name, data in contents.pngs:
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def bundle_model(path: Path, caches: dict[str, dict] | None = None) -> tuple[dict, str]:
+    """The model meta (``model``, ``model_id``, ``pack_dir`` where known) of the faceset a
+    bundle belongs to, from the manifest beside it and the meta of the cache that manifest
+    names (``pack_dir`` only when that cache holds the same weights), and where it was read;
+    ({}, why) without a readable manifest."""
+    manifest = path.parent / MANIFEST_NAME
+    if not manifest.is_file():
+        return {}, f"no faceset manifest beside {path}"
+    try:
+        m = load_manifest(manifest, SWAP_FACESET_MANIFEST)
+    except (ManifestError, ValueError, OSError) as exc:
+        return {}, str(exc)
+    meta = {k: m[k] for k in ("model", "model_id") if isinstance(m.get(k), str)}
+    cache = m.get("cache")
+    if isinstance(cache, str) and meta:
+        caches = {} if caches is None else caches
+        if cache not in caches:
+            try:
+                caches[cache] = load_cache(cache).meta if cache_exists(cache) else {}
+            except (CacheError, ValueError, OSError):
+                caches[cache] = {}
+        cmeta = caches[cache]
+        if cmeta.get("model_id") == meta.get("model_id") and isinstance(
+                cmeta.get("pack_dir"), str):
+            meta["pack_dir"] = cmeta["pack_dir"]
+    return meta, str(manifest)
+
+
 def verify_bundle(path: str | os.PathLike, backend: FaceBackend,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> BundleReport:
+                  max_pixels: int = DEFAULT_MAX_PIXELS,
+                  contents: FszContents | None = None) -> BundleReport:
     path = Path(path)
-    contents = read_fsz(path)
+    contents = read_fsz(path) if contents is None else contents
     report = BundleReport(path=str(path), skipped=contents.skipped)
     embeddings = []
     for name, data in contents.pngs:
