@@ -19,7 +19,8 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
+                                reason="needs git and a git checkout")
 # --without-pip: the venv runs this Python's pip (seen through the system site-packages),
 # which installs into the venv; making a venv with its own pip takes ~10-40 s more
 ENV = dict(os.environ, FACESETS_VENV_ARGS="--system-site-packages --without-pip",

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pillow_heif
 import pytest
 from PIL import Image
 
 from conftest import FACES, LOW_GATES, PACK, ROOT, SHARED, TEST_THRESHOLD, run_cli
 
-pillow_heif = pytest.importorskip("pillow_heif")
-pillow_heif.register_heif_opener()
+pillow_heif.register_heif_opener()   # the test writes HEIC files with Pillow
 
 # stored pixels for an EXIF orientation: the transpose whose inverse the tag asks for
 STORE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
