@@ -234,18 +234,18 @@ def test_symlinked_source_is_followed_and_skips_are_reported(tmp_path):
         (src / name).symlink_to(real / name, target_is_directory=True)
     (src / "again").symlink_to(real / names[0], target_is_directory=True)  # same folder twice
     (src / names[1] / "loop").symlink_to(src, target_is_directory=True)    # a loop
-    (real / names[0] / "IMG_0001.HEIC").write_bytes(b"\0" * 64)
-    (real / names[0] / "anim.gif").write_bytes(b"GIF89a")
+    (real / names[0] / "IMG_0001.JXL").write_bytes(b"\0" * 64)
+    (real / names[0] / "scan.jxl").write_bytes(b"\xff\x0a")
     r = run_cli("embed", src, tmp_path / "c.npz", *PACK, "--no-progress")
     assert f"files seen {n_photos}," in r.stdout, r.stdout
-    assert "skipped 2 files in formats embed cannot read yet (1 .gif, 1 .heic)" in r.stdout
+    assert "skipped 2 files in formats embed cannot read yet (2 .jxl)" in r.stdout
     assert "symlinked folders already listed" in r.stdout
     # a source with no photo at all says so (exit 0: an empty folder is not an error)
     empty = tmp_path / "empty"
     (empty / "phone").mkdir(parents=True)
-    (empty / "phone" / "IMG_0002.heic").write_bytes(b"\0" * 64)
+    (empty / "phone" / "IMG_0002.jxl").write_bytes(b"\0" * 64)
     r = run_cli("embed", empty, tmp_path / "e.npz", *PACK, "--no-progress")
-    assert f"no photos found in {empty}" in r.stdout and "1 .heic" in r.stdout
+    assert f"no photos found in {empty}" in r.stdout and "1 .jxl" in r.stdout
     # run stops there with one error line (exit 2) instead of failing on a missing cache
     r = run_cli("run", empty, tmp_path / "out", *RUN_ARGS, check=False,
                 env={"FACESETS_WORK_DIR": str(tmp_path / "work")})

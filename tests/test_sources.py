@@ -28,7 +28,7 @@ def _library(root):
     (root / "a" / "x.png").write_bytes(_png())
     (root / "b.PNG").write_bytes(_png())
     (root / ".hidden" / "y.png").write_bytes(_png())
-    (root / "c.heic").write_bytes(b"heic")
+    (root / "c.jxl").write_bytes(b"jxl")
     return root
 
 

@@ -25,7 +25,7 @@ from .base import PhotoSource, SourceItem
 
 SKIP_DIRS = {"@eaDir", "#recycle", "$RECYCLE.BIN"}  # NAS thumbnails, recycle bins
 # photo formats embed cannot read yet: counted and reported, not silently passed over
-UNSUPPORTED_EXTENSIONS = {".heic", ".heif", ".gif", ".avif", ".jxl"}
+UNSUPPORTED_EXTENSIONS = {".jxl"}
 
 
 @dataclass
