@@ -18,6 +18,8 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "swap_outlier": 0.45,     # export-swap --outlier-threshold
         "candidate_match": 0.55,  # export-swap --candidate-match-threshold
         "extend": 0.55,           # extend: join the nearest person within this
+        "consolidate_group": 0.45,   # consolidate: facesets within this (similarity 0.55)
+        "consolidate_merge": 0.35,   # consolidate: merged when within this (similarity 0.65)
     },
 }
 
@@ -25,6 +27,7 @@ FLAGS = {
     "cluster": "--threshold", "initial": "--initial-threshold", "merge": "--merge-threshold",
     "outlier": "--outlier-threshold", "swap_outlier": "--outlier-threshold",
     "candidate_match": "--candidate-match-threshold", "extend": "--threshold",
+    "consolidate_group": "--group-threshold", "consolidate_merge": "--merge-threshold",
 }
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..core import runs
 from ..formats.manifest import (AUDIT_PLAN, AUDIT_PLAN_FILE, FACE_PNG, FACESET_NAME,
                                 SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, audit_plan,
                                 load_manifest, safe_member_path)
@@ -29,7 +30,7 @@ from ..formats.queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_b
 from ..formats.swapset import (DROPPED_DIR, FACES_DIR, MANIFEST_NAME, MULTIFACE_AUDIT,
                                multiface_audit_record, rebuild_bundles, refresh_listing,
                                remove_faceset_temps)
-from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, remove_temp_files, sha256_file
+from ..io.fsutil import atomic_write_json, fsync_dir, remove_temp_files, sha256_file
 from ..io.imageio import ImageError, decode, read_header
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
 
@@ -308,15 +309,7 @@ def load_pending(export: Path) -> AuditPlan | None:
 
 def _move(fdir: Path, d: Drop) -> bool:
     """Step 2 for one PNG (a rename: it happened or it did not). True if it is moved."""
-    src = safe_member_path(fdir, d.file, "file")
-    dest = safe_member_path(fdir, d.moved_to, "moved_to")
-    if src.is_file() and not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        fsync_dir(dest.parent)
-        fsync_dir(src.parent)
-        commit_point(f"{src} -> {dest}")
-    return dest.is_file() and not src.exists()
+    return runs.move_once(fdir, d.file, d.moved_to, ("file", "moved_to"), strict=False)
 
 
 def _apply_faceset(out: Path, name: str, drops: list[Drop], run_id: str) -> dict:
@@ -344,6 +337,11 @@ def apply_audit(plan: AuditPlan, log: Callable[[str], None] = print) -> dict:
             raise ManifestError(f"{plan.export / AUDIT_PLAN_FILE}: the interrupted audit run "
                                 f"{pending.run_id} is not finished; run apply again")
         return _execute(pending, log)
+    # the run's record and the previous bytes of what it changes, for `undo`
+    runs.prepare(plan.export, STEP,
+                 [(f"{d.faceset}/{d.file}", f"{d.faceset}/{d.moved_to}") for d in plan.drops],
+                 [MANIFEST_NAME] + [f"{n}/{MANIFEST_NAME}" for n in plan.facesets()], {},
+                 plan.facesets(), {"dropped": len(plan.drops)}, run_id=plan.run_id)
     atomic_write_json(plan.export / AUDIT_PLAN_FILE, plan.to_json())
     return _execute(plan, log)
 
@@ -375,9 +373,13 @@ def _execute(plan: AuditPlan, log: Callable[[str], None]) -> dict:
                                     dropped, len(plan.unreadable), len(plan.unchecked),
                                     len(plan.changed))
 
+    run = runs.record_of(out, plan.run_id)   # None: planned by an older face-sets
+
     def add_record(top: dict) -> None:
         if not any(r.get("run") == plan.run_id for r in top.get(SECTION, [])):
             top.setdefault(SECTION, []).append(record)
+        if run is not None:
+            runs.add_entry(top, run)
 
     refresh_listing(out, list(by_faceset), add_record)
     (out / AUDIT_PLAN_FILE).unlink(missing_ok=True)
