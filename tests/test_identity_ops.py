@@ -1,0 +1,258 @@
+"""Identity operations on a real swap-ready folder: consolidate, history, undo, and the
+undoable audit-multiface apply. After every command a walker checks that every path a
+manifest names exists and every PNG on disk is named exactly once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FACES, LOW_GATES, PACK, TEST_THRESHOLD, run_cli
+from facesets.formats.bundle import read_fsz
+from killharness import KILLED, KillHarness, Scenario, compare, state
+
+PEOPLE, PER_PERSON = 3, 6
+# testpack_s has no built-in consolidate thresholds: the test threshold groups (similarity
+# 0.35); the halves of one person are ~0.87 alike, two people below 0.12
+CONSOLIDATE = ["--group-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5"]
+
+
+def build_split(root: Path) -> Path:
+    """A swap-ready folder of 3 people where the first is exported as two facesets (its
+    refine entry split in halves): faceset_000 and faceset_003 are one person."""
+    src = root / "photos"
+    people = [p for p in sorted(FACES.iterdir()) if len(list(p.iterdir())) >= 10][:PEOPLE]
+    for person in people:
+        (src / person.name).mkdir(parents=True)
+        for f in sorted(person.iterdir())[:PER_PERSON]:
+            shutil.copy2(f, src / person.name / f.name)
+    cache = root / "c.npz"
+    run_cli("embed", src, cache, *PACK, "--no-progress")
+    run_cli("refine", cache, root / "refined", "--initial-threshold", TEST_THRESHOLD,
+            "--merge-threshold", "0.5", "--outlier-threshold", TEST_THRESHOLD,
+            "--min-faces", "4", *LOW_GATES, "--link", "symlink")
+    m = json.loads((root / "refined" / "refine_manifest.json").read_text())
+    first = m["facesets"][0]
+    half = len(first["faces"]) // 2
+    m["facesets"] = [dict(first, faces=first["faces"][:half], face_count=half)] \
+        + m["facesets"][1:] + [dict(first, name=f"faceset_{len(m['facesets']):03d}",
+                                    faces=first["faces"][half:],
+                                    face_count=len(first["faces"]) - half)]
+    (root / "split.json").write_text(json.dumps(m))
+    out = root / "swap"
+    run_cli("export-swap", cache, root / "split.json", out, "--outlier-threshold",
+            TEST_THRESHOLD, "--min-face-short", "20", *PACK, "--no-progress")
+    return out
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory) -> Path:
+    """Read-only: copy it before changing it."""
+    return build_split(tmp_path_factory.mktemp("identity"))
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def load(p: Path) -> dict:
+    return json.loads(p.read_text())
+
+
+def check_library(root: Path) -> None:
+    """Every path a manifest names exists; every PNG on disk (outside .runs/) is named by
+    exactly one manifest entry; every rebuilt bundle holds its faces' PNGs in rank order."""
+    top = load(root / "manifest.json")
+    named: list[Path] = []
+    manifests = [root / e["manifest"] for e in top["facesets"]]
+    for e in top["facesets"]:
+        for key in ("top_bundle", "all_bundle", "manifest"):
+            assert (root / e[key]).is_file(), f"top-level manifest names missing {e[key]}"
+    for rec in top.get("merged", []):
+        for m in rec["merged"]:
+            assert (root / m["moved_to"]).is_dir()
+            manifests.append(root / m["moved_to"] / "manifest.json")
+    for rec in top.get("runs", []):
+        assert (root / rec["folder"] / "run.json").is_file()
+    for path in manifests:
+        fs = load(path)
+        fdir = path.parent
+        for face in fs["faces"]:
+            assert (fdir / face["file"]).is_file(), f"{path} names missing {face['file']}"
+            named.append(fdir / face["file"])
+        for d in fs["dropped"]:
+            if "moved_to" in d:
+                assert (fdir / d["moved_to"]).is_file(), f"{path}: missing {d['moved_to']}"
+                named.append(fdir / d["moved_to"])
+        for key in ("top", "all"):
+            assert (fdir / fs["bundles"][key]).is_file()
+        if fs["faces"]:
+            faces = sorted(fs["faces"], key=lambda f: f["rank"])
+            assert [d for _, d in read_fsz(fdir / fs["bundles"]["all"]).pngs] == \
+                [(fdir / f["file"]).read_bytes() for f in faces], f"{path}: stale bundle"
+            assert fs["bundles"]["all_count"] == len(faces)
+    on_disk = sorted(p for p in root.rglob("*.png") if ".runs" not in p.relative_to(root).parts)
+    assert sorted(named) == on_disk, "every PNG on disk must be named exactly once"
+
+
+def without_runs(top: dict) -> dict:
+    return {k: v for k, v in top.items() if k != "runs"}
+
+
+def test_consolidate_merges_one_person_leaves_strangers_and_undo_restores(split_dir, tmp_path):
+    out = tmp_path / "swap"
+    shutil.copytree(split_dir, out)
+    check_library(out)
+    before = tree(out)
+    top0 = load(out / "manifest.json")
+    assert [e["name"] for e in top0["facesets"]] == [f"faceset_{i:03d}" for i in range(4)]
+
+    dry = run_cli("consolidate", out, *CONSOLIDATE, "--dry-run")
+    assert "merge into faceset_000: faceset_003" in dry.stdout, dry.stdout
+    assert "nothing changed" in dry.stdout and tree(out) == before
+
+    run_cli("consolidate", out, *CONSOLIDATE)
+    check_library(out)
+    top = load(out / "manifest.json")
+    assert [e["name"] for e in top["facesets"]] == ["faceset_000", "faceset_001", "faceset_002"]
+    surv = load(out / "faceset_000" / "manifest.json")
+    gone = load(out / "_merged" / "faceset_003" / "manifest.json")
+    old3 = load(split_dir / "faceset_003" / "manifest.json")
+    old0 = load(split_dir / "faceset_000" / "manifest.json")
+    assert len(surv["faces"]) == len(old0["faces"]) + len(old3["faces"])
+    assert {f["key"] for f in surv["faces"]} == {f["key"] for f in old0["faces"] + old3["faces"]}
+    scores = [f["score"] for f in sorted(surv["faces"], key=lambda f: f["rank"])]
+    assert scores == sorted(scores, reverse=True), "re-ranked by score"
+    # the merged PNGs are the same bytes, renamed into the survivor
+    for old, new in gone["merged_into"]["files"].items():
+        assert (out / "faceset_000" / new).read_bytes() == \
+            (split_dir / "faceset_003" / old).read_bytes()
+    assert gone["faces"] == [] and gone["merged_into"]["faceset"] == "faceset_000"
+    rec = top["merged"][-1]
+    assert rec["survivor"] == "faceset_000" and rec["merged"][0]["name"] == "faceset_003"
+    assert rec["merged"][0]["similarity"] >= 0.5
+    # two different people are never merged: their files did not change
+    after = tree(out)
+    for name in ("faceset_001", "faceset_002"):
+        assert {k: v for k, v in after.items() if k.startswith(name)} == \
+            {k: v for k, v in before.items() if k.startswith(name)}
+    # a second consolidate finds nothing more
+    again = run_cli("consolidate", out, *CONSOLIDATE)
+    assert "nothing changed" in again.stdout and len(load(out / "manifest.json")["runs"]) == 1
+
+    hist = run_cli("history", out)
+    run_id = top["runs"][0]["id"]
+    assert run_id in hist.stdout and "consolidate" in hist.stdout and "in effect" in hist.stdout
+
+    run_cli("undo", out)
+    check_library(out)
+    restored = tree(out)
+    assert {k: v for k, v in restored.items() if not k.startswith(".runs/")
+            and k != "manifest.json"} == {k: v for k, v in before.items()
+                                          if k != "manifest.json"}
+    top_after = load(out / "manifest.json")
+    assert without_runs(top_after) == without_runs(top0)
+    runs = top_after["runs"]
+    assert runs[0]["undone_by"] == runs[1]["id"] and runs[1]["undoes"] == run_id
+    assert f"undone by {runs[1]['id']}" in run_cli("history", out).stdout
+    nothing = run_cli("undo", out, check=False)
+    assert nothing.returncode == 2 and "no run left to undo" in nothing.stderr
+
+
+def test_undo_refuses_a_run_whose_files_were_moved_since(split_dir, tmp_path):
+    out = tmp_path / "swap"
+    shutil.copytree(split_dir, out)
+    run_cli("consolidate", out, *CONSOLIDATE)
+    moved = next((out / "faceset_000" / "faces").glob("*.png"))
+    merged = load(out / "_merged" / "faceset_003" / "manifest.json")["merged_into"]["files"]
+    victim = out / "faceset_000" / next(iter(merged.values()))
+    victim.rename(tmp_path / "elsewhere.png")
+    r = run_cli("undo", out, check=False)
+    assert r.returncode == 2 and "cannot undo" in r.stderr and victim.name in r.stderr
+    assert moved.exists() and (out / "_merged" / "faceset_003").is_dir(), "nothing undone"
+
+
+def test_a_bad_run_record_is_one_clear_error(split_dir, tmp_path):
+    out = tmp_path / "swap"
+    shutil.copytree(split_dir, out)
+    run_cli("consolidate", out, *CONSOLIDATE)
+    run_id = load(out / "manifest.json")["runs"][0]["id"]
+    rec_path = out / ".runs" / run_id / "run.json"
+    rec = load(rec_path)
+    rec["moves"][0]["to"] = "../../outside.png"
+    rec_path.write_text(json.dumps(rec))
+    r = run_cli("undo", out, check=False)
+    assert r.returncode == 2 and "run.json" in r.stderr and "moves[0].to" in r.stderr
+
+
+def test_audit_apply_records_a_run_that_undo_reverses(split_dir, tmp_path):
+    """audit-multiface apply with results written by hand (the worker is tested in
+    test_audit.py): one PNG reported with 2 faces is dropped, then undone byte for byte."""
+    out = tmp_path / "swap"
+    shutil.copytree(split_dir, out)
+    before = tree(out)
+    top0 = load(out / "manifest.json")
+    queue, results = tmp_path / "mq.json", tmp_path / "mres.jsonl"
+    run_cli("audit-multiface", "stage", out, queue, *PACK)
+    items = load(queue)["items"]
+    with results.open("w") as fh:
+        for i, it in enumerate(items):
+            n = 2 if i == 1 else 1
+            fh.write(json.dumps({"id": it["id"], "path": it["path"], "faces": n,
+                                 "scores": [0.9] * n}) + "\n")
+    run_cli("audit-multiface", "apply", queue, results)
+    check_library(out)
+    top = load(out / "manifest.json")
+    assert top["runs"][0]["step"] == "audit-multiface" and top["runs"][0]["moves"] == 1
+    assert items[1]["id"] in (out / ".runs" / top["runs"][0]["id"] / "run.json").read_text()
+    run_cli("undo", out)
+    check_library(out)
+    restored = tree(out)
+    assert {k: v for k, v in restored.items() if not k.startswith(".runs/")
+            and k != "manifest.json"} == {k: v for k, v in before.items()
+                                          if k != "manifest.json"}
+    assert without_runs(load(out / "manifest.json")) == without_runs(top0)
+
+
+@pytest.mark.unit
+def test_complete_linkage_never_chains_look_alikes():
+    """A~B and B~C above the group similarity, A~C far below: complete linkage keeps A and C
+    apart (single linkage would chain all three)."""
+    from facesets.steps.consolidate import complete_linkage_groups
+
+    def unit(deg):
+        return [np.cos(np.radians(deg)), np.sin(np.radians(deg)), 0.0]
+    # similarities: A-B cos 50 = 0.64, B-C 0.64, A-C cos 100 = -0.17; D far from all
+    c = np.array([unit(0), unit(50), unit(100), [0.0, 0.0, 1.0]])
+    groups = complete_linkage_groups(c, 0.45)
+    assert all(not {0, 2} <= set(g) for g in groups)
+    assert groups == [[0, 1]] or groups == [[1, 2]]
+    assert complete_linkage_groups(c, 1.2) == [[0, 1, 2]] or \
+        complete_linkage_groups(c, 1.2) == [[0, 1, 2, 3]]
+
+
+def test_kill_at_every_commit_of_consolidate_loads_and_a_rerun_finishes(split_dir, tmp_path):
+    """kill -9 at each commit of consolidate: the folder still loads (history), a re-run
+    finishes it, and the result equals an uninterrupted run."""
+    scenario = Scenario("consolidate", lambda w: shutil.copytree(split_dir, w / "swap"),
+                        lambda w: ["consolidate", "swap", *CONSOLIDATE])
+    h = KillHarness(scenario, tmp_path)
+    h.prepare()
+    n = h.run_reference()
+    assert n >= 6, h.commits
+    check_library(h.w / "swap")
+    for k in range(1, n + 1):
+        h.reset()
+        first = h.run(kill_at=k, tag=f"kill{k}")
+        assert first.rc == KILLED, (k, first.tail())
+        hist = run_cli("history", h.w / "swap")
+        assert "history:" in hist.stdout
+        again = h.run(tag=f"rerun{k}")
+        assert again.rc == 0, (k, again.tail())
+        check_library(h.w / "swap")
+        assert compare(h.reference, state(h.w, scenario)) == [], (k, h.commits[k - 1])
