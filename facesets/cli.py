@@ -17,6 +17,7 @@ from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz",
             "run", "audit-multiface", "calibrate",
             "consolidate",
+            "dedup-optimize",
             "history",
             "undo"]
 

@@ -256,3 +256,66 @@ def test_kill_at_every_commit_of_consolidate_loads_and_a_rerun_finishes(split_di
         assert again.rc == 0, (k, again.tail())
         check_library(h.w / "swap")
         assert compare(h.reference, state(h.w, scenario)) == [], (k, h.commits[k - 1])
+
+
+def test_dedup_optimize_drops_identical_and_near_duplicates_and_undo_restores(
+        split_dir, tmp_path):
+    from facesets.formats.cache import load_cache
+    from facesets.formats.manifest import write_manifest
+    from facesets.formats.swapset import write_bundles
+
+    out = tmp_path / "swap"
+    shutil.copytree(split_dir, out)
+    # the same PNG in two facesets (as when one photo fed both)
+    a, b = out / "faceset_000" / "faces" / "000.png", out / "faceset_001" / "faces" / "002.png"
+    shutil.copy2(a, b)
+    m = load(out / "faceset_001" / "manifest.json")
+    write_bundles(out / "faceset_001", m)           # the library agrees with its disk
+    write_manifest(out / "faceset_001" / "manifest.json", m)
+    check_library(out)
+    before = tree(out)
+    top0 = load(out / "manifest.json")
+    near = 0.25   # testpack_s: a few faces of one person are this alike (similarity 0.75)
+    dry = run_cli("dedup-optimize", out, "--near-threshold", near, "--dry-run")
+    assert "nothing changed" in dry.stdout and tree(out) == before
+    run_cli("dedup-optimize", out, "--near-threshold", near)
+    check_library(out)
+    sets = {n: load(out / n / "manifest.json") for n in ("faceset_000", "faceset_001",
+                                                          "faceset_002")}
+    score = {n: {f["file"]: f["score"] for f in load(split_dir / n / "manifest.json")["faces"]}
+             for n in sets}
+    ident = [(n, d) for n, m in sets.items() for d in m["dropped"]
+             if d["reason"] == "dedup_identical"]
+    assert len(ident) == 1
+    loser = ident[0][0] + "/" + ident[0][1]["file"]
+    pair = {"faceset_000/faces/000.png", "faceset_001/faces/002.png"}
+    assert loser in pair and ident[0][1]["duplicate_of"] in pair - {loser}
+    s = {p: score[p.split("/")[0]][p.split("/", 1)[1]] for p in pair}
+    assert s[loser] <= s[ident[0][1]["duplicate_of"]], "the best-scoring copy stays"
+    # near duplicates: each dropped one is that alike to a better face kept in its faceset;
+    # the faces kept in a faceset are pairwise less alike
+    cache = load_cache(split_dir.parent / "c.npz")
+    keys = list(cache.face_keys())
+    emb = cache.faces["embedding"] / np.linalg.norm(cache.faces["embedding"], axis=1)[:, None]
+    vec = {k: emb[i] for i, k in enumerate(keys)}
+    n_near = 0
+    for name, m in sets.items():
+        kept = [f for f in m["faces"] if f["key"] in vec]
+        for i, f in enumerate(kept):
+            for g in kept[i + 1:]:
+                assert float(vec[f["key"]] @ vec[g["key"]]) < 1 - near
+        by_file = {f["file"]: f for f in m["faces"]}
+        for d in m["dropped"]:
+            if d["reason"] != "dedup_near":
+                continue
+            n_near += 1
+            other = by_file[d["duplicate_of"].split("/", 1)[1]]
+            assert float(vec[d["key"]] @ vec[other["key"]]) >= 1 - near
+            assert other["score"] >= d["score"]
+    assert n_near >= 1
+    run_cli("undo", out)
+    check_library(out)
+    assert {k: v for k, v in tree(out).items() if not k.startswith(".runs/")
+            and k != "manifest.json"} == {k: v for k, v in before.items()
+                                          if k != "manifest.json"}
+    assert without_runs(load(out / "manifest.json")) == without_runs(top0)

@@ -29,9 +29,11 @@ from ..formats.runs import (AFTER_DIR, BEFORE_DIR, PARTIAL_SUFFIX, RUN_FILE, RUN
                             RUNS_SECTION, SELF_FINISHING, check_runs_section, load_run, new_run_id,
                             run_record, runs_entry)
 from ..formats.swapset import MANIFEST_NAME, remove_faceset_temps, write_bundles
-from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, remove_temp_files
+from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_point, fsync_dir,
+                         remove_temp_files)
 
 UNDO = "undo"
+THIS_RUN = "(this run)"   # stands for the run's id in the new manifests until it is known
 
 
 def load_top(root: Path) -> dict:
@@ -94,7 +96,7 @@ def plan_id(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
 
 
 def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[str],
-            after: dict[str, dict], rebuild: list[str], summary: dict,
+            after: dict[str, dict | bytes], rebuild: list[str], summary: dict,
             undoes: str | None = None, run_id: str | None = None,
             before: dict[str, bytes] | None = None) -> str:
     """Write ``.runs/<id>/`` for a run (see the module doc) and return its id. ``after``:
@@ -120,7 +122,8 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     for rel, body in after.items():
         dest = part / AFTER_DIR / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        dest.write_bytes(body if isinstance(body, bytes) else
+                         (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
     atomic_write_json(part / RUN_FILE, run_record(run_id, step, moves, sorted(before),
                                                   list(after), rebuild, summary, undoes))
     for d in sorted({p for p in part.rglob("*") if p.is_dir()} | {part}, reverse=True):
@@ -129,6 +132,24 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     fsync_dir(final.parent)
     commit_point(f"{final}")
     return run_id
+
+
+def start(root: Path, step: str, moves: list[tuple[str, str]], changed: list[str],
+          after: dict[str, dict], rebuild: list[str], summary: dict) -> str:
+    """``prepare`` a step's run: its id replaces ``THIS_RUN`` in the new manifests."""
+    run_id = plan_id(root, step, moves, changed)
+    _fill(after, run_id)
+    return prepare(root, step, moves, changed, after, rebuild, summary, run_id=run_id)
+
+
+def _fill(obj, run_id: str) -> None:
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) \
+        if isinstance(obj, list) else ()
+    for k, v in list(items):
+        if v == THIS_RUN:
+            obj[k] = run_id
+        else:
+            _fill(v, run_id)
 
 
 def add_entry(top: dict, record: dict) -> None:
@@ -163,16 +184,19 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
     for rel in rec["installs"]:
         if rel == MANIFEST_NAME:
             continue
-        body = json.loads((folder / AFTER_DIR / rel).read_text("utf-8"))
         dest = safe_member_path(root, rel, "installs")
         fdir = dest.parent
         remove_faceset_temps(fdir)     # a write a kill interrupted
-        if fdir.relative_to(root).as_posix() in rebuild:
+        data = (folder / AFTER_DIR / rel).read_bytes()
+        if dest.name == MANIFEST_NAME and fdir.relative_to(root).as_posix() in rebuild:
+            body = json.loads(data)
             write_bundles(fdir, body)
-        write_manifest(dest, body)
+            write_manifest(dest, body)
+        else:
+            atomic_write_bytes(dest, data)   # a manifest or bundle as it was
     top_after = folder / AFTER_DIR / MANIFEST_NAME
     if top_after.is_file():
-        top = json.loads(top_after.read_text("utf-8"))
+        top = json.loads(top_after.read_bytes())
         top[RUNS_SECTION] = load_top(root).get(RUNS_SECTION, [])
     else:
         top = load_top(root)
@@ -253,12 +277,29 @@ def plan_undo(root: Path, run_id: str | None = None) -> tuple[dict, list[str]]:
 
 
 def prepare_undo(root: Path, target_id: str) -> str:
-    """The undo run of ``target_id``: its moves reversed, its before/ bytes installed."""
+    """The undo run of ``target_id``: its moves reversed, its before/ bytes installed (the
+    bundles too where they were kept; else rebuilt from the restored manifest)."""
     root = Path(root)
     rec = record_of(root, target_id)
     src = run_dir(root, target_id) / BEFORE_DIR
-    after = {rel: json.loads((src / rel).read_text("utf-8")) for rel in rec["changed"]}
+    after = {rel: (src / rel).read_bytes() for rel in rec["changed"]}
+    kept = {str(Path(rel).parent) for rel in rec["changed"] if rel.endswith(".fsz")}
     moves = [(mv["to"], mv["from"]) for mv in reversed(rec["moves"])]
-    return prepare(root, UNDO, moves, [], after, rec["rebuild"],
+    return prepare(root, UNDO, moves, [], after, [d for d in rec["rebuild"] if d not in kept],
                    {"undoes": target_id, "undone_step": rec["step"]}, undoes=target_id,
                    before={})
+
+
+def faceset_files(root: Path, name: str) -> list[str]:
+    """A faceset's manifest and the bundles it names (those on disk), relative to ``root``:
+    what a run that rebuilds its bundles keeps the previous bytes of."""
+    from ..formats.manifest import SWAP_FACESET_MANIFEST
+
+    m = load_manifest(Path(root) / name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+    out = [f"{name}/{MANIFEST_NAME}"]
+    for key in ("top", "all"):
+        b = (m.get("bundles") or {}).get(key)
+        if isinstance(b, str) and b and (Path(root) / name / b).is_file():
+            safe_member_path(Path(root) / name, b, f"bundles.{key}")
+            out.append(f"{name}/{b}")
+    return out

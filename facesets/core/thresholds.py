@@ -20,6 +20,7 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "extend": 0.55,           # extend: join the nearest person within this
         "consolidate_group": 0.45,   # consolidate: facesets within this (similarity 0.55)
         "consolidate_merge": 0.35,   # consolidate: merged when within this (similarity 0.65)
+        "dedup_near": 0.05,          # dedup-optimize: near duplicates (similarity 0.95)
     },
 }
 
@@ -28,6 +29,7 @@ FLAGS = {
     "outlier": "--outlier-threshold", "swap_outlier": "--outlier-threshold",
     "candidate_match": "--candidate-match-threshold", "extend": "--threshold",
     "consolidate_group": "--group-threshold", "consolidate_merge": "--merge-threshold",
+    "dedup_near": "--near-threshold",
 }
 
 

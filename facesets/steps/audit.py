@@ -27,7 +27,7 @@ from ..formats.manifest import (AUDIT_PLAN, AUDIT_PLAN_FILE, FACE_PNG, FACESET_N
                                 load_manifest, safe_member_path)
 from ..formats.queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
                              new_queue, read_jsonl, validate_multiface_results, write_queue)
-from ..formats.swapset import (DROPPED_DIR, FACES_DIR, MANIFEST_NAME, MULTIFACE_AUDIT,
+from ..formats.swapset import (MANIFEST_NAME, MULTIFACE_AUDIT, drop_destination,
                                multiface_audit_record, rebuild_bundles, refresh_listing,
                                remove_faceset_temps)
 from ..io.fsutil import atomic_write_json, fsync_dir, remove_temp_files, sha256_file
@@ -228,17 +228,6 @@ def _recorded(out: Path, run_id: str) -> dict | None:
     return next((r for r in top.get(SECTION, []) if r.get("run") == run_id), None)
 
 
-def _drop_destination(fdir: Path, rel: str, taken: set[str]) -> str:
-    """faces/_dropped/<name>, or <stem>.N.png when that name is taken (never overwrite)."""
-    name = Path(rel).name
-    dest, n = f"{FACES_DIR}/{DROPPED_DIR}/{name}", 1
-    while str(fdir / dest) in taken or (fdir / dest).exists():
-        dest = f"{FACES_DIR}/{DROPPED_DIR}/{Path(name).stem}.{n}.png"
-        n += 1
-    taken.add(str(fdir / dest))
-    return dest
-
-
 def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
     queue = load_queue(queue_path, KIND_MULTIFACE)
     export = queue["params"].get("export")
@@ -277,7 +266,7 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
             plan.changed.append(item["id"])
         else:
             plan.drops.append(Drop(name, rel, rec["faces"],
-                                   _drop_destination(plan.export / name, rel, taken),
+                                   drop_destination(plan.export / name, rel, taken),
                                    str(item.get("key", ""))))
     # facesets a user (or an older face-sets) left with a listed face whose PNG is gone
     for entry in top.get("facesets", []):
@@ -340,7 +329,8 @@ def apply_audit(plan: AuditPlan, log: Callable[[str], None] = print) -> dict:
     # the run's record and the previous bytes of what it changes, for `undo`
     runs.prepare(plan.export, STEP,
                  [(f"{d.faceset}/{d.file}", f"{d.faceset}/{d.moved_to}") for d in plan.drops],
-                 [MANIFEST_NAME] + [f"{n}/{MANIFEST_NAME}" for n in plan.facesets()], {},
+                 [MANIFEST_NAME] + [f for n in plan.facesets()
+                                    for f in runs.faceset_files(plan.export, n)], {},
                  plan.facesets(), {"dropped": len(plan.drops)}, run_id=plan.run_id)
     atomic_write_json(plan.export / AUDIT_PLAN_FILE, plan.to_json())
     return _execute(plan, log)

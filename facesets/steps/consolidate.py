@@ -26,7 +26,7 @@ from ..core import runs
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
                                 load_manifest, safe_member_path)
 from ..formats.runs import MERGED_DIR, MERGED_SECTION, merged_record
-from ..formats.swapset import FACES_DIR, MANIFEST_NAME, bundle_names, faceset_listing
+from ..formats.swapset import FACES_DIR, MANIFEST_NAME, bundles_entry, faceset_listing
 
 STEP = "consolidate"
 
@@ -171,21 +171,15 @@ def _merge_group(root: Path, top: dict, g: Group, run_ph: str, moves, after, cha
     new["summary"]["kept"] = len(new["faces"])
     new["summary"]["faces_in"] = int(new["summary"].get("faces_in", 0)) + sum(
         m["faces"] for m in merged)
-    names = bundle_names(new["name"], int(new["top_n"]))
-    new["bundles"] = {"top": names["top"], "top_count": min(int(new["top_n"]),
-                                                            len(new["faces"])),
-                      "all": names["all"], "all_count": len(new["faces"])}
+    new["bundles"] = bundles_entry(new["name"], int(new["top_n"]), len(new["faces"]))
     new.setdefault("history", []).append(
         {"step": STEP, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run_ph,
          "merged": [m["name"] for m in merged], "added": sum(m["faces"] for m in merged),
          "kept": len(new["faces"])})
     after[f"{surv}/{MANIFEST_NAME}"] = new
-    changed.append(f"{surv}/{MANIFEST_NAME}")
+    changed += runs.faceset_files(root, surv)
     rebuild.append(surv)
     return merged_record(run_ph, surv, merged, g.min_similarity)
-
-
-RUN_PLACEHOLDER = "(this run)"
 
 
 def apply_consolidate(plan: ConsolidatePlan, log=print) -> dict | None:
@@ -199,7 +193,7 @@ def apply_consolidate(plan: ConsolidatePlan, log=print) -> dict | None:
     top = runs.load_top(root)
     moves, after, changed, rebuild, records = [], {}, [], [], []
     for g in merges:
-        records.append(_merge_group(root, top, g, RUN_PLACEHOLDER, moves, after, changed,
+        records.append(_merge_group(root, top, g, runs.THIS_RUN, moves, after, changed,
                                     rebuild))
     gone = {m["name"] for r in records for m in r["merged"]}
     new_top = copy.deepcopy(top)
@@ -213,21 +207,6 @@ def apply_consolidate(plan: ConsolidatePlan, log=print) -> dict | None:
     changed.append(MANIFEST_NAME)
     counts = {"groups": len(merges), "merged": len(gone),
               "faces_moved": sum(1 for a, _ in moves if "/" in a)}
-    # the run id names the run in every record: fill it in once it is known
-    run_id = runs.plan_id(root, STEP, moves, changed)
-    _fill(after, run_id)
-    runs.prepare(root, STEP, moves, changed, after, rebuild, counts, run_id=run_id)
-    return runs.execute(root, run_id, log)
+    return runs.execute(root, runs.start(root, STEP, moves, changed, after, rebuild, counts),
+                        log)
 
-
-def _fill(obj, run_id: str):
-    """Replace the run id placeholder in the new manifests."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if v == RUN_PLACEHOLDER:
-                obj[k] = run_id
-            else:
-                _fill(v, run_id)
-    elif isinstance(obj, list):
-        for v in obj:
-            _fill(v, run_id)
