@@ -151,7 +151,8 @@ def apply_dedup(plan: DedupPlan, log=print) -> dict | None:
         new["bundles"] = bundles_entry(name, int(new["top_n"]), len(new["faces"]))
         new.setdefault("history", []).append(
             {"step": STEP, "when": when, "run": runs.THIS_RUN,
-             "removed": [f["key"] for f in m["faces"] if f["file"] in drops], "kept": len(new["faces"])})
+             "removed": [f["key"] for f in m["faces"] if f["file"] in drops],
+             "kept": len(new["faces"])})
         after[f"{name}/{MANIFEST_NAME}"] = new
         changed += runs.faceset_files(root, name)
     new_top = copy.deepcopy(top)
