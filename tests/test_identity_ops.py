@@ -13,7 +13,7 @@ import pytest
 
 from conftest import FACES, LOW_GATES, PACK, TEST_THRESHOLD, run_cli
 from facesets.formats.bundle import read_fsz
-from killharness import KILLED, KillHarness, Scenario, compare, state
+from killharness import KILLED, KillHarness, Scenario, compare, sample_points, state
 
 PEOPLE, PER_PERSON = 3, 6
 # testpack_s has no built-in consolidate thresholds: the test threshold groups (similarity
@@ -162,6 +162,8 @@ def test_consolidate_merges_one_person_leaves_strangers_and_undo_restores(split_
     assert f"undone by {runs[1]['id']}" in run_cli("history", out).stdout
     nothing = run_cli("undo", out, check=False)
     assert nothing.returncode == 2 and "no run left to undo" in nothing.stderr
+    assert "undone already" in run_cli("undo", out, run_id).stdout
+    assert without_runs(load(out / "manifest.json")) == without_runs(top0)
 
 
 def test_undo_refuses_a_run_whose_files_were_moved_since(split_dir, tmp_path):
@@ -236,17 +238,10 @@ def test_complete_linkage_never_chains_look_alikes():
         complete_linkage_groups(c, 1.2) == [[0, 1, 2, 3]]
 
 
-def test_kill_at_every_commit_of_consolidate_loads_and_a_rerun_finishes(split_dir, tmp_path):
-    """kill -9 at each commit of consolidate: the folder still loads (history), a re-run
-    finishes it, and the result equals an uninterrupted run."""
-    scenario = Scenario("consolidate", lambda w: shutil.copytree(split_dir, w / "swap"),
-                        lambda w: ["consolidate", "swap", *CONSOLIDATE])
-    h = KillHarness(scenario, tmp_path)
-    h.prepare()
-    n = h.run_reference()
-    assert n >= 6, h.commits
-    check_library(h.w / "swap")
-    for k in range(1, n + 1):
+def _kill_and_rerun(h: KillHarness, scenario: Scenario, points) -> None:
+    """kill -9 at each commit in ``points``: the folder still loads (history), a re-run
+    finishes it, and the result equals the uninterrupted run."""
+    for k in points:
         h.reset()
         first = h.run(kill_at=k, tag=f"kill{k}")
         assert first.rc == KILLED, (k, first.tail())
@@ -256,6 +251,39 @@ def test_kill_at_every_commit_of_consolidate_loads_and_a_rerun_finishes(split_di
         assert again.rc == 0, (k, again.tail())
         check_library(h.w / "swap")
         assert compare(h.reference, state(h.w, scenario)) == [], (k, h.commits[k - 1])
+
+
+def test_kill_at_every_commit_of_consolidate_loads_and_a_rerun_finishes(split_dir, tmp_path):
+    scenario = Scenario("consolidate", lambda w: shutil.copytree(split_dir, w / "swap"),
+                        lambda w: ["consolidate", "swap", *CONSOLIDATE])
+    h = KillHarness(scenario, tmp_path)
+    h.prepare()
+    n = h.run_reference()
+    assert n >= 6, h.commits
+    check_library(h.w / "swap")
+    _kill_and_rerun(h, scenario, range(1, n + 1))
+
+
+def _consolidated(split_dir: Path, w: Path) -> None:
+    shutil.copytree(split_dir, w / "swap")
+    run_cli("consolidate", w / "swap", *CONSOLIDATE)
+
+
+@pytest.mark.parametrize("name,build,argv", [
+    # the run named: a re-run after the kill came after the last commit says "undone already"
+    ("undo", _consolidated,
+     lambda w: ["undo", "swap", load(w / "swap" / "manifest.json")["runs"][0]["id"]]),
+    ("dedup-optimize", lambda d, w: shutil.copytree(d, w / "swap"),
+     lambda w: ["dedup-optimize", "swap", "--near-threshold", "0.25"]),
+])
+def test_kill_undo_and_dedup_optimize_at_sampled_commits(split_dir, tmp_path, name, build,
+                                                         argv):
+    scenario = Scenario(name, lambda w: build(split_dir, w), argv)
+    h = KillHarness(scenario, tmp_path)
+    h.prepare()
+    h.run_reference()
+    check_library(h.w / "swap")
+    _kill_and_rerun(h, scenario, sample_points(h.commits, 4))
 
 
 def test_dedup_optimize_drops_identical_and_near_duplicates_and_undo_restores(

@@ -26,8 +26,17 @@ def run(args) -> int:
     log = lambda m: say(f"  {m}")  # noqa: E731
     with output_lock(root):
         if not args.dry_run:
-            runs.finish_pending(root, log)
+            for run_id in runs.finish_pending(root, log):
+                undone = runs.record_of(root, run_id).get("undoes")
+                if undone and args.run_id in (None, undone):
+                    # this undo was killed before it finished: finishing it was the job
+                    say(f"undo: finished the interrupted undo of run {undone} (run {run_id})")
+                    return 0
         target, problems = runs.plan_undo(root, args.run_id)
+        if args.run_id is not None and target.get("undone_by"):
+            say(f"undo: run {target['id']} was undone already by {target['undone_by']}; "
+                "nothing changed")
+            return 0
         if problems:
             raise ManifestError(f"{root}: cannot undo run {target['id']}: "
                                 + "; ".join(problems[:5]))
