@@ -253,6 +253,23 @@ def _kill_and_rerun(h: KillHarness, scenario: Scenario, points) -> None:
         assert compare(h.reference, state(h.w, scenario)) == [], (k, h.commits[k - 1])
 
 
+@pytest.mark.unit
+def test_thresholds_come_from_the_table_the_calibration_or_the_flag():
+    from facesets.core.thresholds import ThresholdError, derived, resolve_with_source
+
+    buffalo = {"model": "buffalo_l"}
+    assert resolve_with_source("consolidate_group", buffalo, None,
+                               derived("consolidate_group", buffalo)) == (0.45, "model default")
+    cal = {"model": "testpack_s", "thresholds": {"cluster": 0.66}}
+    assert resolve_with_source("consolidate_merge", cal, None,
+                               derived("consolidate_merge", cal)) == \
+        (0.42, "derived from calibrated cluster")
+    assert resolve_with_source("dedup_near", cal, 0.1, derived("dedup_near", cal))[0] == 0.1
+    with pytest.raises(ThresholdError, match="--group-threshold"):
+        resolve_with_source("consolidate_group", {"model": "testpack_s"}, None,
+                            derived("consolidate_group", {"model": "testpack_s"}))
+
+
 def test_kill_at_every_commit_of_consolidate_loads_and_a_rerun_finishes(split_dir, tmp_path):
     scenario = Scenario("consolidate", lambda w: shutil.copytree(split_dir, w / "swap"),
                         lambda w: ["consolidate", "swap", *CONSOLIDATE])

@@ -45,15 +45,17 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..core import runs
-    from ..core.thresholds import resolve_with_source
+    from ..core.thresholds import derived, resolve_with_source
     from ..io.fsutil import output_lock
     from ..steps.consolidate import apply_consolidate, plan_consolidate
 
     root = Path(args.swap_ready).resolve()
     log = lambda m: say(f"  {m}")  # noqa: E731
     meta = swap_ready_meta(root)
-    group, gsrc = resolve_with_source("consolidate_group", meta, args.group_threshold)
-    merge, msrc = resolve_with_source("consolidate_merge", meta, args.merge_threshold)
+    group, gsrc = resolve_with_source("consolidate_group", meta, args.group_threshold,
+                                      derived("consolidate_group", meta))
+    merge, msrc = resolve_with_source("consolidate_merge", meta, args.merge_threshold,
+                                      derived("consolidate_merge", meta))
     if merge > group:
         raise ValueError(f"--merge-threshold {merge} is looser than --group-threshold {group}")
     say(f"consolidate: group within distance {group} ({gsrc}), merge within {merge} ({msrc})")

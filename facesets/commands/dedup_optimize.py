@@ -4,7 +4,7 @@ export's cache within --near-threshold). The best-scoring face stays; the others
 faces/_dropped/, the bundles are rebuilt, the run is recorded (`history`, `undo`)."""
 from __future__ import annotations
 
-from .common import say
+from .common import add_progress_option, say
 
 
 def register(sub) -> None:
@@ -15,6 +15,7 @@ def register(sub) -> None:
                    help="cosine distance of near duplicates within a faceset (default: the "
                         "model's; buffalo_l 0.05, i.e. similarity 0.95)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 
@@ -22,24 +23,26 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..core import runs
-    from ..core.thresholds import resolve_with_source
+    from ..core.thresholds import derived, resolve_with_source
     from ..io.fsutil import output_lock
     from ..steps.dedup_optimize import apply_dedup, plan_dedup
     from .consolidate import swap_ready_meta
 
     root = Path(args.swap_ready).resolve()
     log = lambda m: say(f"  {m}")  # noqa: E731
-    near, source = resolve_with_source("dedup_near", swap_ready_meta(root), args.near_threshold)
+    meta = swap_ready_meta(root)
+    near, source = resolve_with_source("dedup_near", meta, args.near_threshold,
+                                       derived("dedup_near", meta))
     say(f"dedup-optimize: near duplicates within distance {near} ({source})")
     if args.dry_run:
-        plan = plan_dedup(root, near)
+        plan = plan_dedup(root, near, args.progress)
         for line in plan.lines():
             say(f"  {line}")
         say(f"dedup-optimize (dry run, nothing changed): {plan.line()}")
         return 0
     with output_lock(root):
         runs.finish_pending(root, log)
-        plan = plan_dedup(root, near)
+        plan = plan_dedup(root, near, args.progress)
         for line in plan.lines():
             say(f"  {line}")
         entry = apply_dedup(plan, log)

@@ -68,3 +68,19 @@ def threshold_source(name: str, meta: dict, given: float | None) -> str:
     """Where a resolved threshold came from: flag, calibrated or model default."""
     return next((source for value, source in _candidates(name, meta, given, ())
                  if value is not None), "model default")
+
+
+# thresholds a model may lack that are derived from its calibrated cluster threshold, by
+# buffalo_l's ratio to its own cluster threshold (docs/clustering.md, "Derived thresholds")
+DERIVED_FROM_CLUSTER = ("consolidate_group", "consolidate_merge", "dedup_near")
+
+
+def derived(name: str, meta: dict) -> tuple[float | None, str]:
+    """(value, source) of ``name`` scaled from the cache's calibrated cluster threshold, or
+    (None, "") when it is not derivable; an ``extra`` for ``resolve_with_source``."""
+    cal = (meta.get("thresholds") or {}).get("cluster")
+    ref = MODEL_THRESHOLDS["buffalo_l"]
+    if name not in DERIVED_FROM_CLUSTER or cal is None:
+        return None, ""
+    return round(float(cal) * ref[name] / ref["cluster"], 4), "derived from calibrated cluster"
+

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..core import runs
 from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
@@ -73,7 +74,7 @@ def _embeddings(cache_path: str | None, keys: set[str]) -> dict[str, np.ndarray]
     return {str(all_keys[i]): emb[j] for j, i in enumerate(rows)}
 
 
-def plan_dedup(root: str | Path, near_threshold: float) -> DedupPlan:
+def plan_dedup(root: str | Path, near_threshold: float, progress: bool = True) -> DedupPlan:
     root = Path(root).resolve()
     top = runs.load_top(root)
     plan = DedupPlan(root, near_threshold)
@@ -89,7 +90,8 @@ def plan_dedup(root: str | Path, near_threshold: float) -> DedupPlan:
     faces.sort(key=order)
     kept_by_sha: dict[str, str] = {}
     kept: list[tuple[str, dict]] = []
-    for name, face in faces:
+    for name, face in tqdm(faces, desc="hashing face PNGs", unit="png", leave=False,
+                           disable=not progress or not faces):
         sha = sha256_file(root / name / face["file"])
         if sha in kept_by_sha:
             plan.drops.append(Drop(name, face["file"], IDENTICAL, kept_by_sha[sha]))
