@@ -219,6 +219,10 @@ def test_audit_apply_records_a_run_that_undo_reverses(split_dir, tmp_path):
             and k != "manifest.json"} == {k: v for k, v in before.items()
                                           if k != "manifest.json"}
     assert without_runs(load(out / "manifest.json")) == without_runs(top0)
+    # the same results again: refused (their run was undone), nothing changed
+    again = run_cli("audit-multiface", "apply", queue, results, check=False)
+    assert again.returncode == 2 and "stage the audit again" in again.stderr
+    assert without_runs(load(out / "manifest.json")) == without_runs(top0)
 
 
 @pytest.mark.unit

@@ -326,6 +326,12 @@ def apply_audit(plan: AuditPlan, log: Callable[[str], None] = print) -> dict:
             raise ManifestError(f"{plan.export / AUDIT_PLAN_FILE}: the interrupted audit run "
                                 f"{pending.run_id} is not finished; run apply again")
         return _execute(pending, log)
+    undone = next((e for e in runs.load_top(plan.export).get("runs", [])
+                   if e["id"] == plan.run_id), None)
+    if undone is not None:
+        raise ManifestError(f"{plan.export}: these results were applied as run {plan.run_id} "
+                            f"and undone ({undone.get('undone_by')}); stage the audit again "
+                            "to apply it again")
     # the run's record and the previous bytes of what it changes, for `undo`
     runs.prepare(plan.export, STEP,
                  [(f"{d.faceset}/{d.file}", f"{d.faceset}/{d.moved_to}") for d in plan.drops],

@@ -123,7 +123,7 @@ def _next_number(manifest: dict, fdir: Path) -> int:
     return max(used, default=-1) + 1
 
 
-def _merge_group(root: Path, top: dict, g: Group, run_ph: str, moves, after, changed,
+def _merge_group(root: Path, g: Group, run_ph: str, moves, after, changed,
                  rebuild, width: int = 3) -> dict:
     """Add one group's moves and new manifests to the run; its ``merged[]`` entries."""
     surv = g.members[0]
@@ -139,10 +139,11 @@ def _merge_group(root: Path, top: dict, g: Group, run_ph: str, moves, after, cha
         mdir = root / name
         mm = load_manifest(mdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
         weights.append((np.asarray(mm["centroid"], np.float64), len(mm["faces"])))
-        renamed = {}
+        renamed, missing = {}, []
         for face in sorted(mm["faces"], key=lambda f: f["rank"]):
             if not (mdir / face["file"]).is_file():
-                continue    # gone already: left in its own manifest's faces[] no more
+                missing.append(dict(face, reason="removed from faces/"))   # gone by hand
+                continue
             dest = f"{FACES_DIR}/{nxt:0{width}d}.png"
             nxt += 1
             moves.append((f"{name}/{face['file']}", f"{surv}/{dest}"))
@@ -153,6 +154,7 @@ def _merge_group(root: Path, top: dict, g: Group, run_ph: str, moves, after, cha
         moves.append((name, folder_rel))
         gone = copy.deepcopy(mm)
         gone["faces"] = []
+        gone["dropped"] = gone["dropped"] + missing
         gone["merged_into"] = {"faceset": surv, "run": run_ph, "files": renamed}
         gone["summary"]["kept"] = 0
         gone.setdefault("history", []).append(
@@ -193,7 +195,7 @@ def apply_consolidate(plan: ConsolidatePlan, log=print) -> dict | None:
     top = runs.load_top(root)
     moves, after, changed, rebuild, records = [], {}, [], [], []
     for g in merges:
-        records.append(_merge_group(root, top, g, runs.THIS_RUN, moves, after, changed,
+        records.append(_merge_group(root, g, runs.THIS_RUN, moves, after, changed,
                                     rebuild))
     gone = {m["name"] for r in records for m in r["merged"]}
     new_top = copy.deepcopy(top)
