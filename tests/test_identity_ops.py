@@ -185,11 +185,22 @@ def test_a_bad_run_record_is_one_clear_error(split_dir, tmp_path):
     run_cli("consolidate", out, *CONSOLIDATE)
     run_id = load(out / "manifest.json")["runs"][0]["id"]
     rec_path = out / ".runs" / run_id / "run.json"
+    good = rec_path.read_bytes()
     rec = load(rec_path)
     rec["moves"][0]["to"] = "../../outside.png"
     rec_path.write_text(json.dumps(rec))
     r = run_cli("undo", out, check=False)
     assert r.returncode == 2 and "run.json" in r.stderr and "moves[0].to" in r.stderr
+    # a kept manifest naming a face outside its folder: refused before anything moves
+    rec_path.write_bytes(good)
+    kept = out / ".runs" / run_id / "before" / "faceset_000" / "manifest.json"
+    m = load(kept)
+    m["faces"][0]["file"] = "../../evil.png"
+    kept.write_text(json.dumps(m))
+    state_before = tree(out)
+    r = run_cli("undo", out, check=False)
+    assert r.returncode == 2 and "faces[0].file" in r.stderr and str(kept) in r.stderr
+    assert tree(out) == state_before
 
 
 def test_audit_apply_records_a_run_that_undo_reverses(split_dir, tmp_path):

@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..formats.manifest import (AUDIT_PLAN_FILE, SWAP_MANIFEST, ManifestError, load_manifest,
-                                safe_member_path, write_manifest)
+from ..formats.manifest import (AUDIT_PLAN_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST,
+                                ManifestError, load_manifest, safe_member_path, write_manifest)
 from ..formats.runs import (AFTER_DIR, BEFORE_DIR, PARTIAL_SUFFIX, RUN_FILE, RUNS_DIR,
                             RUNS_SECTION, SELF_FINISHING, check_runs_section, load_run, new_run_id,
                             run_record, runs_entry)
@@ -179,6 +179,10 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
     done = next((e for e in load_top(root).get(RUNS_SECTION, []) if e["id"] == run_id), None)
     if done is not None:
         return done
+    # every manifest it installs is checked like any manifest before anything moves
+    bodies = {rel: load_manifest(folder / AFTER_DIR / rel, SWAP_MANIFEST if rel == MANIFEST_NAME
+                                 else SWAP_FACESET_MANIFEST)
+              for rel in rec["installs"] if Path(rel).name == MANIFEST_NAME}
     moved = sum(move_once(root, mv["from"], mv["to"]) for mv in rec["moves"])
     rebuild = set(rec["rebuild"])
     for rel in rec["installs"]:
@@ -187,16 +191,17 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
         dest = safe_member_path(root, rel, "installs")
         fdir = dest.parent
         remove_faceset_temps(fdir)     # a write a kill interrupted
-        data = (folder / AFTER_DIR / rel).read_bytes()
-        if dest.name == MANIFEST_NAME and fdir.relative_to(root).as_posix() in rebuild:
-            body = json.loads(data)
-            write_bundles(fdir, body)
-            write_manifest(dest, body)
-        else:
-            atomic_write_bytes(dest, data)   # a manifest or bundle as it was
+        src = folder / AFTER_DIR / rel
+        if dest.name == MANIFEST_NAME:
+            body = bodies[rel]
+            if fdir.relative_to(root).as_posix() in rebuild:
+                write_bundles(fdir, body)
+                write_manifest(dest, body)
+                continue
+        atomic_write_bytes(dest, src.read_bytes())   # a manifest or bundle as it was
     top_after = folder / AFTER_DIR / MANIFEST_NAME
     if top_after.is_file():
-        top = json.loads(top_after.read_bytes())
+        top = bodies[MANIFEST_NAME]
         top[RUNS_SECTION] = load_top(root).get(RUNS_SECTION, [])
     else:
         top = load_top(root)
@@ -271,8 +276,15 @@ def plan_undo(root: Path, run_id: str | None = None) -> tuple[dict, list[str]]:
             problems.append(f"{mv['to']} is not where run {target['id']} moved it "
                             f"(from {mv['from']})")
     for rel in rec["changed"]:
-        if not (run_dir(root, target["id"]) / BEFORE_DIR / rel).is_file():
+        kept = run_dir(root, target["id"]) / BEFORE_DIR / rel
+        if not kept.is_file():
             problems.append(f"{RUNS_DIR}/{target['id']}/{BEFORE_DIR}/{rel} is missing")
+        elif kept.name == MANIFEST_NAME:
+            try:
+                load_manifest(kept, SWAP_MANIFEST if rel == MANIFEST_NAME
+                              else SWAP_FACESET_MANIFEST)
+            except (ManifestError, ValueError) as exc:
+                problems.append(str(exc))
     return target, problems
 
 
@@ -293,8 +305,6 @@ def prepare_undo(root: Path, target_id: str) -> str:
 def faceset_files(root: Path, name: str) -> list[str]:
     """A faceset's manifest and the bundles it names (those on disk), relative to ``root``:
     what a run that rebuilds its bundles keeps the previous bytes of."""
-    from ..formats.manifest import SWAP_FACESET_MANIFEST
-
     m = load_manifest(Path(root) / name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
     out = [f"{name}/{MANIFEST_NAME}"]
     for key in ("top", "all"):
