@@ -17,7 +17,11 @@ from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 
 # modules under facesets.commands, in the order `--help` lists them
 COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz",
-            "run", "audit-multiface", "calibrate"]
+            "run", "audit-multiface", "calibrate",
+            "consolidate",
+            "dedup-optimize",
+            "history",
+            "undo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -120,8 +120,8 @@ def test_audit_drops_a_planted_two_face_png_and_only_that(export_dir, tmp_path):
     audit = top_after["multiface_audit"][-1]
     assert audit["dropped"] == 1 and audit["by_faceset"] == {"faceset_000": 1}
     assert audit["checked"] == len(items) and audit["when"] and audit["why"]
-    # other facesets: byte-identical
-    assert {k: v for k, v in after.items() if not k.startswith("faceset_000/")
+    # other facesets: byte-identical (.runs/: the run's record, for undo)
+    assert {k: v for k, v in after.items() if not k.startswith(("faceset_000/", ".runs/"))
             and k != "manifest.json"} == \
         {k: v for k, v in before.items() if not k.startswith("faceset_000/")
          and k != "manifest.json"}

@@ -18,6 +18,9 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "swap_outlier": 0.45,     # export-swap --swap-outlier-threshold
         "candidate_match": 0.55,  # export-swap --candidate-match-threshold
         "extend": 0.55,           # extend: join the nearest person within this
+        "consolidate_group": 0.45,   # consolidate: facesets within this (similarity 0.55)
+        "consolidate_merge": 0.35,   # consolidate: merged when within this (similarity 0.65)
+        "dedup_near": 0.05,          # dedup-optimize: near duplicates (similarity 0.95)
     },
 }
 
@@ -25,6 +28,8 @@ FLAGS = {
     "cluster": "--threshold", "initial": "--initial-threshold", "merge": "--merge-threshold",
     "outlier": "--outlier-threshold", "swap_outlier": "--swap-outlier-threshold",
     "candidate_match": "--candidate-match-threshold", "extend": "--threshold",
+    "consolidate_group": "--group-threshold", "consolidate_merge": "--merge-threshold",
+    "dedup_near": "--near-threshold",
 }
 
 
@@ -92,3 +97,19 @@ def threshold_source(name: str, meta: dict, given: float | None) -> str:
     """Where a resolved threshold came from: flag, calibrated or model default."""
     return next((source for value, source in _candidates(name, meta, given, ())
                  if value is not None), "model default")
+
+
+# thresholds a model may lack that are derived from its calibrated cluster threshold, by
+# buffalo_l's ratio to its own cluster threshold (docs/clustering.md, "Derived thresholds")
+DERIVED_FROM_CLUSTER = ("consolidate_group", "consolidate_merge", "dedup_near")
+
+
+def derived(name: str, meta: dict) -> tuple[float | None, str]:
+    """(value, source) of ``name`` scaled from the cache's calibrated cluster threshold, or
+    (None, "") when it is not derivable; an ``extra`` for ``resolve_with_source``."""
+    cal = (meta.get("thresholds") or {}).get("cluster")
+    ref = MODEL_THRESHOLDS["buffalo_l"]
+    if name not in DERIVED_FROM_CLUSTER or cal is None:
+        return None, ""
+    return round(float(cal) * ref[name] / ref["cluster"], 4), "derived from calibrated cluster"
+

@@ -206,3 +206,24 @@ def refresh_listing(out: str | os.PathLike, names: list[str],
         update(top)
     write_manifest(out / MANIFEST_NAME, top)
     return top
+
+
+# ---- helpers for the identity operations (consolidate, dedup-optimize...) ---------------
+def drop_destination(fdir: Path, rel: str, taken: set[str]) -> str:
+    """faces/_dropped/<name>, or <stem>.N.png when that name is taken (never overwrite);
+    ``taken``: destinations already chosen in this plan (updated)."""
+    name = Path(rel).name
+    dest, n = f"{FACES_DIR}/{DROPPED_DIR}/{name}", 1
+    while str(fdir / dest) in taken or (fdir / dest).exists():
+        dest = f"{FACES_DIR}/{DROPPED_DIR}/{Path(name).stem}.{n}.png"
+        n += 1
+    taken.add(str(fdir / dest))
+    return dest
+
+
+def bundles_entry(name: str, top_n: int, count: int) -> dict:
+    """A faceset manifest's ``bundles`` as ``write_bundles`` sets it for ``count`` faces
+    (a plan can list the faceset before its bundles are written)."""
+    names = bundle_names(name, top_n)
+    return {"top": names["top"], "top_count": min(top_n, count), "all": names["all"],
+            "all_count": count}

@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..core import runs
 from ..formats.manifest import (AUDIT_PLAN, AUDIT_PLAN_FILE, FACE_PNG, FACESET_NAME,
                                 SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, audit_plan,
                                 load_manifest, safe_member_path)
 from ..formats.queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
                              new_queue, read_jsonl, validate_multiface_results, write_queue)
-from ..formats.swapset import (DROPPED_DIR, FACES_DIR, MANIFEST_NAME, MULTIFACE_AUDIT,
+from ..formats.swapset import (MANIFEST_NAME, MULTIFACE_AUDIT, drop_destination,
                                multiface_audit_record, rebuild_bundles, refresh_listing,
                                remove_faceset_temps)
-from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, remove_temp_files, sha256_file
+from ..io.fsutil import atomic_write_json, fsync_dir, remove_temp_files, sha256_file
 from ..io.imageio import ImageError, decode, read_header
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
 
@@ -227,17 +228,6 @@ def _recorded(out: Path, run_id: str) -> dict | None:
     return next((r for r in top.get(SECTION, []) if r.get("run") == run_id), None)
 
 
-def _drop_destination(fdir: Path, rel: str, taken: set[str]) -> str:
-    """faces/_dropped/<name>, or <stem>.N.png when that name is taken (never overwrite)."""
-    name = Path(rel).name
-    dest, n = f"{FACES_DIR}/{DROPPED_DIR}/{name}", 1
-    while str(fdir / dest) in taken or (fdir / dest).exists():
-        dest = f"{FACES_DIR}/{DROPPED_DIR}/{Path(name).stem}.{n}.png"
-        n += 1
-    taken.add(str(fdir / dest))
-    return dest
-
-
 def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
     queue = load_queue(queue_path, KIND_MULTIFACE)
     export = queue["params"].get("export")
@@ -276,7 +266,7 @@ def plan_audit(queue_path: str, results_path: str) -> AuditPlan:
             plan.changed.append(item["id"])
         else:
             plan.drops.append(Drop(name, rel, rec["faces"],
-                                   _drop_destination(plan.export / name, rel, taken),
+                                   drop_destination(plan.export / name, rel, taken),
                                    str(item.get("key", ""))))
     # facesets a user (or an older face-sets) left with a listed face whose PNG is gone
     for entry in top.get("facesets", []):
@@ -308,15 +298,7 @@ def load_pending(export: Path) -> AuditPlan | None:
 
 def _move(fdir: Path, d: Drop) -> bool:
     """Step 2 for one PNG (a rename: it happened or it did not). True if it is moved."""
-    src = safe_member_path(fdir, d.file, "file")
-    dest = safe_member_path(fdir, d.moved_to, "moved_to")
-    if src.is_file() and not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        fsync_dir(dest.parent)
-        fsync_dir(src.parent)
-        commit_point(f"{src} -> {dest}")
-    return dest.is_file() and not src.exists()
+    return runs.move_once(fdir, d.file, d.moved_to, ("file", "moved_to"), strict=False)
 
 
 def _apply_faceset(out: Path, name: str, drops: list[Drop], run_id: str) -> dict:
@@ -344,6 +326,18 @@ def apply_audit(plan: AuditPlan, log: Callable[[str], None] = print) -> dict:
             raise ManifestError(f"{plan.export / AUDIT_PLAN_FILE}: the interrupted audit run "
                                 f"{pending.run_id} is not finished; run apply again")
         return _execute(pending, log)
+    undone = next((e for e in runs.load_top(plan.export).get("runs", [])
+                   if e["id"] == plan.run_id), None)
+    if undone is not None:
+        raise ManifestError(f"{plan.export}: these results were applied as run {plan.run_id} "
+                            f"and undone ({undone.get('undone_by')}); stage the audit again "
+                            "to apply it again")
+    # the run's record and the previous bytes of what it changes, for `undo`
+    runs.prepare(plan.export, STEP,
+                 [(f"{d.faceset}/{d.file}", f"{d.faceset}/{d.moved_to}") for d in plan.drops],
+                 [MANIFEST_NAME] + [f for n in plan.facesets()
+                                    for f in runs.faceset_files(plan.export, n)], {},
+                 plan.facesets(), {"dropped": len(plan.drops)}, run_id=plan.run_id)
     atomic_write_json(plan.export / AUDIT_PLAN_FILE, plan.to_json())
     return _execute(plan, log)
 
@@ -375,9 +369,13 @@ def _execute(plan: AuditPlan, log: Callable[[str], None]) -> dict:
                                     dropped, len(plan.unreadable), len(plan.unchecked),
                                     len(plan.changed))
 
+    run = runs.record_of(out, plan.run_id)   # None: planned by an older face-sets
+
     def add_record(top: dict) -> None:
         if not any(r.get("run") == plan.run_id for r in top.get(SECTION, [])):
             top.setdefault(SECTION, []).append(record)
+        if run is not None:
+            runs.add_entry(top, run)
 
     refresh_listing(out, list(by_faceset), add_record)
     (out / AUDIT_PLAN_FILE).unlink(missing_ok=True)

@@ -1,0 +1,76 @@
+"""consolidate: merge facesets of a swap-ready folder that are one person.
+
+Complete linkage over faceset centroids: facesets whose every pair is within the group
+threshold form a group; a group whose farthest pair is within the merge threshold is merged
+into its largest faceset (the others move to _merged/, their faces join it, re-ranked, its
+bundles rebuilt). The run is recorded: `history` lists it, `undo` reverses it.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .common import say
+
+
+def register(sub) -> None:
+    p = sub.add_parser("consolidate", help="merge facesets that are one person (undoable)",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
+    p.add_argument("--group-threshold", type=float, default=None,
+                   help="cosine distance between centroids to group facesets (default: the "
+                        "model's; buffalo_l 0.45, i.e. similarity 0.55)")
+    p.add_argument("--merge-threshold", type=float, default=None,
+                   help="cosine distance within which a whole group is merged (default: the "
+                        "model's; buffalo_l 0.35, i.e. similarity 0.65)")
+    p.add_argument("--dry-run", action="store_true", help="print the groups, change nothing")
+    p.set_defaults(func=run)
+
+
+def swap_ready_meta(root) -> dict:
+    """What the threshold resolver reads: the export's model, and the thresholds calibrated
+    for its cache when that cache is still there."""
+    from ..core.runs import load_top
+    from ..formats.cache import cache_exists, load_cache
+
+    top = load_top(root)
+    meta = {"model": top.get("model")}
+    cache = top.get("cache")
+    if isinstance(cache, str) and cache and cache_exists(cache):
+        meta["thresholds"] = load_cache(cache).meta.get("thresholds") or {}
+    return meta
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..core import runs
+    from ..core.thresholds import derived, resolve_with_source
+    from ..io.fsutil import output_lock
+    from ..steps.consolidate import apply_consolidate, plan_consolidate
+
+    root = Path(args.swap_ready).resolve()
+    log = lambda m: say(f"  {m}")  # noqa: E731
+    meta = swap_ready_meta(root)
+    group, gsrc = resolve_with_source("consolidate_group", meta, args.group_threshold,
+                                      derived("consolidate_group", meta))
+    merge, msrc = resolve_with_source("consolidate_merge", meta, args.merge_threshold,
+                                      derived("consolidate_merge", meta))
+    if merge > group:
+        raise ValueError(f"--merge-threshold {merge} is looser than --group-threshold {group}")
+    say(f"consolidate: group within distance {group} ({gsrc}), merge within {merge} ({msrc})")
+    if args.dry_run:
+        plan = plan_consolidate(root, group, merge)
+        for line in plan.lines():
+            say(f"  {line}")
+        say(f"consolidate (dry run, nothing changed): {plan.line()}")
+        return 0
+    with output_lock(root):
+        runs.finish_pending(root, log)
+        plan = plan_consolidate(root, group, merge)
+        for line in plan.lines():
+            say(f"  {line}")
+        entry = apply_consolidate(plan, log)
+    say(f"consolidate: {plan.line()}" + (f"; run {entry['id']} (undo: `undo {root} "
+                                           f"{entry['id']}`)" if entry else "; nothing changed"))
+    return 0

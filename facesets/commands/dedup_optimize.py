@@ -1,0 +1,51 @@
+"""dedup-optimize: take duplicate face PNGs out of a swap-ready folder: byte-identical PNGs in
+any facesets (sha256) and near-duplicate faces within a faceset (their embeddings in the
+export's cache within --near-threshold). The best-scoring face stays; the others move to
+faces/_dropped/, the bundles are rebuilt, the run is recorded (`history`, `undo`)."""
+from __future__ import annotations
+
+from .common import add_progress_option, say
+
+
+def register(sub) -> None:
+    p = sub.add_parser("dedup-optimize", help="drop duplicate face PNGs of a swap-ready "
+                       "folder (undoable)", description=__doc__)
+    p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
+    p.add_argument("--near-threshold", type=float, default=None,
+                   help="cosine distance of near duplicates within a faceset (default: the "
+                        "model's; buffalo_l 0.05, i.e. similarity 0.95)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    add_progress_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..core import runs
+    from ..core.thresholds import derived, resolve_with_source
+    from ..io.fsutil import output_lock
+    from ..steps.dedup_optimize import apply_dedup, plan_dedup
+    from .consolidate import swap_ready_meta
+
+    root = Path(args.swap_ready).resolve()
+    log = lambda m: say(f"  {m}")  # noqa: E731
+    meta = swap_ready_meta(root)
+    near, source = resolve_with_source("dedup_near", meta, args.near_threshold,
+                                       derived("dedup_near", meta))
+    say(f"dedup-optimize: near duplicates within distance {near} ({source})")
+    if args.dry_run:
+        plan = plan_dedup(root, near, args.progress)
+        for line in plan.lines():
+            say(f"  {line}")
+        say(f"dedup-optimize (dry run, nothing changed): {plan.line()}")
+        return 0
+    with output_lock(root):
+        runs.finish_pending(root, log)
+        plan = plan_dedup(root, near, args.progress)
+        for line in plan.lines():
+            say(f"  {line}")
+        entry = apply_dedup(plan, log)
+    say(f"dedup-optimize: {plan.line()}" + (f"; run {entry['id']}" if entry
+                                            else "; nothing changed"))
+    return 0

@@ -1,0 +1,52 @@
+"""undo: reverse a recorded run of a swap-ready folder (default: the last run in effect):
+the files it moved go back, the manifests it changed get their previous bytes, the bundles
+it rebuilt are rebuilt from them. The undo is recorded as a run too."""
+from __future__ import annotations
+
+from .common import say
+
+
+def register(sub) -> None:
+    p = sub.add_parser("undo", help="reverse a recorded run (see history)", description=__doc__)
+    p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
+    p.add_argument("run_id", metavar="RUN_ID", nargs="?", default=None,
+                   help="the run to undo (default: the last run not undone)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be undone")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..core import runs
+    from ..formats.manifest import ManifestError
+    from ..io.fsutil import output_lock
+
+    root = Path(args.swap_ready).resolve()
+    log = lambda m: say(f"  {m}")  # noqa: E731
+    with output_lock(root):
+        if not args.dry_run:
+            for run_id in runs.finish_pending(root, log):
+                undone = runs.record_of(root, run_id).get("undoes")
+                if undone and args.run_id in (None, undone):
+                    # this undo was killed before it finished: finishing it was the job
+                    say(f"undo: finished the interrupted undo of run {undone} (run {run_id})")
+                    return 0
+        target, problems = runs.plan_undo(root, args.run_id)
+        if args.run_id is not None and target.get("undone_by"):
+            say(f"undo: run {target['id']} was undone already by {target['undone_by']}; "
+                "nothing changed")
+            return 0
+        if problems:
+            raise ManifestError(f"{root}: cannot undo run {target['id']}: "
+                                + "; ".join(problems[:5]))
+        rec = runs.record_of(root, target["id"])
+        what = (f"run {target['id']} ({target['step']}): {len(rec['moves'])} moves back, "
+                f"{len(rec['changed'])} files restored")
+        if args.dry_run:
+            say(f"undo (dry run, nothing changed): {what}")
+            return 0
+        undo_id = runs.prepare_undo(root, target["id"])
+        runs.execute(root, undo_id, log)
+    say(f"undo: {what} (run {undo_id})")
+    return 0

@@ -1,0 +1,129 @@
+"""Run records of the identity operations on a swap-ready folder (docs/manifest-format.md,
+"Runs and undo").
+
+Every operation that changes a swap-ready folder (consolidate, audit-multiface apply, undo...)
+is a *run*: a hidden folder ``SWAP_READY/.runs/<id>/`` holding
+
+  run.json   the record (``face-sets/run``): the step, the moves it makes (from -> to,
+             relative to SWAP_READY, in order), the files it changes, the facesets whose
+             bundles it rebuilds, and the counts for the operator;
+  before/    the previous bytes of every file it changes (same relative paths), which
+             ``undo`` puts back;
+  after/     the new bytes of the manifests it installs (a run that computes its manifests
+             from the disk as it goes, like audit-multiface, has none).
+
+The run folder is built under ``.runs/.<id>.partial/`` and renamed into place whole, so a
+run folder either is complete or does not exist. The run is done once the top-level
+manifest's ``runs[]`` names it (``runs_entry``); a run folder it does not name is pending and
+is finished by the next command on that folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from ..io.fsutil import read_json
+from .manifest import ManifestError, _Fields
+
+RUN_RECORD = "face-sets/run"
+RUN_VERSION = 1
+RUNS_DIR = ".runs"            # SWAP_READY/.runs/<id>/
+RUN_FILE = "run.json"
+BEFORE_DIR = "before"
+AFTER_DIR = "after"
+PARTIAL_SUFFIX = ".partial"   # .runs/.<id>.partial/ while a run folder is written
+RUNS_SECTION = "runs"         # the top-level manifest's list of runs
+MERGED_DIR = "_merged"        # SWAP_READY/_merged/: facesets consolidate merged away
+MERGED_SECTION = "merged"     # the top-level manifest's consolidate records
+RUN_ID = re.compile(r"[0-9]{4}-[0-9a-f]{8,16}|[0-9a-f]{16}")
+# steps that compute their manifests as they go (no after/): the step itself finishes them
+SELF_FINISHING = ("audit-multiface",)
+
+
+def new_run_id(seq: int, content) -> str:
+    """``NNNN-hhhhhhhh``: the run's sequence number in the folder and a digest of what it
+    does, so the same plan on the same folder (a re-run after a kill) gets the same id."""
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return f"{seq:04d}-{digest[:8]}"
+
+
+def run_record(run_id: str, step: str, moves: list[tuple[str, str]], changed: list[str],
+               installs: list[str], rebuild: list[str], summary: dict,
+               undoes: str | None = None) -> dict:
+    """``.runs/<id>/run.json``. ``changed``: files whose previous bytes are in before/
+    (those that existed); ``installs``: files whose new bytes are in after/, written after
+    the moves; ``rebuild``: faceset folders whose bundles are rebuilt from their installed
+    manifest; ``undoes``: the run an undo reverses."""
+    return {"format": RUN_RECORD, "version": RUN_VERSION, "id": run_id, "step": step,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "undoes": undoes,
+            "moves": [{"from": a, "to": b} for a, b in moves], "changed": changed,
+            "installs": installs, "rebuild": rebuild, "summary": summary}
+
+
+def runs_entry(record: dict) -> dict:
+    """A run's entry in the top-level manifest's ``runs[]`` (``undone_by`` is added when an
+    undo reverses it)."""
+    return {"id": record["id"], "step": record["step"],
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "undoes": record.get("undoes"),
+            "moves": len(record["moves"]), "changed": len(record["changed"]),
+            "summary": record.get("summary", {}), "folder": f"{RUNS_DIR}/{record['id']}",
+            "undone_by": None}
+
+
+def check_relpath(c: _Fields, value, field: str) -> str:
+    """A path inside the swap-ready folder, never into .runs/ and never out of it."""
+    if not isinstance(value, str) or not value or value.startswith("/") or "\\" in value \
+            or "\x00" in value or ".." in value.split("/") or value.split("/")[0] == RUNS_DIR:
+        c.fail(field, f"{value!r} is not a path inside the swap-ready folder")
+    return value
+
+
+def load_run(path: str | os.PathLike) -> dict:
+    """Read and check a ``run.json``: one error naming the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such run record")
+    m = read_json(path)
+    c = _Fields(path)
+    if not isinstance(m, dict) or m.get("format") != RUN_RECORD:
+        raise ManifestError(f"{path}: not a {RUN_RECORD} record")
+    if c.int(m, "version", "") > RUN_VERSION:
+        raise ManifestError(f"{path}: run record v{m['version']} is newer than this "
+                            "face-sets; upgrade face-sets")
+    if not RUN_ID.fullmatch(c.str(m, "id", "")) or m["id"] != path.parent.name:
+        c.fail("id", f"{m['id']!r} is not this run folder's id")
+    c.str(m, "step", "")
+    if m.get("undoes") is not None and not RUN_ID.fullmatch(str(c.str(m, "undoes", ""))):
+        c.fail("undoes", "is not a run id")
+    for f, mv in c.items(m, "moves", ""):
+        check_relpath(c, c.str(mv, "from", f), f"{f}.from")
+        check_relpath(c, c.str(mv, "to", f), f"{f}.to")
+    for key in ("changed", "installs", "rebuild"):
+        for i, rel in enumerate(c.strs(m, key, "")):
+            check_relpath(c, rel, f"{key}[{i}]")
+    c.obj(m, "summary", "")
+    return m
+
+
+def check_runs_section(top: dict, path: str | os.PathLike) -> list[dict]:
+    """The top-level manifest's ``runs[]``, checked (an older export has none)."""
+    c = _Fields(Path(path))
+    for f, e in c.items(top, RUNS_SECTION, "", required=False):
+        if not RUN_ID.fullmatch(c.str(e, "id", f)):
+            c.fail(f"{f}.id", f"{e['id']!r} is not a run id")
+        c.str(e, "step", f)
+        c.get(e, "undone_by", f, (str, type(None)), "a run id or null", required=False)
+        c.get(e, "undoes", f, (str, type(None)), "a run id or null", required=False)
+    return top.get(RUNS_SECTION, [])
+
+
+def merged_record(run_id: str, survivor: str, merged: list[dict], similarity: float) -> dict:
+    """A consolidate merge's entry in the top-level manifest's ``merged[]``: the survivor,
+    each faceset merged into it (name, where its folder went, faces added, its similarity
+    to the survivor) and the group's smallest pairwise similarity."""
+    return {"run": run_id, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": "consolidate",
+            "survivor": survivor, "merged": merged, "min_similarity": round(similarity, 4)}
