@@ -44,7 +44,7 @@ def build_split(root: Path) -> Path:
                                     face_count=len(first["faces"]) - half)]
     (root / "split.json").write_text(json.dumps(m))
     out = root / "swap"
-    run_cli("export-swap", cache, root / "split.json", out, "--outlier-threshold",
+    run_cli("export-swap", cache, root / "split.json", out, "--swap-outlier-threshold",
             TEST_THRESHOLD, "--min-face-short", "20", *PACK, "--no-progress")
     return out
 
