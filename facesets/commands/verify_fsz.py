@@ -89,7 +89,8 @@ def run(args) -> int:
             failed += 1
             continue
         except (BundleError, OSError, ValueError) as exc:
-            say(f"FAIL {path}: {exc}")
+            why = str(exc)   # the bundle's own errors start with its path: not twice
+            say(f"FAIL {why}" if why.startswith(f"{path}: ") else f"FAIL {path}: {why}")
             failed += 1
             continue
         checked[digest] = (str(path), r.ok)
