@@ -137,3 +137,17 @@ def say(msg: str) -> None:
 
 def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def swap_ready_meta(root) -> dict:
+    """What the threshold resolver reads: the export's model, and the thresholds calibrated
+    for its cache when that cache is still there."""
+    from ..core.runs import load_top
+    from ..formats.cache import cache_exists, load_cache
+
+    top = load_top(root)
+    meta = {"model": top.get("model")}
+    cache = top.get("cache")
+    if isinstance(cache, str) and cache and cache_exists(cache):
+        meta["thresholds"] = load_cache(cache).meta.get("thresholds") or {}
+    return meta

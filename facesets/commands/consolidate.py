@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import say
+from .common import say, swap_ready_meta
 
 
 def register(sub) -> None:
@@ -25,20 +25,6 @@ def register(sub) -> None:
                         "model's; buffalo_l 0.35, i.e. similarity 0.65)")
     p.add_argument("--dry-run", action="store_true", help="print the groups, change nothing")
     p.set_defaults(func=run)
-
-
-def swap_ready_meta(root) -> dict:
-    """What the threshold resolver reads: the export's model, and the thresholds calibrated
-    for its cache when that cache is still there."""
-    from ..core.runs import load_top
-    from ..formats.cache import cache_exists, load_cache
-
-    top = load_top(root)
-    meta = {"model": top.get("model")}
-    cache = top.get("cache")
-    if isinstance(cache, str) and cache and cache_exists(cache):
-        meta["thresholds"] = load_cache(cache).meta.get("thresholds") or {}
-    return meta
 
 
 def run(args) -> int:

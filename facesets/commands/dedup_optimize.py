@@ -4,7 +4,7 @@ export's cache within --near-threshold). The best-scoring face stays; the others
 faces/_dropped/, the bundles are rebuilt, the run is recorded (`history`, `undo`)."""
 from __future__ import annotations
 
-from .common import add_progress_option, say
+from .common import add_progress_option, say, swap_ready_meta
 
 
 def register(sub) -> None:
@@ -26,7 +26,6 @@ def run(args) -> int:
     from ..core.thresholds import derived, resolve_with_source
     from ..io.fsutil import output_lock
     from ..steps.dedup_optimize import apply_dedup, plan_dedup
-    from .consolidate import swap_ready_meta
 
     root = Path(args.swap_ready).resolve()
     log = lambda m: say(f"  {m}")  # noqa: E731
