@@ -191,7 +191,7 @@ def all_scenes(state) -> list[dict]:
 def frames_record(item: dict, frames: list[dict], error: str = "",
                   timing: dict | None = None) -> dict:
     rec = {"id": item["id"], "path": item["path"], "key": item["key"], "shot": item["shot"],
-           "status": "error" if error else "ok", "error": error, "frames": frames}
+           "start": item["start"], "end": item["end"], "status": "error" if error else "ok", "error": error, "frames": frames}
     if timing:
         rec["timing"] = {k: round(float(v), 4) for k, v in timing.items()}
     return rec
@@ -205,19 +205,31 @@ def face_entry(bbox, det_score: float, face_short: float, blur: float, yaw, embe
             "embedding": [round(float(v), 6) for v in embedding]}
 
 
-def validate_frames_records(records: list[dict], queue: dict, where) -> list[dict]:
-    """Check the worker's records against the queue they answer (ids, paths, numbers)."""
-    c = _Check(where, "re-run the worker into a fresh results folder")
+def answers(rec: dict, item: dict) -> bool:
+    """Whether a worker record is the result of this queue item (same video and shot times:
+    a record of a shot since re-scanned is stale and done again)."""
+    return all(rec.get(k) == item[k] for k in ("id", "path", "key", "shot", "start", "end"))
+
+
+def current_records(records: list[dict], queue: dict, where) -> list[dict]:
+    """The latest record answering each queued item (stale ones, of items since re-staged,
+    are left out), each checked: status, frame times, face boxes, scores, embeddings."""
     items = {it["id"]: it for it in queue["items"]}
+    latest = {}
+    for rec in records:
+        it = items.get(rec.get("id"))
+        if it is not None and answers(rec, it):
+            latest[it["id"]] = rec
+    validate_frames_records(list(latest.values()), where)
+    return list(latest.values())
+
+
+def validate_frames_records(records: list[dict], where) -> list[dict]:
+    """Check the worker's records (numbers, boxes, one embedding width)."""
+    c = _Check(where, "re-run the worker into a fresh results folder")
     dim = None
     for n, rec in enumerate(records):
-        f = f"record {n + 1}"
-        it = items.get(rec.get("id"))
-        if it is None:
-            raise c.fail(f"{f} id", f"{_show(rec.get('id'))} is not an item of the queue")
-        if rec.get("path") != it["path"] or rec.get("key") != it["key"] \
-                or rec.get("shot") != it["shot"]:
-            raise c.fail(f"{f} path/key/shot", "differ from the queued item")
+        f = f"record {rec.get('id')!r}"
         if rec.get("status") not in ("ok", "error"):
             raise c.fail(f"{f} status", f"{_show(rec.get('status'))} is not ok or error")
         c.string(rec.get("error"), f"{f} error", allow_empty=True)

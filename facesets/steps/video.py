@@ -51,6 +51,7 @@ MIN_DET_SCORE = 0.5
 MIN_PASS = 0.7       # share of the track's sampled frames passing every gate
 MIN_LEN_S = 1.0
 MAX_LEN_S = 120.0
+DURATION_SLACK_S = 0.05   # an audio frame: how far a clip's audio may outlast its video
 CLIP_UUID_NS = uuid.UUID("6f1c2a4e-7d1b-4c55-9a53-0b1e5a2b7c11")   # clip names (uuid5)
 
 FFMPEG_MISSING = ("{tool} not found: install FFmpeg (Debian/Ubuntu: `sudo apt-get install -y "
@@ -198,7 +199,10 @@ class VideoFaceJob(WorkerJob):
 
     def done_ids(self) -> set[str]:
         records, _ = read_jsonl(self.log_path)
-        return {r["id"] for r in records if isinstance(r.get("id"), str)}
+        items = {it["id"]: it for it in self.queue["items"]}
+        return {r["id"] for r in records
+                if isinstance(r.get("id"), str) and r["id"] in items
+                and vf.answers(r, items[r["id"]])}
 
     def start(self) -> None:
         from ..backends import load_backend
@@ -380,8 +384,7 @@ def track_segments(state: str, p: TrackParams, identity: np.ndarray | None = Non
     queue = load_queue(Path(state) / vf.QUEUE_FILE, KIND_VIDEO)
     log = Path(state) / vf.FACES_DIR / vf.FRAMES_LOG
     records, _ = read_jsonl(log, strict=True)
-    records = list({r["id"]: r for r in vf.validate_frames_records(records, queue, log)}
-                   .values())
+    records = vf.current_records(records, queue, log)
     items = {it["id"]: it for it in queue["items"]}
     missing = len(items) - len(records)
     tracks, segments = [], []
@@ -471,6 +474,12 @@ def probe_duration(ffprobe: str, path: str) -> float | None:
         return None
 
 
+def duration_tolerance(fps: float) -> float:
+    """How far a clip's duration may differ from the plan's: the cut's first and last frame
+    (2 frames; 2 / 25 s when the rate is unknown) plus one audio frame (~0.05 s)."""
+    return round(2.0 / (fps if fps > 0 else 25.0) + DURATION_SLACK_S, 4)
+
+
 def clip_uuid(seg: dict) -> str:
     return str(uuid.uuid5(CLIP_UUID_NS, json.dumps(
         [seg["video"], seg["track"], seg["start"], seg["end"]])))
@@ -499,6 +508,7 @@ def cut_clips(state: str, out: str, reencode: bool = False, write_sidecar: bool 
     out.mkdir(parents=True, exist_ok=True)
     summary = CutSummary(clips=len(doc["segments"]))
     kf_cache: dict[str, list[float]] = {}
+    rate: dict[str, float] = {}
     clips = []
     for seg in tqdm(doc["segments"], desc="cut", unit="clip", disable=not progress):
         cid = clip_uuid(seg)
@@ -506,6 +516,8 @@ def cut_clips(state: str, out: str, reencode: bool = False, write_sidecar: bool 
         dest = out / rel
         if seg["video"] not in kf_cache:
             kf_cache[seg["video"]] = keyframes(ffprobe, seg["video"])
+            scenes = vf.scenes_path(state, seg["key"])
+            rate[seg["video"]] = vf.load_scenes(scenes)["fps"] if scenes.is_file() else 0.0
         kfs = [k for k in kf_cache[seg["video"]] if k <= seg["start"] + 1e-3]
         cut_start = seg["start"] if reencode else (kfs[-1] if kfs else 0.0)
         moved = round(seg["start"] - cut_start, 4)
@@ -513,6 +525,7 @@ def cut_clips(state: str, out: str, reencode: bool = False, write_sidecar: bool 
                 "track": seg["track"], "shot": seg["shot"], "start": seg["start"],
                 "end": seg["end"], "cut_start": round(cut_start, 4), "start_moved_s": moved,
                 "planned_duration": round(seg["end"] - cut_start, 4),
+                "duration_tolerance_s": duration_tolerance(rate[seg["video"]]),
                 "pass_ratio": seg["pass_ratio"], "gates": seg["gates"]}
         if dest.is_file() and dest.stat().st_size > 0:
             summary.kept += 1
@@ -537,7 +550,7 @@ def cut_clips(state: str, out: str, reencode: bool = False, write_sidecar: bool 
         clips.append(clip)
         if write_sidecar:
             atomic_write_json(dest.with_suffix(".json"), clip)
-    tolerance = max((c["start_moved_s"] for c in clips), default=0.0)
+    tolerance = max((c["duration_tolerance_s"] for c in clips), default=0.0)
     vf.write_plan(out / vf.PLAN_FILE, vf.plan_doc("reencode" if reencode else "copy", clips,
                                                   tolerance))
     return summary
