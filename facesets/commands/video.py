@@ -15,6 +15,7 @@ from ..steps import video as step
 from .common import add_model_options, add_progress_option, defaults, say, warn
 
 TRACK = defaults(step.TrackParams)
+STATE_HELP = "state folder of this video batch (scenes, queue, worker results, tracks)"
 
 
 def register(sub) -> None:
@@ -25,7 +26,7 @@ def register(sub) -> None:
 
     s = vsub.add_parser("scenes", help="shot boundaries of every video under a folder")
     s.add_argument("video_dir", metavar="VIDEO_DIR", help="folder of videos (or one video)")
-    s.add_argument("state", metavar="STATE", help="state folder of this video batch")
+    s.add_argument("state", metavar="STATE", help=STATE_HELP)
     s.add_argument("--detector", default=step.DEFAULT_DETECTOR, choices=step.DETECTORS,
                    help="PySceneDetect detector (adaptive: AdaptiveDetector, content: "
                         "ContentDetector)")
@@ -33,14 +34,14 @@ def register(sub) -> None:
     s.set_defaults(func=run_scenes)
 
     s = vsub.add_parser("stage", help="queue every shot for the face worker")
-    s.add_argument("state", metavar="STATE")
+    s.add_argument("state", metavar="STATE", help=STATE_HELP)
     s.add_argument("--fps", type=float, default=step.DEFAULT_FPS,
                    help="frames sampled per second of each shot")
     add_model_options(s)
     s.set_defaults(func=run_stage)
 
     s = vsub.add_parser("track", help="tracks within shots and the segments passing the gates")
-    s.add_argument("state", metavar="STATE")
+    s.add_argument("state", metavar="STATE", help=STATE_HELP)
     s.add_argument("--threshold", type=float, default=None,
                    help="cosine distance within which a face continues a track (default: "
                         "the model's)")
@@ -50,7 +51,8 @@ def register(sub) -> None:
                    help="|yaw| gate in degrees (not judged with a pack without pose model)")
     s.add_argument("--min-face-short", type=float, default=TRACK["min_face_short"],
                    help="face short edge gate, px")
-    s.add_argument("--min-det-score", type=float, default=TRACK["min_det_score"])
+    s.add_argument("--min-det-score", type=float, default=TRACK["min_det_score"],
+                   help="detection score gate")
     s.add_argument("--min-pass", type=float, default=TRACK["min_pass"],
                    help="share of a track's sampled frames that must pass every gate")
     s.add_argument("--min-len", type=float, default=TRACK["min_len"], help="seconds")
@@ -64,7 +66,7 @@ def register(sub) -> None:
     s.set_defaults(func=run_track)
 
     s = vsub.add_parser("cut", help="cut every segment into a clip with ffmpeg")
-    s.add_argument("state", metavar="STATE")
+    s.add_argument("state", metavar="STATE", help=STATE_HELP)
     s.add_argument("out", metavar="OUT", help="clips go to OUT/<source>/, the plan to OUT/plan.json")
     s.add_argument("--reencode", action="store_true",
                    help="re-encode (H.264) for frame-exact starts; default: stream copy, "
