@@ -205,6 +205,38 @@ def test_killed_worker_resumes(run, tmp_path):
             [len(f["faces"]) for f in full[r["id"]]["frames"]]
 
 
+def test_faceset_filter_keeps_only_that_person(run, tmp_path):
+    """--faceset: a swap-ready faceset manifest (written by export-swap's own builder) whose
+    centroid is one person of the 6 s clip keeps only that person's segments."""
+    from facesets.formats.manifest import SWAP_FACESET_MANIFEST, new_manifest
+    from facesets.formats.swapset import faceset_manifest
+
+    state = tmp_path / "state"
+    shutil.copytree(run["state"], state, ignore=shutil.ignore_patterns(".worker.lock"))
+    doc = vf.load_tracks(state)
+    middle = sorted((t for t in doc["tracks"] if t["key"] == "video_chunk_6s"),
+                    key=lambda t: t["frames"][0]["bbox"][0])[1]
+    boxes = {(f["t"], tuple(f["bbox"])) for f in middle["frames"]}
+    records = read_jsonl(state / "faces" / vf.FRAMES_LOG)[0]
+    embs = [np.asarray(face["embedding"]) / np.linalg.norm(face["embedding"])
+            for r in records if r["key"] == "video_chunk_6s" for fr in r["frames"]
+            for face in fr["faces"] if (fr["t"], tuple(face["bbox"])) in boxes]
+    assert len(embs) == len(middle["frames"])
+    model = json.loads((state / "faces" / vf.MODEL_FILE).read_text())
+    head = new_manifest(SWAP_FACESET_MANIFEST, str(tmp_path / "c.npz"), model, {})
+    fdir = tmp_path / "swap_ready" / "faceset_007"
+    fdir.mkdir(parents=True)
+    (fdir / "manifest.json").write_text(json.dumps(faceset_manifest(
+        head, "faceset_007", "faceset_007", "run1", 30, np.mean(embs, 0), [], [], 0, [])))
+    out = run_cli("video", "track", state, *GATES, "--faceset", fdir,
+                  "--faceset-threshold", "0.3")
+    assert "match faceset_007" in out.stdout
+    kept = vf.load_tracks(state)["segments"]
+    assert [s["track"] for s in kept] == [middle["id"]]
+    assert kept[0]["gates"]["faceset"] == "faceset_007"
+    assert kept[0]["gates"]["faceset_distance"] < 0.1
+
+
 def test_missing_ffmpeg_is_one_line(run, tmp_path):
     proc = run_cli("video", "cut", run["state"], tmp_path / "o", check=False,
                    env={"PATH": str(tmp_path)})

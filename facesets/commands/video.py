@@ -104,7 +104,8 @@ def run_track(args) -> int:
     queue = load_queue(Path(args.state) / vf.QUEUE_FILE, KIND_VIDEO)
     model_file = Path(args.state) / vf.FACES_DIR / vf.MODEL_FILE
     model = read_json(model_file) if model_file.is_file() else {}
-    meta = {"model": model.get("model") if isinstance(model, dict) else None}
+    model = model if isinstance(model, dict) else {}
+    meta = {"model": model.get("model")}
     params = step.TrackParams(
         threshold=resolve_threshold("track", meta, args.threshold),
         fps=float(queue["params"]["fps"]), gap=args.gap, max_yaw=args.max_yaw,
@@ -112,7 +113,7 @@ def run_track(args) -> int:
         min_pass=args.min_pass, min_len=args.min_len, max_len=args.max_len)
     identity, name = None, ""
     if args.faceset:
-        identity, name = step.faceset_identity(args.faceset)
+        identity, name = step.faceset_identity(args.faceset, model.get("model_id"))
         params.faceset_threshold = resolve_threshold("video_faceset", meta,
                                                      args.faceset_threshold)
     doc = step.track_segments(args.state, params, identity, name)

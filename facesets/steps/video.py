@@ -437,14 +437,18 @@ def track_segments(state: str, p: TrackParams, identity: np.ndarray | None = Non
     return doc
 
 
-def faceset_identity(folder: str) -> tuple[np.ndarray, str]:
+def faceset_identity(folder: str, model_id: str | None = None) -> tuple[np.ndarray, str]:
     """The identity of a swap-ready faceset folder (export-swap's OUT/faceset_NNN): the
-    unit centroid its manifest records, and the faceset's name."""
+    unit centroid its manifest records, and the faceset's name. Refused when the faceset
+    was made by another model than ``model_id`` (the worker's)."""
     from ..formats.manifest import MANIFEST_FILE, SWAP_FACESET_MANIFEST, centroid_of, \
         load_manifest
 
     path = Path(folder) / MANIFEST_FILE
     man = load_manifest(path, SWAP_FACESET_MANIFEST)
+    if model_id and man.get("model_id") and man["model_id"] != model_id:
+        raise ValueError(f"{path}: made with model {man['model_id']}, the video faces with "
+                         f"{model_id}; use a faceset of the same model")
     return centroid_of(man, path, None), Path(folder).name
 
 
