@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,12 +166,11 @@ def test_every_clip_plays_and_matches_the_plan(run):
 def test_reencode_cuts_at_the_exact_start(run, tmp_path):
     out, state = tmp_path / "exact", tmp_path / "state"
     shutil.copytree(run["state"], state, ignore=shutil.ignore_patterns(".worker.lock"))
-    run_cli("video", "track", state, *GATES, "--max-len", "2")   # longer ones are split
     run_cli("video", "cut", state, out, "--no-progress", "--reencode")
     plan = vf.load_plan(out / "plan.json")
     assert plan["mode"] == "reencode" and plan["clips"]
     for clip in plan["clips"]:
-        assert clip["start_moved_s"] == 0 and clip["end"] - clip["start"] <= 2.0 + 1e-3
+        assert clip["start_moved_s"] == 0 and clip["cut_start"] == clip["start"]
         assert abs(ffprobe_duration(out / clip["file"]) - (clip["end"] - clip["start"])) \
             <= clip["duration_tolerance_s"]
 
@@ -270,26 +268,46 @@ def test_chain_script_end_to_end_and_status(tmp_path):
     videos.mkdir()
     os.symlink(VIDEO / "video_chunk_6s.mp4", videos / "video_chunk_6s.mp4")
     cmd = ["bash", str(ROOT / "work" / "run_video_pipeline.sh"), str(videos), str(out), "--",
-           *PACK, *FAST, *GATES]
+           *PACK, *FAST, *GATES, "--max-len", "3"]
     env = dict(os.environ, PYTHON=sys.executable, SIDECAR="yes")
     first = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     plan = vf.load_plan(out / "plan.json")
-    assert len(plan["clips"]) == 3                      # three people, one clip each
+    # three people through 6 s, each track split in two by --max-len 3
+    assert len(plan["clips"]) == 6 and len({c["track"] for c in plan["clips"]}) == 3
     for clip in plan["clips"]:
-        assert (out / clip["file"]).is_file() and (out / clip["file"]).with_suffix(".json")
+        assert clip["end"] - clip["start"] == pytest.approx(3.0, abs=1e-3)
+        path = out / clip["file"]
+        assert path.is_file() and path.with_suffix(".json").is_file()
     status = subprocess.run(["bash", str(ROOT / "work" / "status_video_pipeline.sh"), str(out)],
                             capture_output=True, text=True, env=env)
     assert status.returncode == 0, status.stderr
     assert "run complete" in status.stdout and "frames scored 6, faces 18" in status.stdout
-    assert "clips: 3 in plan.json (copy), 3 on disk" in status.stdout
+    assert "clips: 6 in plan.json (copy), 6 on disk" in status.stdout
     # a step that did not finish is where the next run starts
     done = out / ".video_state" / "steps.done"
     done.write_text("scenes\nstage\nworker\n")
     again = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "== worker: already done in this run, skipped" in again.stdout
-    assert "already there 3" in again.stdout
+    assert "already there 6" in again.stdout
+
+
+def test_video_frames_are_a_photo_source():
+    """VideoSource: sampled frames by time (variable frame rate), read as encoded photos."""
+    needs_shared()
+    from facesets.io.imageio import decode
+    from facesets.sources import open_source
+    from facesets.sources.video import VideoSource
+
+    clip = str(VIDEO / f"{VFR}.mp4")
+    src = VideoSource(clip, shots=[(0.0, 3.75), (3.75, 8.76)], fps=1)
+    ids = src.list_ids()
+    assert ids[0] == f"{clip}#t=0.500" and len(ids) == 3 + 5
+    assert src.item(ids[3]).provenance == {"video": clip, "t": 4.25}
+    image = decode(src.read_bytes(ids[3]), 1)
+    assert image.shape[:2] == (544, 1280)
+    assert open_source(clip, kind="video").describe()["kind"] == "video"
 
 
 @pytest.mark.unit

@@ -11,6 +11,8 @@ work/run_video_pipeline.sh VIDEO_DIR OUT chains them (docs/video-format.md).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..steps import video as step
 from .common import add_model_options, add_progress_option, defaults, say, warn
 
@@ -67,7 +69,8 @@ def register(sub) -> None:
 
     s = vsub.add_parser("cut", help="cut every segment into a clip with ffmpeg")
     s.add_argument("state", metavar="STATE", help=STATE_HELP)
-    s.add_argument("out", metavar="OUT", help="clips go to OUT/<source>/, the plan to OUT/plan.json")
+    s.add_argument("out", metavar="OUT",
+                   help="clips go to OUT/<source>/, the plan to OUT/plan.json")
     s.add_argument("--reencode", action="store_true",
                    help="re-encode (H.264) for frame-exact starts; default: stream copy, "
                         "which starts at the keyframe before (the plan says how far)")
@@ -99,7 +102,6 @@ def run_track(args) -> int:
     from ..formats import video as vf
     from ..formats.queue import KIND_VIDEO, load_queue
     from ..io.fsutil import read_json
-    from pathlib import Path
 
     queue = load_queue(Path(args.state) / vf.QUEUE_FILE, KIND_VIDEO)
     model_file = Path(args.state) / vf.FACES_DIR / vf.MODEL_FILE

@@ -191,7 +191,8 @@ def all_scenes(state) -> list[dict]:
 def frames_record(item: dict, frames: list[dict], error: str = "",
                   timing: dict | None = None) -> dict:
     rec = {"id": item["id"], "path": item["path"], "key": item["key"], "shot": item["shot"],
-           "start": item["start"], "end": item["end"], "status": "error" if error else "ok", "error": error, "frames": frames}
+           "start": item["start"], "end": item["end"], "status": "error" if error else "ok",
+           "error": error, "frames": frames}
     if timing:
         rec["timing"] = {k: round(float(v), 4) for k, v in timing.items()}
     return rec
