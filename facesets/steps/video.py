@@ -30,6 +30,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from ..backends.base import DEFAULT_DET_SIZE
 from ..formats import video as vf
 from ..formats.queue import FAILURES_LOG, KIND_VIDEO, JsonlAppender, load_queue, new_queue, \
     read_jsonl, write_queue
@@ -155,7 +156,8 @@ def scan_scenes(video_dir: str, state: str, detector: str = DEFAULT_DETECTOR,
 
 # ---- stage ---------------------------------------------------------------------------------
 def stage_video_queue(state: str, fps: float = DEFAULT_FPS, model: str | None = None,
-                      model_root: str | None = None, det_size: int = 640) -> tuple[int, int]:
+                      model_root: str | None = None,
+                      det_size: int = DEFAULT_DET_SIZE) -> tuple[int, int]:
     """Write STATE/queue.json: one item per shot of every readable video. Returns (videos,
     shots)."""
     if not 0 < fps <= 120:
@@ -209,7 +211,7 @@ class VideoFaceJob(WorkerJob):
 
         self.backend = load_backend(map_param_path(self.params.get("model"), self.mapper),
                                     self.model_root, self.providers,
-                                    int(self.params.get("det_size") or 640))
+                                    int(self.params.get("det_size") or DEFAULT_DET_SIZE))
         meta = dict(self.backend.describe(), providers=",".join(self.backend.providers))
         model_file = self.out / vf.MODEL_FILE
         if model_file.is_file():
