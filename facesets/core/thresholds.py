@@ -21,6 +21,8 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "consolidate_group": 0.45,   # consolidate: facesets within this (similarity 0.55)
         "consolidate_merge": 0.35,   # consolidate: merged when within this (similarity 0.65)
         "dedup_near": 0.05,          # dedup-optimize: near duplicates (similarity 0.95)
+        "track": 0.55,               # video track: a face continues a track within this
+        "video_faceset": 0.55,       # video track --faceset: a track is that person within
     },
 }
 
@@ -30,6 +32,7 @@ FLAGS = {
     "candidate_match": "--candidate-match-threshold", "extend": "--threshold",
     "consolidate_group": "--group-threshold", "consolidate_merge": "--merge-threshold",
     "dedup_near": "--near-threshold",
+    "track": "--threshold", "video_faceset": "--faceset-threshold",
 }
 
 
@@ -40,6 +43,7 @@ PURPOSE = {
     "swap_outlier": "export-swap outlier gate",
     "candidate_match": "export-swap candidate match distance",
     "extend": "extend join distance",
+    "track": "video track link distance", "video_faceset": "video track identity distance",
 }
 
 

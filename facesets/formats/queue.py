@@ -36,7 +36,8 @@ QUEUE_FORMAT = "face-sets/queue"
 QUEUE_VERSION = 1
 KIND_EMBED = "embed"
 KIND_MULTIFACE = "multiface"
-KINDS = {KIND_EMBED, KIND_MULTIFACE}
+KIND_VIDEO = "video"      # one item per shot of a video (facesets/steps/video.py)
+KINDS = {KIND_EMBED, KIND_MULTIFACE, KIND_VIDEO}
 
 RESULTS_CACHE = "results.npz"      # OUT/results.npz(.segments/) of the embed worker
 FAILURES_LOG = "failures.jsonl"    # OUT/failures.jsonl: items to retry, with the reason
@@ -141,7 +142,7 @@ def _plain_name(name) -> bool:
 
 def staged_roots(queue: dict) -> list[str]:
     """The folders a queue's items must lie in: the staged SRC (embed), the export (multiface)."""
-    key = "src" if queue["kind"] == KIND_EMBED else "export"
+    key = "src" if queue["kind"] in (KIND_EMBED, KIND_VIDEO) else "export"
     return [posixpath.normpath(queue["params"][key])]
 
 
@@ -149,7 +150,12 @@ def _check_params(kind: str, params: dict, c: _Check) -> None:
     c.string(params.get("model"), "params.model", optional=True)
     c.path(params.get("model_root"), "params.model_root", optional=True)
     c.integer(params.get("det_size"), "params.det_size", 32, MAX_DET_SIZE, optional=True)
-    if kind == KIND_EMBED:
+    if kind == KIND_VIDEO:
+        c.path(params.get("src"), "params.src")
+        fps = params.get("fps")
+        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not 0 < fps <= 120:
+            raise c.fail("params.fps", f"{_show(fps)} is not a number in 0..120")
+    elif kind == KIND_EMBED:
         c.string(params.get("model_id"), "params.model_id", optional=True)
         c.integer(params.get("max_pixels"), "params.max_pixels", 1, optional=True)
         c.path(params.get("src"), "params.src")
@@ -195,6 +201,23 @@ def _check_multiface_item(it: dict, field: str, roots: list[str], c: _Check) -> 
         raise c.fail(f"{field}.key", f"{_show(it.get('key'))} is not a string")
 
 
+def _check_video_item(it: dict, field: str, roots: list[str], c: _Check) -> None:
+    c.integer(it.get("size"), f"{field}.size", 0)
+    c.integer(it.get("shot"), f"{field}.shot", 0)
+    key = it.get("key")
+    if not _plain_name(key):
+        raise c.fail(f"{field}.key", f"{_show(key)} is not a plain name")
+    if it["id"] != f"{key}#{it['shot']}":
+        raise c.fail(f"{field}.id", f"{_show(it['id'])} is not <key>#<shot>")
+    for k in ("start", "end"):
+        v = it.get(k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                or v < 0:
+            raise c.fail(f"{field}.{k}", f"{_show(v)} is not a time in seconds")
+    if it["end"] < it["start"]:
+        raise c.fail(f"{field}.end", "is before start")
+
+
 def validate_queue(data, where: str, kind: str | None = None) -> dict:
     """Check a queue document read from disk; raise QueueError naming the file and field.
 
@@ -226,7 +249,8 @@ def validate_queue(data, where: str, kind: str | None = None) -> dict:
     if not isinstance(items, list):
         raise c.fail("items", "is missing or not a list")
     roots = staged_roots(data)
-    check_item = _check_embed_item if data["kind"] == KIND_EMBED else _check_multiface_item
+    check_item = {KIND_EMBED: _check_embed_item, KIND_VIDEO: _check_video_item}.get(
+        data["kind"], _check_multiface_item)
     seen = set()
     for n, it in enumerate(items):
         field = f"items[{n}]"

@@ -1,0 +1,562 @@
+"""Video targets: shots, sampled faces, tracks, quality segments, clean cuts.
+
+  scenes   every video under a folder -> its shots (PySceneDetect), one file per video;
+           resumable (a video whose size and mtime are unchanged is not scanned again);
+           an empty or unreadable video is recorded with the reason and skipped.
+  stage    one queue item per shot (formats/queue.py, kind "video").
+  worker   ``VideoFaceJob``: decode the shot's frames at ``fps`` (sources/video.py), detect and
+           embed every face with the embed backend (core/analyze.py), append one JSON Lines
+           record per shot (a killed worker resumes at the first shot not recorded).
+  track    within a shot, link faces frame to frame (box IoU and embedding distance), a track
+           stays open across a detection gap of up to ``gap`` s; segments: tracks whose face
+           passes the gates on >= ``min_pass`` of its sampled frames, ``min_len``..``max_len``
+           s (longer ones split); optional identity filter (``--faceset``).
+  cut      ffmpeg: one UUID-named clip per segment in OUT/<key>/, and OUT/plan.json.
+Defaults live here; the command reads them. Importable with the worker's requirements (no
+scenedetect, scipy or ffmpeg until a step needs them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from ..backends.base import DEFAULT_DET_SIZE
+from ..formats import video as vf
+from ..formats.queue import FAILURES_LOG, KIND_VIDEO, JsonlAppender, load_queue, new_queue, \
+    read_jsonl, write_queue
+from ..io.fsutil import atomic_write_json, read_json
+from ..runtime.jobs import ERROR, NOFACE, OK
+from ..runtime.worker import WorkerJob, WorkItem, map_param_path
+from ..sources.video import iter_frames, list_videos, sample_times
+
+DEFAULT_DETECTOR = "adaptive"
+DETECTORS = ("adaptive", "content")
+DEFAULT_FPS = 2.0
+# tracking
+MIN_IOU = 0.3        # a box overlapping the track's last box this much may continue it...
+MAX_GAP_S = 2.0      # ...within this many seconds (a detection gap up to this merges)
+# segment gates
+MAX_YAW = 75.0       # |yaw| in degrees, where the pack has a pose model
+MIN_FACE_SHORT = 80.0
+MIN_DET_SCORE = 0.5
+MIN_PASS = 0.7       # share of the track's sampled frames passing every gate
+MIN_LEN_S = 1.0
+MAX_LEN_S = 120.0
+DURATION_SLACK_S = 0.05   # an audio frame: how far a clip's audio may outlast its video
+CLIP_UUID_NS = uuid.UUID("6f1c2a4e-7d1b-4c55-9a53-0b1e5a2b7c11")   # clip names (uuid5)
+
+FFMPEG_MISSING = ("{tool} not found: install FFmpeg (Debian/Ubuntu: `sudo apt-get install -y "
+                  "ffmpeg`; macOS: `brew install ffmpeg`; Windows: `winget install ffmpeg`)")
+
+
+def need_tool(tool: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        raise FileNotFoundError(FFMPEG_MISSING.format(tool=tool))
+    return path
+
+
+# ---- scenes --------------------------------------------------------------------------------
+@dataclass
+class ScenesSummary:
+    videos: int = 0
+    scanned: int = 0
+    unchanged: int = 0
+    shots: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"videos {self.videos}: scanned {self.scanned}, unchanged {self.unchanged}, "
+                f"skipped {len(self.skipped)}; shots {self.shots}")
+
+
+def _detector(name: str):
+    from scenedetect import AdaptiveDetector, ContentDetector
+
+    if name not in DETECTORS:
+        raise ValueError(f"unknown --detector {name!r}; one of {', '.join(DETECTORS)}")
+    return AdaptiveDetector() if name == "adaptive" else ContentDetector()
+
+
+def video_shots(path: str, detector: str) -> dict:
+    """Shots of one video: {shots, fps, frames, duration}; OSError when it cannot be read."""
+    import logging
+
+    from scenedetect import detect, open_video
+
+    logging.getLogger("pyscenedetect").setLevel(logging.CRITICAL)
+    try:
+        video = open_video(path)
+        fps, frames = float(video.frame_rate), int(video.duration.frame_num)
+        duration = float(video.duration.seconds)
+        scenes = detect(path, _detector(detector))
+    except OSError:
+        raise
+    except Exception as exc:   # PySceneDetect's own errors: not a readable video
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+    if frames <= 0 or duration <= 0:
+        raise OSError("no frames")
+    shots = [{"start": float(a.seconds), "end": float(b.seconds),
+              "start_frame": int(a.frame_num), "end_frame": int(b.frame_num)}
+             for a, b in scenes] or [{"start": 0.0, "end": duration, "start_frame": 0,
+                                      "end_frame": frames}]
+    return {"shots": shots, "fps": fps, "frames": frames, "duration": duration}
+
+
+def scan_scenes(video_dir: str, state: str, detector: str = DEFAULT_DETECTOR,
+                progress: bool = True) -> ScenesSummary:
+    """Shots of every video under ``video_dir`` into ``state``/scenes/<key>.json."""
+    _detector(detector)
+    videos = list_videos(video_dir)
+    summary = ScenesSummary(videos=len(videos))
+    root = video_dir if os.path.isdir(video_dir) else os.path.dirname(video_dir)
+    keys: dict[str, str] = {}
+    for path in tqdm(videos, desc="scenes", unit="video", disable=not progress):
+        key = vf.video_key(root, path)
+        if key in keys:
+            raise ValueError(f"{path} and {keys[key]} map to the same name {key!r}; rename one")
+        keys[key] = path
+        st = os.stat(path)
+        out = vf.scenes_path(state, key)
+        if out.is_file():
+            old = vf.load_scenes(out)
+            if (old["video"], old["size"], old["mtime_ns"], old["detector"]) == \
+                    (path, st.st_size, st.st_mtime_ns, detector):
+                summary.unchanged += 1
+                summary.shots += len(old["shots"])
+                if old["status"] == "error":
+                    summary.skipped.append(f"{path}: {old['error']}")
+                continue
+        if st.st_size == 0:
+            doc = vf.scenes_doc(path, key, 0, st.st_mtime_ns, detector, error="empty file")
+        else:
+            try:
+                doc = vf.scenes_doc(path, key, st.st_size, st.st_mtime_ns, detector,
+                                    **video_shots(path, detector))
+            except OSError as exc:
+                doc = vf.scenes_doc(path, key, st.st_size, st.st_mtime_ns, detector,
+                                    error=f"not a readable video ({exc})"[:300])
+        if doc["status"] == "error":
+            summary.skipped.append(f"{path}: {doc['error']}")
+        summary.scanned += 1
+        summary.shots += len(doc["shots"])
+        vf.write_scenes(state, doc)
+    return summary
+
+
+# ---- stage ---------------------------------------------------------------------------------
+def stage_video_queue(state: str, fps: float = DEFAULT_FPS, model: str | None = None,
+                      model_root: str | None = None,
+                      det_size: int = DEFAULT_DET_SIZE) -> tuple[int, int]:
+    """Write STATE/queue.json: one item per shot of every readable video. Returns (videos,
+    shots)."""
+    if not 0 < fps <= 120:
+        raise ValueError(f"--fps {fps} is not in 0..120")
+    docs = [d for d in vf.all_scenes(state) if d["status"] == "ok"]
+    items = [{"id": f"{d['key']}#{n}", "path": d["video"], "key": d["key"], "shot": n,
+              "size": d["size"], "start": s["start"], "end": s["end"]}
+             for d in docs for n, s in enumerate(d["shots"])]
+    src = os.path.commonpath([d["video"] for d in docs]) if docs else os.path.abspath(state)
+    if docs and len(docs) == 1:
+        src = os.path.dirname(docs[0]["video"])
+    params = {"model": model,
+              "model_root": os.path.abspath(os.path.expanduser(model_root)) if model_root
+              else None, "det_size": int(det_size), "src": src, "fps": float(fps)}
+    path = Path(state) / vf.QUEUE_FILE
+    if path.is_file():
+        old = load_queue(path, KIND_VIDEO)
+        if old["params"] == params and old["items"] == items:
+            return len(docs), len(items)   # unchanged: keep it (the worker's results answer it)
+    write_queue(path, new_queue(KIND_VIDEO, params, items))
+    return len(docs), len(items)
+
+
+# ---- worker --------------------------------------------------------------------------------
+class VideoFaceJob(WorkerJob):
+    """Detect and embed the faces of each shot's sampled frames; one record per shot."""
+
+    name = "video worker"
+    unit = "shot"
+
+    def __init__(self, queue: dict, out: str, mapper, providers: str | None = None,
+                 model_root: str | None = None):
+        self.queue, self.params = queue, queue["params"]
+        self.out = Path(out)
+        self.log_path = self.out / vf.FRAMES_LOG
+        self.mapper, self.providers = mapper, providers
+        self.model_root = model_root or map_param_path(self.params.get("model_root"), mapper)
+        self.appender: JsonlAppender | None = None
+        self.frames = self.faces = 0
+        self.timing = {"decode": 0.0, "detect": 0.0}
+
+    def done_ids(self) -> set[str]:
+        records, _ = read_jsonl(self.log_path)
+        items = {it["id"]: it for it in self.queue["items"]}
+        return {r["id"] for r in records
+                if isinstance(r.get("id"), str) and r["id"] in items
+                and vf.answers(r, items[r["id"]])}
+
+    def start(self) -> None:
+        from ..backends import load_backend
+
+        self.backend = load_backend(map_param_path(self.params.get("model"), self.mapper),
+                                    self.model_root, self.providers,
+                                    int(self.params.get("det_size") or DEFAULT_DET_SIZE))
+        meta = dict(self.backend.describe(), providers=",".join(self.backend.providers))
+        model_file = self.out / vf.MODEL_FILE
+        if model_file.is_file():
+            held = read_json(model_file)
+            if isinstance(held, dict) and held.get("model_id") != meta["model_id"]:
+                raise ValueError(f"{self.out}: holds results of model {held.get('model_id')}, "
+                                 f"not {meta['model_id']}; use an empty results folder")
+        else:
+            atomic_write_json(model_file, meta)
+        self.appender = JsonlAppender(self.log_path)
+
+    def shot_faces(self, path: str, times: list[float]) -> list[dict]:
+        from ..core.analyze import LoadedPhoto, analyze_photo, detector_input
+
+        frames = []
+        t0 = time.perf_counter()
+        for want, _, image in iter_frames(path, times):
+            t1 = time.perf_counter()
+            self.timing["decode"] += t1 - t0
+            h, w = image.shape[:2]
+            photo = LoadedPhoto(path=path, sha256="", width=w, height=h, image=image,
+                                det_image=detector_input(image, self.backend.det_size))
+            result = analyze_photo(self.backend, photo)
+            faces = [vf.face_entry(af.face.bbox, af.face.det_score, af.face_short, af.blur,
+                                   None if af.face.pose is None else af.face.pose[1],
+                                   af.face.embedding) for af in result.faces]
+            frames.append({"t": want, "faces": faces})
+            self.faces += len(faces)
+            t0 = time.perf_counter()
+            self.timing["detect"] += t0 - t1
+        self.timing["decode"] += time.perf_counter() - t0
+        self.frames += len(frames)
+        return frames
+
+    def process(self, items: Iterator[WorkItem]):
+        fps = float(self.params["fps"])
+        for it in items:
+            f = it.fields
+            times = sample_times(f["start"], f["end"], fps)
+            before = dict(self.timing)
+            try:
+                frames = self.shot_faces(it.local, times)
+                error = "" if frames else "no frame could be decoded"
+            except OSError as exc:
+                frames, error = [], str(exc)
+            timing = {k: self.timing[k] - before[k] for k in self.timing}
+            self.appender.add(vf.frames_record(f, frames, error, timing))
+            yield it, (ERROR if error else OK if any(fr["faces"] for fr in frames)
+                       else NOFACE), error
+
+    def flush(self) -> None:
+        if self.appender is not None:
+            self.appender.flush()
+
+    def on_interrupt(self) -> None:
+        pass   # every added record is whole
+
+    def extra(self) -> dict:
+        return {"frames": self.frames, "faces": self.faces}
+
+
+def make_video_job(queue: dict, args, mapper):
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    return (VideoFaceJob(queue, str(out), mapper, args.providers, args.model_root),
+            out / ".worker.lock", out / FAILURES_LOG)
+
+
+def run_worker_inprocess(state: str, providers: str | None = None, batch: int = 5,
+                         progress: bool = True):
+    """The worker's job in this process (what work/video_face_worker.py runs)."""
+    from ..runtime.pathmap import PathMapper
+    from ..runtime.worker import run_job, work_items
+
+    queue = load_queue(Path(state) / vf.QUEUE_FILE, KIND_VIDEO)
+    out = Path(state) / vf.FACES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    job = VideoFaceJob(queue, str(out), PathMapper(None, []), providers)
+    summary = run_job(job, work_items(queue, PathMapper(None, [])), out / FAILURES_LOG, batch,
+                      progress)
+    return summary, job
+
+
+# ---- track + segments ----------------------------------------------------------------------
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def link_tracks(frames: list[dict], threshold: float, gap: float = MAX_GAP_S,
+                min_iou: float = MIN_IOU) -> list[list[tuple[float, dict]]]:
+    """Tracks of one shot: lists of (t, face). A face continues an open track (last seen
+    within ``gap`` s) when its embedding is within cosine distance ``threshold`` of the
+    track's mean and either the boxes overlap (IoU >= ``min_iou``) or the distance alone is
+    within ``threshold`` (a person who moved); pairs are assigned by the Hungarian method on
+    distance minus IoU, so two people never swap tracks. A face without a match starts one."""
+    from scipy.optimize import linear_sum_assignment
+
+    tracks: list[dict] = []
+    for fr in sorted(frames, key=lambda f: f["t"]):
+        t, faces = fr["t"], fr["faces"]
+        open_ = [k for k, tr in enumerate(tracks) if t - tr["last_t"] <= gap + 1e-6]
+        embs = [_unit(f["embedding"]) for f in faces]
+        cost = np.full((len(open_), len(faces)), np.inf)
+        for a, k in enumerate(open_):
+            tr = tracks[k]
+            for b, face in enumerate(faces):
+                dist = 1.0 - float(np.dot(_unit(tr["sum"]), embs[b]))
+                if dist > threshold:
+                    continue   # another person: never linked, however the boxes overlap
+                ov = iou(tr["items"][-1][1]["bbox"], face["bbox"])
+                cost[a, b] = dist - ov if ov >= min_iou else dist
+        used = set()
+        if open_ and faces:
+            finite = np.where(np.isfinite(cost), cost, 1e6)
+            for a, b in zip(*linear_sum_assignment(finite)):
+                if np.isfinite(cost[a, b]):
+                    tr = tracks[open_[a]]
+                    tr["items"].append((t, faces[b]))
+                    tr["sum"] = tr["sum"] + embs[b]
+                    tr["last_t"] = t
+                    used.add(b)
+        for b, face in enumerate(faces):
+            if b not in used:
+                tracks.append({"items": [(t, face)], "sum": embs[b].copy(), "last_t": t})
+    return [tr["items"] for tr in tracks]
+
+
+def face_gates(face: dict, max_yaw: float = MAX_YAW, min_short: float = MIN_FACE_SHORT,
+               min_det: float = MIN_DET_SCORE) -> dict:
+    """Which gates a face passes; a missing yaw (a pack without pose model) is not judged
+    (``yaw`` None) and does not fail the face."""
+    yaw = face.get("yaw")
+    return {"yaw": None if yaw is None else abs(yaw) <= max_yaw,
+            "face_short": face["face_short"] >= min_short,
+            "det_score": face["det_score"] >= min_det}
+
+
+@dataclass
+class TrackParams:
+    threshold: float
+    fps: float = DEFAULT_FPS
+    gap: float = MAX_GAP_S
+    max_yaw: float = MAX_YAW
+    min_face_short: float = MIN_FACE_SHORT
+    min_det_score: float = MIN_DET_SCORE
+    min_pass: float = MIN_PASS
+    min_len: float = MIN_LEN_S
+    max_len: float = MAX_LEN_S
+    faceset_threshold: float | None = None
+
+
+def split_span(start: float, end: float, max_len: float) -> list[tuple[float, float]]:
+    """[start, end] in equal parts of at most ``max_len`` s."""
+    n = max(1, int(np.ceil((end - start) / max_len - 1e-9)))
+    step = (end - start) / n
+    return [(round(start + i * step, 4), round(start + (i + 1) * step, 4)) for i in range(n)]
+
+
+def track_segments(state: str, p: TrackParams, identity: np.ndarray | None = None,
+                   identity_name: str = "") -> dict:
+    """Tracks and segments of every shot the worker recorded -> STATE/tracks.json."""
+    queue = load_queue(Path(state) / vf.QUEUE_FILE, KIND_VIDEO)
+    log = Path(state) / vf.FACES_DIR / vf.FRAMES_LOG
+    records, _ = read_jsonl(log, strict=True)
+    records = vf.current_records(records, queue, log)
+    items = {it["id"]: it for it in queue["items"]}
+    missing = len(items) - len(records)
+    tracks, segments = [], []
+    step = 1.0 / p.fps
+    for rec in sorted(records, key=lambda r: (r["key"], r["shot"])):
+        if rec["status"] != "ok":
+            continue
+        it = items[rec["id"]]
+        sampled = [fr["t"] for fr in rec["frames"]]
+        for n, tr in enumerate(link_tracks(rec["frames"], p.threshold, p.gap)):
+            tid = f"{rec['key']}#{rec['shot']}#{n}"
+            frames = []
+            for t, face in tr:
+                g = face_gates(face, p.max_yaw, p.min_face_short, p.min_det_score)
+                frames.append({"t": t, "bbox": face["bbox"], "det_score": face["det_score"],
+                               "face_short": face["face_short"], "yaw": face["yaw"],
+                               "pass": all(v is not False for v in g.values())})
+            first, last = tr[0][0], tr[-1][0]
+            span = [t for t in sampled if first - 1e-6 <= t <= last + 1e-6]
+            ratio = sum(f["pass"] for f in frames) / max(1, len(span))
+            centroid = _unit(sum(_unit(f["embedding"]) for _, f in tr))
+            tracks.append({"id": tid, "key": rec["key"], "shot": rec["shot"],
+                           "video": it["path"], "frames": frames,
+                           "pass_ratio": round(ratio, 4)})
+            start = max(it["start"], first - step / 2)
+            end = min(it["end"], last + step / 2)
+            gates = {"pass_ratio": round(ratio, 4), "min_pass": p.min_pass,
+                     "yaw_checked": any(f["yaw"] is not None for f in frames),
+                     "max_yaw": p.max_yaw, "min_face_short": p.min_face_short,
+                     "min_det_score": p.min_det_score}
+            if ratio < p.min_pass or end - start < p.min_len:
+                continue
+            if identity is not None:
+                if len(identity) != len(centroid):
+                    raise ValueError(f"--faceset {identity_name}: its centroid has "
+                                     f"{len(identity)} values, this model's embeddings "
+                                     f"{len(centroid)}; use a faceset of the same model")
+                dist = 1.0 - float(np.dot(centroid, identity))
+                gates.update(faceset=identity_name, faceset_distance=round(dist, 4))
+                if dist > p.faceset_threshold:
+                    continue
+            for a, b in split_span(start, end, p.max_len):
+                if b - a >= min(p.min_len, end - start) - 1e-6:
+                    segments.append({"track": tid, "key": rec["key"], "video": it["path"],
+                                     "shot": rec["shot"], "start": a, "end": b,
+                                     "pass_ratio": round(ratio, 4), "gates": gates})
+    params = dict(vars(p), shots_recorded=len(records), shots_missing=missing)
+    doc = vf.tracks_doc(params, tracks, segments)
+    vf.write_tracks(state, doc)
+    return doc
+
+
+def faceset_identity(folder: str, model_id: str | None = None) -> tuple[np.ndarray, str]:
+    """The identity of a swap-ready faceset folder (export-swap's OUT/faceset_NNN): the
+    unit centroid its manifest records, and the faceset's name. Refused when the faceset
+    was made by another model than ``model_id`` (the worker's)."""
+    from ..formats.manifest import MANIFEST_FILE, SWAP_FACESET_MANIFEST, centroid_of, \
+        load_manifest
+
+    path = Path(folder) / MANIFEST_FILE
+    man = load_manifest(path, SWAP_FACESET_MANIFEST)
+    if model_id and man.get("model_id") and man["model_id"] != model_id:
+        raise ValueError(f"{path}: made with model {man['model_id']}, the video faces with "
+                         f"{model_id}; use a faceset of the same model")
+    return centroid_of(man, path, None), Path(folder).name
+
+
+# ---- cut -----------------------------------------------------------------------------------
+def keyframes(ffprobe: str, video: str) -> list[float]:
+    """Times of the video stream's keyframes (from packet flags: nothing is decoded)."""
+    out = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "packet=pts_time,flags", "-of", "csv=p=0", video],
+                         capture_output=True, text=True)
+    times = []
+    for line in out.stdout.splitlines():
+        parts = line.split(",")
+        if len(parts) >= 2 and "K" in parts[1]:
+            try:
+                times.append(float(parts[0]))
+            except ValueError:
+                pass
+    return sorted(times)
+
+
+def probe_duration(ffprobe: str, path: str) -> float | None:
+    out = subprocess.run([ffprobe, "-v", "error", "-show_entries", "format=duration", "-of",
+                          "default=nw=1:nk=1", path], capture_output=True, text=True)
+    try:
+        return float(out.stdout.strip())
+    except ValueError:
+        return None
+
+
+def duration_tolerance(fps: float) -> float:
+    """How far a clip's duration may differ from the plan's: the cut's first and last frame
+    (2 frames; 2 / 25 s when the rate is unknown) plus one audio frame (~0.05 s)."""
+    return round(2.0 / (fps if fps > 0 else 25.0) + DURATION_SLACK_S, 4)
+
+
+def clip_uuid(seg: dict) -> str:
+    return str(uuid.uuid5(CLIP_UUID_NS, json.dumps(
+        [seg["video"], seg["track"], seg["start"], seg["end"]])))
+
+
+@dataclass
+class CutSummary:
+    clips: int = 0
+    cut: int = 0
+    kept: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds_moved: float = 0.0
+
+    def line(self) -> str:
+        return (f"clips {self.clips}: cut now {self.cut}, already there {self.kept}, failed "
+                f"{len(self.failed)}; starts moved to keyframes by {self.seconds_moved:.2f} s "
+                "in all")
+
+
+def cut_clips(state: str, out: str, reencode: bool = False, write_sidecar: bool = False,
+              progress: bool = True) -> CutSummary:
+    """Cut every segment of STATE/tracks.json into OUT/<key>/<uuid>.mp4; OUT/plan.json."""
+    ffmpeg, ffprobe = need_tool("ffmpeg"), need_tool("ffprobe")
+    doc = vf.load_tracks(state)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = CutSummary(clips=len(doc["segments"]))
+    kf_cache: dict[str, list[float]] = {}
+    rate: dict[str, float] = {}
+    clips = []
+    for seg in tqdm(doc["segments"], desc="cut", unit="clip", disable=not progress):
+        cid = clip_uuid(seg)
+        rel = vf.clip_file(seg["key"], cid)
+        dest = out / rel
+        if seg["video"] not in kf_cache:
+            kf_cache[seg["video"]] = keyframes(ffprobe, seg["video"])
+            scenes = vf.scenes_path(state, seg["key"])
+            rate[seg["video"]] = vf.load_scenes(scenes)["fps"] if scenes.is_file() else 0.0
+        kfs = [k for k in kf_cache[seg["video"]] if k <= seg["start"] + 1e-3]
+        cut_start = seg["start"] if reencode else (kfs[-1] if kfs else 0.0)
+        moved = round(seg["start"] - cut_start, 4)
+        clip = {"uuid": cid, "file": rel, "key": seg["key"], "source": seg["video"],
+                "track": seg["track"], "shot": seg["shot"], "start": seg["start"],
+                "end": seg["end"], "cut_start": round(cut_start, 4), "start_moved_s": moved,
+                "planned_duration": round(seg["end"] - cut_start, 4),
+                "duration_tolerance_s": duration_tolerance(rate[seg["video"]]),
+                "pass_ratio": seg["pass_ratio"], "gates": seg["gates"]}
+        if dest.is_file() and dest.stat().st_size > 0:
+            summary.kept += 1
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{cid}.part.mp4")
+            codec = (["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-c:a", "aac"]
+                     if reencode else ["-c", "copy", "-avoid_negative_ts", "make_zero"])
+            cmd = [ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{cut_start:.4f}",
+                   "-i", seg["video"], "-t", f"{seg['end'] - cut_start:.4f}",
+                   "-map", "0:v:0", "-map", "0:a?", *codec, "-movflags", "+faststart",
+                   str(tmp)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 or not tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                summary.failed.append(f"{rel}: ffmpeg: {proc.stderr.strip()[-200:]}")
+                continue
+            os.replace(tmp, dest)
+            summary.cut += 1
+        clip["duration"] = probe_duration(ffprobe, str(dest))
+        summary.seconds_moved += moved
+        clips.append(clip)
+        if write_sidecar:
+            atomic_write_json(dest.with_suffix(".json"), clip)
+    tolerance = max((c["duration_tolerance_s"] for c in clips), default=0.0)
+    vf.write_plan(out / vf.PLAN_FILE, vf.plan_doc("reencode" if reencode else "copy", clips,
+                                                  tolerance))
+    return summary
