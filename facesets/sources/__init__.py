@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from .base import PhotoSource, SourceItem
 from .folder import FolderSource
+from .immich import ImmichSource
 
-SOURCES: dict[str, type[PhotoSource]] = {FolderSource.kind: FolderSource}
+SOURCES: dict[str, type[PhotoSource]] = {FolderSource.kind: FolderSource,
+                                         ImmichSource.kind: ImmichSource}
 
 
 def open_source(location: str, kind: str = "folder") -> PhotoSource:
@@ -21,4 +23,4 @@ def open_source(location: str, kind: str = "folder") -> PhotoSource:
     return cls(location)
 
 
-__all__ = ["FolderSource", "PhotoSource", "SOURCES", "SourceItem", "open_source"]
+__all__ = ["FolderSource", "ImmichSource", "PhotoSource", "SOURCES", "SourceItem", "open_source"]

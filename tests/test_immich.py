@@ -1,0 +1,138 @@
+"""`immich stage` and `immich finalize` against a real HTTP server on 127.0.0.1
+(tests/immich_server.py) serving the real test photos as originals, with face boxes reported
+in a preview half the original's size (as Immich does), so a client that did not scale them
+back would find every face too small."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FACES, LOW_GATES, PACK, ROOT, TEST_THRESHOLD, run_cli
+from immich_server import KEY, FakeAsset, FakeImmich
+
+# a face box in an LFW photo (250 x 250): 110 px short edge in the original, 55 in the preview
+BIG = (70.0, 65.0, 180.0, 185.0)
+SMALL = (100.0, 100.0, 140.0, 140.0)          # 40 px: below the default --min-face 90
+
+
+def photos(person: int, first: int, n: int) -> list[Path]:
+    folder = sorted(p for p in FACES.iterdir() if p.is_dir())[person]
+    return sorted(folder.glob("*.jpg"))[first:first + n]
+
+
+def asset(n: int, path: Path, original_path: str, faces=(BIG,), archived=False) -> FakeAsset:
+    return FakeAsset(f"a{n:04d}-5f1c", original_path, path.read_bytes(), 250, 250,
+                     list(faces), archived)
+
+
+def library() -> list[FakeAsset]:
+    """Eleven assets: five with a big face (one of them byte-identical to another, two with
+    the same path tail), one without faces, one with only a small face, one Immich
+    thumbnail indexed as a photo, one RAW file, one archived photo."""
+    p = photos(0, 0, 4) + photos(1, 0, 3)
+    return [asset(1, p[0], "/photos/2019/trip/IMG_0001.jpg"),
+            asset(2, p[1], "/photos/2019/trip/IMG_0002.jpg"),
+            asset(3, p[2], "/photos/2020/home/IMG_0001.jpg"),
+            asset(4, p[3], "/other/2020/home/IMG_0001.jpg"),          # same tail as a0003
+            asset(5, p[0], "/photos/copies/IMG_0001 (1).jpg"),        # same bytes as a0001
+            asset(6, p[4], "/photos/2021/x/noface.jpg", faces=()),
+            asset(7, p[5], "/photos/2021/x/small.jpg", faces=(SMALL,)),
+            asset(8, p[6], "/data/library/thumbs/u1/ab/cd/a0008-preview.jpeg"),
+            asset(9, p[6], "/photos/2021/raw/DSC_0001.NEF"),
+            asset(10, p[6], "/photos/2021/archive/IMG_0010.jpg", archived=True),
+            asset(11, photos(2, 0, 1)[0], "/photos/2022/.hidden/IMG_0011.jpg",
+                  faces=(SMALL, BIG))]
+
+
+@pytest.fixture
+def server():
+    fake = FakeImmich(library(), ignore_size=True, page_cap=3).start()
+    yield fake
+    fake.stop()
+
+
+def stage(fake: FakeImmich, root: Path, *extra, check=True, key=KEY, **kw):
+    env = {"IMMICH_URL": fake.url, "IMMICH_API_KEY": key,
+           "FACESETS_WORK_DIR": str(root.parent / "work")}
+    return run_cli("immich", "stage", "--user", "alice", "--cache", root.parent / "c.npz",
+                   "--root", root, "--no-progress", *PACK, *extra, check=check, env=env, **kw)
+
+
+def state(root: Path) -> dict[str, dict]:
+    lines = (root / ".immich" / "state.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["format"] == "face-sets/immich-state"
+    latest = {}
+    for line in lines[1:]:
+        r = json.loads(line)
+        latest[r["asset"]] = r
+    return latest
+
+
+def assert_key_nowhere(folder: Path, *texts: str) -> None:
+    """The API key is in no file written under ``folder`` and in no output."""
+    for t in texts:
+        assert KEY not in t
+    for p in folder.rglob("*"):
+        if p.is_file():
+            assert KEY.encode() not in p.read_bytes(), p
+
+
+def originals(fake: FakeImmich) -> dict[str, int]:
+    return {aid: n for (kind, aid), n in fake.served.items() if kind == "original"}
+
+
+def test_stage_pages_filters_dedups_and_resumes_without_refetching(server, tmp_path):
+    root = tmp_path / "alice"
+    r = stage(server, root, "--skip-thumbs", "--workers", "4")
+    st = state(root)
+    status = {aid[:5]: rec["status"] for aid, rec in st.items()}
+    # the server ignored size=250 (pages of 3) and repeated its last page: paging stopped
+    # there, every timeline asset listed once; archived ones only when asked
+    assert status == {"a0001": "staged", "a0002": "staged", "a0003": "staged",
+                      "a0004": "staged", "a0005": "alias", "a0006": "noface",
+                      "a0007": "small", "a0008": "thumb", "a0009": "unsupported",
+                      "a0011": "staged"}, r.stdout
+    assert all("visibility" not in b for b in server.search_bodies)
+    assert len(server.search_bodies) <= 6        # 4 pages of 3 + the repeated one
+    # boxes were scaled from the 125 px preview to the 250 px original (55 px -> 110 px)
+    assert st["a0001-5f1c"]["max_face"] == pytest.approx(110, abs=2)
+    assert st["a0007-5f1c"]["max_face"] == pytest.approx(40, abs=2)
+    # originals fetched only for assets passing the filters, each once
+    assert originals(server) == {f"a000{i}-5f1c": 1 for i in (1, 2, 3, 4, 5)} | {
+        "a0011-5f1c": 1}
+    # files: <originalPath tail>, same tail suffixed, never hidden, bytes as served
+    lib = {a.id: a for a in server.assets}
+    for aid in ("a0001-5f1c", "a0002-5f1c", "a0003-5f1c", "a0004-5f1c", "a0011-5f1c"):
+        assert (root / st[aid]["path"]).read_bytes() == lib[aid].data
+    assert st["a0001-5f1c"]["path"] == "trip/IMG_0001.jpg"
+    # two originals with one tail: the second to arrive is suffixed with its asset id
+    tails = {st["a0003-5f1c"]["path"], st["a0004-5f1c"]["path"]}
+    assert tails in ({"home/IMG_0001.jpg", "home/IMG_0001-a0004-5f1c.jpg"},
+                     {"home/IMG_0001.jpg", "home/IMG_0001-a0003-5f1c.jpg"})
+    assert st["a0011-5f1c"]["path"] == "_hidden/IMG_0011.jpg"
+    assert st["a0005-5f1c"]["path"] == "trip/IMG_0001.jpg"        # alias of a0001
+    assert not list(root.rglob("*.part"))
+    # the embed queue lists the five distinct staged photos
+    queue = json.loads((root / ".immich" / "queue.json").read_text())
+    assert sorted(Path(i["path"]).relative_to(root).as_posix() for i in queue["items"]) == \
+        sorted(st[a]["path"] for a in ("a0001-5f1c", "a0002-5f1c", "a0003-5f1c",
+                                       "a0004-5f1c", "a0011-5f1c"))
+    assert "assets seen 10 (0 done before), staged 5" in r.stdout
+    # the same command again: nothing fetched, nothing staged
+    faces_before = dict(server.served)
+    again = stage(server, root, "--skip-thumbs")
+    assert "assets seen 10 (10 done before), staged 0" in again.stdout
+    assert dict(server.served) == faces_before
+    # archived photos: asked for with an explicit visibility
+    arch = stage(server, root, "--skip-thumbs", "--include-archived")
+    assert any(b.get("visibility") == "archive" for b in server.search_bodies)
+    assert state(root)["a0010-5f1c"]["status"] == "staged"
+    assert "assets seen 11 (10 done before), staged 1" in arch.stdout
+    assert_key_nowhere(tmp_path, r.stdout, r.stderr, again.stdout, arch.stdout, arch.stderr)
