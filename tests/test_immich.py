@@ -136,3 +136,87 @@ def test_stage_pages_filters_dedups_and_resumes_without_refetching(server, tmp_p
     assert state(root)["a0010-5f1c"]["status"] == "staged"
     assert "assets seen 11 (10 done before), staged 1" in arch.stdout
     assert_key_nowhere(tmp_path, r.stdout, r.stderr, again.stdout, arch.stdout, arch.stderr)
+
+
+def test_a_burst_of_5xx_is_absorbed_by_the_retries(server, tmp_path):
+    root = tmp_path / "alice"
+    server.fail_next = 3                      # fewer than one request's 4 attempts
+    r = stage(server, root, "--workers", "2", "--no-queue")
+    assert server.fail_next == 0
+    assert "0 failed" in r.stdout and "staged 6" in r.stdout, r.stdout
+    assert not any(rec["status"] == "error" for rec in state(root).values())
+    assert_key_nowhere(tmp_path, r.stdout, r.stderr)
+
+
+def test_dead_server_trips_the_breaker_then_the_same_command_finishes(server, tmp_path):
+    root = tmp_path / "alice"
+    server.die_after_originals = 2
+    r = stage(server, root, "--workers", "2", "--no-queue", check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "stopped answering" in err[0] \
+        and "re-run the same command when the server is back" in err[0], r.stderr
+    saved = state(root)
+    assert sum(rec["status"] == "staged" for rec in saved.values()) >= 1
+    server.start()                            # the server is back, on the same port
+    server.die_after_originals = None
+    r2 = stage(server, root, "--workers", "2", "--no-queue")
+    final = state(root)
+    assert sorted(rec["status"] for rec in final.values()).count("staged") == 6, r2.stdout
+    assert not any(rec["status"] == "error" for rec in final.values())
+    # nothing answered twice: every face list and every original was served once at most
+    assert max(server.served.values()) == 1, server.served
+    assert len(originals(server)) == 7         # 6 staged + the copy of a0001
+    assert_key_nowhere(tmp_path, r.stdout, r.stderr, r2.stdout, r2.stderr)
+
+
+def test_a_wrong_key_is_one_line_and_stages_nothing(server, tmp_path):
+    root = tmp_path / "alice"
+    r = stage(server, root, "--no-queue", check=False, key="not-the-key-8t5")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "401" in r.stderr and "wrong or expired" in r.stderr
+    assert "not-the-key-8t5" not in r.stderr + r.stdout
+    assert not server.served and not [p for p in root.rglob("*.jpg")]
+    missing = run_cli("immich", "stage", "--user", "alice", "--cache", tmp_path / "c.npz",
+                      "--root", root, check=False,
+                      env={"IMMICH_URL": server.url, "IMMICH_API_KEY": ""})
+    assert missing.returncode == 2 and "IMMICH_API_KEY" in missing.stderr
+
+
+def test_kill_9_mid_stage_then_resume(tmp_path):
+    lib = [asset(n, p, f"/photos/k/{p.parent.name}-{p.name}")
+           for n, p in enumerate(photos(3, 0, 6) + photos(4, 0, 6), 1)]
+    fake = FakeImmich(lib, latency_s=0.15).start()
+    root = tmp_path / "alice"
+    env = dict(os.environ, IMMICH_URL=fake.url, IMMICH_API_KEY=KEY, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(ROOT / "sort_faces.py"), "immich", "stage", "--user", "alice",
+           "--cache", str(tmp_path / "c.npz"), "--root", str(root), "--workers", "2",
+           "--no-queue", "--no-progress"]
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        sf = root / ".immich" / "state.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sf.exists() and len(sf.read_text().splitlines()) >= 4:   # header + 3 assets
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = state(root)
+        assert 3 <= len(before) < len(lib), "the kill came too late to test a resume"
+        fake.latency_s = 0.0
+        r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        final = state(root)
+        assert len(final) == len(lib) and all(s["status"] == "staged" for s in final.values())
+        for a in lib:
+            assert (root / final[a.id]["path"]).read_bytes() == a.data
+        # recorded assets were not fetched again; only the two in flight at the kill were
+        got = originals(fake)
+        assert all(got[aid] == 1 for aid in before)
+        assert sum(got.values()) - len(lib) <= 2
+        assert not list(root.rglob("*.part"))
+        assert_key_nowhere(tmp_path, r.stdout, r.stderr)
+    finally:
+        fake.stop()
