@@ -220,3 +220,60 @@ def test_kill_9_mid_stage_then_resume(tmp_path):
         assert_key_nowhere(tmp_path, r.stdout, r.stderr)
     finally:
         fake.stop()
+
+
+def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resumes(tmp_path):
+    from test_run import RUN_ARGS
+
+    import shutil
+
+    lib = tmp_path / "lib"
+    for person in range(3):
+        for p in photos(person, 0, 6):
+            (lib / p.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, lib / p.parent.name / p.name)
+    out, cache = tmp_path / "out", tmp_path / "c.npz"
+    work = tmp_path / "work"
+    run_cli("run", lib, out, "--cache", cache, *RUN_ARGS, env={"FACESETS_WORK_DIR": str(work)})
+    swap = out / "swap_ready"
+    before = {d.name: len(list((d / "faces").glob("*.png")))
+              for d in swap.iterdir() if d.name.startswith("faceset_")}
+    assert len(before) == 3
+    # Immich: 3 new photos of person 0, one photo the cache already holds, 6 photos of a
+    # person face-sets has not seen, one photo without faces
+    assets = [asset(n, p, f"/up/{p.parent.name}/{p.name}") for n, p in enumerate(
+        photos(0, 6, 3) + photos(0, 0, 1) + photos(3, 0, 6), 1)]
+    assets.append(asset(20, photos(4, 0, 1)[0], "/up/x/none.jpg", faces=()))
+    fake = FakeImmich(assets).start()
+    env = {"IMMICH_URL": fake.url, "IMMICH_API_KEY": KEY, "FACESETS_WORK_DIR": str(work)}
+    common = ["immich", "finalize", "alice", "--cache", cache, "--out", out, *PACK,
+              "--extend-args=--engine exact"]
+    good_export = f"--swap-outlier-threshold {TEST_THRESHOLD} --min-face-short 40 --no-progress"
+    try:
+        # the export step fails (a bad option): everything before it is done and recorded
+        bad = run_cli(*common, "--export-args=--no-such-option", check=False, env=env)
+        assert bad.returncode == 2 and "step export failed" in bad.stderr, bad.stdout
+        root = work / "immich" / "alice"
+        done = json.loads((root / ".immich" / "finalize.json").read_text())["done"]
+        assert done == ["stage", "embed", "match", "discover"]
+        served = dict(fake.served)
+        r = run_cli(*common, f"--export-args={good_export}", env=env)
+    finally:
+        fake.stop()
+    # resumed at export: no step before it ran again (nothing fetched, nothing embedded)
+    for step in ("stage", "embed", "match", "discover"):
+        assert f"== {step}: done in this run already, skipped" in r.stdout
+    assert dict(fake.served) == served
+    st = state(root)
+    assert sorted(rec["status"] for rec in st.values()) == \
+        ["known"] + ["noface"] + ["staged"] * 9
+    after = {d.name: len(list((d / "faces").glob("*.png")))
+             for d in swap.iterdir() if d.name.startswith("faceset_")}
+    new = sorted(set(after) - set(before))
+    assert new == [f"faceset_{len(before):03d}"], (before, after, r.stdout)
+    assert after[new[0]] >= 5
+    grown = [n for n in before if after[n] > before[n]]
+    assert len(grown) == 1 and after[grown[0]] >= before[grown[0]] + 2, (before, after)
+    logs = sorted(p.name.split("-")[2] for p in (work / "logs").glob("immich-alice-*.log"))
+    assert set(logs) == {"stage", "embed", "match", "discover", "export"}
+    assert_key_nowhere(tmp_path, bad.stdout, bad.stderr, r.stdout, r.stderr)
