@@ -245,23 +245,31 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
         photos(0, 6, 3) + photos(0, 0, 1) + photos(3, 0, 6), 1)]
     assets.append(asset(20, photos(4, 0, 1)[0], "/up/x/none.jpg", faces=()))
     fake = FakeImmich(assets).start()
-    env = {"IMMICH_URL": fake.url, "IMMICH_API_KEY": KEY, "FACESETS_WORK_DIR": str(work)}
-    common = ["immich", "finalize", "alice", "--cache", cache, "--out", out, *PACK,
+    env = dict(os.environ, IMMICH_URL=fake.url, IMMICH_API_KEY=KEY, FACESETS_WORK_DIR=str(work),
+               WIN_PYTHON=sys.executable, PYTHON=sys.executable)
+    script = ROOT / "work" / "finalize_immich.sh"
+
+    def finalize(*args):   # the script: stage -> worker (a local Python here) -> merge -> ...
+        return subprocess.run(["bash", str(script), *map(str, args)], env=env, cwd=ROOT,
+                              capture_output=True, text=True)
+
+    common = ["alice", "--cache", cache, "--out", out, *PACK,
               "--extend-args=--engine exact"]
     good_export = f"--swap-outlier-threshold {TEST_THRESHOLD} --min-face-short 40 --no-progress"
     try:
         # the export step fails (a bad option): everything before it is done and recorded
-        bad = run_cli(*common, "--export-args=--no-such-option", check=False, env=env)
+        bad = finalize(*common, "--export-args=--no-such-option")
         assert bad.returncode == 2 and "step export failed" in bad.stderr, bad.stdout
         root = work / "immich" / "alice"
         done = json.loads((root / ".immich" / "finalize.json").read_text())["done"]
-        assert done == ["stage", "embed", "match", "discover"]
+        assert done == ["stage", "worker", "merge", "match", "discover"]
         served = dict(fake.served)
-        r = run_cli(*common, f"--export-args={good_export}", env=env)
+        r = finalize(*common, f"--export-args={good_export}")
+        assert r.returncode == 0, r.stdout + r.stderr
     finally:
         fake.stop()
     # resumed at export: no step before it ran again (nothing fetched, nothing embedded)
-    for step in ("stage", "embed", "match", "discover"):
+    for step in ("stage", "worker", "merge", "match", "discover"):
         assert f"== {step}: done in this run already, skipped" in r.stdout
     assert dict(fake.served) == served
     st = state(root)
@@ -275,5 +283,5 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
     grown = [n for n in before if after[n] > before[n]]
     assert len(grown) == 1 and after[grown[0]] >= before[grown[0]] + 2, (before, after)
     logs = sorted(p.name.split("-")[2] for p in (work / "logs").glob("immich-alice-*.log"))
-    assert set(logs) == {"stage", "embed", "match", "discover", "export"}
+    assert set(logs) == {"stage", "worker", "merge", "match", "discover", "export"}
     assert_key_nowhere(tmp_path, bad.stdout, bad.stderr, r.stdout, r.stderr)

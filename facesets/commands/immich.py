@@ -67,9 +67,10 @@ def register(sub) -> None:
                    help="the `run` output holding raw/, facesets/, swap_ready/ "
                         "(default work/out)")
     _stage_options(f)
-    f.add_argument("--worker-python", default=os.environ.get("WIN_PYTHON") or None,
+    f.add_argument("--worker-python", default=None,
                    help="embed through work/embed_worker.py run by this Python (the GPU "
-                        "venv; default $WIN_PYTHON) instead of in-process")
+                        "venv; work/finalize_immich.sh passes $WIN_PYTHON) instead of "
+                        "in-process")
     f.add_argument("--extend-args", default="",
                    help="extra options for the match step (`extend`), e.g. '--threshold 0.6'")
     f.add_argument("--export-args", default="",
@@ -250,7 +251,10 @@ def run_finalize(args) -> int:
             say(f"== {step}: done in this run already, skipped")
             continue
         log = logs / f"immich-{args.user}-{step}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        if step == "discover":
+        results = root / STATE_DIR / "results" / "results.npz.segments"
+        if step == "merge" and not any(results.glob("seg-*.npz")):
+            say(f"== {step}: the worker produced no results (nothing new to embed), skipped")
+        elif step == "discover":
             # TODO(idops): `discover` lands with the identity operations; until then the
             # match step's extend already turns leftover faces that reach refine's
             # min_faces into new facesets numbered past the maximum

@@ -100,7 +100,12 @@ def _check_record(r: dict, n: int, root: Path, where: Path) -> dict:
     if status not in STATUSES:
         raise bad("status", f"is not one of {', '.join(STATUSES)}")
     if status in (STAGED, ALIAS):
-        safe_member_path(root, r.get("path"), f"line {n}: field path", where)
+        try:
+            safe_member_path(root, r.get("path"), f"line {n}: field path", where)
+        except ManifestError as exc:
+            raise StateError(str(exc).replace("restore the file or re-run the step that "
+                                              "writes it", "move the state away and stage "
+                                              "again")) from None
         if r["path"].split("/")[0] == STATE_DIR:
             raise bad("path", "points into the state folder")
     if status in (STAGED, ALIAS, KNOWN):
