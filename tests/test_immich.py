@@ -285,3 +285,21 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
     logs = sorted(p.name.split("-")[2] for p in (work / "logs").glob("immich-alice-*.log"))
     assert set(logs) == {"stage", "worker", "merge", "match", "discover", "export"}
     assert_key_nowhere(tmp_path, bad.stdout, bad.stderr, r.stdout, r.stderr)
+
+
+def test_immich_is_a_photo_source_behind_the_common_interface(server, monkeypatch):
+    from facesets.sources import open_source
+
+    monkeypatch.setenv("IMMICH_URL", server.url)
+    monkeypatch.setenv("IMMICH_API_KEY", KEY)
+    src = open_source(server.url, "immich")
+    ids = src.list_ids()
+    assert len(ids) == 10 and all(i.startswith(f"immich://127.0.0.1:{server.port}/")
+                                  for i in ids)
+    first = src.item(ids[0])
+    lib = {a.id: a for a in server.assets}
+    assert first.provenance["asset"] == "a0001-5f1c" and first.size == len(lib["a0001-5f1c"].data)
+    assert src.read_bytes(ids[0]) == lib["a0001-5f1c"].data
+    assert KEY not in repr(src.client) + json.dumps(src.describe())
+    with pytest.raises(FileNotFoundError):
+        src.read_bytes("immich://elsewhere/a0001-5f1c")
