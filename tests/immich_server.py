@@ -55,6 +55,7 @@ class FakeImmich:
         self.latency_s = latency_s
         self.fail_next = 0
         self.die_after_originals: int | None = None
+        self.forbid_originals = False          # 403 on downloads (a key without the right)
         self.dead = False
         self.lock = threading.Lock()
         self.served: Counter = Counter()
@@ -179,6 +180,9 @@ class _Handler(BaseHTTPRequestHandler):
             asset = fake.by_id.get(parts[3])
             if asset is None:
                 return self._json(400, {"message": "Not found"})
+            if fake.forbid_originals:
+                return self._json(403, {"message": "Missing required permission: "
+                                                   "asset.download"})
             with fake.lock:
                 fake.served["original", asset.id] += 1
                 n = sum(v for (kind, _), v in fake.served.items() if kind == "original")

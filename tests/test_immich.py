@@ -177,6 +177,10 @@ def test_a_wrong_key_is_one_line_and_stages_nothing(server, tmp_path):
     assert r.stderr.count("\n") == 1 and "401" in r.stderr and "wrong or expired" in r.stderr
     assert "not-the-key-8t5" not in r.stderr + r.stdout
     assert not server.served and not [p for p in root.rglob("*.jpg")]
+    server.forbid_originals = True            # a key without asset.download: named
+    r403 = stage(server, root, "--no-queue", check=False)
+    assert r403.returncode == 2 and r403.stderr.count("\n") == 1, r403.stderr
+    assert "403" in r403.stderr and "asset.download" in r403.stderr
     missing = run_cli("immich", "stage", "--user", "alice", "--cache", tmp_path / "c.npz",
                       "--root", root, check=False,
                       env={"IMMICH_URL": server.url, "IMMICH_API_KEY": ""})
