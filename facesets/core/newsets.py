@@ -73,6 +73,7 @@ class AddResult:
     dropped: dict[str, int]
     entry: dict | None = None
     skipped: list[str] = field(default_factory=list)   # labels/names left with no face
+    by_input: list[str | None] = field(default_factory=list)   # name of each input, or None
 
     def line(self) -> str:
         sets = ", ".join(f"{n} ({self.kept[n]} faces)" for n in self.names) or "none"
@@ -159,7 +160,11 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     """
     root = Path(root).resolve()
     cache = cache if cache is not None else load_cache(cache_path)
-    top = runs.load_top(root)
+    exists = (root / MANIFEST_NAME).is_file()
+    if not exists and not dry_run:
+        raise FileNotFoundError(f"{root / MANIFEST_NAME}: not a swap-ready library (make one "
+                                "with export-swap, or import-folders into a new folder)")
+    top = runs.load_top(root) if exists else {}
     sel = select_faces(cache)
     index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
     given = [fs.name for fs in new if fs.name]
@@ -169,7 +174,9 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
                              "faceset_NNN_YYYY-YYYY)")
         if (root / n).exists() or any(e["name"] == n for e in top.get("facesets", [])):
             raise FileExistsError(f"{root / n}: a faceset of that name exists already")
-    fresh = iter(next_names(root, sum(1 for fs in new if not fs.name)))
+    count = sum(1 for fs in new if not fs.name)
+    fresh = iter(next_names(root, count) if exists else
+                 [f"{NUMBERED}{k:03d}" for k in range(count)])
     plan = [(fs.name or next(fresh), fs) for fs in new]
     if len({n for n, _ in plan}) != len(plan):
         raise ValueError("two new facesets were given the same name")
@@ -207,7 +214,8 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     names = [s["name"] for s in sets]
     planned = [p for p in planned if p.target in names]
     result = AddResult(names, {s["name"]: s["kept"] for s in sets},
-                       {s["name"]: len(s["dropped"]) for s in sets}, skipped=skipped)
+                       {s["name"]: len(s["dropped"]) for s in sets}, skipped=skipped,
+                       by_input=[n if n in names else None for n, _ in plan])
     if dry_run or not sets:
         return result
 
@@ -269,6 +277,17 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     result.entry = runs.execute(root, run_id, log)
     result.kept = {r["name"]: r["faces"] for r in record_sets}
     return result
+
+
+def faces_under(sel: FaceSelection, folder: str | os.PathLike) -> np.ndarray:
+    """Positions in ``sel`` of the faces whose photo, or a copy of it (an alias), lies
+    under ``folder`` (paths as the cache recorded them, compared with the folder
+    resolved)."""
+    prefix = os.path.join(os.fspath(Path(folder).resolve()), "")
+    inside = {s for s, paths in sel.locations.items()
+              if any(p.startswith(prefix) for p in paths)}
+    return np.flatnonzero(np.fromiter((s in inside for s in sel.sha256.tolist()), dtype=bool,
+                                      count=len(sel)))
 
 
 def _bundles_of(m: dict) -> dict:

@@ -25,7 +25,6 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "import_tight": 0.45,        # import-folders: second pass, the identity's centroid
         "route": 0.45,               # import-folders --route: a mixed face joins an identity
         "discover_near": 0.45,       # discover: faces this near a faceset are left to extend
-        "discover_cluster": 0.55,    # discover: the rest are clustered at this
         "split": 0.45,               # split: re-cluster one faceset at this (average linkage)
     },
 }
@@ -38,7 +37,7 @@ FLAGS = {
     "dedup_near": "--near-threshold",
     "import_loose": "--loose-threshold", "import_tight": "--tight-threshold",
     "route": "--route-threshold", "discover_near": "--near-threshold",
-    "discover_cluster": "--threshold", "split": "--threshold",
+    "split": "--threshold",
 }
 
 
@@ -111,8 +110,7 @@ def threshold_source(name: str, meta: dict, given: float | None) -> str:
 # thresholds a model may lack that are derived from its calibrated cluster threshold, by
 # buffalo_l's ratio to its own cluster threshold (docs/clustering.md, "Derived thresholds")
 DERIVED_FROM_CLUSTER = ("consolidate_group", "consolidate_merge", "dedup_near",
-                        "import_loose", "import_tight", "route", "discover_near",
-                        "discover_cluster", "split")
+                        "import_loose", "import_tight", "route", "discover_near", "split")
 
 
 def derived(name: str, meta: dict) -> tuple[float | None, str]:
