@@ -266,14 +266,17 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
         assert bad.returncode == 2 and "step export failed" in bad.stderr, bad.stdout
         root = work / "immich" / "alice"
         done = json.loads((root / ".immich" / "finalize.json").read_text())["done"]
-        assert done == ["stage", "worker", "merge", "match", "discover"]
+        assert done == ["stage", "worker", "merge", "match"]
         served = dict(fake.served)
-        r = finalize(*common, f"--export-args={good_export}")
+        r = finalize(*common, f"--export-args={good_export}",
+                     f"--discover-args=--near-threshold 0.5 --initial-threshold {TEST_THRESHOLD}"
+                     f" --merge-threshold 0.5 --outlier-threshold {TEST_THRESHOLD} "
+                     f"--swap-outlier-threshold {TEST_THRESHOLD} {' '.join(LOW_GATES)}")
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
         fake.stop()
     # resumed at export: no step before it ran again (nothing fetched, nothing embedded)
-    for step in ("stage", "worker", "merge", "match", "discover"):
+    for step in ("stage", "worker", "merge", "match"):
         assert f"== {step}: done in this run already, skipped" in r.stdout
     assert dict(fake.served) == served
     st = state(root)
@@ -288,6 +291,7 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
     assert len(grown) == 1 and after[grown[0]] >= before[grown[0]] + 2, (before, after)
     logs = sorted(p.name.split("-")[2] for p in (work / "logs").glob("immich-alice-*.log"))
     assert set(logs) == {"stage", "worker", "merge", "match", "discover", "export"}
+    assert "== discover:" in r.stdout and "--dry-run" in r.stdout
     assert_key_nowhere(tmp_path, bad.stdout, bad.stderr, r.stdout, r.stderr)
 
 

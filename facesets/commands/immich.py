@@ -29,8 +29,11 @@ from .common import add_model_options, add_progress_option, backend_loader, defa
 ROOT = Path(__file__).resolve().parent.parent.parent
 STAGE_DEFAULTS = defaults(stage_immich)
 # finalize's steps, in order (worker + merge replace embed with --worker-python)
-STEPS_LOCAL = ("stage", "embed", "match", "discover", "export")
-STEPS_WORKER = ("stage", "worker", "merge", "match", "discover", "export")
+# export comes before discover: export-swap rebuilds OUT/swap_ready from the refine manifest
+# and removes faceset folders it does not list, so new identities enter through the refine
+# manifest (match: extend's leftover clustering) and discover only reports what is left
+STEPS_LOCAL = ("stage", "embed", "match", "export", "discover")
+STEPS_WORKER = ("stage", "worker", "merge", "match", "export", "discover")
 
 
 def register(sub) -> None:
@@ -75,6 +78,9 @@ def register(sub) -> None:
                    help="extra options for the match step (`extend`), e.g. '--threshold 0.6'")
     f.add_argument("--export-args", default="",
                    help="extra options for `export-swap`, e.g. '--swap-outlier-threshold 0.5'")
+    f.add_argument("--discover-args", default="",
+                   help="extra options for the discover report (`discover --dry-run`), e.g. "
+                        "'--min-faces 5'")
     add_model_options(f)
     f.set_defaults(func=run_finalize)
 
@@ -97,8 +103,10 @@ def _finalize_help() -> str:
             "+ merge with --worker-python) -> match (`extend` on OUT/raw and OUT/facesets: "
             "new faces join the faceset they are within the threshold of, the rest that "
             "cluster into enough photos become new facesets numbered past the maximum) -> "
-            "discover (not yet: see the README) -> export (`export-swap` into "
-            "OUT/swap_ready).")
+            "export (`export-swap` into OUT/swap_ready) -> discover (`discover --dry-run` "
+            "over the staged photos: reports identities still left out, e.g. under another "
+            "--min-faces; it adds nothing, since the next export-swap would remove "
+            "facesets its refine manifest does not list).")
 
 
 def _stage_options(p) -> None:
@@ -216,7 +224,9 @@ def _finalize_commands(args, root: Path, cache: str, out: Path) -> dict[str, lis
     cmds = {"match": py + ["extend", cache, str(out / "raw"), "--refine-out",
                            str(out / "facesets")] + shlex.split(args.extend_args),
             "export": py + ["export-swap", cache, str(out / "facesets" / "refine_manifest.json"),
-                            str(out / "swap_ready")] + shlex.split(args.export_args)}
+                            str(out / "swap_ready")] + shlex.split(args.export_args),
+            "discover": py + ["discover", cache, str(root), "--into", str(out / "swap_ready"),
+                              "--dry-run", "--no-progress"] + shlex.split(args.discover_args)}
     if args.worker_python:
         wp = args.worker_python
         cmds["stage"] = stage + ["--queue", str(root / STATE_DIR / QUEUE_FILE)]
@@ -254,14 +264,6 @@ def run_finalize(args) -> int:
         results = root / STATE_DIR / "results" / "results.npz.segments"
         if step == "merge" and not any(results.glob("seg-*.npz")):
             say(f"== {step}: the worker produced no results (nothing new to embed), skipped")
-        elif step == "discover":
-            # TODO(idops): `discover` lands with the identity operations; until then the
-            # match step's extend already turns leftover faces that reach refine's
-            # min_faces into new facesets numbered past the maximum
-            log.write_text("discover: not available yet; new identities come from the match "
-                           "step (extend's leftover clustering)\n")
-            say(f"== {step}: not available yet (new facesets come from the match step); "
-                f"log {log}")
         else:
             code = _run_logged(step, cmds[step], log)
             if code != 0:
