@@ -61,6 +61,9 @@ class FakeImmich:
         self.served: Counter = Counter()
         self.requests = 0
         self.search_bodies: list[dict] = []
+        self.people: dict[str, str] = {}        # person id -> name
+        self.face_person: dict[str, str] = {}   # face id -> person id
+        self.major = 1
         self.port = 0
         self.httpd: ThreadingHTTPServer | None = None
 
@@ -119,7 +122,9 @@ class FakeImmich:
         return [{"id": f"{asset.id}-f{i}", "imageWidth": pw, "imageHeight": ph,
                  "boundingBoxX1": round(x1 * s), "boundingBoxY1": round(y1 * s),
                  "boundingBoxX2": round(x2 * s), "boundingBoxY2": round(y2 * s),
-                 "person": None, "sourceType": "machine-learning"}
+                 "person": ({"id": self.face_person[f"{asset.id}-f{i}"]}
+                            if f"{asset.id}-f{i}" in self.face_person else None),
+                 "sourceType": "machine-learning"}
                 for i, (x1, y1, x2, y2) in enumerate(asset.faces)]
 
 
@@ -162,7 +167,23 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("x-api-key") != fake.key:
             return self._json(401, {"message": "Invalid API key", "statusCode": 401})
         if url.path == "/api/server/version":
-            return self._json(200, {"major": 1, "minor": 120, "patch": 0})
+            return self._json(200, {"major": fake.major, "minor": 120, "patch": 0})
+        if method == "GET" and url.path == "/api/people":
+            return self._json(200, {"people": [{"id": k, "name": v}
+                                               for k, v in fake.people.items()],
+                                    "total": len(fake.people), "hasNextPage": False})
+        if method == "POST" and url.path == "/api/people":
+            with fake.lock:
+                pid = f"p{len(fake.people):04d}"
+                fake.people[pid] = json.loads(raw or b"{}").get("name", "")
+            return self._json(201, {"id": pid, "name": fake.people[pid]})
+        if method == "PUT" and url.path.startswith("/api/faces/"):
+            person = json.loads(raw or b"{}").get("id")
+            if person not in fake.people:
+                return self._json(400, {"message": "no such person"})
+            with fake.lock:
+                fake.face_person[url.path.rsplit("/", 1)[1]] = person
+            return self._json(200, {"id": person})
         if method == "POST" and url.path == "/api/search/metadata":
             body = json.loads(raw or b"{}")
             fake.search_bodies.append(body)
@@ -197,6 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
 
 
 def small_jpeg(seed: int, size: int = 96) -> bytes:

@@ -273,13 +273,35 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
                      f" --merge-threshold 0.5 --outlier-threshold {TEST_THRESHOLD} "
                      f"--swap-outlier-threshold {TEST_THRESHOLD} {' '.join(LOW_GATES)}")
         assert r.returncode == 0, r.stdout + r.stderr
+        served_after = dict(fake.served)
+        # push: the facesets back to Immich as people, --dry-run first
+        push = ["immich", "push", "--user", "alice", "--out", out]
+        dry = run_cli(*push, "--dry-run", env=env)
+        assert not fake.people and not fake.face_person and "nothing changed" in dry.stdout
+        pushed = run_cli(*push, env=env)
+        again = run_cli(*push, env=env)
+        fake.major = 9
+        refused = run_cli(*push, "--dry-run", env=env, check=False)
     finally:
         fake.stop()
     # resumed at export: no step before it ran again (nothing fetched, nothing embedded)
     for step in ("stage", "worker", "merge", "match"):
         assert f"== {step}: done in this run already, skipped" in r.stdout
-    assert dict(fake.served) == served
+    assert served_after == served
     st = state(root)
+    # every Immich face face-sets placed in a faceset now belongs to that faceset's person;
+    # faces of one person went to one Immich person, and a second push assigned nothing
+    lib = {a.id: a for a in assets}
+    by_person: dict[str, set[str]] = {}
+    for face_id, pid in fake.face_person.items():
+        by_person.setdefault(pid, set()).add(Path(lib[face_id.rsplit("-f", 1)[0]].original_path)
+                                             .parent.name)
+    assert len(by_person) == 2 and all(len(v) == 1 for v in by_person.values()), by_person
+    assert len(fake.face_person) >= 9, pushed.stdout
+    assert sorted(fake.people.values()) == sorted(
+        [f"faceset_{len(before):03d}", grown_name(before, swap)]), fake.people
+    assert "0 people created, 0 faces assigned" in again.stdout
+    assert refused.returncode == 2 and "will not guess" in refused.stderr
     assert sorted(rec["status"] for rec in st.values()) == \
         ["known"] + ["noface"] + ["staged"] * 9
     after = {d.name: len(list((d / "faces").glob("*.png")))
@@ -292,7 +314,18 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
     logs = sorted(p.name.split("-")[2] for p in (work / "logs").glob("immich-alice-*.log"))
     assert set(logs) == {"stage", "worker", "merge", "match", "discover", "export"}
     assert "== discover:" in r.stdout and "--dry-run" in r.stdout
-    assert_key_nowhere(tmp_path, bad.stdout, bad.stderr, r.stdout, r.stderr)
+    assert_key_nowhere(tmp_path, bad.stdout, bad.stderr, r.stdout, r.stderr, dry.stdout,
+                       pushed.stdout, refused.stderr)
+
+
+def grown_name(before: dict, swap: Path) -> str:
+    """The faceset of person 0 (the one the new Immich photos of that person joined)."""
+    person0 = photos(0, 0, 1)[0].parent.name
+    for name in before:
+        m = json.loads((swap / name / "manifest.json").read_text())
+        if any(person0 in f["path"] for f in m["faces"]):
+            return name
+    raise AssertionError("no faceset of person 0")
 
 
 def test_immich_is_a_photo_source_behind_the_common_interface(server, monkeypatch):

@@ -39,7 +39,7 @@ STEPS_WORKER = ("stage", "worker", "merge", "match", "export", "discover")
 def register(sub) -> None:
     p = sub.add_parser("immich", help="import an Immich library (stage, finalize)",
                        description=__doc__)
-    cmds = p.add_subparsers(dest="immich_command", metavar="{stage,finalize}")
+    cmds = p.add_subparsers(dest="immich_command", metavar="{stage,finalize,push}")
     cmds.required = True
 
     s = cmds.add_parser("stage", help="fetch the originals with a big enough face, resumably",
@@ -83,6 +83,23 @@ def register(sub) -> None:
                         "'--min-faces 5'")
     add_model_options(f)
     f.set_defaults(func=run_finalize)
+
+    u = cmds.add_parser("push", help="write the facesets back to Immich as people "
+                                     "(--dry-run first)",
+                        description="Each faceset of OUT/swap_ready becomes an Immich person "
+                        "(named by the first line of its NAME.txt, else faceset_NNN; a person "
+                        "of that name is reused): its faces are traced to the Immich assets "
+                        "with the same bytes and reassigned to that person. Checks the "
+                        "server's version first and refuses majors it does not know. "
+                        "--dry-run prints the plan and changes nothing.")
+    u.add_argument("--user", required=True, metavar="LABEL", help="the label given to stage")
+    u.add_argument("--root", default=None, help="the stage root (default work/immich/LABEL/)")
+    u.add_argument("--cache", default=None, help="the cache (default: the one the stage "
+                                                  "state recorded)")
+    u.add_argument("--out", default=None, help="the `run` output whose swap_ready/ is pushed "
+                                               "(default work/out)")
+    u.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    u.set_defaults(func=run_push)
 
 
 def _stage_help() -> str:
@@ -184,6 +201,32 @@ def run_stage(args) -> int:
         say(f"immich stage: queue: {s.line()}; queue {queue}")
         say(f"next: work/embed_worker.py {queue} RESULTS, then `sort_faces.py embed {cache} "
             "--merge-results RESULTS` (or `immich finalize " f"{args.user}` for everything)")
+    return 0
+
+
+def run_push(args) -> int:
+    from ..steps.immich_push import apply_push, plan_push
+
+    root = _root(args)
+    cache = _cache_of(args, root)
+    swap = (Path(args.out) if args.out else work_dir() / "out") / "swap_ready"
+    try:
+        client = ImmichClient.from_env()
+        plans = plan_push(client, swap, root, cache)
+        for plan in plans:
+            say(f"immich push{' (dry run)' if args.dry_run else ''}: {plan.line()}")
+        if args.dry_run:
+            say(f"immich push (dry run): {sum(len(p.assign) for p in plans)} faces would be "
+                "assigned; nothing changed")
+            return 0
+        done = apply_push(client, plans, say)
+    except ServerDown:
+        return _fail(f"{client.server} stopped answering; nothing is lost: re-run the same "
+                     "push when the server is back (faces already assigned are skipped)")
+    except ImmichError as exc:
+        return _fail(str(exc))
+    say(f"immich push: {done['people_created']} people created, {done['faces_assigned']} "
+        "faces assigned")
     return 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from email.utils import parsedate_to_datetime
@@ -44,6 +45,8 @@ TIMEOUT_S = (10.0, 120.0)       # connect, read
 CHUNK = 1 << 20
 # the permission each endpoint needs (a 403 names it)
 PERMISSIONS = {"/api/search/metadata": "asset.read", "/api/faces": "face.read",
+               "/api/faces/{id}": "face.update", "/api/people": "person.read",
+               "/api/people (create)": "person.create",
                "/api/assets/original": "asset.download", "/api/server/ping": "server.about",
                "/api/server/version": "server.about"}
 VISIBILITY_TIMELINE = "timeline"
@@ -303,6 +306,49 @@ class ImmichClient:
             finally:
                 resp.close()
         raise AssertionError("unreachable")
+
+
+    # ---- people (immich push) ---------------------------------------------------------------
+    def check_version(self) -> tuple[int, int, int]:
+        """The server's version; an ImmichError for a major whose endpoints are unknown."""
+        v = self.version()
+        if v[0] not in SUPPORTED_MAJORS:
+            raise ImmichError(f"{self.server}: Immich {'.'.join(map(str, v))}: face-sets knows "
+                              f"the people endpoints of majors "
+                              f"{', '.join(map(str, SUPPORTED_MAJORS))} only and will not "
+                              "guess; update face-sets")
+        return v
+
+    def people(self) -> list[dict]:
+        """Every person (id, name), hidden ones too, page by page."""
+        out, page = [], 1
+        while True:
+            data = self.json("GET", "/api/people", params={"page": page, "size": 500,
+                                                          "withHidden": "true"})
+            got = [p for p in (data.get("people") or []) if isinstance(p, dict)
+                   and isinstance(p.get("id"), str) and _SAFE_ID.fullmatch(p["id"])] \
+                if isinstance(data, dict) else []
+            out += got
+            if not got or not data.get("hasNextPage"):
+                return out
+            page += 1
+
+    def create_person(self, name: str) -> str:
+        data = self.json("POST", "/api/people", "/api/people (create)", json={"name": name})
+        pid = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(pid, str) or not _SAFE_ID.fullmatch(pid):
+            raise RequestFailed(f"{self.server}: POST /api/people: no person id in the answer")
+        return pid
+
+    def assign_face(self, face_id: str, person_id: str) -> None:
+        """Reassign one face to a person (``PUT /api/faces/{id}`` with ``{"id": person}``)."""
+        if not (_SAFE_ID.fullmatch(face_id) and _SAFE_ID.fullmatch(person_id)):
+            raise RequestFailed(f"{self.server}: refusing a malformed face or person id")
+        self.request("PUT", f"/api/faces/{face_id}", "/api/faces/{id}",
+                     json={"id": person_id}).close()
+
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _retry_after_s(value: str) -> float:
