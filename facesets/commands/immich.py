@@ -1,10 +1,12 @@
-"""immich stage|finalize: import a self-hosted Immich library (IMMICH_URL, IMMICH_API_KEY).
+"""immich stage|finalize|push: import a self-hosted Immich library (IMMICH_URL, IMMICH_API_KEY).
 
   immich stage --user LABEL --cache CACHE    fetch the originals with a big enough face into
                                              work/immich/LABEL/ (resumable), then queue them
                                              for the GPU worker (or --embed here)
   immich finalize LABEL                      stage -> embed (or worker + merge) -> match
-                                             existing identities -> new ones -> export-swap
+                                             existing identities -> export-swap -> report
+                                             of identities still left out (discover)
+  immich push --user LABEL [--dry-run]       the facesets back to Immich as people
 
 The API key is read only from the environment and is never printed or written anywhere.
 """
@@ -37,7 +39,7 @@ STEPS_WORKER = ("stage", "worker", "merge", "match", "export", "discover")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("immich", help="import an Immich library (stage, finalize)",
+    p = sub.add_parser("immich", help="import an Immich library (stage, finalize, push)",
                        description=__doc__)
     cmds = p.add_subparsers(dest="immich_command", metavar="{stage,finalize,push}")
     cmds.required = True
