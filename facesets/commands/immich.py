@@ -63,7 +63,8 @@ def register(sub) -> None:
     add_progress_option(s)
     s.set_defaults(func=run_stage)
 
-    f = cmds.add_parser("finalize", help="stage, embed, match, export, discover report: resumable",
+    f = cmds.add_parser("finalize",
+                        help="stage, embed, match, export, discover report: resumable",
                         description=_finalize_help())
     f.add_argument("user", metavar="LABEL", help="the --user label given to stage")
     f.add_argument("--cache", default=None, help="the face-sets cache (default: the one "
