@@ -268,12 +268,17 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
         done = json.loads((root / ".immich" / "finalize.json").read_text())["done"]
         assert done == ["stage", "worker", "merge", "match"]
         served = dict(fake.served)
-        r = finalize(*common, f"--export-args={good_export}",
-                     f"--discover-args=--near-threshold 0.5 --initial-threshold {TEST_THRESHOLD}"
-                     f" --merge-threshold 0.5 --outlier-threshold {TEST_THRESHOLD} "
-                     f"--swap-outlier-threshold {TEST_THRESHOLD} {' '.join(LOW_GATES)}")
+        discover = (f"--discover-args=--near-threshold 0.5 --initial-threshold "
+                    f"{TEST_THRESHOLD} --merge-threshold 0.5 --outlier-threshold "
+                    f"{TEST_THRESHOLD} --swap-outlier-threshold {TEST_THRESHOLD} "
+                    f"{' '.join(LOW_GATES)}")
+        r = finalize(*common, f"--export-args={good_export}", discover)
         assert r.returncode == 0, r.stdout + r.stderr
         served_after = dict(fake.served)
+        st = state(root)
+        after = {d.name: len(list((d / "faces").glob("*.png")))
+                 for d in swap.iterdir() if d.name.startswith("faceset_")}
+        logs = {p.name.split("-")[2] for p in (work / "logs").glob("immich-alice-*.log")}
         # push: the facesets back to Immich as people, --dry-run first
         push = ["immich", "push", "--user", "alice", "--out", out]
         dry = run_cli(*push, "--dry-run", env=env)
@@ -282,40 +287,54 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
         again = run_cli(*push, env=env)
         fake.major = 9
         refused = run_cli(*push, "--dry-run", env=env, check=False)
+        fake.major = 1
+        # a month later, one more photo in Immich: finalize in-process (no worker) fetches
+        # only that one and folds it into the new faceset
+        extra = photos(3, 6, 1)[0]
+        fake.assets.append(asset(30, extra, f"/up/{extra.parent.name}/{extra.name}"))
+        fake.by_id = {a.id: a for a in fake.assets}
+        served_before_local = dict(fake.served)
+        local_env = {k: v for k, v in env.items() if k != "WIN_PYTHON"}
+        local = run_cli("immich", "finalize", *common, f"--export-args={good_export}",
+                        discover, env=local_env, check=False)
     finally:
         fake.stop()
     # resumed at export: no step before it ran again (nothing fetched, nothing embedded)
     for step in ("stage", "worker", "merge", "match"):
         assert f"== {step}: done in this run already, skipped" in r.stdout
     assert served_after == served
-    st = state(root)
-    # every Immich face face-sets placed in a faceset now belongs to that faceset's person;
-    # faces of one person went to one Immich person, and a second push assigned nothing
-    lib = {a.id: a for a in assets}
-    by_person: dict[str, set[str]] = {}
-    for face_id, pid in fake.face_person.items():
-        by_person.setdefault(pid, set()).add(Path(lib[face_id.rsplit("-f", 1)[0]].original_path)
-                                             .parent.name)
-    assert len(by_person) == 2 and all(len(v) == 1 for v in by_person.values()), by_person
-    assert len(fake.face_person) >= 9, pushed.stdout
-    assert sorted(fake.people.values()) == sorted(
-        [f"faceset_{len(before):03d}", grown_name(before, swap)]), fake.people
-    assert "0 people created, 0 faces assigned" in again.stdout
-    assert refused.returncode == 2 and "will not guess" in refused.stderr
     assert sorted(rec["status"] for rec in st.values()) == \
         ["known"] + ["noface"] + ["staged"] * 9
-    after = {d.name: len(list((d / "faces").glob("*.png")))
-             for d in swap.iterdir() if d.name.startswith("faceset_")}
     new = sorted(set(after) - set(before))
     assert new == [f"faceset_{len(before):03d}"], (before, after, r.stdout)
     assert after[new[0]] >= 5
     grown = [n for n in before if after[n] > before[n]]
     assert len(grown) == 1 and after[grown[0]] >= before[grown[0]] + 2, (before, after)
-    logs = sorted(p.name.split("-")[2] for p in (work / "logs").glob("immich-alice-*.log"))
-    assert set(logs) == {"stage", "worker", "merge", "match", "discover", "export"}
+    assert logs == {"stage", "worker", "merge", "match", "discover", "export"}
     assert "== discover:" in r.stdout and "--dry-run" in r.stdout
+    # every Immich face face-sets placed in a faceset now belongs to that faceset's person;
+    # faces of one person went to one Immich person, and a second push assigned nothing
+    lib = {a.id: a for a in assets}
+    by_person: dict[str, set[str]] = {}
+    for face_id, pid in fake.face_person.items():
+        photo = lib[face_id.rsplit("-f", 1)[0]]
+        by_person.setdefault(pid, set()).add(Path(photo.original_path).parent.name)
+    assert len(by_person) == 2 and all(len(v) == 1 for v in by_person.values()), by_person
+    assert len(fake.face_person) >= 9, pushed.stdout
+    assert sorted(fake.people.values()) == sorted(
+        [new[0], grown_name(before, swap)]), fake.people
+    assert "0 people created, 0 faces assigned" in again.stdout
+    assert refused.returncode == 2 and "will not guess" in refused.stderr
+    # the in-process finalize: only the new asset fetched, and it joined the new faceset
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert "== embed:" in local.stdout and "== worker" not in local.stdout
+    assert {k: v for k, v in fake.served.items() if v != served_before_local.get(k)} == {
+        ("faces", "a0030-5f1c"): 1, ("original", "a0030-5f1c"): 1}
+    final = {d.name: len(list((d / "faces").glob("*.png")))
+             for d in swap.iterdir() if d.name.startswith("faceset_")}
+    assert final[new[0]] == after[new[0]] + 1, local.stdout
     assert_key_nowhere(tmp_path, bad.stdout, bad.stderr, r.stdout, r.stderr, dry.stdout,
-                       pushed.stdout, refused.stderr)
+                       pushed.stdout, refused.stderr, local.stdout, local.stderr)
 
 
 def grown_name(before: dict, swap: Path) -> str:

@@ -92,9 +92,14 @@ def test_state_round_trip_and_every_bad_field_is_one_line(tmp_path):
 
 def test_finalize_steps_must_be_a_prefix(tmp_path):
     steps = ("stage", "embed", "match")
+    worker = ("stage", "worker", "merge", "match")
     assert load_finalize(tmp_path, steps) == []
-    write_finalize(tmp_path, ["stage"])
+    write_finalize(tmp_path, ["stage"], steps)
     assert load_finalize(tmp_path, steps) == ["stage"]
-    write_finalize(tmp_path, ["match"])
+    with pytest.raises(StateError, match="unfinished finalize"):
+        load_finalize(tmp_path, worker)            # switching modes half-way: refused
+    write_finalize(tmp_path, list(worker), worker)
+    assert load_finalize(tmp_path, steps) == []    # a finished run of the other mode
+    write_finalize(tmp_path, ["match"], steps)
     with pytest.raises(StateError, match="prefix"):
         load_finalize(tmp_path, steps)

@@ -298,7 +298,7 @@ def run_finalize(args) -> int:
     done = load_finalize(root, steps)
     if len(done) == len(steps):   # the last run finished: this is a new one
         done = []
-        write_finalize(root, done)
+        write_finalize(root, done, steps)
     cmds = _finalize_commands(args, root, cache, out)
     logs = work_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,7 @@ def run_finalize(args) -> int:
                 return _fail(f"step {step} failed (exit {code}; log {log}); fix it and re-run "
                              f"`immich finalize {args.user}` to resume at {step}")
         done.append(step)
-        write_finalize(root, done)
+        write_finalize(root, done, steps)
     say(f"immich finalize: done; facesets in {out / 'swap_ready'} (logs {logs})")
     return 0
 

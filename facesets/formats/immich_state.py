@@ -170,7 +170,9 @@ def finalize_path(root: str | Path) -> Path:
 
 
 def load_finalize(root: str | Path, steps: tuple[str, ...]) -> list[str]:
-    """The finalize steps finished in the current run (in order; [] when none is under way)."""
+    """The finalize steps finished in the current run (in order; [] when none is under way).
+    A finished run of other steps (with / without a worker) counts as none under way; an
+    unfinished one is an error (finish it the same way first)."""
     from ..io.fsutil import read_json
 
     path = finalize_path(root)
@@ -186,17 +188,24 @@ def load_finalize(root: str | Path, steps: tuple[str, ...]) -> list[str]:
     if data.get("version") != FINALIZE_VERSION:
         raise StateError(f"{path}: field version {data.get('version')!r} is not "
                          f"{FINALIZE_VERSION}")
-    done = data.get("done")
-    if not isinstance(done, list) or any(s not in steps for s in done) \
-            or done != list(steps[:len(done)]):
-        raise StateError(f"{path}: field done is not a prefix of the steps "
-                         f"{', '.join(steps)}")
+    recorded, done = data.get("steps"), data.get("done")
+    if not isinstance(recorded, list) or not all(isinstance(s, str) for s in recorded):
+        raise StateError(f"{path}: field steps is not a list of step names")
+    if not isinstance(done, list) or done != recorded[:len(done)]:
+        raise StateError(f"{path}: field done is not a prefix of its steps")
+    if recorded != list(steps):
+        if len(done) == len(recorded):
+            return []
+        raise StateError(f"{path}: an unfinished finalize with the steps "
+                         f"{', '.join(recorded)} (done: {', '.join(done) or 'none'}); finish "
+                         "it the same way (with or without --worker-python) first")
     return done
 
 
-def write_finalize(root: str | Path, done: list[str]) -> None:
+def write_finalize(root: str | Path, done: list[str], steps: tuple[str, ...]) -> None:
     from ..io.fsutil import atomic_write_json
 
     atomic_write_json(finalize_path(root), {"format": FINALIZE_FORMAT,
-                                            "version": FINALIZE_VERSION, "done": list(done),
+                                            "version": FINALIZE_VERSION, "steps": list(steps),
+                                            "done": list(done),
                                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
