@@ -141,10 +141,16 @@ def test_stage_pages_filters_dedups_and_resumes_without_refetching(server, tmp_p
 def test_a_burst_of_5xx_is_absorbed_by_the_retries(server, tmp_path):
     root = tmp_path / "alice"
     server.fail_next = 3                      # fewer than one request's 4 attempts
-    r = stage(server, root, "--workers", "2", "--no-queue")
+    r = stage(server, root, "--workers", "2", "--embed")
     assert server.fail_next == 0
     assert "0 failed" in r.stdout and "staged 6" in r.stdout, r.stdout
     assert not any(rec["status"] == "error" for rec in state(root).values())
+    # --embed: the staged originals went into the cache in-process
+    from facesets.formats.cache import load_cache
+
+    cache = load_cache(tmp_path / "c.npz")
+    staged = {rec["sha256"] for rec in state(root).values() if rec["status"] == "staged"}
+    assert set(cache.files["sha256"].tolist()) == staged and cache.n_faces >= 6, r.stdout
     assert_key_nowhere(tmp_path, r.stdout, r.stderr)
 
 
