@@ -48,6 +48,7 @@ def check_library(root: Path) -> None:
         assert (root / rec["moved_to"]).is_dir(), rec
         manifests.append(root / rec["moved_to"] / "manifest.json")
     manifests += [d / "manifest.json" for d in parked_folders(root)]
+    manifests = list(dict.fromkeys(manifests))   # a parked folder may be back in the library
     for rec in top.get("runs", []):
         assert (root / rec["folder"] / "run.json").is_file()
     for path in manifests:

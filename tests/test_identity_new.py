@@ -54,24 +54,26 @@ def copy_into(dest: Path, files: list[Path]) -> None:
 
 
 def build_inputs(w: Path, faces_cache: Path) -> None:
-    """In ``w``: faces.npz (the session cache plus the folders below, embedded: copies are
-    aliases), sorted/ (three hand-sorted people; Ariel's folder holds a stray photo of
-    Donald Rumsfeld), mixed/group.jpg (Ariel left, Colin right, in one photo),
-    found/ (two more photos of Ariel, ten each of Donald Rumsfeld and George W Bush),
-    pair/Pair/ (five photos each of Hugo Chavez and Jacques Chirac)."""
+    """In ``w``: faces.npz (the session cache plus the folders below, embedded in one go:
+    copies are aliases), and in p/: sorted/ (three hand-sorted people; Ariel's folder holds a stray
+    photo of Donald Rumsfeld), mixed/group.jpg (Ariel left, Colin right, in one photo),
+    more/ (Hugo Chavez, for a second import), found/ (two more photos of Ariel, ten each of
+    Donald Rumsfeld and George W Bush), pair/Pair/ (five photos each of Hugo Chavez and
+    Jacques Chirac)."""
     copy_cache(faces_cache, w)
     for name in ("Ariel_Sharon", "Colin_Powell", "Tony_Blair"):
-        copy_into(w / "sorted" / name, photos(name, 0, 6))
-    copy_into(w / "sorted" / "Ariel_Sharon", photos("Donald_Rumsfeld", 0, 1))
-    (w / "mixed").mkdir()
+        copy_into(w / "p" / "sorted" / name, photos(name, 0, 6))
+    copy_into(w / "p" / "sorted" / "Ariel_Sharon", photos("Donald_Rumsfeld", 0, 1))
+    (w / "p" / "mixed").mkdir()
     group = np.hstack([cv2.imread(str(photos("Ariel_Sharon", 6, 7)[0])),
                        cv2.imread(str(photos("Colin_Powell", 6, 7)[0]))])
-    cv2.imwrite(str(w / "mixed" / "group.jpg"), group)
-    copy_into(w / "found", photos("Ariel_Sharon", 8, 10) + photos("Donald_Rumsfeld", 0, 10)
-              + photos("George_W_Bush", 0, 10))
-    copy_into(w / "pair" / "Pair", photos("Hugo_Chavez", 0, 5) + photos("Jacques_Chirac", 0, 5))
-    for folder in ("sorted", "mixed", "found", "pair"):
-        run_cli("embed", w / folder, w / "faces.npz", *PACK, "--no-progress")
+    cv2.imwrite(str(w / "p" / "mixed" / "group.jpg"), group)
+    copy_into(w / "p" / "more" / "Hugo_Chavez", photos("Hugo_Chavez", 5, 10))
+    copy_into(w / "p" / "found", photos("Ariel_Sharon", 8, 10)
+              + photos("Donald_Rumsfeld", 0, 10) + photos("George_W_Bush", 0, 10))
+    copy_into(w / "p" / "pair" / "Pair", photos("Hugo_Chavez", 0, 5)
+              + photos("Jacques_Chirac", 0, 5))
+    run_cli("embed", w / "p", w / "faces.npz", *PACK, "--no-progress")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def fresh(inputs: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def import_sorted(inputs: Path, cache: Path, lib: Path, *extra: str):
-    return run_cli("import-folders", cache, inputs / "sorted", "--into", lib, *IMPORT,
+    return run_cli("import-folders", cache, inputs / "p" / "sorted", "--into", lib, *IMPORT,
                    *EXPORT, *extra)
 
 
@@ -99,11 +101,11 @@ def facesets(lib: Path) -> dict[str, dict]:
 
 def test_import_folders_hand_sorted_with_route_then_more_then_undo(inputs, tmp_path):
     cache, lib = fresh(inputs, tmp_path)
-    dry = import_sorted(inputs, cache, lib, "--route", inputs / "mixed", "--dry-run")
+    dry = import_sorted(inputs, cache, lib, "--route", inputs / "p" / "mixed", "--dry-run")
     assert "Ariel_Sharon -> faceset_000" in dry.stdout and "nothing changed" in dry.stdout
     assert not lib.exists()
 
-    out = import_sorted(inputs, cache, lib, "--route", inputs / "mixed")
+    out = import_sorted(inputs, cache, lib, "--route", inputs / "p" / "mixed")
     check_library(lib)
     sets = facesets(lib)
     assert sorted(sets) == ["faceset_000", "faceset_001", "faceset_002"]
@@ -125,19 +127,20 @@ def test_import_folders_hand_sorted_with_route_then_more_then_undo(inputs, tmp_p
     rec = top["added"][0]
     assert rec["step"] == "import-folders" and rec["run"] == top["runs"][0]["id"]
     assert rec["facesets"][0]["source"]["folder"] == \
-        str((inputs / "sorted" / "Ariel_Sharon").resolve())
+        str((inputs / "p" / "sorted" / "Ariel_Sharon").resolve())
     assert rec["facesets"][0]["source"]["routed"] == 1
     assert f"undo: `undo {lib}" in out.stdout
     # a re-run imports nothing twice
-    again = import_sorted(inputs, cache, lib, "--route", inputs / "mixed")
+    again = import_sorted(inputs, cache, lib, "--route", inputs / "p" / "mixed")
     assert "skipped (imported before as faceset_000)" in again.stdout
     assert "nothing changed" in again.stdout and len(load(lib / "manifest.json")["runs"]) == 1
+    # export-swap into the library would replace the imported facesets: refused
+    r = run_cli("export-swap", cache, lib / "manifest.json", lib, *EXPORT, *PACK, check=False)
+    assert r.returncode == 2 and "a re-export would replace or remove them" in r.stderr
 
     # a second import is numbered past the highest and leaves the others as they were
     before = tree(lib)
-    copy_into(tmp_path / "more" / "Hugo_Chavez", photos("Hugo_Chavez", 5, 10))
-    run_cli("embed", tmp_path / "more", cache, *PACK, "--no-progress")
-    run_cli("import-folders", cache, tmp_path / "more", "--into", lib, *IMPORT, *EXPORT)
+    run_cli("import-folders", cache, inputs / "p" / "more", "--into", lib, *IMPORT, *EXPORT)
     check_library(lib)
     after = tree(lib)
     assert {k: v for k, v in after.items() if k.startswith("faceset_00") and
@@ -168,7 +171,7 @@ def test_discover_finds_the_unknown_people_and_leaves_the_known_to_extend(inputs
     import_sorted(inputs, cache, lib)
     before = tree(lib)
     top = load(lib / "manifest.json")
-    args = ["discover", cache, inputs / "found", "--into", lib, *DISCOVER, *EXPORT]
+    args = ["discover", cache, inputs / "p" / "found", "--into", lib, *DISCOVER, *EXPORT]
     dry = run_cli(*args, "--dry-run")
     assert "cluster 0: 10 faces" in dry.stdout and "cluster 1: 10 faces" in dry.stdout, dry.stdout
     assert "left to extend: faceset_000 2" in dry.stdout and tree(lib) == before
@@ -194,8 +197,9 @@ def test_split_a_faceset_of_two_people_into_one_person_each_then_undo(inputs, tm
     from facesets.steps.split import apply_split, plan_split
 
     cache, lib = fresh(inputs, tmp_path)
-    run_cli("import-folders", cache, inputs / "pair", "--into", lib, *MIX)
+    run_cli("import-folders", cache, inputs / "p" / "pair", "--into", lib, *MIX)
     mixed = load(lib / "faceset_000" / "manifest.json")
+    top = load(lib / "manifest.json")
     assert {person(f) for f in mixed["faces"]} == {"Hugo_Chavez", "Jacques_Chirac"}
     before = tree(lib)
     args = ["split", lib, "faceset_000", "--threshold", TEST_THRESHOLD]
@@ -221,7 +225,9 @@ def test_split_a_faceset_of_two_people_into_one_person_each_then_undo(inputs, tm
     run_cli("undo", lib)
     check_library(lib)
     assert {k: v for k, v in tree(lib).items() if not k.startswith("_")} == \
-        {k: v for k, v in before.items() if not k.startswith("_")}
+        dict({k: v for k, v in before.items() if not k.startswith("_")},
+             **{"manifest.json": tree(lib)["manifest.json"]})
+    assert without_runs(load(lib / "manifest.json")) == without_runs(top)
 
     # the review page's way: a partition the user chose, by face files
     files = sorted(f["file"] for f in mixed["faces"])
@@ -250,14 +256,14 @@ def _kill_and_rerun(h: KillHarness, scenario: Scenario, points) -> None:
 # W holds the cache (faces.npz, a copy of the inputs') and the library (lib); the photo
 # folders stay in the module's inputs folder, which the cache names
 SCENARIOS = {
-    "import-folders": (None, lambda i: ["import-folders", "faces.npz", i / "sorted", "--into",
-                                        "lib", "--route", i / "mixed", *IMPORT, *EXPORT]),
-    "discover": (lambda i, w: import_sorted(i, w / "faces.npz", w / "lib"),
-                 lambda i: ["discover", "faces.npz", i / "found", "--into", "lib", *DISCOVER,
+    "import-folders": (None, lambda p: ["import-folders", "faces.npz", p / "sorted", "--into",
+                                        "lib", "--route", p / "mixed", *IMPORT, *EXPORT]),
+    "discover": (lambda p, w: import_sorted(p.parent, w / "faces.npz", w / "lib"),
+                 lambda p: ["discover", "faces.npz", p / "found", "--into", "lib", *DISCOVER,
                             *EXPORT]),
-    "split": (lambda i, w: run_cli("import-folders", w / "faces.npz", i / "pair", "--into",
+    "split": (lambda p, w: run_cli("import-folders", w / "faces.npz", p / "pair", "--into",
                                    w / "lib", *MIX),
-              lambda i: ["split", "lib", "faceset_000", "--threshold", TEST_THRESHOLD]),
+              lambda p: ["split", "lib", "faceset_000", "--threshold", TEST_THRESHOLD]),
 }
 
 
@@ -268,9 +274,9 @@ def test_kill_at_sampled_commits_then_a_rerun_finishes(inputs, tmp_path, name):
     def build(w: Path) -> None:
         copy_cache(inputs / "faces.npz", w)
         if setup:
-            setup(inputs, w)
+            setup(inputs / "p", w)
 
-    scenario = Scenario(name, build, lambda w: argv(inputs), caches=("faces.npz",))
+    scenario = Scenario(name, build, lambda w: argv(inputs / "p"), caches=("faces.npz",))
     h = KillHarness(scenario, tmp_path)
     h.prepare()
     h.run_reference()
@@ -289,3 +295,24 @@ def test_two_passes_drop_a_bystander_and_keep_the_person():
     first, second, centroid = two_pass(emb, 0.75, 0.45)
     assert 6 not in second and set(second) == set(range(6))
     assert float(centroid @ (me / np.linalg.norm(me))) > 0.9
+
+
+@pytest.mark.unit
+def test_new_facesets_are_numbered_past_every_name_in_use(tmp_path):
+    from facesets.core.newsets import ensure_library, next_names
+    from facesets.formats.swapset import bundle_stem, label_stem
+
+    lib = tmp_path / "lib"
+    assert ensure_library(lib, tmp_path / "c.npz", {"model": "buffalo_l"})
+    assert not ensure_library(lib, tmp_path / "c.npz", {})   # not empty: left as it is
+    assert next_names(lib, 2) == ["faceset_000", "faceset_001"]
+    (lib / "faceset_004").mkdir()
+    (lib / "_merged" / "faceset_007").mkdir(parents=True)
+    (lib / "_split" / "faceset_002_1990-1999").mkdir(parents=True)
+    assert next_names(lib, 1) == ["faceset_008"]
+    (lib / "_split" / "faceset_011_2000-2004").mkdir()
+    assert next_names(lib, 2) == ["faceset_012", "faceset_013"]
+    # a label names the bundles when it leaves a usable stem; never a path
+    assert label_stem("Ariel Sharon (2003)") == "Ariel_Sharon_2003"
+    assert label_stem("../..") is None
+    assert bundle_stem({"name": "faceset_001", "bundle_stem": "../evil"}) == "faceset_001"
