@@ -32,4 +32,4 @@ if under_wsl; then
 elif [[ -n ${WIN_PYTHON:-} ]]; then
   WORKER=(--worker-python "$WIN_PYTHON")
 fi
-exec "$PYTHON" "$ROOT/sort_faces.py" immich finalize "$@" "${WORKER[@]}"
+exec "$PYTHON" "$ROOT/sort_faces.py" immich finalize "$@" ${WORKER[@]+"${WORKER[@]}"}
