@@ -22,7 +22,8 @@ COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-s
             "dedup-optimize",
             "history",
             "undo",
-            "video"]
+            "import-folders", "discover", "split",
+            "immich", "video"]
 
 
 def build_parser() -> argparse.ArgumentParser:

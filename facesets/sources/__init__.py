@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from .base import PhotoSource, SourceItem
 from .folder import FolderSource
+from .immich import ImmichSource
 from .video import VideoSource
 
 SOURCES: dict[str, type[PhotoSource]] = {FolderSource.kind: FolderSource,
+                                         ImmichSource.kind: ImmichSource,
                                          VideoSource.kind: VideoSource}
 
 
@@ -23,4 +25,5 @@ def open_source(location: str, kind: str = "folder") -> PhotoSource:
     return cls(location)
 
 
-__all__ = ["FolderSource", "PhotoSource", "SOURCES", "SourceItem", "VideoSource", "open_source"]
+__all__ = ["FolderSource", "ImmichSource", "PhotoSource", "SOURCES", "SourceItem", "VideoSource",
+           "open_source"]
