@@ -1,0 +1,382 @@
+"""``eras``: split one long-lived identity of a swap-ready folder into facesets by era.
+
+One faceset of SWAP_READY (any ``faceset_NNN``) and the cache it came from:
+  1. probe (printed, and kept in the run's record): the histogram of the faceset's pairwise
+     distances, its sub-cluster sizes at the probe distances (buffalo_l 0.30-0.50), and the
+     EXIF years of each sub-cluster at the split distance;
+  2. wide recovery: every face of the cache within ``recover`` of the faceset's centroid,
+     except faces another faceset of SWAP_READY holds (they are someone else's);
+  3. refine's quality gates (face size, blur, detector score);
+  4. re-centroid (the mean of what is left) and tighten: faces farther than ``tighten``
+     from it go;
+  5. sub-cluster at ``split`` (average linkage through facesets/engine; two faces of one
+     photo never share a sub-cluster);
+  6. anchors: sub-clusters of at least ``min_anchor`` faces. Every other sub-cluster is a
+     fragment; a fragment joins the single anchor whose centroid is nearest to its own,
+     only if that distance is within ``attach`` AND its dominant year is within
+     ``year_window`` years of the anchor's (both need dated faces). Fragments join the
+     anchors as they were (never a grown anchor, never another fragment): not transitive;
+  7. eras: each anchor with the fragments that joined it, and each fragment that joined
+     none on its own; named ``faceset_NNN_YYYY-YYYY`` after the 5th to 95th percentile of
+     their dated faces' years (``faceset_NNN_undated`` without one; ``_2``... on a clash);
+  8. export each era as a new faceset (export-swap's gates and crops); an era left with
+     fewer than ``min_era_faces`` faces goes to ``_thin/`` (``thin_eras[]`` of the
+     top-level manifest). The source faceset stays as it was. All of it is one recorded run
+     (core/runs.py): ``undo`` reverses it.
+
+Photos without a capture date (no EXIF DateTimeOriginal/DateTimeDigitized, or an
+implausible one) take part in every distance step, but never vote for a year: an era's years
+and dominant year come from its dated faces only, and a fragment with no dated face (or an
+anchor with none) cannot pass the year test, so it is never attached by distance alone.
+
+``eras extend`` slots faces added to the cache later into the eras of the last ``eras`` run
+by the same rule: the new faces (recovered from that run's centroid, gated, tightened,
+named by no era yet) are sub-clustered at ``split`` and each fragment joins the nearest era
+of SWAP_READY (not ``_thin/``) within ``attach`` and ``year_window``; the era's faces are
+re-ranked and its bundles rebuilt. Fragments that join none are reported and left out.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core import runs
+from ..core.dates import Dates, capture_dates
+from ..core.refinement import RefineParams, quality_mask
+from ..core.selection import FaceSelection, groups_by_label, select_faces, subset
+from ..core.thresholds import probe_levels
+from ..engine import cluster_faces, cluster_sweep, normalize_rows
+from ..formats.cache import FaceCache, load_cache
+from ..formats.eras import (ERA_NAME, ERAS_SECTION, THIN_DIR, check_eras_sections, era_name)
+from ..formats.manifest import (SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
+                                load_manifest)
+from ..formats.swapset import MANIFEST_NAME
+
+STEP = "eras"
+STEP_EXTEND = "eras-extend"
+HIST_STEP = 0.05          # probe histogram bin width (cosine distance)
+PROBE_MAX_FACES = 3000    # the probe's pairwise histogram samples this many faces at most
+TOP_SUBCLUSTERS = 12      # sub-clusters the probe lists
+
+
+@dataclass
+class ErasParams:
+    recover: float            # cosine distances: the model's (core/thresholds.py)
+    tighten: float
+    split: float
+    attach: float
+    min_anchor: int = 20      # faces a sub-cluster needs to be an anchor
+    min_era_faces: int = 20   # an era exported with fewer faces goes to _thin/
+    year_window: int = 5      # a fragment's dominant year vs its anchor's, +- years
+    min_short: float = RefineParams.min_short     # refine's quality gates
+    min_blur: float = RefineParams.min_blur
+    min_det_score: float = RefineParams.min_det_score
+    engine: str = "auto"
+
+    def gates(self) -> RefineParams:
+        return RefineParams(0.0, 0.0, 0.0, min_short=self.min_short, min_blur=self.min_blur,
+                            min_det_score=self.min_det_score, engine=self.engine)
+
+
+# ---- the rule: years, fragments, anchors (pure; unit-tested) ------------------------------
+def dominant_year(years) -> int | None:
+    """The most frequent year (the earliest on a tie); None without a dated face."""
+    ys = [y for y in years if y is not None]
+    if not ys:
+        return None
+    counts = Counter(ys)
+    best = max(counts.values())
+    return min(y for y, n in counts.items() if n == best)
+
+
+def year_span(years) -> tuple[int, int] | None:
+    """The 5th to 95th percentile (nearest rank) of the dated years: an era's name, robust
+    to a stray misdated photo in a large era; None without a dated face."""
+    ys = sorted(y for y in years if y is not None)
+    if not ys:
+        return None
+    lo, hi = np.percentile(ys, [5, 95], method="nearest")
+    return int(lo), int(hi)
+
+
+@dataclass
+class Attach:
+    """Where one fragment goes: the nearest anchor (index), its centroid distance, whether
+    it joins, and why not."""
+    nearest: int
+    distance: float
+    joined: bool
+    why: str
+
+
+def attach_fragments(anchor_centroids: np.ndarray, anchor_years: list[int | None],
+                     fragment_centroids: np.ndarray, fragment_years: list[int | None],
+                     attach: float, window: int) -> list[Attach]:
+    """The anchor rule: each fragment looks at the single anchor whose centroid is nearest
+    its own and joins it only if within ``attach`` AND its dominant year is within
+    ``window`` years of the anchor's. Anchors are taken as given (a fragment that joins does
+    not move them), so joining is never transitive."""
+    out = []
+    if len(anchor_centroids) == 0:
+        return [Attach(-1, float("nan"), False, "no anchor") for _ in fragment_years]
+    a = normalize_rows(anchor_centroids)
+    f = normalize_rows(fragment_centroids) if len(fragment_centroids) else \
+        np.zeros((0, a.shape[1]), np.float32)
+    dist = 1.0 - f @ a.T
+    for i, fy in enumerate(fragment_years):
+        k = int(np.argmin(dist[i]))
+        d = float(dist[i, k])
+        ay = anchor_years[k]
+        if d > attach:
+            why = f"nearest anchor at {d:.3f} > {attach}"
+        elif fy is None:
+            why = "no dated photo"
+        elif ay is None:
+            why = "its anchor has no dated photo"
+        elif abs(fy - ay) > window:
+            why = f"year {fy} vs anchor's {ay}: more than {window} years apart"
+        else:
+            why = ""
+        out.append(Attach(k, d, why == "", why))
+    return out
+
+
+# ---- the plan ------------------------------------------------------------------------------
+@dataclass
+class Era:
+    members: np.ndarray          # positions in the selection
+    anchor: bool
+    fragments: int               # fragments that joined
+    years: tuple[int, int] | None
+    dominant: int | None
+    undated: int
+    centroid: np.ndarray
+    name: str = ""
+
+    @property
+    def faces(self) -> int:
+        return len(self.members)
+
+
+@dataclass
+class Fragment:
+    """A sub-cluster under ``min_anchor`` faces and what the anchor rule made of it."""
+    faces: int
+    year: int | None
+    distance: float              # to the nearest anchor's centroid
+    joined: bool
+    why: str                     # why it did not join
+    nearest: str                 # the era of the nearest anchor ("" without anchors)
+
+
+@dataclass
+class ErasPlan:
+    root: Path
+    cache_path: str
+    source: str
+    params: ErasParams
+    centroid: np.ndarray = None          # re-computed (step 4): what extend recovers from
+    counts: dict = field(default_factory=dict)
+    eras: list[Era] = field(default_factory=list)
+    fragments: list[Fragment] = field(default_factory=list)
+    probe: dict = field(default_factory=dict)
+    dates: Dates | None = None
+    cache: FaceCache | None = None
+    sel: FaceSelection | None = None
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        out = [f"recovered {c['recovered']} faces within {self.params.recover} of "
+               f"{self.source}'s centroid ({c['source_in_cache']} of its {c['source_faces']} "
+               f"faces among them; {c['held_elsewhere']} held by other facesets left out); "
+               f"quality gates dropped {c['gated']}, tightening to {self.params.tighten} "
+               f"dropped {c['tightened']}; {c['kept']} faces, {c['subclusters']} "
+               f"sub-clusters at {self.params.split}, {c['anchors']} anchors "
+               f"(>= {self.params.min_anchor} faces)"]
+        for f in self.fragments:
+            out.append(f"  fragment of {f.faces} faces (dominant year {f.year or 'undated'}): "
+                       + (f"joins {f.nearest} ({f.distance:.3f})" if f.joined
+                          else f"an era of its own ({f.why})"))
+        for e in self.eras:
+            thin = " -> _thin/" if e.faces < self.params.min_era_faces else ""
+            out.append(f"  era {e.name}: {e.faces} faces ({'anchor' if e.anchor else 'fragment'}"
+                       f"{f' + {e.fragments} fragments' if e.fragments else ''}), dominant year "
+                       f"{e.dominant or '-'}, {e.undated} undated{thin}")
+        return out
+
+    def line(self) -> str:
+        thin = sum(1 for e in self.eras if e.faces < self.params.min_era_faces)
+        return (f"{len(self.eras)} eras of {self.source} ({len(self.eras) - thin} to export, "
+                f"{thin} to {THIN_DIR}/ under {self.params.min_era_faces} faces) from "
+                f"{self.counts.get('kept', 0)} faces")
+
+
+def library_faces(root: Path, skip: set[str]) -> dict[str, str]:
+    """Face key -> faceset of every face the facesets of SWAP_READY hold (in ``faces[]``),
+    except those of ``skip``."""
+    held = {}
+    for entry in runs.load_top(root).get("facesets", []):
+        if entry["name"] in skip:
+            continue
+        m = load_manifest(root / entry["name"] / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+        for face in m["faces"]:
+            held[face["key"]] = entry["name"]
+    return held
+
+
+def live_eras(root: Path, source: str) -> dict | None:
+    """The record of the last ``eras`` run on ``source`` still in effect (not undone)."""
+    top = runs.load_top(root)
+    check_eras_sections(top, root / MANIFEST_NAME)
+    undone = {e["id"] for e in top.get("runs", []) if e.get("undone_by")}
+    recs = [r for r in top.get(ERAS_SECTION, [])
+            if r["source"] == source and r["run"] not in undone]
+    return recs[-1] if recs else None
+
+
+def _era(sel: FaceSelection, members: np.ndarray, dates: Dates, anchor: bool,
+         fragments: int) -> Era:
+    years = [dates.year(str(sel.sha256[i])) for i in members]
+    cen = normalize_rows(sel.embeddings[members].mean(axis=0, keepdims=True))[0]
+    return Era(members, anchor, fragments, year_span(years), dominant_year(years),
+               sum(1 for y in years if y is None), cen)
+
+
+def probe(sel: FaceSelection, members: np.ndarray, dates: Dates, split: float,
+          engine: str = "auto") -> dict:
+    """Step 1 on the faceset's own faces: the pairwise distance histogram, sub-cluster
+    sizes at the probe distances, the years of each sub-cluster at ``split``."""
+    out: dict = {"faces": int(len(members))}
+    if len(members) < 2:
+        return out
+    pick = members
+    if len(pick) > PROBE_MAX_FACES:
+        pick = np.sort(np.random.default_rng(0).choice(members, PROBE_MAX_FACES,
+                                                       replace=False))
+        out["sampled"] = PROBE_MAX_FACES
+    e = sel.embeddings[pick]
+    d = (1.0 - e @ e.T)[np.triu_indices(len(pick), 1)]
+    edges = np.arange(0.0, 1.0 + HIST_STEP / 2, HIST_STEP)
+    counts, _ = np.histogram(np.clip(d, 0.0, 1.0), bins=edges)
+    out["histogram"] = {"bin": HIST_STEP, "counts": [int(c) for c in counts],
+                        "median": round(float(np.median(d)), 4)}
+    levels = probe_levels(split)
+    if split not in levels:
+        levels = sorted(levels + [split])
+    cl = sel.cannot_link(members)
+    sweep = cluster_sweep(sel.embeddings[members], levels, cl, engine)
+    out["subclusters"] = {f"{t:.4g}": sorted((int(n) for n in np.bincount(lab)), reverse=True)
+                          for t, lab in zip(levels, sweep)}
+    lab = sweep[levels.index(split)]
+    years = []
+    for g in groups_by_label(lab)[:TOP_SUBCLUSTERS]:
+        ys = [dates.year(str(sel.sha256[i])) for i in members[g]]
+        years.append({"faces": int(len(g)), "years": year_span(ys),
+                      "dominant_year": dominant_year(ys),
+                      "undated": sum(1 for y in ys if y is None)})
+    out["years_by_subcluster"] = years
+    out["split"] = split
+    return out
+
+
+def probe_lines(p: dict) -> list[str]:
+    if "histogram" not in p:
+        return [f"probe: {p['faces']} faces in the cache, too few to probe"]
+    h = p["histogram"]
+    bars = "  ".join(f"{i * h['bin']:.2f}:{n}" for i, n in enumerate(h["counts"]) if n)
+    out = [f"probe: {p['faces']} faces" + (f" ({p['sampled']} sampled)" if "sampled" in p
+                                           else "")
+           + f"; pairwise distances (median {h['median']}): {bars}"]
+    for t, sizes in p["subclusters"].items():
+        big = [s for s in sizes if s > 1]
+        out.append(f"  sub-clusters at {t}: {len(sizes)} ({', '.join(map(str, big[:10]))}"
+                   f"{' ...' if len(big) > 10 else ''}; {len(sizes) - len(big)} single faces)")
+    for k, y in enumerate(p["years_by_subcluster"]):
+        span = f"{y['years'][0]}-{y['years'][1]}" if y["years"] else "undated"
+        out.append(f"  sub-cluster {k} at {p['split']}: {y['faces']} faces, years {span}, "
+                   f"dominant {y['dominant_year'] or '-'}, {y['undated']} undated")
+    return out
+
+
+def plan_eras(root: str | Path, cache_path: str, source: str, p: ErasParams,
+              progress: bool = True, cache: FaceCache | None = None) -> ErasPlan:
+    """Steps 1-7 (module doc): nothing is written but the capture dates beside the cache."""
+    root = Path(root).resolve()
+    if not ERA_NAME.fullmatch(source) and not (root / source / MANIFEST_NAME).is_file():
+        raise ManifestError(f"{root}: no faceset {source!r} (see {root / MANIFEST_NAME})")
+    top = runs.load_top(root)
+    if source not in {e["name"] for e in top.get("facesets", [])}:
+        raise ManifestError(f"{root / MANIFEST_NAME}: lists no faceset {source!r}")
+    prev = live_eras(root, source)
+    if prev is not None:
+        raise ValueError(f"{source} was split into eras already (run {prev['run']}): `undo "
+                         f"{root} {prev['run']}` to split it again, or `eras extend` to add "
+                         "new faces to its eras")
+    cache = cache if cache is not None else load_cache(cache_path)
+    sel = select_faces(cache)
+    m = load_manifest(root / source / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+    c0 = centroid_of(m, root / source / MANIFEST_NAME, sel.embeddings.shape[1])
+    index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
+    own = np.array(sorted(index_of[f["key"]] for f in m["faces"] if f["key"] in index_of),
+                   dtype=np.int64)
+    held = library_faces(root, {source})
+    plan = ErasPlan(root, str(cache_path), source, p, cache=cache, sel=sel)
+
+    near = np.flatnonzero(1.0 - sel.embeddings @ c0 <= p.recover)
+    elsewhere = np.array([str(sel.keys[i]) in held for i in near], dtype=bool)
+    recovered = near[~elsewhere]
+    plan.dates = capture_dates(cache_path, sel.locations,
+                               {str(s) for s in sel.sha256[np.union1d(own, recovered)]},
+                               progress)
+    plan.probe = probe(sel, own, plan.dates, p.split, p.engine)
+
+    sub = subset(sel, recovered)
+    bad = np.zeros(len(recovered), dtype=bool)
+    for mask in quality_mask(cache, sub, p.gates()).values():
+        bad |= mask
+    gated = recovered[~bad]
+    c1 = normalize_rows(sel.embeddings[gated].mean(axis=0, keepdims=True))[0] \
+        if len(gated) else c0
+    tight = gated[1.0 - sel.embeddings[gated] @ c1 <= p.tighten]
+    plan.centroid = c1
+    labels = cluster_faces(sel.embeddings[tight], p.split, sel.cannot_link(tight), p.engine) \
+        if len(tight) else np.zeros(0, dtype=np.int64)
+    groups = [tight[g] for g in groups_by_label(labels)] if len(tight) else []
+    anchors = [g for g in groups if len(g) >= p.min_anchor]
+    frags = [g for g in groups if len(g) < p.min_anchor]
+    eras = [_era(sel, g, plan.dates, True, 0) for g in anchors]
+    frag_eras = [_era(sel, g, plan.dates, False, 0) for g in frags]
+    rule = attach_fragments(np.stack([e.centroid for e in eras]) if eras else np.zeros((0, 1)),
+                            [e.dominant for e in eras],
+                            np.stack([f.centroid for f in frag_eras]) if frag_eras
+                            else np.zeros((0, sel.embeddings.shape[1])),
+                            [f.dominant for f in frag_eras], p.attach, p.year_window)
+    joined: dict[int, list[np.ndarray]] = {}
+    alone = []
+    for f, a in zip(frag_eras, rule):
+        (joined.setdefault(a.nearest, []).append(f.members) if a.joined else alone.append(f))
+    final = []
+    for k, e in enumerate(eras):
+        extra = joined.get(k, [])
+        members = np.sort(np.concatenate([e.members, *extra])) if extra else e.members
+        final.append(_era(sel, members, plan.dates, True, len(extra)))
+    grown = list(final)                # anchor k -> its era
+    final += alone
+    taken: set[str] = set()
+    final.sort(key=lambda e: (e.years is None, e.years or (0, 0), -e.faces))
+    for e in final:
+        e.name = era_name(source, e.years, taken)
+    plan.eras = final
+    plan.fragments = [Fragment(f.faces, f.dominant, a.distance, a.joined, a.why,
+                               grown[a.nearest].name if a.nearest >= 0 else "")
+                      for f, a in zip(frag_eras, rule)]
+    plan.counts = {"source_faces": len(m["faces"]), "source_in_cache": int(len(own)),
+                   "recovered": int(len(recovered)), "held_elsewhere": int(elsewhere.sum()),
+                   "gated": int(bad.sum()), "tightened": int(len(gated) - len(tight)),
+                   "kept": int(len(tight)), "subclusters": len(groups),
+                   "anchors": len(anchors), "fragments": len(frags),
+                   "fragments_joined": sum(1 for a in rule if a.joined)}
+    return plan
