@@ -341,7 +341,7 @@ def _check_swap(c: _Fields, m: dict) -> None:
     # the top-level manifest (it has a summary) lists its facesets; _candidates/ has none
     for f, e in c.items(m, "facesets", "", required="summary" in m or "candidates" not in m):
         c.name(e, "name", f, FACESET_NAME, "a faceset name (faceset_NNN)")
-    for section in ("masked", "thin_eras", "merged", "multiface_audit"):
+    for section in ("masked", "thin_eras", "merged", "multiface_audit", "added", "split"):
         c.items(m, section, "", required=False)
 
 
