@@ -106,3 +106,160 @@ def test_the_dates_side_file_is_checked_on_read(tmp_path):
         with pytest.raises(ManifestError, match=needle) as e:
             load_dates(path)
         assert str(path) in str(e.value)
+
+
+# ---- end to end, on copies of the test photos with EXIF dates written by the test --------
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import FACES, PACK, copy_cache, needs_shared, run_cli  # noqa: E402
+
+# one "person" seen in two decades: Schroeder's photos play the 1990s, Chirac's the 2010s
+# (testpack_s sees them ~0.8 apart, as buffalo_l would see a face 20 years on); three of
+# Bush's photos of 2003 are a fragment near neither; Rumsfeld is another faceset
+NINETIES, TENS, FRAGMENT, OTHER = ("Gerhard_Schroeder", "Jacques_Chirac", "George_W_Bush",
+                                   "Donald_Rumsfeld")
+# testpack_s has no built-in eras thresholds; the LFW faces are small: gates and sizes
+# lowered for them (the rule is the same)
+ERAS = ["--recover-threshold", "1.0", "--tighten-threshold", "0.9", "--split-threshold",
+        "0.65", "--attach-threshold", "0.5", "--min-anchor", "5", "--min-era-faces", "5",
+        "--min-short", "40", "--min-blur", "0", "--min-det-score", "0.5", "--no-progress"]
+EXIF_IFD, DATE_TIME_ORIGINAL = 0x8769, 0x9003
+
+
+def dated_copy(src: Path, dest: Path, year: int | None, month: int = 6) -> None:
+    """A copy of a test photo with EXIF DateTimeOriginal set (none when ``year`` is None)."""
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        exif = Image.Exif()
+        if year is not None:
+            exif.get_ifd(EXIF_IFD)[DATE_TIME_ORIGINAL] = f"{year}:{month:02d}:15 12:00:00"
+        im.save(dest, exif=exif, quality=95)
+
+
+def photos_of(person: str) -> list[Path]:
+    return sorted((FACES / person).iterdir())
+
+
+def build_library(root: Path) -> dict:
+    """Photos with dates, their cache, and a swap-ready folder whose faceset_000 mixes the
+    1990s, the 2010s and the 2003 fragment (one refine entry), faceset_001 someone else."""
+    src = root / "photos"
+    nineties = photos_of(NINETIES)
+    for k, f in enumerate(nineties[:7]):     # 1994..1998, the last two undated
+        dated_copy(f, src / "a" / f.name, 1994 + k if k < 5 else None)
+    for k, f in enumerate(photos_of(TENS)):  # 2011..2015
+        dated_copy(f, src / "b" / f.name, 2011 + k // 2)
+    for f in photos_of(FRAGMENT)[:3]:
+        dated_copy(f, src / "c" / f.name, 2003)
+    for f in photos_of(OTHER)[:5]:
+        dated_copy(f, src / "d" / f.name, None)
+    later = root / "later_photos"            # embedded later, for eras extend
+    for f in nineties[7:9]:
+        dated_copy(f, later / "round1" / f.name, 1997)
+    dated_copy(nineties[9], later / "round2" / nineties[9].name, 2019)
+    cache = root / "c.npz"
+    run_cli("embed", src, cache, *PACK, "--no-progress")
+    run_cli("refine", cache, root / "refined", "--initial-threshold", "0.65",
+            "--merge-threshold", "0.5", "--outlier-threshold", "0.65", "--min-faces", "3",
+            "--min-short", "40", "--min-blur", "0", "--min-det-score", "0.5", "--link",
+            "symlink")
+    m = json.loads((root / "refined" / "refine_manifest.json").read_text())
+    folder = {e["name"]: Path(e["faces"][0]["path"]).parent.name for e in m["facesets"]}
+    by = {folder[e["name"]]: e for e in m["facesets"]}
+    assert sorted(by) == ["a", "b", "c", "d"], folder
+    mixed = by["a"]["faces"] + by["b"]["faces"] + by["c"]["faces"]
+    m["facesets"] = [dict(by["a"], name="faceset_000", faces=mixed, face_count=len(mixed)),
+                     dict(by["d"], name="faceset_001")]
+    (root / "mixed.json").write_text(json.dumps(m))
+    out = root / "swap"
+    run_cli("export-swap", cache, root / "mixed.json", out, "--swap-outlier-threshold", "0.95",
+            "--min-face-short", "20", *PACK, "--no-progress")
+    return {"root": root, "cache": cache, "swap": out, "src": src, "later": later}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> dict:
+    """Read-only: copy it before changing it."""
+    needs_shared()
+    return build_library(tmp_path_factory.mktemp("eras"))
+
+
+def load(p: Path) -> dict:
+    return json.loads(p.read_text())
+
+
+def eras_run(lib: dict, out: Path, *extra, check: bool = True):
+    return run_cli("eras", lib["cache"], "faceset_000", "--into", out, *ERAS, *PACK, *extra,
+                   check=check)
+
+
+def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(library,
+                                                                           tmp_path):
+    from test_identity_ops import check_library, tree, without_runs
+
+    lib = dict(library, cache=copy_cache(library["cache"], tmp_path))
+    out = tmp_path / "swap"
+    shutil.copytree(library["swap"], out, symlinks=True)
+    before, top0 = tree(out), load(out / "manifest.json")
+    dates = Path(str(lib["cache"]) + ".dates.json")
+    assert not dates.exists()
+
+    dry = eras_run(lib, out, "--dry-run")
+    assert tree(out) == before, "a dry run changes nothing in SWAP_READY"
+    # the probe: the pairwise histogram, the sizes at five distances, years per sub-cluster
+    assert "pairwise distances" in dry.stdout and dry.stdout.count("\n  sub-clusters at ") == 5
+    assert "10 faces, years 2011-2015" in dry.stdout and "7 faces, years 1994-1998" in dry.stdout
+    assert "20 photos, 18 dated, 2 undated; 0 from" in dry.stdout and "20 read now" in dry.stdout
+    assert "5 held by other facesets left out" in dry.stdout     # faceset_001's faces
+    assert "fragment of 3 faces (dominant year 2003): an era of its own" in dry.stdout
+    assert "era faceset_000_2003-2003: 3 faces (fragment)" in dry.stdout and "-> _thin/" \
+        in dry.stdout
+    # the dates are kept beside the cache: a re-run with other parameters reads no photo
+    # (here it could not: the photos are gone) and finds the same years
+    assert len(load(dates)["dates"]) == 20
+    away = tmp_path / "photos_away"
+    lib["src"].rename(away)
+    try:
+        again = eras_run(lib, out, "--dry-run", "--attach-threshold", "0.3")
+    finally:
+        away.rename(lib["src"])
+    assert "20 from" in again.stdout and "0 read now" in again.stdout
+    assert "unreadable" not in again.stdout and "10 faces, years 2011-2015" in again.stdout
+
+    eras_run(lib, out)
+    check_library(out)
+    top = load(out / "manifest.json")
+    rec = top["eras"][-1]
+    eras = {e["name"]: e for e in rec["eras"]}
+    assert sorted(eras) == ["faceset_000_1994-1998", "faceset_000_2003-2003",
+                            "faceset_000_2011-2015"]
+    assert [e["name"] for e in top["facesets"]] == ["faceset_000", "faceset_001",
+                                                    "faceset_000_1994-1998",
+                                                    "faceset_000_2011-2015"]
+    assert eras["faceset_000_2003-2003"]["thin"] and \
+        [t["folder"] for t in top["thin_eras"]] == ["_thin/faceset_000_2003-2003"]
+    assert (out / "_thin" / "faceset_000_2003-2003" / "faceset_000_2003-2003_all.fsz").is_file()
+    # each era holds the faces of its own decade only, the undated ones where they look alike
+    src = load(out / "faceset_000" / "manifest.json")
+    assert src == load(library["swap"] / "faceset_000" / "manifest.json"), "source untouched"
+    folder_of = {f["key"]: Path(f["path"]).parent.name for f in src["faces"]}
+    for name, want in [("faceset_000_1994-1998", "a"), ("faceset_000_2011-2015", "b"),
+                       ("_thin/faceset_000_2003-2003", "c")]:
+        m = load(out / name / "manifest.json")
+        assert {folder_of[f["key"]] for f in m["faces"]} == {want}, name
+    assert eras["faceset_000_1994-1998"]["undated"] == 2 and \
+        eras["faceset_000_1994-1998"]["faces"] == 7
+    assert eras["faceset_000_2011-2015"]["dominant_year"] == 2011
+    refused = eras_run(lib, out, check=False)
+    assert refused.returncode == 2 and "split into eras already" in refused.stderr
+
+    run_cli("undo", out)
+    check_library(out)
+    assert without_runs(load(out / "manifest.json")) == without_runs(top0)
+    assert {k: v for k, v in tree(out).items() if k.split("/")[0] not in (".runs", "_added")
+            and k != "manifest.json"} == {k: v for k, v in before.items()
+                                          if k != "manifest.json"}
+    assert not any((out / "_thin").iterdir()), "the thin era went back where it was built"

@@ -79,6 +79,10 @@ def check_library(root: Path) -> None:
             manifests.append(root / m["moved_to"] / "manifest.json")
     for rec in top.get("runs", []):
         assert (root / rec["folder"] / "run.json").is_file()
+    for rec in top.get("thin_eras", []):     # eras too small to use, in _thin/ (eras)
+        manifests.append(root / rec["folder"] / "manifest.json")
+    # facesets built by add_facesets that an undo moved back to where they were built
+    manifests += sorted(root.glob("_added/*/*/manifest.json"))
     for path in manifests:
         fs = load(path)
         fdir = path.parent

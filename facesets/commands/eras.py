@@ -28,6 +28,8 @@ THRESHOLDS = {"eras_recover": "recover", "eras_tighten": "tighten", "eras_split"
 def register(sub) -> None:
     p = sub.add_parser("eras", help="split a faceset into facesets by era (EXIF years; "
                        "undoable)", description=__doc__,
+                       usage="%(prog)s [extend] CACHE FACESET --into SWAP_READY [--dry-run] "
+                             "[options]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("words", nargs="+", metavar="[extend] CACHE FACESET",
                    help=f"{CACHE_HELP}, and the faceset to split (faceset_NNN); `extend` "

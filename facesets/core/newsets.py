@@ -146,7 +146,10 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
                  load_detector: Callable[[], object], step: str,
                  provenance: dict | None = None, dry_run: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 cache: FaceCache | None = None) -> AddResult:
+                 cache: FaceCache | None = None,
+                 place: Callable[[str, dict], str | None] | None = None,
+                 update_top: Callable[[dict, dict[str, tuple[str, dict]]], None] | None = None
+                 ) -> AddResult:
     """Add ``new`` facesets to the swap-ready folder ``root`` as one recorded run of
     ``step`` (see the module doc); returns what was added.
 
@@ -154,6 +157,10 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     ``load_detector``: loads the detector of the cache's model (the crop re-check);
     ``provenance``: what the caller records about the run (source folders, thresholds...);
     ``dry_run``: plan, gate and name the facesets, crop nothing, change nothing.
+    ``place(name, manifest)``: where a built faceset goes, relative to ``root`` (None: its
+    name at the top, listed in ``facesets[]``; eras sends small ones to ``_thin/NAME``,
+    which are not listed); ``update_top(top, {name: (folder, manifest)})``: adds the
+    caller's own records to the new top-level manifest before the run is prepared.
     Call it under the folder's lock (``io.fsutil.output_lock``), after
     ``runs.finish_pending``. Faces whose keys the cache lacks are dropped as
     ``not_in_cache``; a faceset left with no face after the gates is skipped.
@@ -249,19 +256,23 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
         fsync_dir(built.parent)
 
     # 3. one recorded run: move them in, install their manifests and the top-level manifest
-    moves, after, listing, record_sets = [], {}, [], []
+    moves, after, listing, record_sets, placed = [], {}, [], [], {}
     for n in names:
         m = load_manifest(built / n / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
         m["run"] = runs.THIS_RUN
         m["history"] = list(m.get("history") or []) + [
             {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": runs.THIS_RUN,
              "added": len(m["faces"])}]
-        moves.append((f"{ADDED_DIR}/{tag}/{n}", n))
-        after[f"{n}/{MANIFEST_NAME}"] = m
-        listing.append(faceset_listing(dict(m, bundles=_bundles_of(m))))
+        dest = (place(n, m) if place is not None else None) or n
+        placed[n] = (dest, m)
+        moves.append((f"{ADDED_DIR}/{tag}/{n}", dest))
+        after[f"{dest}/{MANIFEST_NAME}"] = m
+        if dest == n:
+            listing.append(faceset_listing(dict(m, bundles=_bundles_of(m))))
         record_sets.append({"name": n, "label": m.get("label"), "faces": len(m["faces"]),
                             "dropped": len(m["dropped"]), "built_in": f"{ADDED_DIR}/{tag}/{n}",
-                            "source": (m.get("added_by") or {}).get("source", {})})
+                            "source": (m.get("added_by") or {}).get("source", {}),
+                            **({"folder": dest} if dest != n else {})})
     new_top = copy.deepcopy(top)
     new_top["facesets"] = list(top.get("facesets", [])) + listing
     summary = new_top.get("summary") or {}
@@ -271,9 +282,12 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
         {"run": runs.THIS_RUN, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
          "cache": os.path.abspath(cache_path), "facesets": record_sets,
          "skipped": skipped, "provenance": provenance or {}})
+    if update_top is not None:
+        update_top(new_top, placed)
     after[MANIFEST_NAME] = new_top
     counts = {"added": len(names), "faces": sum(r["faces"] for r in record_sets)}
-    run_id = runs.start(root, step, moves, [MANIFEST_NAME], after, names, counts)
+    run_id = runs.start(root, step, moves, [MANIFEST_NAME], after,
+                        [placed[n][0] for n in names], counts)
     result.entry = runs.execute(root, run_id, log)
     result.kept = {r["name"]: r["faces"] for r in record_sets}
     return result

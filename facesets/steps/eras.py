@@ -38,22 +38,25 @@ re-ranked and its bundles rebuilt. Fragments that join none are reported and lef
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..core import runs
 from ..core.dates import Dates, capture_dates
+from ..core.newsets import NewFaceset, add_facesets
 from ..core.refinement import RefineParams, quality_mask
 from ..core.selection import FaceSelection, groups_by_label, select_faces, subset
+from ..core.swapexport import ExportParams
 from ..core.thresholds import probe_levels
 from ..engine import cluster_faces, cluster_sweep, normalize_rows
 from ..formats.cache import FaceCache, load_cache
-from ..formats.eras import (ERA_NAME, ERAS_SECTION, THIN_DIR, check_eras_sections, era_name)
+from ..formats.eras import (ERA_NAME, ERAS_SECTION, THIN_DIR, THIN_SECTION, check_eras_sections,
+                            era_entry, era_name, eras_record, thin_record)
 from ..formats.manifest import (SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
                                 load_manifest)
-from ..formats.swapset import MANIFEST_NAME
+from ..formats.swapset import MANIFEST_NAME, NAME_FILE
 
 STEP = "eras"
 STEP_EXTEND = "eras-extend"
@@ -186,6 +189,16 @@ class ErasPlan:
     dates: Dates | None = None
     cache: FaceCache | None = None
     sel: FaceSelection | None = None
+    result: list[dict] = field(default_factory=list)   # the eras[] entries, once exported
+    skipped: list[str] = field(default_factory=list)  # eras the export's gates emptied
+
+    def done_line(self) -> str:
+        thin = [e["name"] for e in self.result if e["thin"]]
+        made = [f"{e['name']} ({e['faces']} faces)" for e in self.result if not e["thin"]]
+        return (f"{len(made)} eras exported: {', '.join(made) or 'none'}; {len(thin)} to "
+                f"{THIN_DIR}/" + (f" ({', '.join(thin)})" if thin else "")
+                + (f"; {len(self.skipped)} left without a face by the export's gates"
+                   if self.skipped else ""))
 
     def lines(self) -> list[str]:
         c = self.counts
@@ -380,3 +393,74 @@ def plan_eras(root: str | Path, cache_path: str, source: str, p: ErasParams,
                    "anchors": len(anchors), "fragments": len(frags),
                    "fragments_joined": sum(1 for a in rule if a.joined)}
     return plan
+
+
+# ---- carrying it out -----------------------------------------------------------------------
+def export_params(manifest: dict, path: Path) -> ExportParams:
+    """The export-swap parameters a faceset was made with (its manifest's ``parameters``):
+    its eras are exported the same way."""
+    rec = manifest.get("parameters") or {}
+    known = {f.name for f in fields(ExportParams)}
+    values = {k: v for k, v in rec.items() if k in known}
+    if not isinstance(values.get("outlier_threshold"), (int, float)):
+        raise ManifestError(f"{path}: parameters.outlier_threshold is missing; re-export the "
+                            "faceset with export-swap")
+    values["candidates"] = False
+    return ExportParams(**values)
+
+
+def operator_label(root: Path, name: str) -> str | None:
+    """The person's name the operator wrote on the first line of a faceset's NAME.txt
+    (None while it is export's template)."""
+    path = root / name / NAME_FILE
+    try:
+        first = path.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError):
+        return None
+    return first if first and not first.startswith("#") else None
+
+
+def _era_source(plan: ErasPlan, e: Era) -> dict:
+    return {"eras_of": plan.source, "years": list(e.years) if e.years else None,
+            "dominant_year": e.dominant, "undated": e.undated, "anchor": e.anchor,
+            "fragments_joined": e.fragments}
+
+
+def apply_eras(plan: ErasPlan, load_detector, progress: bool = True, log=print) -> dict | None:
+    """Export the plan's eras as one recorded run (core/newsets.add_facesets: export-swap's
+    gates and crops); eras left with fewer than ``min_era_faces`` faces go to ``_thin/``.
+    Call under the folder's lock, after ``runs.finish_pending``. Returns the run's entry."""
+    root, p = plan.root, plan.params
+    src_path = root / plan.source / MANIFEST_NAME
+    params = export_params(load_manifest(src_path, SWAP_FACESET_MANIFEST), src_path)
+    person = operator_label(root, plan.source)
+    new = [NewFaceset(keys=[str(plan.sel.keys[i]) for i in e.members],
+                      label=f"{person} {e.name[len(plan.source) + 1:]}" if person else None,
+                      name=e.name, source=_era_source(plan, e)) for e in plan.eras]
+    by_name = {e.name: e for e in plan.eras}
+
+    def place(name: str, m: dict) -> str | None:
+        return f"{THIN_DIR}/{name}" if len(m["faces"]) < p.min_era_faces else None
+
+    def update_top(top: dict, placed: dict[str, tuple[str, dict]]) -> None:
+        entries = []
+        for name, (folder, m) in placed.items():
+            e = by_name[name]
+            entries.append(era_entry(name, folder, len(m["faces"]), e.years, e.dominant,
+                                     e.undated, e.anchor, e.fragments, m["centroid"],
+                                     folder != name))
+        counts = dict(plan.counts, eras=len(entries),
+                      thin=sum(1 for x in entries if x["thin"]))
+        top.setdefault(ERAS_SECTION, []).append(eras_record(
+            runs.THIS_RUN, STEP, plan.source, plan.centroid, vars(p), entries, counts,
+            plan.probe))
+        top.setdefault(THIN_SECTION, []).extend(
+            thin_record(runs.THIS_RUN, plan.source, x, p.min_era_faces)
+            for x in entries if x["thin"])
+        plan.result = entries
+
+    res = add_facesets(root, plan.cache_path, new, params, load_detector, STEP,
+                       provenance={"eras_of": plan.source}, progress=progress, log=log,
+                       cache=plan.cache, place=place, update_top=update_top)
+    plan.skipped = res.skipped
+    return res.entry
