@@ -37,6 +37,12 @@ re-ranked and its bundles rebuilt. Fragments that join none are reported and lef
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,15 +54,19 @@ from ..core.dates import Dates, capture_dates
 from ..core.newsets import NewFaceset, add_facesets
 from ..core.refinement import RefineParams, quality_mask
 from ..core.selection import FaceSelection, groups_by_label, select_faces, subset
-from ..core.swapexport import ExportParams
+from ..core.quality import cache_row, face_quality
+from ..core.swapexport import (ExportParams, Planned, crop_all, finish_faceset, plan_entry,
+                               select_for_swap)
 from ..core.thresholds import probe_levels
 from ..engine import cluster_faces, cluster_sweep, normalize_rows
 from ..formats.cache import FaceCache, load_cache
 from ..formats.eras import (ERA_NAME, ERAS_SECTION, THIN_DIR, THIN_SECTION, check_eras_sections,
                             era_entry, era_name, eras_record, thin_record)
 from ..formats.manifest import (SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
-                                load_manifest)
-from ..formats.swapset import MANIFEST_NAME, NAME_FILE
+                                load_manifest, new_manifest)
+from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, bundle_stem,
+                               bundles_entry, faceset_listing)
+from ..io.fsutil import fsync_dir
 
 STEP = "eras"
 STEP_EXTEND = "eras-extend"
@@ -464,3 +474,272 @@ def apply_eras(plan: ErasPlan, load_detector, progress: bool = True, log=print) 
                        cache=plan.cache, place=place, update_top=update_top)
     plan.skipped = res.skipped
     return res.entry
+
+
+# ---- eras extend ---------------------------------------------------------------------------
+@dataclass
+class ExtendPlan:
+    root: Path
+    cache_path: str
+    source: str
+    params: ErasParams
+    record: dict
+    counts: dict = field(default_factory=dict)
+    joins: dict[str, list[int]] = field(default_factory=dict)   # era -> selection positions
+    fragments: list[Fragment] = field(default_factory=list)
+    dates: Dates | None = None
+    cache: FaceCache | None = None
+    sel: FaceSelection | None = None
+    added: dict[str, int] = field(default_factory=dict)     # era -> faces added (after apply)
+    gated: dict[str, int] = field(default_factory=dict)     # era -> faces the export dropped
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        out = [f"{c['new']} new faces within {self.params.recover} of {self.source}'s eras "
+               f"centroid (run {self.record['run']}; {c['named']} already in its eras, "
+               f"{c['held_elsewhere']} held by other facesets); quality gates dropped "
+               f"{c['gated']}, tightening dropped {c['tightened']}; {c['kept']} faces in "
+               f"{len(self.fragments)} fragments at {self.params.split}; eras taking faces: "
+               f"{', '.join(c['targets']) or 'none'}"]
+        for f in self.fragments:
+            out.append(f"  fragment of {f.faces} faces (dominant year {f.year or 'undated'}): "
+                       + (f"joins {f.nearest} ({f.distance:.3f})" if f.joined
+                          else f"left out ({f.why})"))
+        return out
+
+    def line(self) -> str:
+        joined = sum(len(v) for v in self.joins.values())
+        return (f"{joined} of {self.counts.get('kept', 0)} new faces slot into "
+                f"{len(self.joins)} eras of {self.source}")
+
+    def done_line(self) -> str:
+        added = ", ".join(f"{k} +{v}" for k, v in self.added.items() if v) or "none"
+        return (f"faces added: {added}" + (f"; {sum(self.gated.values())} dropped by the "
+                                           "export's gates" if any(self.gated.values())
+                                           else ""))
+
+
+def era_folders(root: Path, record: dict) -> dict[str, tuple[str, bool]]:
+    """Era name -> (folder, thin) of the eras of ``record`` still on disk."""
+    return {e["name"]: (e["folder"], e["thin"]) for e in record["eras"]
+            if (root / e["folder"] / MANIFEST_NAME).is_file()}
+
+
+def plan_extend(root: str | Path, cache_path: str, source: str, p: ErasParams,
+                progress: bool = True, cache: FaceCache | None = None) -> ExtendPlan:
+    """Which faces of the cache that no era of ``source`` names yet slot into which era
+    (the module doc); nothing is written but the capture dates beside the cache."""
+    root = Path(root).resolve()
+    rec = live_eras(root, source)
+    if rec is None:
+        raise ValueError(f"{source} has no eras in {root}: run `eras` first")
+    cache = cache if cache is not None else load_cache(cache_path)
+    sel = select_faces(cache)
+    plan = ExtendPlan(root, str(cache_path), source, p, rec, cache=cache, sel=sel)
+    folders = era_folders(root, rec)
+    listed = {e["name"] for e in runs.load_top(root).get("facesets", [])}
+    manifests = {n: load_manifest(root / f / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+                 for n, (f, _) in folders.items()}
+    named = {e["key"] for m in manifests.values() for e in m["faces"] + m["dropped"]
+             if e.get("key")}
+    held = library_faces(root, {source} | set(folders))
+    c1 = np.asarray(rec["centroid"], np.float32)
+    if len(c1) != sel.embeddings.shape[1]:
+        raise ManifestError(f"{root / MANIFEST_NAME}: eras[].centroid has {len(c1)} values, "
+                            f"the cache's embeddings {sel.embeddings.shape[1]}")
+    c1 = c1 / (np.linalg.norm(c1) or 1.0)
+    near = np.flatnonzero(1.0 - sel.embeddings @ c1 <= p.recover)
+    keys = sel.keys[near].tolist()
+    is_named = np.array([k in named for k in keys], dtype=bool)
+    is_held = np.array([k in held and k not in named for k in keys], dtype=bool)
+    new = near[~is_named & ~is_held]
+    targets = [n for n, (_, thin) in folders.items() if not thin and n in listed]
+    era_shas = {n: [f["sha256"] for f in manifests[n]["faces"] if f.get("sha256")]
+                for n in targets}
+    plan.dates = capture_dates(cache_path, sel.locations,
+                               {str(s) for s in sel.sha256[new]}
+                               | {s for v in era_shas.values() for s in v}, progress)
+    bad = np.zeros(len(new), dtype=bool)
+    for mask in quality_mask(cache, subset(sel, new), p.gates()).values():
+        bad |= mask
+    gated = new[~bad]
+    tight = gated[1.0 - sel.embeddings[gated] @ c1 <= p.tighten]
+    labels = cluster_faces(sel.embeddings[tight], p.split, sel.cannot_link(tight), p.engine) \
+        if len(tight) else np.zeros(0, dtype=np.int64)
+    frags = [_era(sel, tight[g], plan.dates, False, 0) for g in groups_by_label(labels)] \
+        if len(tight) else []
+    dim = sel.embeddings.shape[1]
+    cents = np.stack([centroid_of(manifests[n], root / folders[n][0] / MANIFEST_NAME, dim)
+                      for n in targets]) if targets else np.zeros((0, dim), np.float32)
+    years = [dominant_year([plan.dates.year(s) for s in era_shas[n]]) for n in targets]
+    rule = attach_fragments(cents, years, np.stack([f.centroid for f in frags]) if frags
+                            else np.zeros((0, dim), np.float32), [f.dominant for f in frags],
+                            p.attach, p.year_window)
+    for f, a in zip(frags, rule):
+        target = targets[a.nearest] if a.nearest >= 0 else ""
+        plan.fragments.append(Fragment(f.faces, f.dominant, a.distance, a.joined, a.why,
+                                       target))
+        if a.joined:
+            plan.joins.setdefault(target, []).extend(int(i) for i in f.members)
+    plan.counts = {"new": int(len(new)), "named": int(is_named.sum()),
+                   "held_elsewhere": int(is_held.sum()), "gated": int(bad.sum()),
+                   "tightened": int(len(gated) - len(tight)), "kept": int(len(tight)),
+                   "fragments": len(frags), "targets": targets}
+    return plan
+
+
+def _next_number(m: dict, fdir: Path) -> int:
+    used = [int(Path(f["file"]).stem) for f in m["faces"]]
+    used += [int(p.stem) for p in (fdir / FACES_DIR).glob("*.png") if p.stem.isdigit()]
+    return max(used, default=-1) + 1
+
+
+def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
+                 log=print) -> dict | None:
+    """Add the planned faces to their eras as one recorded run: export-swap's gates on each
+    era's faces old and new (a new face goes when the gates drop it, or when it shows a photo
+    the era has or is a near duplicate of a face it has: the faces there stay as they are),
+    the crops built under ``_added/<tag>/`` and moved into the era's faces/ (numbered past
+    its highest), all its faces re-ranked by score, its centroid the mean of its faces, its
+    bundles rebuilt. Call under the folder's lock after ``runs.finish_pending``."""
+    root, cache, sel = plan.root, plan.cache, plan.sel
+    if not plan.joins:
+        return None
+    index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
+    folders = era_folders(root, plan.record)
+    planned: list[Planned] = []
+    per_era: dict[str, dict] = {}
+    for name, new in sorted(plan.joins.items()):
+        path = root / folders[name][0] / MANIFEST_NAME
+        m = load_manifest(path, SWAP_FACESET_MANIFEST)
+        params = export_params(m, path)
+        old = [index_of[f["key"]] for f in m["faces"] if f["key"] in index_of]
+        members = np.array(old + sorted(set(new) - set(old)), dtype=np.int64)
+        quality = [None] * len(sel)
+        for i in members:
+            quality[i] = face_quality(cache_row(cache.faces, sel.rows[i]), params.out_size,
+                                      params.pad_ratio)
+        centroid, kept, dropped = select_for_swap(cache, sel, members, quality, params)
+        new_pos = set(range(len(old), len(members)))
+        old_sha = {str(sel.sha256[i]) for i in old}
+        old_emb = sel.embeddings[old] if old else np.zeros((0, sel.embeddings.shape[1]))
+        keep, drop = [], [e for e in dropped if e.get("key") in
+                          {str(sel.keys[members[k]]) for k in new_pos}]
+        for k in kept:
+            if k not in new_pos:
+                continue
+            i = members[k]
+            entry = plan_entry(cache, sel, i, quality[i], 1.0 - sel.embeddings[i] @ centroid)
+            if str(sel.sha256[i]) in old_sha:
+                drop.append(dict(entry, reason="same_source"))
+            elif len(old_emb) and float(np.max(old_emb @ sel.embeddings[i])) >= \
+                    1.0 - params.dup_distance:
+                drop.append(dict(entry, reason="near_duplicate"))
+            else:
+                keep.append(Planned(int(sel.rows[i]), str(sel.keys[i]), str(sel.sha256[i]),
+                                    name, entry, quality[i].score))
+        planned += keep
+        per_era[name] = {"manifest": m, "params": params, "dropped": drop,
+                         "members": [members[k] for k in range(len(old))]
+                         + [index_of[p.key] for p in keep]}
+    # crops, under _added/<tag>/ (a digest of the plan: a re-run after a kill reuses them),
+    # each era's new faces a small faceset folder of their own until the run moves them in
+    tag = "extend-" + hashlib.sha256(json.dumps(
+        {"root": str(root), "run": plan.record["run"],
+         "faces": sorted((p.target, p.key) for p in planned)}).encode()).hexdigest()[:12]
+    built = root / ADDED_DIR / tag
+    by_era: dict[str, list[Planned]] = {}
+    for pl in planned:
+        by_era.setdefault(pl.target, []).append(pl)
+    if by_era and not all((built / n / MANIFEST_NAME).is_file() for n in by_era):
+        if built.exists():
+            raise ManifestError(f"{built}: exists but does not hold {', '.join(by_era)}; "
+                                "move it away by hand")
+        part = root / ADDED_DIR / f".{tag}.partial"
+        if part.exists():
+            shutil.rmtree(part)     # a build a kill interrupted: nothing refers to it
+        detect = load_detector().detect
+        for n, pls in by_era.items():
+            params = per_era[n]["params"]
+            crop_all(cache, sel, pls, detect, params, {n: part / n}, progress)
+            head = new_manifest(SWAP_FACESET_MANIFEST, plan.cache_path, cache.meta,
+                                dict(vars(params), step=STEP_EXTEND))
+            cen = normalize_rows(sel.embeddings[[index_of[p.key] for p in pls]].mean(
+                axis=0, keepdims=True))[0]
+            (part / n).mkdir(parents=True, exist_ok=True)
+            finish_faceset(part / n, head, n, plan.source, "", params.top_n, cen, pls, [],
+                           len(pls), f"# faces `eras extend` cropped for {n}\n",
+                           extra={"adds_to": n})
+        for d in sorted({q for q in part.rglob("*") if q.is_dir()} | {part}, reverse=True):
+            fsync_dir(d)
+        os.replace(part, built)
+        fsync_dir(built.parent)
+    # one recorded run: the crops move in, the eras' manifests and bundles are rewritten
+    top = runs.load_top(root)
+    moves, after, changed, rebuild = [], {}, [], []
+    for name, e in per_era.items():
+        folder = folders[name][0]
+        m = copy.deepcopy(e["manifest"])
+        crops = {"faces": [], "dropped": []}
+        if name in by_era:
+            rel = f"{ADDED_DIR}/{tag}/{name}/{MANIFEST_NAME}"
+            crops = load_manifest(root / rel, SWAP_FACESET_MANIFEST)
+            moved = copy.deepcopy(crops)
+        nxt = _next_number(m, root / folder)
+        files = {}
+        for face in crops["faces"]:
+            dest = f"{FACES_DIR}/{nxt:03d}.png"
+            nxt += 1
+            moves.append((f"{ADDED_DIR}/{tag}/{name}/{face['file']}", f"{folder}/{dest}"))
+            files[face["file"]] = dest
+            m["faces"].append(dict(face, file=dest, added_by_run=runs.THIS_RUN))
+        if name in by_era:      # the build folder keeps its record, its faces moved out
+            moved["faces"] = []
+            moved["moved_into"] = {"faceset": name, "run": runs.THIS_RUN, "files": files}
+            after[rel] = moved
+            changed.append(rel)
+        gone = e["dropped"] + crops["dropped"]
+        m["dropped"] += [dict(d, eras_extend_run=runs.THIS_RUN) for d in gone]
+        m["faces"].sort(key=lambda f: (-float(f.get("score") or 0.0), f["key"]))
+        for rank, face in enumerate(m["faces"]):
+            face["rank"] = rank
+        keys = [f["key"] for f in m["faces"] if f["key"] in index_of]
+        if keys:
+            cen = normalize_rows(sel.embeddings[[index_of[k] for k in keys]].mean(
+                axis=0, keepdims=True))[0]
+            m["centroid"] = [round(float(v), 6) for v in cen]
+        summary = m["summary"]
+        summary["kept"] = len(m["faces"])
+        summary["faces_in"] = int(summary.get("faces_in", 0)) + len(plan.joins[name])
+        counts = summary.get("dropped") if isinstance(summary.get("dropped"), dict) else {}
+        for d in gone:
+            counts[d["reason"]] = counts.get(d["reason"], 0) + 1
+        summary["dropped"] = counts
+        m["bundles"] = bundles_entry(bundle_stem(m), int(m["top_n"]), len(m["faces"]))
+        m.setdefault("history", []).append(
+            {"step": STEP_EXTEND, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "run": runs.THIS_RUN, "added": len(crops["faces"]), "dropped": len(gone)})
+        after[f"{folder}/{MANIFEST_NAME}"] = m
+        changed += runs.faceset_files(root, folder)
+        rebuild.append(folder)
+        plan.added[name] = len(crops["faces"])
+        plan.gated[name] = len(gone)
+    new_top = copy.deepcopy(top)
+    listing = {n: faceset_listing(after[f"{folders[n][0]}/{MANIFEST_NAME}"]) for n in per_era}
+    new_top["facesets"] = [listing.get(x["name"], x) for x in top["facesets"]]
+    for rec in new_top.get(ERAS_SECTION, []):
+        if rec["run"] == plan.record["run"] and rec["source"] == plan.source:
+            rec.setdefault("extended", []).append(
+                {"run": runs.THIS_RUN, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "added": dict(plan.added), "dropped": dict(plan.gated),
+                 "left_out": sum(f.faces for f in plan.fragments if not f.joined),
+                 "parameters": vars(plan.params)})
+            for era in rec["eras"]:
+                if era["name"] in per_era:
+                    era["faces"] = len(after[f"{era['folder']}/{MANIFEST_NAME}"]["faces"])
+    after[MANIFEST_NAME] = new_top
+    changed.append(MANIFEST_NAME)
+    counts = {"eras": len(per_era), "added": sum(plan.added.values()),
+              "dropped": sum(plan.gated.values())}
+    return runs.execute(root, runs.start(root, STEP_EXTEND, moves, changed, after, rebuild,
+                                         counts), log)
