@@ -263,3 +263,65 @@ def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(libr
             and k != "manifest.json"} == {k: v for k, v in before.items()
                                           if k != "manifest.json"}
     assert not any((out / "_thin").iterdir()), "the thin era went back where it was built"
+
+
+def test_eras_extend_slots_later_photos_into_their_era_by_distance_and_year(library,
+                                                                          tmp_path):
+    from test_identity_ops import check_library, tree
+
+    lib = dict(library, cache=copy_cache(library["cache"], tmp_path))
+    out = tmp_path / "swap"
+    shutil.copytree(library["swap"], out, symlinks=True)
+    eras_run(lib, out)
+    nineties = out / "faceset_000_1994-1998" / "manifest.json"
+    old = load(nineties)
+    # two more photos of the 1990s face, dated 1997, embedded later
+    run_cli("embed", lib["later"] / "round1", lib["cache"], *PACK, "--no-progress")
+    ext = ["eras", "extend", lib["cache"], "faceset_000", "--into", out, *PACK, "--no-progress"]
+    before = tree(out)
+    dry = run_cli(*ext, "--dry-run")
+    assert "fragment of 2 faces (dominant year 1997): joins faceset_000_1994-1998" in dry.stdout
+    assert "20 already in its eras" in dry.stdout and tree(out) == before
+    run_cli(*ext)
+    check_library(out)
+    new = load(nineties)
+    added = [f for f in new["faces"] if "round1" in f["path"]]
+    assert len(new["faces"]) == len(old["faces"]) + 2 and len(added) == 2
+    assert [f["rank"] for f in new["faces"]] == list(range(len(new["faces"])))
+    scores = [f["score"] for f in new["faces"]]
+    assert scores == sorted(scores, reverse=True), "re-ranked by score"
+    top = load(out / "manifest.json")
+    listed = {e["name"]: e["faces"] for e in top["facesets"]}
+    assert listed["faceset_000_1994-1998"] == 9 and listed["faceset_000_2011-2015"] == 10
+    assert top["eras"][-1]["extended"][0]["added"] == {"faceset_000_1994-1998": 2}
+    # the same face ten years too late: near enough, but not of the era's years
+    run_cli("embed", lib["later"] / "round2", lib["cache"], *PACK, "--no-progress")
+    late = run_cli(*ext)
+    assert "(dominant year 2019): left out (year 2019 vs anchor's 1997: more than 5 years " \
+        "apart)" in late.stdout and "nothing changed" in late.stdout
+    assert load(nineties) == new
+    run_cli("undo", out)
+    check_library(out)
+    assert load(nineties)["faces"] == old["faces"]
+
+
+def test_kill_during_eras_leaves_a_library_that_loads_and_a_rerun_finishes(library, tmp_path):
+    """kill -9 right after a commit of the crop build, and in the middle of the run's moves:
+    `history` still reads the library, a re-run finishes, the result equals an
+    uninterrupted run (bench/kill_campaign.py can try every commit)."""
+    from killharness import KillHarness, Scenario
+    from test_identity_ops import _kill_and_rerun
+
+    def build(w: Path) -> None:
+        shutil.copytree(library["swap"], w / "swap", symlinks=True)
+        copy_cache(library["cache"], w)
+
+    scenario = Scenario("eras", build, lambda w: ["eras", w / "c.npz", "faceset_000", "--into",
+                                                  w / "swap", *ERAS, *PACK],
+                        caches=("c.npz",))
+    h = KillHarness(scenario, tmp_path)
+    h.prepare()
+    h.run_reference()
+    build_commit = next(k for k, c in enumerate(h.commits, 1) if "/_added/" in c)
+    move = next(k for k, c in enumerate(h.commits, 1) if " -> " in c)
+    _kill_and_rerun(h, scenario, [build_commit, move + 1])

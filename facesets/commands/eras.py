@@ -147,7 +147,12 @@ def run(args) -> int:
         say(f"{what} (dry run, nothing changed in {root}): {plan.line()}")
         return 0
     with output_lock(root):
-        runs.finish_pending(root, log)
+        finished = runs.finish_pending(root, log)
+        rec = step.live_eras(root, source)
+        if not extend and rec is not None and rec["run"] in finished:
+            say(f"eras: finished the interrupted eras run {rec['run']} of {source}; nothing "
+                "more to do")
+            return 0
         plan = plan_and_print()
         entry = (step.apply_extend if extend else step.apply_eras)(
             plan, detector, args.progress, log)

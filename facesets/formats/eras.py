@@ -79,7 +79,7 @@ def year_of(date: str | None) -> int | None:
 
 def dates_body(dates: dict[str, str | None]) -> dict:
     return {"format": CAPTURE_DATES, "version": DATES_VERSION, "tags": list(DATE_TAGS),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "dates": dict(sorted(dates.items()))}
 
 
