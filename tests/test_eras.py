@@ -3,6 +3,7 @@ copies of the test photos; the capture-date side file; eras extend; undo."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,37 @@ def test_the_dates_side_file_is_checked_on_read(tmp_path):
         with pytest.raises(ManifestError, match=needle) as e:
             load_dates(path)
         assert str(path) in str(e.value)
+
+
+
+@pytest.mark.unit
+def test_the_eras_sections_of_the_top_manifest_are_checked_on_read(tmp_path):
+    from facesets.formats.eras import check_eras_sections
+    from facesets.formats.manifest import ManifestError
+
+    era = {"name": "faceset_001_1990-1999", "folder": "faceset_001_1990-1999", "faces": 30,
+           "dominant_year": 1995, "thin": False, "centroid": [0.6, 0.8]}
+    rec = {"run": "0001-abcdef01", "source": "faceset_001", "centroid": [1.0, 0.0],
+           "parameters": {"recover": 0.55, "min_anchor": 20}, "eras": [era]}
+    path = tmp_path / "manifest.json"
+    assert check_eras_sections({"eras": [rec]}, path) == [rec]
+    for change, field in [
+            ({"folder": "../../etc"}, "eras[0].eras[0].folder"),
+            ({"folder": "_thin/faceset_002_1990-1999"}, "eras[0].eras[0].folder"),
+            ({"name": "faceset_002_1990-1999", "folder": "faceset_002_1990-1999"},
+             "eras[0].eras[0].name"),
+            ({"name": "faceset_001/../x"}, "eras[0].eras[0].name"),
+            ({"centroid": [float("nan")]}, "eras[0].eras[0].centroid"),
+            ({"thin": "no"}, "eras[0].eras[0].thin")]:
+        bad = {"eras": [dict(rec, eras=[dict(era, **change)])]}
+        with pytest.raises(ManifestError, match=re.escape(field)) as e:
+            check_eras_sections(bad, path)
+        assert str(path) in str(e.value)
+    with pytest.raises(ManifestError, match=re.escape("eras[0].parameters.min_anchor")):
+        check_eras_sections({"eras": [dict(rec, parameters={"min_anchor": "20"})]}, path)
+    with pytest.raises(ManifestError, match=re.escape("thin_eras[0].folder")):
+        check_eras_sections({"thin_eras": [{"name": "faceset_001_undated",
+                                            "folder": "/tmp/x"}]}, path)
 
 
 # ---- end to end, on copies of the test photos with EXIF dates written by the test --------

@@ -92,8 +92,10 @@ def params_from(args, meta: dict, recorded: dict | None = None) -> tuple[ErasPar
     values, notes = {}, []
     for name, field in THRESHOLDS.items():
         flag = getattr(args, f"{field}_threshold")
-        extra = [(recorded.get(field), "the eras run")] if recorded else []
-        v, src = resolve_with_source(name, meta, flag, *extra, derived(name, meta))
+        if flag is None and isinstance(recorded.get(field), (int, float)):
+            v, src = float(recorded[field]), "the eras run"
+        else:
+            v, src = resolve_with_source(name, meta, flag, derived(name, meta))
         values[field] = v
         notes.append(f"{field} {v} ({src})")
     d = defaults(ErasParams)

@@ -164,7 +164,12 @@ def check_eras_sections(top: dict, path: str | os.PathLike) -> list[dict]:
         c.str(rec, "run", f)
         source = c.name(rec, "source", f, FACESET_NAME, "a faceset name (faceset_NNN)")
         _unit_vector(c, rec, "centroid", f)
-        c.obj(rec, "parameters", f)
+        params = c.obj(rec, "parameters", f)
+        for k in ("recover", "tighten", "split", "attach", "min_short", "min_blur",
+                  "min_det_score"):
+            c.num(params, k, f"{f}.parameters", required=False)
+        for k in ("min_anchor", "min_era_faces", "year_window"):
+            c.int(params, k, f"{f}.parameters", required=False)
         for g, era in c.items(rec, "eras", f):
             name = c.name(era, "name", g, ERA_NAME, "an era name (faceset_NNN_YYYY-YYYY)")
             if ERA_NAME.fullmatch(name)["source"] != source:

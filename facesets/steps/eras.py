@@ -639,9 +639,7 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
                 keep.append(Planned(int(sel.rows[i]), str(sel.keys[i]), str(sel.sha256[i]),
                                     name, entry, quality[i].score))
         planned += keep
-        per_era[name] = {"manifest": m, "params": params, "dropped": drop,
-                         "members": [members[k] for k in range(len(old))]
-                         + [index_of[p.key] for p in keep]}
+        per_era[name] = {"manifest": m, "params": params, "dropped": drop}
     # crops, under _added/<tag>/ (a digest of the plan: a re-run after a kill reuses them),
     # each era's new faces a small faceset folder of their own until the run moves them in
     tag = "extend-" + hashlib.sha256(json.dumps(
