@@ -41,6 +41,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -60,10 +61,10 @@ from ..core.swapexport import (ExportParams, Planned, crop_all, finish_faceset, 
 from ..core.thresholds import probe_levels
 from ..engine import cluster_faces, cluster_sweep, normalize_rows
 from ..formats.cache import FaceCache, load_cache
-from ..formats.eras import (ERA_NAME, ERAS_SECTION, THIN_DIR, THIN_SECTION, check_eras_sections,
+from ..formats.eras import (ERAS_SECTION, THIN_DIR, THIN_SECTION, check_eras_sections,
                             era_entry, era_name, eras_record, thin_record)
-from ..formats.manifest import (SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
-                                load_manifest, new_manifest)
+from ..formats.manifest import (FACESET_BASE, SWAP_FACESET_MANIFEST, ManifestError,
+                                centroid_of, load_manifest, new_manifest)
 from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, bundle_stem,
                                bundles_entry, faceset_listing)
 from ..io.fsutil import fsync_dir
@@ -72,7 +73,8 @@ STEP = "eras"
 STEP_EXTEND = "eras-extend"
 HIST_STEP = 0.05          # probe histogram bin width (cosine distance)
 PROBE_MAX_FACES = 3000    # the probe's pairwise histogram samples this many faces at most
-TOP_SUBCLUSTERS = 12      # sub-clusters the probe lists
+TOP_SUBCLUSTERS = 12      # sub-clusters the probe lists with their years
+PROBE_SIZES = 50          # sizes of the largest sub-clusters the probe keeps per distance
 
 
 @dataclass
@@ -291,8 +293,12 @@ def probe(sel: FaceSelection, members: np.ndarray, dates: Dates, split: float,
         levels = sorted(levels + [split])
     cl = sel.cannot_link(members)
     sweep = cluster_sweep(sel.embeddings[members], levels, cl, engine)
-    out["subclusters"] = {f"{t:.4g}": sorted((int(n) for n in np.bincount(lab)), reverse=True)
-                          for t, lab in zip(levels, sweep)}
+    out["subclusters"] = {}
+    for t, lab in zip(levels, sweep):
+        sizes = sorted((int(n) for n in np.bincount(lab)), reverse=True)
+        out["subclusters"][f"{t:.4g}"] = {"count": len(sizes),
+                                          "single": sum(1 for n in sizes if n == 1),
+                                          "largest": [n for n in sizes if n > 1][:PROBE_SIZES]}
     lab = sweep[levels.index(split)]
     years = []
     for g in groups_by_label(lab)[:TOP_SUBCLUSTERS]:
@@ -313,10 +319,11 @@ def probe_lines(p: dict) -> list[str]:
     out = [f"probe: {p['faces']} faces" + (f" ({p['sampled']} sampled)" if "sampled" in p
                                            else "")
            + f"; pairwise distances (median {h['median']}): {bars}"]
-    for t, sizes in p["subclusters"].items():
-        big = [s for s in sizes if s > 1]
-        out.append(f"  sub-clusters at {t}: {len(sizes)} ({', '.join(map(str, big[:10]))}"
-                   f"{' ...' if len(big) > 10 else ''}; {len(sizes) - len(big)} single faces)")
+    for t, sc in p["subclusters"].items():
+        big = sc["largest"]
+        more = sc["count"] - sc["single"] > 10
+        out.append(f"  sub-clusters at {t}: {sc['count']} ({', '.join(map(str, big[:10]))}"
+                   f"{' ...' if more else ''}; {sc['single']} single faces)")
     for k, y in enumerate(p["years_by_subcluster"]):
         span = f"{y['years'][0]}-{y['years'][1]}" if y["years"] else "undated"
         out.append(f"  sub-cluster {k} at {p['split']}: {y['faces']} faces, years {span}, "
@@ -328,8 +335,8 @@ def plan_eras(root: str | Path, cache_path: str, source: str, p: ErasParams,
               progress: bool = True, cache: FaceCache | None = None) -> ErasPlan:
     """Steps 1-7 (module doc): nothing is written but the capture dates beside the cache."""
     root = Path(root).resolve()
-    if not ERA_NAME.fullmatch(source) and not (root / source / MANIFEST_NAME).is_file():
-        raise ManifestError(f"{root}: no faceset {source!r} (see {root / MANIFEST_NAME})")
+    if not re.fullmatch(FACESET_BASE, source):
+        raise ValueError(f"{source!r} is not a faceset_NNN name (an era is not split again)")
     top = runs.load_top(root)
     if source not in {e["name"] for e in top.get("facesets", [])}:
         raise ManifestError(f"{root / MANIFEST_NAME}: lists no faceset {source!r}")
