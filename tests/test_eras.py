@@ -287,6 +287,11 @@ def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(libr
     assert eras["faceset_000_2011-2015"]["dominant_year"] == 2011
     refused = eras_run(lib, out, check=False)
     assert refused.returncode == 2 and "split into eras already" in refused.stderr
+    # consolidate never merges the eras back into one faceset (they are one person)
+    merge = run_cli("consolidate", out, "--group-threshold", "0.95", "--merge-threshold",
+                    "0.95", "--dry-run")
+    assert "consolidate (dry run, nothing changed): 2 facesets," in merge.stdout
+    assert "faceset_000_" not in merge.stdout, merge.stdout
 
     run_cli("undo", out)
     check_library(out)
