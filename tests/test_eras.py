@@ -230,7 +230,8 @@ def eras_run(lib: dict, out: Path, *extra, check: bool = True):
 
 def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(library,
                                                                            tmp_path):
-    from test_identity_ops import check_library, tree, without_runs
+    from library_check import check_library
+    from test_identity_ops import tree, without_runs
 
     lib = dict(library, cache=copy_cache(library["cache"], tmp_path))
     out = tmp_path / "swap"
@@ -304,7 +305,8 @@ def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(libr
 
 def test_eras_extend_slots_later_photos_into_their_era_by_distance_and_year(library,
                                                                           tmp_path):
-    from test_identity_ops import check_library, tree
+    from library_check import check_library
+    from test_identity_ops import tree
 
     lib = dict(library, cache=copy_cache(library["cache"], tmp_path))
     out = tmp_path / "swap"

@@ -121,9 +121,9 @@ def _tag(step: str, plan: list[tuple[str, NewFaceset]], params: ExportParams, ro
                           ).hexdigest()[:12]
 
 
-def _clean_partials(root: Path) -> None:
-    """Half-built ``_added/.<tag>.partial/`` folders a kill left (nothing refers to them)."""
-    d = root / ADDED_DIR
+def clean_partials(root: Path, under: str = ADDED_DIR) -> None:
+    """Half-built ``<under>/.<tag>.partial/`` folders a kill left (nothing refers to them)."""
+    d = root / under
     if d.is_dir():
         for p in d.iterdir():
             if p.name.startswith(".") and p.name.endswith(".partial") and p.is_dir() \
@@ -228,7 +228,7 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
 
     # 2. build the folders under _added/.<tag>.partial/, then rename to _added/<tag>/
     tag = _tag(step, [(s["name"], s["fs"]) for s in sets], params, root)
-    _clean_partials(root)
+    clean_partials(root)
     built = root / ADDED_DIR / tag
     if not all((built / n / MANIFEST_NAME).is_file() for n in names):
         if built.exists():
@@ -256,41 +256,70 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
         fsync_dir(built.parent)
 
     # 3. one recorded run: move them in, install their manifests and the top-level manifest
-    moves, after, listing, record_sets, placed = [], {}, [], [], {}
+    def update(new_top: dict, listing: list[dict], manifests: dict[str, dict]) -> None:
+        new_top["facesets"] = list(new_top.get("facesets", [])) + listing
+        new_top.setdefault(ADDED_SECTION, []).append(
+            {"run": runs.THIS_RUN, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
+             "cache": os.path.abspath(cache_path),
+             "facesets": [{"name": n, "label": m.get("label"), "faces": len(m["faces"]),
+                           "dropped": len(m["dropped"]), "built_in": f"{ADDED_DIR}/{tag}/{n}",
+                           "source": (m.get("added_by") or {}).get("source", {})}
+                          for n, m in manifests.items()],
+             "skipped": skipped, "provenance": provenance or {}})
+        if update_top is not None:
+            update_top(new_top, {n: ((place(n, m) if place is not None else None) or n, m)
+                                 for n, m in manifests.items()})
+
+    entry, manifests = commit_new_folders(root, step, f"{ADDED_DIR}/{tag}", names, update,
+                                          {"added": len(names)}, log, place=place)
+    result.entry = entry
+    result.kept = {n: len(m["faces"]) for n, m in manifests.items()}
+    return result
+
+
+def commit_new_folders(root: Path, step: str, built_rel: str, names: list[str],
+                       update: Callable[[dict, list[dict], dict[str, dict]], None],
+                       summary: dict, log: Callable[[str], None] = print,
+                       moves_after: list[tuple[str, str]] = (),
+                       after: dict[str, dict | bytes] | None = None,
+                       changed: list[str] = (),
+                       place: Callable[[str, dict], str | None] | None = None
+                       ) -> tuple[dict, dict[str, dict]]:
+    """The recorded run that brings finished faceset folders ``built_rel/<name>`` (each with
+    its manifest) into the library: each moved to ``<name>``, its manifest installed (run id
+    and a history entry added; its bundles rebuilt), then ``moves_after`` (e.g. the folder a
+    split archives), the extra ``after`` installs (their previous bytes kept for ``changed``
+    files), and the top-level manifest as ``update(top, new listings, new manifests)`` makes
+    it; ``place``: another folder for a faceset (not listed), as add_facesets says.
+    Returns (the run's ``runs[]`` entry, the new manifests by name)."""
+    top = runs.load_top(root)
+    built = root / built_rel
+    moves, installs, listing, manifests, dests = [], {}, [], {}, []
     for n in names:
         m = load_manifest(built / n / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
         m["run"] = runs.THIS_RUN
         m["history"] = list(m.get("history") or []) + [
             {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": runs.THIS_RUN,
-             "added": len(m["faces"])}]
+             "faces": len(m["faces"])}]
         dest = (place(n, m) if place is not None else None) or n
-        placed[n] = (dest, m)
-        moves.append((f"{ADDED_DIR}/{tag}/{n}", dest))
-        after[f"{dest}/{MANIFEST_NAME}"] = m
+        dests.append(dest)
+        moves.append((f"{built_rel}/{n}", dest))
+        installs[f"{dest}/{MANIFEST_NAME}"] = m
         if dest == n:
             listing.append(faceset_listing(dict(m, bundles=_bundles_of(m))))
-        record_sets.append({"name": n, "label": m.get("label"), "faces": len(m["faces"]),
-                            "dropped": len(m["dropped"]), "built_in": f"{ADDED_DIR}/{tag}/{n}",
-                            "source": (m.get("added_by") or {}).get("source", {}),
-                            **({"folder": dest} if dest != n else {})})
+        manifests[n] = m
+    moves += list(moves_after)
+    installs.update(after or {})
     new_top = copy.deepcopy(top)
-    new_top["facesets"] = list(top.get("facesets", [])) + listing
-    summary = new_top.get("summary") or {}
-    summary["facesets"] = len(new_top["facesets"])
-    new_top["summary"] = summary
-    new_top.setdefault(ADDED_SECTION, []).append(
-        {"run": runs.THIS_RUN, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
-         "cache": os.path.abspath(cache_path), "facesets": record_sets,
-         "skipped": skipped, "provenance": provenance or {}})
-    if update_top is not None:
-        update_top(new_top, placed)
-    after[MANIFEST_NAME] = new_top
-    counts = {"added": len(names), "faces": sum(r["faces"] for r in record_sets)}
-    run_id = runs.start(root, step, moves, [MANIFEST_NAME], after,
-                        [placed[n][0] for n in names], counts)
-    result.entry = runs.execute(root, run_id, log)
-    result.kept = {r["name"]: r["faces"] for r in record_sets}
-    return result
+    update(new_top, listing, manifests)
+    s = new_top.get("summary") or {}
+    s["facesets"] = len(new_top["facesets"])
+    s["faces_kept"] = sum(int(e.get("faces", 0)) for e in new_top["facesets"])
+    new_top["summary"] = s
+    installs[MANIFEST_NAME] = new_top
+    counts = dict(summary, faces=sum(len(m["faces"]) for m in manifests.values()))
+    run_id = runs.start(root, step, moves, [MANIFEST_NAME, *changed], installs, dests, counts)
+    return runs.execute(root, run_id, log), manifests
 
 
 def faces_under(sel: FaceSelection, folder: str | os.PathLike) -> np.ndarray:

@@ -221,8 +221,8 @@ def finish_folder(stage: Path, plans: list[Planned]) -> tuple[list[dict], list[d
     return kept, dropped
 
 
-def contact_sheet(pngs: list[Path], dest: Path, thumb: int = 128, columns: int = 6) -> None:
-    """previews/top_grid.jpg: the crops as a grid of thumbnails, rank order."""
+def contact_sheet_bytes(pngs: list[Path], thumb: int = 128, columns: int = 6) -> bytes:
+    """previews/top_grid.jpg's bytes: the crops as a grid of thumbnails, rank order."""
     rows = max(1, -(-len(pngs) // columns))
     sheet = np.full((rows * thumb, columns * thumb, 3), 32, dtype=np.uint8)
     for k, png in enumerate(pngs):
@@ -232,11 +232,20 @@ def contact_sheet(pngs: list[Path], dest: Path, thumb: int = 128, columns: int =
         r, c = divmod(k, columns)
         sheet[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = cv2.resize(
             img, (thumb, thumb), interpolation=cv2.INTER_AREA)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".jpg", sheet, [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
-        raise OSError(f"{dest}: could not encode the preview")
-    atomic_write_bytes(dest, buf.tobytes())
+        raise OSError("could not encode the preview")
+    return buf.tobytes()
+
+
+def contact_sheet(pngs: list[Path], dest: Path, thumb: int = 128, columns: int = 6) -> None:
+    """previews/top_grid.jpg: the crops as a grid of thumbnails, rank order."""
+    try:
+        data = contact_sheet_bytes(pngs, thumb, columns)
+    except OSError:
+        raise OSError(f"{dest}: could not encode the preview") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest, data)
 
 
 

@@ -21,12 +21,13 @@ from ..core.swapexport import (DECODES, ExportParams, Planned, crop_all,  # noqa
 from ..engine import assign_nearest, cluster_faces
 from ..formats.cache import FaceCache, load_cache
 from ..formats.manifest import (CLUSTER_MANIFEST, FACESET_NAME, REFINE_MANIFEST,
-                                SWAP_FACESET_MANIFEST, ManifestError, is_face_sets_output,
-                                load_manifest, new_manifest, safe_member_path, staging_dir,
-                                write_manifest)
-from ..formats.swapset import (CANDIDATES_DIR, DROPPED_DIR, FACES_DIR, MANIFEST_NAME,
-                               MULTIFACE_AUDIT, NAME_FILE, candidates_manifest,
-                               faceset_listing, maintenance_sections, swap_manifest)
+                                SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
+                                is_face_sets_output, load_manifest, new_manifest,
+                                safe_member_path, staging_dir, write_manifest)
+from ..formats.swapset import (ADDED_SECTION, CANDIDATES_DIR, DROPPED_DIR, FACES_DIR,
+                               MANIFEST_NAME, MULTIFACE_AUDIT, NAME_FILE, SPLIT_SECTION,
+                               candidates_manifest, faceset_listing, maintenance_sections,
+                               swap_manifest)
 from ..io.fsutil import replace_dir
 
 def previous_names(out: Path) -> list[tuple[set[str], str]]:
@@ -104,6 +105,22 @@ def _is_export_out(out: Path) -> bool:
                for p in out.iterdir())
 
 
+def _made_by_identity_ops(out: Path) -> list[str]:
+    """Listed facesets of OUT that identity operations made (import-folders, discover, split,
+    eras: the ``added[]`` and ``split[]`` records): a re-export would replace or remove them."""
+    path = out / MANIFEST_NAME
+    if not path.is_file():
+        return []
+    try:
+        top = load_manifest(path, SWAP_MANIFEST)
+    except (ManifestError, ValueError):
+        return []
+    listed = {e.get("name") for e in top.get("facesets", [])}
+    made = [fs.get("name") for rec in top.get(ADDED_SECTION, []) for fs in rec.get("facesets", [])]
+    made += [p.get("name") for rec in top.get(SPLIT_SECTION, []) for p in rec.get("parts", [])]
+    return sorted(n for n in set(made) if n in listed)
+
+
 def _plan_candidates(cache: FaceCache, sel: FaceSelection, raw: dict, taken: set[str],
                      centroids_: np.ndarray, names: list[str], quality: list[FaceQuality],
                      index_of: dict[str, int], p: ExportParams) -> list[Planned]:
@@ -146,6 +163,13 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     if not _is_export_out(out):
         raise FileExistsError(f"{out} exists and was not made by face-sets; choose an empty "
                               "or new output folder")
+    made = _made_by_identity_ops(out)
+    if made:
+        raise FileExistsError(f"{out / MANIFEST_NAME}: {', '.join(made[:5])}"
+                              f"{' ...' if len(made) > 5 else ''} were made by import-folders, "
+                              "discover, split or eras, not from the refine manifest; a "
+                              "re-export would replace or remove them: export into a new "
+                              "folder (or `undo` those runs first)")
     cache = load_cache(cache_path)
     refine = load_manifest(refine_manifest, REFINE_MANIFEST)
     raw = load_manifest(raw_manifest, CLUSTER_MANIFEST) if params.candidates else None
