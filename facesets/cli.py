@@ -20,6 +20,7 @@ COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-s
             "run", "audit-multiface", "calibrate",
             "consolidate",
             "dedup-optimize",
+            "eras",
             "history",
             "undo",
             "import-folders", "discover", "split",

@@ -146,7 +146,10 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
                  load_detector: Callable[[], object], step: str,
                  provenance: dict | None = None, dry_run: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 cache: FaceCache | None = None) -> AddResult:
+                 cache: FaceCache | None = None,
+                 place: Callable[[str, dict], str | None] | None = None,
+                 update_top: Callable[[dict, dict[str, tuple[str, dict]]], None] | None = None
+                 ) -> AddResult:
     """Add ``new`` facesets to the swap-ready folder ``root`` as one recorded run of
     ``step`` (see the module doc); returns what was added.
 
@@ -154,6 +157,10 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     ``load_detector``: loads the detector of the cache's model (the crop re-check);
     ``provenance``: what the caller records about the run (source folders, thresholds...);
     ``dry_run``: plan, gate and name the facesets, crop nothing, change nothing.
+    ``place(name, manifest)``: where a built faceset goes, relative to ``root`` (None: its
+    name at the top, listed in ``facesets[]``; eras sends small ones to ``_thin/NAME``,
+    which are not listed); ``update_top(top, {name: (folder, manifest)})``: adds the
+    caller's own records to the new top-level manifest before the run is prepared.
     Call it under the folder's lock (``io.fsutil.output_lock``), after
     ``runs.finish_pending``. Faces whose keys the cache lacks are dropped as
     ``not_in_cache``; a faceset left with no face after the gates is skipped.
@@ -259,9 +266,12 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
                            "source": (m.get("added_by") or {}).get("source", {})}
                           for n, m in manifests.items()],
              "skipped": skipped, "provenance": provenance or {}})
+        if update_top is not None:
+            update_top(new_top, {n: ((place(n, m) if place is not None else None) or n, m)
+                                 for n, m in manifests.items()})
 
     entry, manifests = commit_new_folders(root, step, f"{ADDED_DIR}/{tag}", names, update,
-                                          {"added": len(names)}, log)
+                                          {"added": len(names)}, log, place=place)
     result.entry = entry
     result.kept = {n: len(m["faces"]) for n, m in manifests.items()}
     return result
@@ -272,25 +282,31 @@ def commit_new_folders(root: Path, step: str, built_rel: str, names: list[str],
                        summary: dict, log: Callable[[str], None] = print,
                        moves_after: list[tuple[str, str]] = (),
                        after: dict[str, dict | bytes] | None = None,
-                       changed: list[str] = ()) -> tuple[dict, dict[str, dict]]:
+                       changed: list[str] = (),
+                       place: Callable[[str, dict], str | None] | None = None
+                       ) -> tuple[dict, dict[str, dict]]:
     """The recorded run that brings finished faceset folders ``built_rel/<name>`` (each with
     its manifest) into the library: each moved to ``<name>``, its manifest installed (run id
     and a history entry added; its bundles rebuilt), then ``moves_after`` (e.g. the folder a
     split archives), the extra ``after`` installs (their previous bytes kept for ``changed``
     files), and the top-level manifest as ``update(top, new listings, new manifests)`` makes
-    it. Returns (the run's ``runs[]`` entry, the new manifests by name)."""
+    it; ``place``: another folder for a faceset (not listed), as add_facesets says.
+    Returns (the run's ``runs[]`` entry, the new manifests by name)."""
     top = runs.load_top(root)
     built = root / built_rel
-    moves, installs, listing, manifests = [], {}, [], {}
+    moves, installs, listing, manifests, dests = [], {}, [], {}, []
     for n in names:
         m = load_manifest(built / n / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
         m["run"] = runs.THIS_RUN
         m["history"] = list(m.get("history") or []) + [
             {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": runs.THIS_RUN,
              "faces": len(m["faces"])}]
-        moves.append((f"{built_rel}/{n}", n))
-        installs[f"{n}/{MANIFEST_NAME}"] = m
-        listing.append(faceset_listing(dict(m, bundles=_bundles_of(m))))
+        dest = (place(n, m) if place is not None else None) or n
+        dests.append(dest)
+        moves.append((f"{built_rel}/{n}", dest))
+        installs[f"{dest}/{MANIFEST_NAME}"] = m
+        if dest == n:
+            listing.append(faceset_listing(dict(m, bundles=_bundles_of(m))))
         manifests[n] = m
     moves += list(moves_after)
     installs.update(after or {})
@@ -302,7 +318,7 @@ def commit_new_folders(root: Path, step: str, built_rel: str, names: list[str],
     new_top["summary"] = s
     installs[MANIFEST_NAME] = new_top
     counts = dict(summary, faces=sum(len(m["faces"]) for m in manifests.values()))
-    run_id = runs.start(root, step, moves, [MANIFEST_NAME, *changed], installs, names, counts)
+    run_id = runs.start(root, step, moves, [MANIFEST_NAME, *changed], installs, dests, counts)
     return runs.execute(root, run_id, log), manifests
 
 

@@ -28,6 +28,10 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "route": 0.45,               # import-folders --route: a mixed face joins an identity
         "discover_near": 0.45,       # discover: faces this near a faceset are left to extend
         "split": 0.45,               # split: re-cluster one faceset at this (average linkage)
+        "eras_recover": 0.55,     # eras: faces of the cache this near the faceset's centroid
+        "eras_tighten": 0.50,     # eras: kept within this of the re-computed centroid
+        "eras_split": 0.35,       # eras: sub-clusters (average linkage)
+        "eras_attach": 0.40,      # eras: a fragment joins its nearest anchor within this
     },
 }
 
@@ -41,6 +45,8 @@ FLAGS = {
     "import_loose": "--loose-threshold", "import_tight": "--tight-threshold",
     "route": "--route-threshold", "discover_near": "--near-threshold",
     "split": "--threshold",
+    "eras_recover": "--recover-threshold", "eras_tighten": "--tighten-threshold",
+    "eras_split": "--split-threshold", "eras_attach": "--attach-threshold",
 }
 
 
@@ -114,7 +120,11 @@ def threshold_source(name: str, meta: dict, given: float | None) -> str:
 # thresholds a model may lack that are derived from its calibrated cluster threshold, by
 # buffalo_l's ratio to its own cluster threshold (docs/clustering.md, "Derived thresholds")
 DERIVED_FROM_CLUSTER = ("consolidate_group", "consolidate_merge", "dedup_near",
-                        "import_loose", "import_tight", "route", "discover_near", "split")
+                        "import_loose", "import_tight", "route", "discover_near", "split",
+                        "eras_recover", "eras_tighten", "eras_split", "eras_attach")
+# eras' probe: sub-cluster sizes at these distances (buffalo_l); another model's are scaled
+# by its eras_split / buffalo_l's (probe_levels)
+ERAS_PROBE = (0.30, 0.35, 0.40, 0.45, 0.50)
 
 
 def derived(name: str, meta: dict) -> tuple[float | None, str]:
@@ -126,3 +136,10 @@ def derived(name: str, meta: dict) -> tuple[float | None, str]:
         return None, ""
     return round(float(cal) * ref[name] / ref["cluster"], 4), "derived from calibrated cluster"
 
+
+
+def probe_levels(split: float) -> list[float]:
+    """The distances ``eras`` probes sub-cluster sizes at for a model whose eras_split is
+    ``split``: buffalo_l's 0.30-0.50, scaled by split / 0.35."""
+    ref = MODEL_THRESHOLDS["buffalo_l"]["eras_split"]
+    return [round(level * split / ref, 4) for level in ERAS_PROBE]

@@ -38,8 +38,10 @@ MANIFEST_NAMES = (CLUSTER_MANIFEST_FILE, REFINE_MANIFEST_FILE)
 # the names face-sets gives the folders and files a manifest lists (nothing else is accepted
 # from a manifest: a name read from one must never lead outside the folder it belongs to)
 PERSON_NAME = re.compile(r"person_[0-9]{3,}")
-# faceset_NNN, or an era of one: faceset_NNN_YYYY-YYYY (eras)
-FACESET_NAME = re.compile(r"faceset_[0-9]{3,}(?:_[0-9]{4}-[0-9]{4})?")
+FACESET_BASE = r"faceset_[0-9]{3,}"
+# an era of a faceset (`eras`): faceset_NNN_YYYY-YYYY or faceset_NNN_undated, _2... on a clash
+ERA_SUFFIX = r"_(?:[0-9]{4}-[0-9]{4}|undated)(?:_[0-9]+)?"
+FACESET_NAME = re.compile(rf"{FACESET_BASE}(?:{ERA_SUFFIX})?")
 FACE_PNG = re.compile(r"faces/[0-9]{3,}\.png")                 # export: a ranked crop
 DROPPED_PNG = re.compile(r"faces/_dropped/[0-9]{3,}(\.[0-9]+)?\.png")   # moved there by audit
 

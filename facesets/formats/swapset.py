@@ -36,7 +36,8 @@ CANDIDATES_DIR = "_candidates"
 # audit-multiface: its dropped[] reason and its provenance section in the top-level manifest
 MULTIFACE_AUDIT = "multiface_audit"
 # sections of the top-level manifest that maintenance steps fill; export-swap keeps them
-MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", MULTIFACE_AUDIT, "added", "split")
+MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", MULTIFACE_AUDIT, "added", "split",
+                        "eras")
 ADDED_SECTION = "added"     # facesets added to a library (import-folders, discover, eras...)
 SPLIT_SECTION = "split"     # facesets split into parts (split)
 ADDED_DIR = "_added"        # SWAP_READY/_added/<tag>/faceset_NNN: built there, moved in

@@ -25,6 +25,7 @@ import numpy as np
 from ..core import runs
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
                                 load_manifest, safe_member_path)
+from ..formats.eras import ERA_NAME
 from ..formats.runs import MERGED_DIR, MERGED_SECTION, merged_record
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, bundle_stem, bundles_entry,
                                faceset_listing)
@@ -90,6 +91,8 @@ def plan_consolidate(root: str | Path, group_threshold: float,
     names, cents, sizes = [], [], {}
     for entry in top.get("facesets", []):
         name = entry["name"]
+        if ERA_NAME.fullmatch(name):   # an era `eras` split off on purpose: never merged back
+            continue
         m = load_manifest(root / name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
         cents.append(centroid_of(m, root / name / MANIFEST_NAME,
                                  len(cents[0]) if cents else None))
