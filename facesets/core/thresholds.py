@@ -118,7 +118,6 @@ def derived(name: str, meta: dict) -> tuple[float | None, str]:
     without one and without a model default, its estimated one), or (None, "") when it is
     not derivable; an ``extra`` for ``resolve_with_source``."""
     cal = (meta.get("thresholds") or {}).get("cluster")
-    ref = MODEL_THRESHOLDS["buffalo_l"]
     source = "derived from calibrated cluster"
     if cal is None and name not in (MODEL_THRESHOLDS.get(meta.get("model", "?")) or {}):
         cal = ((meta.get("estimate") or {}).get("thresholds") or {}).get("cluster")
