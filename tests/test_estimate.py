@@ -106,6 +106,17 @@ def test_an_untrustworthy_cache_is_refused_in_one_message_naming_calibrate(quick
         assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stdout + r.stderr
         assert why in r.stderr and "calibrate" in r.stderr
         assert not out.exists() and "embed:" not in r.stdout
+    # a SRC with photos the cache lacks (a run stopped during embed, resumed): embed first,
+    # then the same refusal, right after embed and before any clustering
+    src = tmp_path / "more"
+    src.mkdir()
+    shutil.copy2(next(quick_start["photos"].glob("*/*.jpg")), src / "new.jpg")
+    r = run_cli("run", src, tmp_path / "out_more", "--cache", tmp_path / "few.npz", "--model",
+                "testpack_s", "--model-root", SHARED / "insightface", "--no-progress",
+                check=False)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stdout + r.stderr
+    assert "is made again after embed" in r.stdout and "embed:" in r.stdout
+    assert "only 40 faces with a neighbour" in r.stderr and "cluster:" not in r.stdout
 
 
 @pytest.mark.parametrize("field, value, said", [

@@ -101,9 +101,10 @@ def check_thresholds(args, cache: Path) -> None:
     else:
         root = f" --model-root {args.model_root}" if args.model_root else ""
         embed = f"sort_faces.py embed {args.src} {os.fspath(cache)} --model {args.model}{root}"
-    # a recorded estimate does not count here: ensure_estimate redoes it if the faces changed
-    missing = missing_thresholds(names, {k: v for k, v in meta.items() if k != "estimate"},
-                                 given)
+    # a recorded estimate counts only with --no-estimate; else ensure_estimate reuses it, or
+    # makes it again when the faces changed
+    missing = missing_thresholds(names, meta if not args.estimate else
+                                 {k: v for k, v in meta.items() if k != "estimate"}, given)
     if missing and not args.estimate:
         raise ThresholdError(missing_message(missing, meta.get("model") or model,
                                              os.fspath(cache), "run", embed))
@@ -115,7 +116,29 @@ def check_thresholds(args, cache: Path) -> None:
             + (" after embed" if embed else "") + "; for measured ones run `sort_faces.py "
             f"calibrate {os.fspath(cache)} TRUTH_ROOT --save`")
         if not embed:
-            ensure_estimate(args, cache, args.estimate_needed)
+            try:
+                ensure_estimate(args, cache, args.estimate_needed)
+            except ThresholdError:
+                if not unembedded(args.src, cache):
+                    raise   # embed has nothing to add: refused before any work
+                say("run: the cache's faces do not allow an estimate yet; it is made again "
+                    "after embed adds SRC's new photos")
+
+
+def unembedded(src, cache: Path) -> int:
+    """How many photos under SRC embed would still read (new or changed since the cache)."""
+    from ..sources.folder import FolderSource
+
+    known = load_cache(cache).path_index()
+    n = 0
+    for p in FolderSource(str(src)).list_ids():
+        rec = known.get(p)
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        n += rec is None or (rec[0], rec[1]) != (st.st_size, st.st_mtime_ns)
+    return n
 
 
 def ensure_estimate(args, cache: Path, names: list[str]) -> dict:
