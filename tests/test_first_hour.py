@@ -46,7 +46,7 @@ def test_run_lists_every_missing_threshold_before_any_work(tmp_path):
     src = _photos(tmp_path / "photos", 1)
     cache, out = tmp_path / "c.npz", tmp_path / "out"
     r = run_cli("run", src, out, "--cache", cache, *PACK, "--threshold", T, "--no-progress",
-                check=False)
+                "--no-estimate", check=False)
     assert r.returncode == 2, r.stdout + r.stderr
     err = r.stderr
     assert err.count("error:") == 1

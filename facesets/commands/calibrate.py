@@ -4,27 +4,64 @@ Sweeps cluster and refine thresholds over the cached faces of TRUTH_ROOT's photo
 content, so copies anywhere count), prints pairwise and BCubed precision / recall / F per
 threshold and recommends thresholds; --save stores them in the cache, where later cluster /
 refine / extend / export-swap runs take them as defaults (explicit flags still win).
+
+calibrate --estimate CACHE (no TRUTH_ROOT): estimate the thresholds from the cache's faces
+alone (the modes of the nearest-neighbour distances, steps/estimate.py) and record them in the
+cache, for a model without built-in thresholds when no hand-sorted folders exist; refused,
+with the reason, when the distances do not allow a trustworthy estimate. `run` does this by
+itself for such a model. Calibrated values and a model's built-in ones win over estimated ones.
 """
 from __future__ import annotations
 
-from ..core.thresholds import FLAGS
+from ..core.thresholds import FLAGS, MODEL_THRESHOLDS
 from ..formats.cache import load_cache, update_meta
 from ..steps.calibrate import SWEEP_HEADER, calibrate
-from .common import CACHE_HELP, add_engine_option, say
+from ..steps.estimate import estimate
+from .common import CACHE_HELP, add_engine_option, say, warn
 
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="measure thresholds on hand-sorted person folders",
                        description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
-    p.add_argument("truth_root", help="folder with one sub-folder of photos per person")
+    p.add_argument("truth_root", nargs="?", default=None,
+                   help="folder with one sub-folder of photos per person (not with --estimate)")
     p.add_argument("--save", action="store_true",
                    help="store the recommended thresholds in the cache as its defaults")
+    p.add_argument("--estimate", action="store_true",
+                   help="no TRUTH_ROOT: estimate the thresholds from the cache's faces alone "
+                        "and record them in it (refused when they cannot be trusted)")
     add_engine_option(p)
     p.set_defaults(func=run)
 
 
+def run_estimate(args) -> int:
+    if args.truth_root:
+        raise ValueError("calibrate --estimate takes no TRUTH_ROOT: with truth folders, "
+                         f"measure instead: `calibrate {args.cache} {args.truth_root} --save`")
+    cache = load_cache(args.cache)
+    est = estimate(cache, args.cache, args.engine)
+    for line in est.lines:
+        say(line)
+    update_meta(args.cache, estimate=est.record())
+    rec = ", ".join(f"{k} {v}" for k, v in est.thresholds.items())
+    say(f"calibrate: ESTIMATED (no truth folders) {rec}; recorded in {args.cache}: later "
+        "runs use them where no flag, calibrated value or model default is given")
+    model = cache.meta.get("model")
+    if cache.meta.get("thresholds"):
+        warn(f"{args.cache} has calibrated thresholds: they win over this estimate")
+    elif model in MODEL_THRESHOLDS:
+        warn(f"model '{model}' has built-in thresholds: they win over this estimate")
+    return 0
+
+
 def run(args) -> int:
+    if args.estimate:
+        return run_estimate(args)
+    if not args.truth_root:
+        raise ValueError("calibrate needs TRUTH_ROOT (one folder of photos per person), or "
+                         f"--estimate to estimate from the faces alone: `calibrate --estimate "
+                         f"{args.cache}`")
     cache = load_cache(args.cache)
     cal = calibrate(cache, args.truth_root, args.engine)
     say(cal.truth.line())

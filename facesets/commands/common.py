@@ -149,7 +149,10 @@ def swap_ready_meta(root) -> dict:
     meta = {"model": top.get("model")}
     cache = top.get("cache")
     if isinstance(cache, str) and cache and cache_exists(cache):
-        meta["thresholds"] = load_cache(cache).meta.get("thresholds") or {}
+        cmeta = load_cache(cache).meta
+        meta["thresholds"] = cmeta.get("thresholds") or {}
+        if cmeta.get("estimate"):   # thresholds estimated from that cache (steps/estimate.py)
+            meta["estimate"] = cmeta["estimate"]
     return meta
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..core.thresholds import (FLAGS, MODEL_THRESHOLDS, ThresholdError, missing_message,
                                missing_thresholds)
-from ..formats.cache import cache_exists, load_cache
+from ..formats.cache import cache_exists, load_cache, update_meta
 from ..formats.manifest import SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, load_manifest
 from ..formats.swapset import NAME_FILE
 from ..io.fsutil import output_lock
@@ -44,14 +44,23 @@ def register(sub) -> None:
     add_export_options(p)
     p.add_argument("--candidates", action="store_true",
                    help="export-swap: review folders of raw singletons (see export-swap)")
+    p.add_argument("--no-estimate", dest="estimate", action="store_false",
+                   help="a model without built-in thresholds: do not estimate the missing "
+                        "ones from the cache (see below); list them and stop instead")
     add_progress_option(p)
     p.set_defaults(func=run)
 
 
 def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
-    """Each step of pipeline.STEPS, as its command module declares it (pipeline_step)."""
-    return [importlib.import_module(f"{__package__}.{name.replace('-', '_')}")
-            .pipeline_step(args, layout) for name in pipeline.STEPS]
+    """Each step of pipeline.STEPS, as its command module declares it (pipeline_step), and
+    the estimate after embed when thresholds must be estimated (``args.estimate_needed``)."""
+    steps = [importlib.import_module(f"{__package__}.{name.replace('-', '_')}")
+             .pipeline_step(args, layout) for name in pipeline.STEPS]
+    if getattr(args, "estimate_needed", None):
+        steps.insert(1, pipeline.Step(
+            "estimate", pipeline.cache_inputs(layout, False, args.estimate_needed),
+            layout.cache, lambda: ensure_estimate(args, layout.cache, args.estimate_needed)))
+    return steps
 
 
 # the thresholds each step of `run` resolves (threshold name -> the argparse dest)
@@ -68,7 +77,10 @@ def thresholds_epilog() -> str:
         f"Model packs with built-in thresholds: {packs}. Any other pack (--model NAME or a "
         f"folder) needs {flags} (and {FLAGS['candidate_match']} with --candidates), unless the "
         "cache holds calibrated ones (`calibrate CACHE TRUTH_ROOT --save`); run checks this "
-        "before any work and lists every missing one. Old spelling: export-swap's "
+        "before any work and lists every missing one; without them it ESTIMATES the missing "
+        "ones from the cache's faces (as `calibrate --estimate CACHE`, after embed when the "
+        "cache is new), says so loudly, and stops with the reason when the estimate cannot be "
+        "trusted (--no-estimate: stop and list them instead). Old spelling: export-swap's "
         "--outlier-threshold is --swap-outlier-threshold, as here (--outlier-threshold is "
         "refine's gate).", width=79, break_on_hyphens=False)
 
@@ -89,10 +101,71 @@ def check_thresholds(args, cache: Path) -> None:
     else:
         root = f" --model-root {args.model_root}" if args.model_root else ""
         embed = f"sort_faces.py embed {args.src} {os.fspath(cache)} --model {args.model}{root}"
-    missing = missing_thresholds(names, meta, given)
-    if missing:
+    # a recorded estimate counts only with --no-estimate; else ensure_estimate reuses it, or
+    # makes it again when the faces changed
+    missing = missing_thresholds(names, meta if not args.estimate else
+                                 {k: v for k, v in meta.items() if k != "estimate"}, given)
+    if missing and not args.estimate:
         raise ThresholdError(missing_message(missing, meta.get("model") or model,
                                              os.fspath(cache), "run", embed))
+    if missing:   # estimated: now when the cache exists (refused before any work), else
+        args.estimate_needed = sorted(missing)   # after embed (the "estimate" step)
+        say(f"run: model '{meta.get('model') or model}' has no built-in thresholds and "
+            f"{os.fspath(cache)} no calibrated ones: {', '.join(FLAGS[n] for n in missing)} "
+            "will be ESTIMATED from the cache's own faces"
+            + (" after embed" if embed else "") + "; for measured ones run `sort_faces.py "
+            f"calibrate {os.fspath(cache)} TRUTH_ROOT --save`")
+        if not embed:
+            try:
+                ensure_estimate(args, cache, args.estimate_needed)
+            except ThresholdError:
+                if not unembedded(args.src, cache):
+                    raise   # embed has nothing to add: refused before any work
+                say("run: the cache's faces do not allow an estimate yet; it is made again "
+                    "after embed adds SRC's new photos")
+
+
+def unembedded(src, cache: Path) -> int:
+    """How many photos under SRC embed would still read (new or changed since the cache)."""
+    from ..sources.folder import FolderSource
+
+    known = load_cache(cache).path_index()
+    n = 0
+    for p in FolderSource(str(src)).list_ids():
+        rec = known.get(p)
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        n += rec is None or (rec[0], rec[1]) != (st.st_size, st.st_mtime_ns)
+    return n
+
+
+def ensure_estimate(args, cache: Path, names: list[str]) -> dict:
+    """The cache's recorded estimate, made again (and recorded) when it is missing, lacks
+    one of ``names`` or was made over another number of faces; EstimateError (one message
+    asking for calibrate) when it cannot be trusted."""
+    from ..core.selection import select_faces
+    from ..steps.estimate import estimate
+
+    c = load_cache(cache)
+    have = c.meta.get("estimate") or {}
+    n = len(select_faces(c))
+    if have.get("stats", {}).get("selected") == n and \
+            all(k in have.get("thresholds", {}) for k in names):
+        say(f"run: thresholds ESTIMATED earlier for these {n} faces: "
+            + ", ".join(f"{k} {have['thresholds'][k]}" for k in names))
+        return {"estimated": have["thresholds"], "again": False}
+    est = estimate(c, os.fspath(cache), args.engine)
+    est.stats["selected"] = n
+    update_meta(cache, estimate=est.record())
+    say("run: thresholds ESTIMATED from the cache (no calibrated or built-in ones; "
+        f"`calibrate {os.fspath(cache)} TRUTH_ROOT --save` measures them):")
+    for line in est.lines:
+        say(f"run:   {line}")
+    say("run: ESTIMATED, used for "
+        + ", ".join(f"{FLAGS[k]} {est.thresholds[k]}" for k in names))
+    return {"estimated": est.thresholds, "again": True}
 
 
 def run(args) -> int:

@@ -3,8 +3,9 @@
 Resolution order for every threshold: the command-line flag, then thresholds calibrated
 for this cache (``calibrate --save`` stores them in the cache's meta under "thresholds"),
 then any source a command adds (extend: the threshold the raw clustering recorded), then
-this table. A model with none of these has no safe default: the command must be given the
-flag, and says so.
+this table, then thresholds estimated from the cache itself (``calibrate --estimate``, or
+``run`` for a model without built-in thresholds: meta "estimate", steps/estimate.py). A model
+with none of these has no safe default: the command must be given the flag, and says so.
 """
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def missing_message(missing: list[str], model: str, cache: str, command: str,
     return (f"model '{model}' has no built-in thresholds and {cache} has no calibrated ones; "
             f"`{command}` needs: {flags}. Pass them (cosine distances, e.g. 0.4-0.7), or "
             f"measure them once: {first}`sort_faces.py calibrate {cache} TRUTH_ROOT --save` "
-            "(TRUTH_ROOT: one folder of photos per person), and re-run")
+            "(TRUTH_ROOT: one folder of photos per person), or estimate them from the faces "
+            f"alone: `sort_faces.py calibrate --estimate {cache}`; and re-run")
 
 
 def _candidates(name: str, meta: dict, given: float | None,
@@ -91,6 +93,13 @@ def _candidates(name: str, meta: dict, given: float | None,
     yield (meta.get("thresholds") or {}).get(name), "calibrated"
     yield from extra
     yield (MODEL_THRESHOLDS.get(meta.get("model", "?")) or {}).get(name), "model default"
+    est = meta.get("estimate") or {}
+    yield (est.get("thresholds") or {}).get(name), estimated_source(est)
+
+
+def estimated_source(est: dict) -> str:
+    """The source label of an estimated threshold, as commands print it."""
+    return f"ESTIMATED from the cache: {est.get('how', '?')}; measure with calibrate"
 
 
 def resolve_with_source(name: str, meta: dict, given: float | None,
@@ -128,13 +137,23 @@ ERAS_PROBE = (0.30, 0.35, 0.40, 0.45, 0.50)
 
 
 def derived(name: str, meta: dict) -> tuple[float | None, str]:
-    """(value, source) of ``name`` scaled from the cache's calibrated cluster threshold, or
-    (None, "") when it is not derivable; an ``extra`` for ``resolve_with_source``."""
+    """(value, source) of ``name`` scaled from the cache's calibrated cluster threshold (or,
+    without one and without a model default, its estimated one), or (None, "") when it is
+    not derivable; an ``extra`` for ``resolve_with_source``."""
     cal = (meta.get("thresholds") or {}).get("cluster")
-    ref = MODEL_THRESHOLDS["buffalo_l"]
+    source = "derived from calibrated cluster"
+    if cal is None and name not in (MODEL_THRESHOLDS.get(meta.get("model", "?")) or {}):
+        cal = ((meta.get("estimate") or {}).get("thresholds") or {}).get("cluster")
+        source = "derived from the ESTIMATED cluster threshold"
     if name not in DERIVED_FROM_CLUSTER or cal is None:
         return None, ""
-    return round(float(cal) * ref[name] / ref["cluster"], 4), "derived from calibrated cluster"
+    return scaled(name, float(cal)), source
+
+
+def scaled(name: str, cluster: float) -> float:
+    """``name`` for a model whose cluster threshold is ``cluster``, by buffalo_l's ratio."""
+    ref = MODEL_THRESHOLDS["buffalo_l"]
+    return round(cluster * ref[name] / ref["cluster"], 4)
 
 
 

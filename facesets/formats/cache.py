@@ -265,6 +265,14 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "schema_version": (int,), "embedding_dim": (int,), "det_size": (int,),
     "compacted_through": (int,), "model": (str,), "model_id": (str,), "has_landmarks": (bool,),
     "sources": (list,), "thresholds": (dict,), "created": (str,), "saved": (str,),
+    "estimate": (dict,),
+}
+# meta["estimate"]: thresholds estimated from the cache itself (`calibrate --estimate`, or
+# `run` for a model without built-in thresholds); see docs/cache-format.md
+ESTIMATE_VERSION = 1
+_ESTIMATE_TYPES: dict[str, tuple[type, ...]] = {
+    "version": (int,), "method": (str,), "how": (str,), "faces": (int,), "made": (str,),
+    "thresholds": (dict,), "stats": (dict,),
 }
 # a cache is a plain (stored) zip: its members inflate to about its size on disk. Anything
 # far beyond that is not a file face-sets wrote (e.g. a zip bomb), so it is never read.
@@ -414,10 +422,44 @@ def _check_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise CacheError(f"{path}: meta.thresholds.{name} is {json.dumps(value)[:40]}, "
                              "expected a number")
+    if meta.get("estimate") is not None:
+        check_estimate(meta["estimate"], f"{path}: meta.estimate")
     if int(meta.get("schema_version") or 0) > SCHEMA_VERSION:
         raise CacheError(f"{path}: cache schema v{meta.get('schema_version')} is newer than "
                          f"this face-sets (v{SCHEMA_VERSION}); upgrade face-sets")
     return meta
+
+
+def check_estimate(est: dict, where: str) -> dict:
+    """A recorded estimate (meta["estimate"]) as ``estimate_record`` writes it, else a
+    CacheError naming ``where`` + the field: every threshold a cosine distance in (0, 2]."""
+    for key, types in _ESTIMATE_TYPES.items():
+        v = est.get(key)
+        if v is None or not isinstance(v, types) or isinstance(v, bool):
+            raise CacheError(f"{where}.{key} is {json.dumps(v)[:40]}, expected "
+                             f"{' or '.join(t.__name__ for t in types)}; re-run "
+                             "`calibrate --estimate CACHE` to record it again")
+    if est["version"] > ESTIMATE_VERSION or est["version"] < 1:
+        raise CacheError(f"{where}.version is {est['version']}: this face-sets reads estimate "
+                         f"version 1 to {ESTIMATE_VERSION}; upgrade face-sets or re-run "
+                         "`calibrate --estimate CACHE`")
+    if est["faces"] < 0 or not est["thresholds"]:
+        raise CacheError(f"{where}: faces is negative or thresholds is empty")
+    for name, value in est["thresholds"].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= 2:
+            raise CacheError(f"{where}.thresholds.{name} is {json.dumps(value)[:40]}, expected "
+                             "a cosine distance in (0, 2]; re-run `calibrate --estimate CACHE`")
+    return est
+
+
+def estimate_record(method: str, how: str, faces: int, thresholds: dict[str, float],
+                    stats: dict) -> dict:
+    """The meta["estimate"] body (checked as a reader will check it)."""
+    return check_estimate({"version": ESTIMATE_VERSION, "method": method, "how": how,
+                           "faces": int(faces), "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "thresholds": {k: round(float(v), 4) for k, v in thresholds.items()},
+                           "stats": stats}, "estimate")
 
 
 _KINDS = {"U": "U", "int32": "iu", "int64": "iu", "float32": "f"}

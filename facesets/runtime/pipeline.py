@@ -104,9 +104,10 @@ def cache_digest(cache: FaceCache, enriched: bool) -> str:
     cols = ["sha256", "index", "embedding", "bbox", "det_score", "face_short", "blur"]
     if enriched:
         cols += [c for c in ENRICHED if c in f]
+    estimated = (cache.meta.get("estimate") or {}).get("thresholds")
     return digest(*(f[c] for c in cols), cache.paths["path"], cache.paths["sha256"],
                    cache.files["status"], cache.meta.get("model_id"),
-                   cache.meta.get("thresholds"))
+                   cache.meta.get("thresholds"), *([estimated] if estimated else []))
 
 
 def listing_digest(paths: list[str]) -> str:
