@@ -148,34 +148,21 @@ def _report(args) -> int:
 
 
 def _apply(args) -> int:
-    from ..core import runs
-    from ..io.fsutil import output_lock
-    from ..steps.occlusion import apply_filter, plan_filter, write_plan
-
-    log = lambda m: say(f"  {m}")  # noqa: E731
-    if args.dry_run:
-        plan = plan_filter(args.scores, args.image_threshold, args.faceset_share,
-                           args.min_survivors)
-        for line in plan.lines():
-            say(f"  {line}")
-        path = write_plan(plan, dry_run=True)
-        say(f"occlusion apply (dry run, nothing changed): {plan.line()}; plan in {path}")
-        return 0
-    from ..formats.occlusion import load_scores
     from pathlib import Path
 
+    from ..formats.occlusion import load_scores, plan_path
+    from ..steps.occlusion import apply_filter, plan_filter, write_plan
+    from .common import recorded_run
+
+    def plan():
+        p = plan_filter(args.scores, args.image_threshold, args.faceset_share,
+                        args.min_survivors)
+        write_plan(p, dry_run=args.dry_run)
+        return p
+
     root = Path(load_scores(args.scores)["export"])
-    with output_lock(root):
-        runs.finish_pending(root, log)
-        plan = plan_filter(args.scores, args.image_threshold, args.faceset_share,
-                           args.min_survivors)
-        for line in plan.lines():
-            say(f"  {line}")
-        path = write_plan(plan, dry_run=False)
-        entry = apply_filter(plan, log)
-    say(f"occlusion apply: {plan.line()}; plan in {path}"
-        + (f"; run {entry['id']} (undo: `undo {root} {entry['id']}`)" if entry
-           else "; nothing changed"))
+    recorded_run(root, "occlusion apply", plan, apply_filter, args.dry_run)
+    say(f"  plan: {plan_path(args.scores)}")
     return 0
 
 
