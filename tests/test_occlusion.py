@@ -33,7 +33,7 @@ TINY = {"embed_dim": 32,
 # ---- pure logic ------------------------------------------------------------------------------
 @pytest.mark.unit
 def test_verdict_rules():
-    from facesets.steps.occlusion import verdict_of
+    from facesets.core.occlusion import verdict_of
 
     assert verdict_of(10, 4, 0.4, 5) == "masked"          # 40% flagged: the whole faceset
     assert verdict_of(10, 3, 0.4, 5) == "prune"           # 30%: its flagged PNGs only
@@ -275,7 +275,8 @@ def kill_worker_midway(queue: Path, results: Path, *extra) -> int:
     return results.read_bytes().count(b"\n")
 
 
-def test_stage_worker_killed_merge_report_apply_undo(painted_export, tiny_clip, tmp_path):
+def test_stage_worker_killed_merge_report_apply_undo(painted_export, tiny_clip, faces_cache,
+                                                     tmp_path):
     out = tmp_path / "swap"
     shutil.copytree(painted_export, out)
     check_library(out)
@@ -363,3 +364,16 @@ def test_stage_worker_killed_merge_report_apply_undo(painted_export, tiny_clip, 
     assert [e["name"] for e in top["facesets"]] == [f"faceset_{i:03d}" for i in range(4)]
     assert top["masked"] == [] and top["thin_eras"] == [] and "occlusion_filter_run" not in top
     assert [e["step"] for e in top["runs"]] == ["occlusion", "undo"]
+
+    # the scores feed export-swap: the faces scored occluded never reach a bundle
+    again = tmp_path / "again"
+    run_cli("export-swap", faces_cache, painted_export.parent / "four.json", again,
+            "--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
+            "--no-progress", "--occlusion-scores", scores)
+    occluded = {f["key"] for n, faces in doc["facesets"].items() for f in faces
+                if f["scores"]["occluded"] >= 0.7}
+    for name in ("faceset_000", "faceset_001", "faceset_002", "faceset_003"):
+        m = json.loads((again / name / "manifest.json").read_text())
+        assert not occluded & {f["key"] for f in m["faces"]}
+        dropped = {d["key"] for d in m["dropped"] if d["reason"] == "occluded"}
+        assert dropped == occluded & {f["key"] for f in doc["facesets"][name]}

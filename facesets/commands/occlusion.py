@@ -21,7 +21,7 @@ from .common import say
 
 
 def _rules(p) -> None:
-    from ..steps.occlusion import FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS
+    from ..core.occlusion import FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS
 
     p.add_argument("--image-threshold", type=float, default=IMAGE_THRESHOLD,
                    help="flag a face whose probability for any attribute reaches this")

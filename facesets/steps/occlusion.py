@@ -12,7 +12,7 @@ may be about the mask rather than the person.
            export (an attribute two scorers give: the higher probability);
   report   a static HTML contact sheet per faceset (thumbnails, scores, flags, verdict);
   apply    the rules below as one recorded run (core/runs.py): undoable.
-The rules (defaults here; the command's flags override): a face whose probability for any
+The rules (defaults in core/occlusion.py; the command's flags override): a face whose probability for any
 attribute is >= ``IMAGE_THRESHOLD`` is flagged; a faceset with >= ``FACESET_SHARE`` of its
 faces flagged moves whole to ``_masked/``; otherwise its flagged PNGs move to
 ``faces/_dropped/``, and when fewer than ``MIN_SURVIVORS`` faces remain after something was
@@ -33,6 +33,8 @@ from typing import Iterator
 import numpy as np
 
 from ..core import runs
+from ..core.occlusion import (FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS,  # noqa: F401
+                              verdict_of)
 from ..core.swapfaces import face_png_items
 from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
 from ..formats.occlusion import (DROP_REASON, MASKED_DIR, MASKED_SECTION, RUN_SECTION,
@@ -48,9 +50,6 @@ from ..io.fsutil import atomic_write_json, read_json, sha256_file
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem
 
 STEP = "occlusion"
-IMAGE_THRESHOLD = 0.7      # a face is flagged at this probability for any attribute
-FACESET_SHARE = 0.4        # a faceset with this share of its faces flagged goes to _masked/
-MIN_SURVIVORS = 5          # fewer faces left after pruning: the faceset goes to _thin/
 WORKER_BATCH = 8           # images per inference batch and per results flush in the worker
 
 
@@ -297,15 +296,6 @@ class FilterPlan:
     def to_json(self, dry_run: bool) -> dict:
         return plan_body(self.scores_path, str(self.root), self.thresholds,
                          [f.to_json() for f in self.facesets], dry_run)
-
-
-def verdict_of(faces: int, flagged: int, faceset_share: float, min_survivors: int) -> str:
-    """The rule of the module docstring for one faceset."""
-    if faces and flagged / faces >= faceset_share:
-        return "masked"
-    if flagged == 0:
-        return "keep"
-    return "thin" if faces - flagged < min_survivors else "prune"
 
 
 def plan_filter(scores_path: str, image_threshold: float = IMAGE_THRESHOLD,
