@@ -124,7 +124,6 @@ def test_scores_and_results_readers_name_file_and_field(tmp_path):
 def tiny_clip(tmp_path_factory):
     """A tiny open_clip config and two checkpoints of one random model: logit scale 50 and
     logit scale 1 (exp of the stored log-scale)."""
-    pytest.importorskip("torch")
     from facesets.scorers.clip import import_open_clip
 
     open_clip = import_open_clip()
