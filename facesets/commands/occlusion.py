@@ -44,8 +44,8 @@ def register(sub) -> None:
     ops.required = True
 
     s = ops.add_parser("stage", help="queue every face PNG of an export-swap output")
-    s.add_argument("swap_ready", metavar="SWAP_READY")
-    s.add_argument("queue", metavar="QUEUE")
+    s.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
+    s.add_argument("queue", metavar="QUEUE", help="queue JSON to write")
     s.set_defaults(func=_stage)
 
     s = ops.add_parser("score", help="score a queue in-process (the worker's job loop)")
@@ -56,14 +56,16 @@ def register(sub) -> None:
     s = ops.add_parser("merge", help="worker results into one scores file")
     s.add_argument("results", metavar="RESULTS", nargs="+",
                    help="one or more results files of one export (e.g. CLIP and a classifier)")
-    s.add_argument("scores", metavar="SCORES")
+    s.add_argument("scores", metavar="SCORES", help="scores file to write (JSON)")
     s.set_defaults(func=_merge)
 
     s = ops.add_parser("report", help="static HTML contact sheet per faceset")
-    s.add_argument("scores", metavar="SCORES")
-    s.add_argument("report_dir", metavar="REPORT_DIR")
+    s.add_argument("scores", metavar="SCORES", help="scores file of `occlusion merge`")
+    s.add_argument("report_dir", metavar="REPORT_DIR",
+                   help="folder for index.html, one page per faceset and the thumbnails")
     _rules(s)
-    s.add_argument("--no-progress", dest="progress", action="store_false")
+    s.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
     s.set_defaults(func=_report)
 
     s = ops.add_parser("apply", help="prune flagged faces, quarantine masked and thin facesets")
@@ -75,7 +77,7 @@ def register(sub) -> None:
 
     s = ops.add_parser("export-onnx", help="CLIP zero-shot as one ONNX graph (no torch "
                                            "needed to run it)")
-    s.add_argument("out", metavar="OUT.onnx")
+    s.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
     clip_args(s, DEFAULT_MODEL, DEFAULT_PRETRAINED)
     s.add_argument("--check", type=int, default=8,
                    help="score N synthetic crops with torch and ONNX Runtime and compare "
