@@ -172,7 +172,7 @@ def clip_options_of(args) -> dict:
     return {"model": args.clip_model, "model_config": args.model_config,
             "pretrained": None if pretrained in (None, "", "none") else pretrained,
             "weights": args.weights, "prompts": args.prompts,
-            "threads": getattr(args, "threads", None)}
+            "threads": getattr(args, "threads", None), "device": args.device}
 
 
 def make_occlusion_job(queue: dict, args, mapper):
@@ -571,6 +571,9 @@ def clip_args(p, model: str, pretrained: str) -> None:
                    help="prompt ensembles JSON (default: facesets/scorers/"
                         "occlusion_prompts.json; copy and edit it)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the clip scorer (cpu, cuda); the GPU path without "
+                        "torch is export-onnx + --scorer onnx:PATH")
 
 
 def check_images(n: int = 8, size: int = 256, seed: int = 0) -> list[np.ndarray]:
