@@ -219,7 +219,7 @@ class ClipScorer(FaceScorer):
         from .onnx_classifier import CLIP_GRAPH_FORMAT, CLIP_GRAPH_VERSION, META_KEY
 
         path = Path(path)
-        dummy = self.torch.zeros(2, 3, self.size, self.size)
+        dummy = self.torch.zeros(2, 3, self.size, self.size, device=self.device)
         tmp = path.with_name(f".{path.name}.export")
         # nn.MultiheadAttention's inference fast path is one fused op ONNX has no
         # translation for; the export traces the plain (same numbers) implementation
