@@ -330,6 +330,15 @@ def test_stage_worker_killed_merge_report_apply_undo(painted_export, tiny_clip, 
         assert red_border.sum() > 2000, "flagged cards are drawn with a red border"
         assert (px.sum(axis=1) < 30).sum() > 20000, "the thumbnails (black bands) show"
 
+    # a tampered scores file is one error line naming the file and field; nothing changes
+    broken = json.loads(scores.read_text())
+    broken["facesets"]["faceset_000"][0]["scores"]["occluded"] = 1.5
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    bad = run_cli("occlusion", "apply", tmp_path / "broken.json", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and \
+        "broken.json: facesets.faceset_000[0].scores.occluded" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and tree(out) == before
+
     dry = run_cli("occlusion", "apply", scores, "--dry-run")
     assert "nothing changed" in dry.stdout and tree(out) == before
     plan = json.loads((tmp_path / "scores.json.plan.json").read_text())
