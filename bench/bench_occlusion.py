@@ -136,12 +136,12 @@ def bench_clip(args) -> None:
 
 def bench_classifier(args) -> None:
     import torch
-    import torchvision
 
     from facesets.scorers.clip import import_open_clip
     from facesets.scorers.onnx_classifier import OnnxScorer
 
     import_open_clip()    # torchvision's import, as the clip scorer does it
+    import torchvision
     net = torchvision.models.resnet18(num_classes=2).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resnet18_occlusion.onnx"
