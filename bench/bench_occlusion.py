@@ -98,7 +98,8 @@ def bench_apply(args) -> None:
         dt, _ = cli("occlusion", "apply", scores, "--dry-run")
         print(f"apply --dry-run: {dt:.2f} s")
         dt, out = cli("occlusion", "apply", scores)
-        print(f"apply: {dt:.2f} s  ({out.strip().splitlines()[-1][:160]})")
+        line = next(x for x in out.splitlines() if x.startswith("occlusion apply:"))
+        print(f"apply: {dt:.2f} s  ({line[:200]})")
         dt, _ = cli("undo", root)
         print(f"undo: {dt:.2f} s")
 
