@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
 import subprocess
 import sys
 import tempfile
