@@ -24,7 +24,7 @@ COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-s
             "history",
             "undo",
             "import-folders", "discover", "split",
-            "immich", "video"]
+            "immich", "video", "occlusion"]
 
 
 def build_parser() -> argparse.ArgumentParser:

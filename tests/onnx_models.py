@@ -47,3 +47,47 @@ def pack_with_landmarks(base_pack: Path, dest: Path) -> Path:
     landmark_model(dest / "2d106det.onnx", 212, seed=1)
     landmark_model(dest / "1k3d68.onnx", 3309, seed=2)
     return dest
+
+
+# the occlusion classifier stand-in: logits [clean, occluded] = [0, GAIN * (BIAS - m)], m the
+# mean of the normalised lower half of the 224 x 224 input (ImageNet mean/std): a black lower
+# half (a band over mouth and chin) gives m ~ -1.97 and p(occluded) ~ 0.98, a face < 0.3
+OCCLUSION_GAIN, OCCLUSION_BIAS = 8.0, -1.5
+
+
+def occlusion_classifier(path: Path) -> Path:
+    """input [N, 3, 224, 224] -> lower half -> mean -> logits [N, 2] (see above)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    nodes = [
+        helper.make_node("Slice", ["input", "starts", "ends", "axes"], ["lower"]),
+        helper.make_node("ReduceMean", ["lower"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["m", "one"], ["m1"]),
+        helper.make_node("Sub", ["bias", "m1"], ["d"]),
+        helper.make_node("Mul", ["d", "gain"], ["occluded"]),
+        helper.make_node("Mul", ["m1", "zero"], ["clean"]),
+        helper.make_node("Concat", ["clean", "occluded"], ["logits"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "occlusion_standin",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        initializer=[const("starts", [112], np.int64), const("ends", [224], np.int64),
+                     const("axes", [2], np.int64), const("one", [1], np.int64),
+                     const("bias", OCCLUSION_BIAS), const("gain", OCCLUSION_GAIN),
+                     const("zero", 0.0)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def expected_occluded(rgb) -> float:
+    """The stand-in's p(occluded) for a crop of one solid colour (no resize effect)."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    m = float(((np.asarray(rgb, float) / 255.0 - mean) / std).mean())
+    return float(1.0 / (1.0 + np.exp(-OCCLUSION_GAIN * (OCCLUSION_BIAS - m))))

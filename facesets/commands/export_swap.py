@@ -22,6 +22,14 @@ def register(sub) -> None:
     p.add_argument("--candidates", action="store_true",
                    help="raw singletons near a faceset -> _candidates/to_<faceset>/, the "
                         "rest that group together -> _candidates/new_NNN/")
+    from ..core.occlusion import IMAGE_THRESHOLD
+    p.add_argument("--occlusion-scores", default=None, metavar="SCORES",
+                   help="scores of `occlusion merge`: faces scored occluded never reach a "
+                        "bundle (default: the scores the last `occlusion apply` on OUT used, "
+                        "when that file exists)")
+    p.add_argument("--max-occlusion", type=float, default=IMAGE_THRESHOLD,
+                   help="drop a face whose occlusion probability (any attribute) reaches "
+                        "this, when scores exist (1.01: off)")
     add_cache_model_options(p)   # the detector of the cache's own model pack
     add_progress_option(p)
     p.set_defaults(func=run)
@@ -69,6 +77,12 @@ def run(args) -> int:
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
     params = export_params(args, cache.meta, args.candidates, args.cache)
+    from ..core.occlusion import scores_for_export
+    scores, params.occlusion = scores_for_export(args.out, args.occlusion_scores)
+    params.max_occlusion = args.max_occlusion
+    if scores:
+        say(f"export-swap: faces with an occlusion probability >= {args.max_occlusion} in "
+            f"{scores} are dropped")
     with output_lock(args.out):
         top = run_export(args.cache, args.refine_manifest, args.out, params,
                          detector_loader(args, cache.meta, args.cache), args.raw_manifest,

@@ -46,6 +46,10 @@ class ExportParams:
     candidate_match_threshold: float | None = None
     candidate_min_score: float = 0.40
     workers: int = 2
+    # export-swap --max-occlusion: face key -> highest occlusion probability (a scores file of
+    # `occlusion merge`); a face at max_occlusion or above is dropped ("occluded")
+    occlusion: dict | None = None
+    max_occlusion: float = 1.0
 
 
 @dataclass
@@ -92,6 +96,9 @@ def select_for_swap(cache: FaceCache, sel: FaceSelection, members: np.ndarray,
             drop(k, "outlier")
         elif f["face_short"][sel.rows[members[k]]] < p.min_face_short:
             drop(k, "small")
+        elif p.occlusion and p.occlusion.get(str(sel.keys[members[k]]), 0.0) >= \
+                p.max_occlusion:
+            drop(k, "occluded", occlusion=round(p.occlusion[str(sel.keys[members[k]])], 4))
     # one face per source photo: the one nearest the centroid
     best_of: dict[str, int] = {}
     for k in np.flatnonzero(alive):

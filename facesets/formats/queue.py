@@ -37,7 +37,8 @@ QUEUE_VERSION = 1
 KIND_EMBED = "embed"
 KIND_MULTIFACE = "multiface"
 KIND_VIDEO = "video"      # one item per shot of a video (facesets/steps/video.py)
-KINDS = {KIND_EMBED, KIND_MULTIFACE, KIND_VIDEO}
+KIND_OCCLUSION = "occlusion"       # face PNGs of an export to score (occlusion stage)
+KINDS = {KIND_EMBED, KIND_MULTIFACE, KIND_VIDEO, KIND_OCCLUSION}
 
 RESULTS_CACHE = "results.npz"      # OUT/results.npz(.segments/) of the embed worker
 FAILURES_LOG = "failures.jsonl"    # OUT/failures.jsonl: items to retry, with the reason
@@ -249,6 +250,7 @@ def validate_queue(data, where: str, kind: str | None = None) -> dict:
     if not isinstance(items, list):
         raise c.fail("items", "is missing or not a list")
     roots = staged_roots(data)
+    # an occlusion item is a multiface item: one face PNG of the export, with its sha256
     check_item = {KIND_EMBED: _check_embed_item, KIND_VIDEO: _check_video_item}.get(
         data["kind"], _check_multiface_item)
     seen = set()
@@ -402,6 +404,43 @@ def validate_multiface_results(records: list[dict], queue: dict, where: str) -> 
                 isinstance(x, (int, float)) and not isinstance(x, bool)
                 and math.isfinite(x) and 0 <= x <= 1 for x in scores):
             raise bad(n, "scores", f"is not a list of {faces} detection scores in 0..1")
+
+
+def validate_occlusion_results(records: list[dict], queue: dict, where: str) -> None:
+    """Check every record of an occlusion worker's JSON Lines results against the queue:
+    ``{id, path, sha256, scorer, scores: {attribute: probability}}`` (attribute names are
+    identifiers, probabilities finite numbers in 0..1) or ``{id, path, error}``; ids of the
+    queue's items with their queued path and sha256. Raises QueueError naming the file, the
+    record and the field."""
+    items = {it["id"]: it for it in queue["items"]}
+
+    def bad(n: int, field: str, why: str) -> QueueError:
+        return QueueError(f"{where}: record {n + 1} {field} {why}; re-run the worker into "
+                          "a fresh results file")
+
+    for n, rec in enumerate(records):
+        rid = rec.get("id")
+        if not isinstance(rid, str) or rid not in items:
+            raise bad(n, "id", f"{_show(rid)} is not an item of the queue")
+        if rec.get("path") != items[rid]["path"]:
+            raise bad(n, "path", f"{_show(rec.get('path'))} is not the queued path of {rid}")
+        if "error" in rec:
+            if not isinstance(rec["error"], str):
+                raise bad(n, "error", f"{_show(rec['error'])} is not a string")
+            continue
+        if rec.get("sha256") != items[rid]["sha256"]:
+            raise bad(n, "sha256", f"{_show(rec.get('sha256'))} is not the queued sha256")
+        if not isinstance(rec.get("scorer"), str) or not rec["scorer"]:
+            raise bad(n, "scorer", f"{_show(rec.get('scorer'))} is not a non-empty string")
+        scores = rec.get("scores")
+        if not isinstance(scores, dict) or not scores:
+            raise bad(n, "scores", "is not an object of attribute probabilities")
+        for k, v in scores.items():
+            if not isinstance(k, str) or not k.isidentifier() or len(k) > 64:
+                raise bad(n, "scores", f"attribute {_show(k)} is not an identifier")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) \
+                    or not math.isfinite(v) or not 0 <= v <= 1:
+                raise bad(n, f"scores.{k}", f"{_show(v)} is not a probability in 0..1")
 
 
 # ---- JSON Lines results --------------------------------------------------------------------

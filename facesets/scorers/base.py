@@ -20,15 +20,13 @@ The contract:
     scorer resizes to its input). Returns one ``{attribute: probability in [0, 1]}`` per
     image, in input order. Never reads files, never keeps state between calls.
 
-The scorers to come, each one module in ``scorers/``:
-- CLIP zero-shot (``scorers/clip.py``): an image encoder and one text prompt pair per
-  attribute ("a photo of a face wearing sunglasses" / "... without sunglasses"); the
-  probability is the softmax over the pair's similarities. Weights load on construction,
-  from a local model root (no download at score time).
-- ONNX classifiers (``scorers/onnx_classifier.py``): one ONNX Runtime session per model
-  file, a declared input size and normalisation, a sigmoid (multi-label) or softmax head
-  mapped to attribute names by the model's metadata. ONNX Runtime only, so it runs in the
-  Windows GPU worker without torch.
+The scorers, each one module in ``scorers/`` (docs/occlusion.md):
+- CLIP zero-shot (``scorers/clip.py``, ``clip``): open_clip, prompt ensembles per attribute
+  (positive vs negative, mean-pooled and normalised), softmax of the cosine similarities
+  times the model's own logit scale.
+- ONNX (``scorers/onnx_classifier.py``, ``onnx:PATH``): ONNX Runtime only, so it runs in the
+  Windows GPU worker without torch: a binary occlusion classifier, or a CLIP graph written
+  by ``occlusion export-onnx`` (described by the file's metadata).
 Heavy imports (torch, open_clip, onnxruntime) stay inside the scorer's module and its
 constructor, so importing ``facesets.scorers`` costs nothing.
 A new scorer: subclass ``FaceScorer`` in ``scorers/<name>.py`` and add a line to

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..core import runs
-from ..formats.manifest import (AUDIT_PLAN, AUDIT_PLAN_FILE, FACE_PNG, FACESET_NAME,
+from ..core.swapfaces import face_file as _face_file
+from ..core.swapfaces import face_png_items
+from ..core.swapfaces import faceset_name as _faceset_name
+from ..formats.manifest import (AUDIT_PLAN, AUDIT_PLAN_FILE,
                                 SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, audit_plan,
                                 load_manifest, safe_member_path)
 from ..formats.queue import (KIND_MULTIFACE, JsonlAppender, QueueError, latest_by_id, load_queue,
@@ -44,19 +47,7 @@ def stage_multiface_queue(export_dir: str, queue_path: str, model: str | None,
                           model_root: str | None, det_size: int) -> int:
     """Queue every face PNG the export's faceset manifests list. Returns the item count."""
     out = Path(export_dir).resolve()
-    top = load_manifest(out / MANIFEST_NAME, SWAP_MANIFEST)
-    items = []
-    for entry in top.get("facesets", []):
-        name = _faceset_name(entry.get("name"), out)
-        fs = load_manifest(out / name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-        for face in fs.get("faces", []):
-            rel = _face_file(face.get("file"), out / name)
-            png = out / name / rel
-            if not png.is_file():
-                continue  # already moved away: rebuild_bundles handles it on apply
-            items.append({"id": f"{name}/{rel}", "path": str(png), "faceset": name,
-                          "file": rel, "key": face.get("key", ""),
-                          "size": png.stat().st_size, "sha256": sha256_file(png)})
+    top, items = face_png_items(out)
     from ..backends import default_model
 
     params = {"model": model or top.get("model") or default_model(),
@@ -65,24 +56,6 @@ def stage_multiface_queue(export_dir: str, queue_path: str, model: str | None,
               "det_size": int(det_size), "export": str(out), "export_run": top.get("run")}
     write_queue(queue_path, new_queue(KIND_MULTIFACE, params, items))
     return len(items)
-
-
-def _faceset_name(name, out: Path, source: str | os.PathLike | None = None) -> str:
-    """A faceset folder named by a manifest or queue: faceset_NNN, a folder of OUT."""
-    if not isinstance(name, str) or not FACESET_NAME.fullmatch(name) \
-            or not (out / name).is_dir():
-        raise ManifestError(f"{source or out}: faceset {name!r} is not a folder of this "
-                            "export; re-run export-swap or re-stage the audit")
-    return name
-
-
-def _face_file(rel, faceset_dir: Path, source: str | os.PathLike | None = None) -> str:
-    """A face PNG named by a manifest or queue: faces/NNN.png inside that faceset."""
-    if not isinstance(rel, str) or not FACE_PNG.fullmatch(rel):
-        raise ManifestError(f"{source or faceset_dir}: face file {rel!r} is not "
-                            "faces/NNN.png; re-run export-swap or re-stage the audit")
-    safe_member_path(faceset_dir, rel, "file", source)
-    return rel
 
 
 # ---- worker (GPU side) ------------------------------------------------------------------

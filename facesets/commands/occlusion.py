@@ -1,0 +1,190 @@
+"""occlusion: take masked, sunglassed and hand-covered faces out of a swap-ready export.
+
+  occlusion stage SWAP_READY QUEUE         queue every face PNG of the export
+  occlusion score QUEUE RESULTS            score in-process (--scorer clip | onnx:PATH); or
+                                           on the GPU side: work/clip_worker.py QUEUE RESULTS
+  occlusion merge RESULTS... SCORES        worker results into one scores file per export
+  occlusion report SCORES REPORT_DIR       static HTML contact sheet per faceset
+  occlusion apply SCORES [--dry-run]       prune / quarantine (undoable: `undo SWAP_READY`)
+  occlusion export-onnx OUT.onnx           CLIP image tower + prompt embeddings + logit scale
+                                           as one ONNX graph for the torch-free worker
+Rules: a face with any attribute >= --image-threshold (0.7) is flagged; a faceset with
+>= --faceset-share (40%) flagged moves to _masked/; else its flagged PNGs go to
+faces/_dropped/, and a faceset left with fewer than --min-survivors (5) after pruning moves
+to _thin/.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .common import say
+
+
+def _rules(p) -> None:
+    from ..core.occlusion import FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS
+
+    p.add_argument("--image-threshold", type=float, default=IMAGE_THRESHOLD,
+                   help="flag a face whose probability for any attribute reaches this")
+    p.add_argument("--faceset-share", type=float, default=FACESET_SHARE,
+                   help="quarantine a faceset to _masked/ when this share of it is flagged")
+    p.add_argument("--min-survivors", type=int, default=MIN_SURVIVORS,
+                   help="a faceset left with fewer faces after pruning moves to _thin/")
+
+
+def register(sub) -> None:
+    from ..runtime.worker import add_worker_args
+    from ..scorers.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
+    from ..steps.occlusion import clip_args, scorer_args
+
+    p = sub.add_parser("occlusion", help="filter occluded faces (masks, sunglasses, hands) "
+                                         "out of an export (undoable)",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ops = p.add_subparsers(dest="op", metavar="OP")
+    ops.required = True
+
+    s = ops.add_parser("stage", help="queue every face PNG of an export-swap output")
+    s.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
+    s.add_argument("queue", metavar="QUEUE", help="queue JSON to write")
+    s.set_defaults(func=_stage)
+
+    s = ops.add_parser("score", help="score a queue in-process (the worker's job loop)")
+    add_worker_args(s, "results file (JSON Lines, appended; resumable)")
+    scorer_args(s)
+    s.set_defaults(func=_score)
+
+    s = ops.add_parser("merge", help="worker results into one scores file")
+    s.add_argument("results", metavar="RESULTS", nargs="+",
+                   help="one or more results files of one export (e.g. CLIP and a classifier)")
+    s.add_argument("scores", metavar="SCORES", help="scores file to write (JSON)")
+    s.set_defaults(func=_merge)
+
+    s = ops.add_parser("report", help="static HTML contact sheet per faceset")
+    s.add_argument("scores", metavar="SCORES", help="scores file of `occlusion merge`")
+    s.add_argument("report_dir", metavar="REPORT_DIR",
+                   help="folder for index.html, one page per faceset and the thumbnails")
+    _rules(s)
+    s.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    s.set_defaults(func=_report)
+
+    s = ops.add_parser("apply", help="prune flagged faces, quarantine masked and thin facesets")
+    s.add_argument("scores", metavar="SCORES", help="scores file (it names its export)")
+    _rules(s)
+    s.add_argument("--dry-run", action="store_true",
+                   help="write the plan (SCORES.plan.json) and print it; change nothing")
+    s.set_defaults(func=_apply)
+
+    s = ops.add_parser("export-onnx", help="CLIP zero-shot as one ONNX graph (no torch "
+                                           "needed to run it)")
+    s.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
+    clip_args(s, DEFAULT_MODEL, DEFAULT_PRETRAINED)
+    s.add_argument("--check", type=int, default=8,
+                   help="score N synthetic crops with torch and ONNX Runtime and compare "
+                        "(0: skip)")
+    s.set_defaults(func=_export_onnx)
+
+
+def _scorer_errors(fn):
+    def run(args) -> int:
+        from ..scorers import ScorerError
+
+        try:
+            return fn(args)
+        except ScorerError as exc:
+            raise ValueError(str(exc)) from None
+    return run
+
+
+def _stage(args) -> int:
+    from ..steps.occlusion import stage_occlusion_queue
+
+    n = stage_occlusion_queue(args.swap_ready, args.queue)
+    say(f"occlusion stage: {n} face PNGs queued in {args.queue}; next: occlusion score "
+        f"{args.queue} RESULTS (or work/clip_worker.py {args.queue} RESULTS on the GPU side)")
+    return 0
+
+
+@_scorer_errors
+def _score(args) -> int:
+    from pathlib import Path
+
+    from ..formats.queue import KIND_OCCLUSION, load_queue
+    from ..runtime.jobs import EXIT_INTERRUPTED
+    from ..runtime.pathmap import PathMapper
+    from ..runtime.worker import run_job, work_items, worker_lock
+    from ..steps.occlusion import make_occlusion_job
+
+    if args.batch < 1:
+        raise ValueError("--batch must be at least 1")
+    queue = load_queue(args.queue, KIND_OCCLUSION)
+    mapper = PathMapper(None, args.path_map, windows=False)
+    job, lock, failures = make_occlusion_job(queue, args, mapper)
+    with worker_lock(lock, what=f"results {args.results}"):
+        summary = run_job(job, work_items(queue, mapper), Path(failures), args.batch,
+                          args.progress)
+    say(summary.line() + (f" (see {failures})" if summary.failed else ""))
+    return EXIT_INTERRUPTED if summary.interrupted else 0
+
+
+def _merge(args) -> int:
+    from ..steps.occlusion import merge_results
+
+    doc = merge_results(args.results, args.scores)
+    n = sum(len(v) for v in doc["facesets"].values())
+    say(f"occlusion merge: {n} faces scored in {len(doc['facesets'])} facesets "
+        f"({', '.join(doc['attributes'])}; scorers {', '.join(doc['scorers'])}), "
+        f"{len(doc['unscored'])} not scored yet, {len(doc['errors'])} unreadable -> "
+        f"{args.scores}")
+    return 0
+
+
+def _report(args) -> int:
+    from ..steps.occlusion import plan_filter, write_report
+
+    plan = plan_filter(args.scores, args.image_threshold, args.faceset_share,
+                       args.min_survivors)
+    index = write_report(plan, args.report_dir, args.progress)
+    say(f"occlusion report: {plan.line()}; open {index}")
+    return 0
+
+
+def _apply(args) -> int:
+    from pathlib import Path
+
+    from ..formats.occlusion import load_scores, plan_path
+    from ..steps.occlusion import apply_filter, plan_filter, write_plan
+    from .common import recorded_run
+
+    def plan():
+        p = plan_filter(args.scores, args.image_threshold, args.faceset_share,
+                        args.min_survivors)
+        write_plan(p, dry_run=args.dry_run)
+        return p
+
+    root = Path(load_scores(args.scores)["export"])
+    recorded_run(root, "occlusion apply", plan, apply_filter, args.dry_run)
+    say(f"  plan: {plan_path(args.scores)}")
+    return 0
+
+
+@_scorer_errors
+def _export_onnx(args) -> int:
+    from ..scorers import scorer_from_spec
+    from ..steps.occlusion import check_images, clip_options_of, compare_scorers
+
+    clip = scorer_from_spec("clip", clip_options_of(args))
+    meta = clip.export_onnx(args.out)
+    say(f"occlusion export-onnx: {meta['name']} -> {args.out} (attributes "
+        f"{', '.join(meta['attributes'])}, input {meta['image_size']} px, logit scale "
+        f"{meta['logit_scale']:.4f})")
+    if args.check > 0:
+        onnx = scorer_from_spec(f"onnx:{args.out}")
+        r = compare_scorers(clip, onnx, check_images(args.check))
+        say(f"  check on {r['images']} synthetic crops: max abs score difference "
+            f"{r['max_abs_diff']:.2e}; torch {r['a_img_s']:.1f} img/s, ONNX Runtime "
+            f"{r['b_img_s']:.1f} img/s")
+        if r["max_abs_diff"] >= 1e-3:
+            raise ValueError(f"{args.out}: ONNX scores differ from torch by "
+                             f"{r['max_abs_diff']:.2e} (>= 1e-3); do not use this export")
+    return 0
