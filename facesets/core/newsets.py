@@ -20,9 +20,9 @@ from a whole export is how the result reaches the library:
 New facesets are numbered past the highest ``faceset_NNN`` anywhere in the library (the
 top-level manifest, the folders at its top, ``_merged/`` and ``_split/``), so a number is
 never reused while the library lists it or keeps its folder (folders an undo parked in
-``_added/<tag>/`` or ``_split/<tag>/`` have a namespace of their own); a caller may give the name instead (eras:
-``faceset_NNN_YYYY-YYYY``). A label (a folder name, a person's name) goes into NAME.txt
-and names the bundles (``<label>_top30.fsz``).
+``_added/<tag>/`` or ``_split/<tag>/`` have a namespace of their own); a caller may give
+the name instead (eras: ``faceset_NNN_YYYY-YYYY``). A label (a folder name, a person's
+name) goes into NAME.txt and names the bundles (``<label>_top30.fsz``).
 """
 from __future__ import annotations
 
