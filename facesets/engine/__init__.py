@@ -15,7 +15,8 @@ from .base import (ClusterEngine, centroids, normalize_rows, pairs_from_groups, 
                    violates_cannot_link)
 from .exact import ExactEngine
 from .graph import GraphEngine
-from .linkage import CLUSTER_MERGE_RATIO, LINKAGES, attach_unreliable, merge_centroids, mutual_smooth, sub_cannot_link
+from .linkage import (CLUSTER_MERGE_RATIO, LINKAGES, attach_unreliable, merge_centroids,
+                      mutual_smooth, sub_cannot_link)
 
 ENGINES: dict[str, type[ClusterEngine]] = {"exact": ExactEngine, "graph": GraphEngine}
 
