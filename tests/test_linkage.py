@@ -10,7 +10,8 @@ from conftest import FACES, run_cli
 from facesets.core.metrics import Scores, pairwise_scores
 from facesets.core.reliability import ReliabilityGates, unreliable_faces
 from facesets.core.selection import select_faces
-from facesets.engine import CLUSTER_MERGE_RATIO, LINKAGES, attach_unreliable, cluster_faces, violates_cannot_link
+from facesets.engine import (CLUSTER_MERGE_RATIO, LINKAGES, attach_unreliable, cluster_faces,
+                             violates_cannot_link)
 from facesets.formats.cache import load_cache
 from facesets.steps.calibrate import SweepRow, precision_margin, target_pick
 

@@ -119,7 +119,8 @@ def cluster_sweep(embeddings: np.ndarray, thresholds, cannot_link: np.ndarray | 
                   engine)
 
 
-__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "LINKAGES", "CLUSTER_MERGE_RATIO", "merge_centroids", "EXACT_MAX_FACES", "GraphEngine",
+__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "LINKAGES", "CLUSTER_MERGE_RATIO",
+           "merge_centroids", "EXACT_MAX_FACES", "GraphEngine",
            "get_engine", "cluster_faces", "cluster_sweep", "centroids", "normalize_rows",
            "pairs_from_groups", "relabel_by_size",
            "violates_cannot_link"]
