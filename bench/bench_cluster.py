@@ -2,7 +2,7 @@
 
     python bench/bench_cluster.py quality            # real test faces: exact vs graph vs truth
     python bench/bench_cluster.py sklearn            # sklearn vs engine at 5k, 10k, 20k
-    python bench/bench_cluster.py scale --sizes 10000 50000 200000 1000000
+    python bench/bench_cluster.py scale --sizes 10000 50000 200000 1000000 [--merge-ratio R]
 
 Every clustering runs in its own subprocess (``_run``) over embeddings saved to disk, so its
 wall time and peak memory (ru_maxrss) are its own; the memory of the loaded embeddings alone
@@ -45,7 +45,7 @@ def _run(args) -> None:
     else:
         from facesets.engine import cluster_faces
         labels = cluster_faces(x, args.threshold, None, engine=args.method, timing=timing,
-                               progress=False)
+                               progress=False, merge_ratio=args.merge_ratio)
     wall = time.perf_counter() - t0
     np.save(args.labels, np.asarray(labels))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -53,10 +53,12 @@ def _run(args) -> None:
                       "loaded_mb": round(base / 1024), "timing": timing}))
 
 
-def run_method(method: str, emb: Path, threshold: float, work: Path) -> tuple[dict, np.ndarray]:
+def run_method(method: str, emb: Path, threshold: float, work: Path,
+               merge_ratio: float = 0.0) -> tuple[dict, np.ndarray]:
     labels = work / f"labels-{method}.npy"
     proc = subprocess.run([sys.executable, __file__, "_run", "--method", method, "--emb",
-                           str(emb), "--labels", str(labels), "--threshold", str(threshold)],
+                           str(emb), "--labels", str(labels), "--threshold", str(threshold),
+                           "--merge-ratio", str(merge_ratio)],
                           capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
@@ -180,7 +182,7 @@ def cmd_scale(a) -> None:
           "rounds | vs truth pairwise P/R/F, BCubed F")
     for n in a.sizes:
         emb, y = synth_data(n, 3, stats, work)
-        r, labels = run_method("graph", emb, THRESHOLD, work)
+        r, labels = run_method("graph", emb, THRESHOLD, work, a.merge_ratio)
         os.remove(emb)
         pw = pairwise_scores(labels, y)
         t = r["timing"]
@@ -199,6 +201,9 @@ def main() -> None:
     s.add_argument("--sizes", type=int, nargs="*", default=[5000, 10000, 20000])
     c = sub.add_parser("scale")
     c.add_argument("--sizes", type=int, nargs="*", default=[10000, 50000, 200000, 1000000])
+    from facesets.engine import CLUSTER_MERGE_RATIO
+    c.add_argument("--merge-ratio", type=float, default=CLUSTER_MERGE_RATIO,
+                   help="the centroid merge `cluster` adds (default %(default)s; 0: none)")
     for p in (q, s, c):
         p.add_argument("--cache", type=Path, default=None,
                        help="a cache of ../shared/testdata/faces (else embedded into a temp dir)")
@@ -207,6 +212,7 @@ def main() -> None:
     r.add_argument("--emb", required=True)
     r.add_argument("--labels", required=True)
     r.add_argument("--threshold", type=float, required=True)
+    r.add_argument("--merge-ratio", type=float, default=0.0)
     a = ap.parse_args()
     {"quality": cmd_quality, "sklearn": cmd_sklearn, "scale": cmd_scale, "_run": _run}[a.cmd](a)
 

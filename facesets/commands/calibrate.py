@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from ..core.thresholds import FLAGS, MODEL_THRESHOLDS
 from ..formats.cache import load_cache, update_meta
-from ..steps.calibrate import SWEEP_HEADER, calibrate
+from ..steps.calibrate import SWEEP_HEADER, TARGET_PRECISION, calibrate
 from ..steps.estimate import estimate
-from .common import CACHE_HELP, add_engine_option, say, warn
+from .common import CACHE_HELP, add_engine_option, add_merge_ratio_option, say, warn
 
 
 def register(sub) -> None:
@@ -31,7 +31,13 @@ def register(sub) -> None:
     p.add_argument("--estimate", action="store_true",
                    help="no TRUTH_ROOT: estimate the thresholds from the cache's faces alone "
                         "and record them in it (refused when they cannot be trusted)")
+    p.add_argument("--target-precision", type=float, default=TARGET_PRECISION,
+                   help="recommend the most lenient cluster threshold whose pairwise "
+                        "precision on the truth faces stays at least this, plus a margin for "
+                        f"the truth set's size (default {TARGET_PRECISION}; 0: the best-F "
+                        "threshold)")
     add_engine_option(p)
+    add_merge_ratio_option(p)
     p.set_defaults(func=run)
 
 
@@ -63,12 +69,16 @@ def run(args) -> int:
                          f"--estimate to estimate from the faces alone: `calibrate --estimate "
                          f"{args.cache}`")
     cache = load_cache(args.cache)
-    cal = calibrate(cache, args.truth_root, args.engine)
+    if not 0.0 <= args.target_precision < 1.0:
+        raise ValueError(f"--target-precision {args.target_precision}: give a precision in "
+                         "[0, 1) (0: the best-F threshold)")
+    cal = calibrate(cache, args.truth_root, args.engine, args.target_precision, args.merge_ratio)
     say(cal.truth.line())
     say(f"cluster threshold sweep over {cal.faces} faces of the truth photos:")
     say(SWEEP_HEADER)
     for row in cal.cluster_rows:
         mark = " *" if row.threshold == cal.thresholds["cluster"] else ""
+        mark += " (best F)" if row is cal.best_f else ""
         say(row.line() + mark)
     say(f"refine merge sweep (initial {cal.thresholds['initial']}):")
     say(SWEEP_HEADER)
@@ -83,6 +93,14 @@ def run(args) -> int:
         say(note)
     rec = ", ".join(f"{k} {v}" for k, v in cal.thresholds.items())
     best = next(r for r in cal.cluster_rows if r.threshold == cal.thresholds["cluster"])
+    bf = cal.best_f
+    if cal.target_precision > 0:
+        say(f"cluster {best.threshold} for pairwise precision >= {cal.target_precision} "
+            f"(+{cal.target_margin:.4f} margin for {best.grouped} grouped truth faces): "
+            f"P {best.pairwise.precision:.4f}, recall {best.pairwise.recall:.4f}; costs "
+            f"{bf.pairwise.recall - best.pairwise.recall:.4f} recall against the best F at "
+            f"{bf.threshold}: P {bf.pairwise.precision:.4f} R {bf.pairwise.recall:.4f} "
+            f"F {bf.pairwise.f:.4f}")
     say(f"calibrate: recommended {rec}; cluster at {best.threshold}: pairwise F "
         f"{best.pairwise.f:.4f}, BCubed F {best.bcubed.f:.4f}")
     if args.save:
@@ -91,6 +109,9 @@ def run(args) -> int:
                                  "faces_scored": int(len(cal.truth.rows)),
                                  "people": len(cal.truth.people),
                                  "pairwise_f": round(best.pairwise.f, 4),
+                                 "pairwise_precision": round(best.pairwise.precision, 4),
+                                 "pairwise_recall": round(best.pairwise.recall, 4),
+                                 "target_precision": cal.target_precision,
                                  "bcubed_f": round(best.bcubed.f, 4)})
         say(f"saved to {args.cache}: later runs use them unless a flag is given "
             f"({', '.join(sorted(set(FLAGS.values())))})")

@@ -9,7 +9,8 @@ from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, option_values
 from ..steps.calibrate import truth_report
 from ..steps.cluster import run_cluster
-from .common import CACHE_HELP, add_engine_option, add_link_option, say, warn
+from .common import (CACHE_HELP, add_engine_option, add_link_option,
+                     add_merge_ratio_option, say, warn)
 from .options import DEFAULT_MODEL, model_threshold
 
 
@@ -22,6 +23,7 @@ def register(sub) -> None:
                    help="cosine distance for average linkage (model default; "
                         f"{model_threshold('cluster')} for {DEFAULT_MODEL})")
     add_engine_option(p)
+    add_merge_ratio_option(p)
     add_link_option(p)
     p.add_argument("--truth", metavar="TRUTH_ROOT", default=None,
                    help="also score this run against hand-sorted person folders (as calibrate)")
@@ -32,7 +34,8 @@ def run(args) -> int:
     cache = load_cache(args.cache)
     threshold = resolve_threshold("cluster", cache.meta, args.threshold)
     with output_lock(args.out):
-        m = run_cluster(cache, args.cache, Path(args.out), threshold, args.engine, args.link)
+        m = run_cluster(cache, args.cache, Path(args.out), threshold, args.engine, args.link,
+                        args.merge_ratio)
     s = m["summary"]
     say(f"cluster: {s['faces']} faces -> {s['persons']} persons, {s['singletons']} singletons, "
         f"{s['noface']} noface, {s['errors']} unreadable; threshold {threshold} "
@@ -52,10 +55,11 @@ def pipeline_step(args, layout: RunLayout) -> Step:
     def action() -> dict:
         cache = load_cache(str(layout.cache))
         t = resolve_threshold("cluster", cache.meta, args.threshold)
-        m = run_cluster(cache, str(layout.cache), layout.raw, t, args.engine, args.link)
+        m = run_cluster(cache, str(layout.cache), layout.raw, t, args.engine, args.link,
+                        args.merge_ratio)
         say(f"cluster: {m['summary']['persons']} persons, {m['summary']['singletons']} "
             f"singletons; {layout.raw}")
         return m["summary"]
 
-    options = option_values(args, "threshold", "engine", "link")
+    options = option_values(args, "threshold", "engine", "link", "merge_ratio")
     return Step("cluster", cache_inputs(layout, False, options), layout.raw_manifest, action)

@@ -119,6 +119,15 @@ def add_engine_option(p: argparse.ArgumentParser) -> None:
                    help="clustering engine (auto: by number of faces)")
 
 
+def add_merge_ratio_option(p: argparse.ArgumentParser) -> None:
+    from ..steps.cluster import run_cluster
+    ratio = defaults(run_cluster)["merge_ratio"]
+    p.add_argument("--merge-ratio", type=float, default=ratio,
+                   help="after average linkage, merge clusters whose centroids are within "
+                        f"this times the cluster threshold (default {ratio}; 0: no merge; "
+                        "docs/clustering.md)")
+
+
 def add_link_option(p: argparse.ArgumentParser) -> None:
     link = defaults(place)["link"]
     p.add_argument("--link", default=link, choices=LINK_MODES,

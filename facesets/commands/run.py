@@ -21,6 +21,7 @@ from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, EXIT_INTERRUPTED
 from .common import add_engine_option, add_link_option, add_model_options, add_progress_option, say
+from .common import add_merge_ratio_option
 from .options import DEFAULT_MODEL, add_export_options, add_refine_options, model_threshold
 
 
@@ -38,6 +39,7 @@ def register(sub) -> None:
     g.add_argument("--threshold", type=float, default=None,
                    help=f"cluster distance (model default; {model_threshold('cluster')} for "
                         f"{DEFAULT_MODEL})")
+    add_merge_ratio_option(g)
     add_refine_options(g)
     add_engine_option(p)
     add_link_option(p)

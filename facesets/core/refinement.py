@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import centroids, cluster_faces, relabel_by_size
+from ..engine import centroids, cluster_faces, merge_centroids
 from ..formats.cache import FaceCache
 from .selection import FaceSelection, groups_by_label
 
@@ -36,17 +36,8 @@ class RefineResult:
 def merge_clusters(sel: FaceSelection, labels: np.ndarray, threshold: float,
                    engine: str = "auto") -> np.ndarray:
     """Merge clusters whose centroids are within ``threshold`` (cannot-link at cluster level)."""
-    k = int(labels.max()) + 1 if len(labels) else 0
-    if k < 2:
-        return labels
-    cents = centroids(sel.embeddings, labels)
-    # clusters sharing a photo must not merge: pairs of clusters holding faces of one sha256
-    pairs = sel.cannot_link()
-    cl_pairs = np.stack([labels[pairs[:, 0]], labels[pairs[:, 1]]], axis=1) if len(pairs) \
-        else np.zeros((0, 2), dtype=np.int64)
-    cl_pairs = np.unique(np.sort(cl_pairs, axis=1), axis=0) if len(cl_pairs) else cl_pairs
-    merged = cluster_faces(cents, threshold, cl_pairs, engine=engine)
-    return relabel_by_size(merged[labels])
+    return merge_centroids(sel.embeddings, labels, threshold, sel.cannot_link(),
+                           lambda c, t, cl: cluster_faces(c, t, cl, engine=engine))
 
 
 def quality_mask(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> dict[str, np.ndarray]:

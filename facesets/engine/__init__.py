@@ -15,6 +15,8 @@ from .base import (ClusterEngine, centroids, normalize_rows, pairs_from_groups, 
                    violates_cannot_link)
 from .exact import ExactEngine
 from .graph import GraphEngine
+from .linkage import (CLUSTER_MERGE_RATIO, LINKAGES, attach_unreliable, merge_centroids,
+                      mutual_smooth, sub_cannot_link)
 
 ENGINES: dict[str, type[ClusterEngine]] = {"exact": ExactEngine, "graph": GraphEngine}
 
@@ -38,22 +40,65 @@ def get_engine(name: str = "auto", n_faces: int = 0, **options) -> ClusterEngine
     return cls(**options) if name == "graph" else cls()
 
 
+def _sweep(eng: ClusterEngine, x: np.ndarray, thresholds: list[float],
+           cannot_link: np.ndarray | None, linkage: str, unreliable: np.ndarray | None,
+           merge_ratio: float = 0.0, engine: str = "auto") -> list[np.ndarray]:
+    """The engine's clustering at each threshold under one linkage option, then the centroid
+    merge at ``merge_ratio`` x threshold when > 0 (linkage.py)."""
+    out = _link(eng, x, thresholds, cannot_link, linkage, unreliable)
+    if merge_ratio > 0:
+        def on_centroids(c, t, cl):
+            return get_engine(engine, len(c)).cluster(c, t, cl)
+        out = [merge_centroids(x, lab, merge_ratio * t, cannot_link, on_centroids)
+               for lab, t in zip(out, thresholds)]
+    return out
+
+
+def _link(eng: ClusterEngine, x: np.ndarray, thresholds: list[float],
+          cannot_link: np.ndarray | None, linkage: str,
+          unreliable: np.ndarray | None) -> list[np.ndarray]:
+    if linkage not in LINKAGES:
+        raise ValueError(f"unknown linkage {linkage!r}; choose from " + ", ".join(LINKAGES))
+    if linkage == "mutual":
+        return [eng.cluster(mutual_smooth(x, t), t, cannot_link) for t in thresholds]
+    if linkage == "quality" and unreliable is not None and np.any(unreliable) \
+            and not np.all(unreliable):
+        n = len(x)
+        rest = np.flatnonzero(unreliable)
+        core = np.flatnonzero(~np.asarray(unreliable, dtype=bool))
+        inner = eng.cluster_many(x[core], thresholds, sub_cannot_link(cannot_link, core, n))
+        return [attach_unreliable(x, lab, core, rest, t, cannot_link)
+                for lab, t in zip(inner, thresholds)]
+    return eng.cluster_many(x, thresholds, cannot_link)
+
+
 def cluster_faces(embeddings: np.ndarray, threshold: float,
                   cannot_link: np.ndarray | None = None, engine: str = "auto",
-                  progress: bool | None = None, timing: dict | None = None) -> np.ndarray:
+                  progress: bool | None = None, timing: dict | None = None,
+                  linkage: str = "average", unreliable: np.ndarray | None = None,
+                  merge_ratio: float = 0.0) -> np.ndarray:
     """Cluster faces; labels numbered by size, largest first. See ClusterEngine.cluster.
 
     ``progress``: bars and a one-line phase timing summary on stderr (default: from
     PROGRESS_MIN_FACES faces on). ``timing``: a dict filled with the phase timings.
+    ``linkage``: one of LINKAGES (linkage.py); ``quality`` needs ``unreliable`` (a bool per
+    face, e.g. core.reliability.unreliable_faces), without it it is plain average linkage.
+    ``merge_ratio`` > 0: then merge clusters whose centroids are within merge_ratio x
+    threshold (linkage.merge_centroids).
     """
     x = normalize_rows(embeddings)
     if progress is None:
         progress = len(x) >= PROGRESS_MIN_FACES
     eng = get_engine(engine, len(x), progress=progress)
     t0 = time.monotonic()
-    labels = eng.cluster(x, threshold, cannot_link)
+    labels = _sweep(eng, x, [threshold], cannot_link, linkage, unreliable, merge_ratio,
+                    engine)[0]
     phases = dict(getattr(eng, "timing", {}), engine=eng.name,
                   total_s=round(time.monotonic() - t0, 2))
+    if linkage != "average":
+        phases["linkage"] = linkage
+    if merge_ratio > 0:
+        phases["merge_ratio"] = merge_ratio
     if timing is not None:
         timing.update(phases)
     if progress:
@@ -63,18 +108,19 @@ def cluster_faces(embeddings: np.ndarray, threshold: float,
 
 
 def cluster_sweep(embeddings: np.ndarray, thresholds, cannot_link: np.ndarray | None = None,
-                  engine: str = "auto") -> list[np.ndarray]:
+                  engine: str = "auto", linkage: str = "average",
+                  unreliable: np.ndarray | None = None,
+                  merge_ratio: float = 0.0) -> list[np.ndarray]:
     """``cluster_faces`` at each of ``thresholds``, sharing the work (one dendrogram or one
     neighbour graph): what calibrate sweeps."""
     x = normalize_rows(embeddings)
     eng = get_engine(engine, len(x))
-    many = getattr(eng, "cluster_many", None)
-    if many is None:
-        return [eng.cluster(x, t, cannot_link) for t in thresholds]
-    return many(x, list(thresholds), cannot_link)
+    return _sweep(eng, x, list(thresholds), cannot_link, linkage, unreliable, merge_ratio,
+                  engine)
 
 
-__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "EXACT_MAX_FACES", "GraphEngine",
+__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "LINKAGES", "CLUSTER_MERGE_RATIO",
+           "merge_centroids", "EXACT_MAX_FACES", "GraphEngine",
            "get_engine", "cluster_faces", "cluster_sweep", "centroids", "normalize_rows",
            "pairs_from_groups", "relabel_by_size",
            "violates_cannot_link"]

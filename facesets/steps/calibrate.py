@@ -2,11 +2,20 @@
 
 Over the cached faces of the truth photos (truth.py: one folder per person, the face nearest
 the centre scored) it sweeps
-  * cluster:  the average-linkage threshold (the engine, cannot-link honoured), scored with
-              pairwise and BCubed P/R/F; recommended: the best mean of the two F, at the
-              strict end of the plateau of thresholds within PLATEAU of the best. Strict,
-              because the library holds many more people than the truth folders, and every
-              extra person is another chance of a false merge at a lenient threshold;
+  * cluster:  the cluster threshold (the engine's average linkage, cannot-link honoured, then
+              the centroid merge at ``merge_ratio`` x threshold, as `cluster` does), scored with
+              pairwise and BCubed P/R/F. Best F: the best mean of the two F, at the strict
+              end of the plateau of thresholds within PLATEAU of the best. Strict, because
+              the library holds many more people than the truth folders, and every extra
+              person is another chance of a false merge at a lenient threshold.
+              Recommended (``target_precision``, default TARGET_PRECISION): the highest
+              threshold, no more lenient than the best-F one, whose pairwise precision is at
+              least the target plus a margin for the truth set's size: one binomial standard
+              error of a precision measured on n faces, sqrt(target (1 - target) / n), n the
+              truth faces in clusters of two or more at that threshold (0.0032 at 500 faces,
+              0.0008 at 7,000). If no threshold clears the margin, the highest one whose
+              precision reaches the bare target (said so in the notes); if none does, the
+              strictest. ``target_precision`` 0 recommends the best-F threshold;
   * initial + merge: refine's stage 1 at thresholds up to the cluster one, then its centroid
               merge over a grid; the best F after merging (ties: the larger initial), at the
               middle of the merge plateau (merging exists to undo over-splits);
@@ -29,13 +38,14 @@ from ..core.metrics import Scores, bcubed_scores, pairwise_scores
 from ..core.refinement import merge_clusters
 from ..core.selection import FaceSelection, select_faces, subset
 from ..core.truth import TruthSet, load_truth
-from ..engine import centroids, cluster_sweep, normalize_rows
+from ..engine import CLUSTER_MERGE_RATIO, centroids, cluster_sweep, normalize_rows
 from ..formats.cache import FaceCache
 
 CLUSTER_GRID = tuple(np.round(np.arange(0.20, 1.0001, 0.025), 3))
 MERGE_GRID = tuple(np.round(np.arange(0.10, 0.8001, 0.025), 3))
 ASSIGN_GRID = tuple(np.round(np.arange(0.10, 1.0001, 0.025), 3))
 PLATEAU = 0.002
+TARGET_PRECISION = 0.995
 OUTLIER_QUANTILE = 0.99
 SWAP_QUANTILE = 0.95
 
@@ -46,6 +56,7 @@ class SweepRow:
     pairwise: Scores
     bcubed: Scores
     clusters: int
+    grouped: int = 0          # scored faces in clusters of two or more
 
     @property
     def f(self) -> float:
@@ -69,6 +80,9 @@ class Calibration:
     assign_rows: list[tuple[float, Scores]] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    target_precision: float = TARGET_PRECISION
+    best_f: SweepRow | None = None               # the best-F cluster row
+    target_margin: float = 0.0                   # the margin added at the recommended row
 
 
 def truth_selection(cache: FaceCache, truth: TruthSet) -> tuple[FaceSelection, np.ndarray]:
@@ -88,8 +102,35 @@ def truth_selection(cache: FaceCache, truth: TruthSet) -> tuple[FaceSelection, n
 def score(labels: np.ndarray, scored: np.ndarray, truth_labels: np.ndarray,
           threshold: float) -> SweepRow:
     pred = labels[scored]
-    return SweepRow(threshold, pairwise_scores(pred, truth_labels),
-                    bcubed_scores(pred, truth_labels), int(len(np.unique(pred))))
+    row = SweepRow(threshold, pairwise_scores(pred, truth_labels),
+                   bcubed_scores(pred, truth_labels), int(len(np.unique(pred))))
+    _, inverse, counts = np.unique(pred, return_inverse=True, return_counts=True)
+    row.grouped = int(np.sum(counts[inverse.reshape(-1)] >= 2))
+    return row
+
+
+def precision_margin(target: float, n: int) -> float:
+    """One binomial standard error of a precision near ``target`` measured on ``n`` faces."""
+    return math.sqrt(target * (1.0 - target) / n) if n else 1.0
+
+
+def target_pick(rows: list[SweepRow], target: float, best: int) -> tuple[int, float, str]:
+    """Index of the recommended row for ``target`` precision (module docstring), the margin
+    it cleared and a note ("" when the margin was met)."""
+    if target <= 0:
+        return best, 0.0, ""
+    upto = range(best + 1)
+    ok = [i for i in upto
+          if rows[i].pairwise.precision >= target + precision_margin(target, rows[i].grouped)]
+    if ok:
+        return ok[-1], precision_margin(target, rows[ok[-1]].grouped), ""
+    bare = [i for i in upto if rows[i].pairwise.precision >= target]
+    if bare:
+        return bare[-1], 0.0, (f"no threshold reaches precision {target} plus the margin for "
+                               "this truth set's size (more truth photos narrow it): took "
+                               "the bare target")
+    return 0, 0.0, (f"no threshold reaches precision {target}: took the strictest; check the "
+                    "truth folders for misfiled photos")
 
 
 def plateau_pick(scores: list[float], where: str = "low") -> int:
@@ -152,7 +193,9 @@ def assign_sweep(emb: np.ndarray, labels: np.ndarray, grid) -> list[tuple[float,
     return out
 
 
-def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto") -> Calibration:
+def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
+              target_precision: float = TARGET_PRECISION,
+              merge_ratio: float = CLUSTER_MERGE_RATIO) -> Calibration:
     """Sweep and recommend every threshold (see the module docstring)."""
     truth = load_truth(truth_root, cache)
     sel, scored = truth_selection(cache, truth)
@@ -160,11 +203,16 @@ def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto") -> Calibr
         raise ValueError(f"{truth_root}: only {len(scored)} truth faces of "
                          f"{len(np.unique(truth.labels))} people are in this cache; embed the "
                          "truth folders into it first (several people, several photos each)")
-    cal = Calibration(truth=truth, faces=len(sel))
+    cal = Calibration(truth=truth, faces=len(sel), target_precision=target_precision)
     cl = sel.cannot_link()
-    labels_at = dict(zip(CLUSTER_GRID, cluster_sweep(sel.embeddings, CLUSTER_GRID, cl, engine)))
+    labels_at = dict(zip(CLUSTER_GRID, cluster_sweep(sel.embeddings, CLUSTER_GRID, cl, engine,
+                                                     merge_ratio=merge_ratio)))
     cal.cluster_rows = [score(labels_at[t], scored, truth.labels, t) for t in CLUSTER_GRID]
-    i = plateau_pick([r.f for r in cal.cluster_rows], "low")
+    best_f = plateau_pick([r.f for r in cal.cluster_rows], "low")
+    cal.best_f = cal.cluster_rows[best_f]
+    i, cal.target_margin, note = target_pick(cal.cluster_rows, target_precision, best_f)
+    if note:
+        cal.notes.append(note)
     t_cluster = float(CLUSTER_GRID[i])
 
     # refine: stage 1 at `initial`, then the centroid merge

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
-from ..engine import cluster_faces
+from ..engine import CLUSTER_MERGE_RATIO, cluster_faces
 from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, cluster_manifest,
                                 error_entry, is_face_sets_output, new_manifest, noface_entry,
@@ -70,13 +70,18 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
 
 
 def run_cluster(cache: FaceCache, cache_path: str, out: Path, threshold: float,
-                engine: str = "auto", link: str = "copy") -> dict:
-    """The whole ``cluster`` command: group, then write OUT. Returns the manifest."""
+                engine: str = "auto", link: str = "copy",
+                merge_ratio: float = CLUSTER_MERGE_RATIO) -> dict:
+    """The whole ``cluster`` command: group (average linkage at ``threshold``, then clusters
+    whose centroids are within ``merge_ratio`` x threshold merge; 0: no merge), then write
+    OUT. Returns the manifest."""
     t0 = time.monotonic()
     sel = select_faces(cache)
-    labels = cluster_faces(sel.embeddings, threshold, sel.cannot_link(), engine=engine)
+    labels = cluster_faces(sel.embeddings, threshold, sel.cannot_link(), engine=engine,
+                           merge_ratio=merge_ratio)
     t_cluster = time.monotonic() - t0
     manifest = new_manifest(CLUSTER_MANIFEST, cache_path, cache.meta,
-                            {"threshold": threshold, "engine": engine, "link": link})
+                            {"threshold": threshold, "engine": engine, "link": link,
+                             "merge_ratio": merge_ratio})
     manifest["timing"] = {"clustering_s": round(t_cluster, 2)}
     return write_cluster_output(cache, sel, labels, out, link, manifest)
