@@ -21,7 +21,8 @@ COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-s
             "consolidate",
             "dedup-optimize",
             "history",
-            "undo"]
+            "undo",
+            "report", "review", "rename", "drop-faces", "move-face", "quarantine"]
 
 
 def build_parser() -> argparse.ArgumentParser:

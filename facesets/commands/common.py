@@ -139,6 +139,27 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def refresh_report(*outs) -> None:
+    """Rewrite index.html (and its thumbnails) of each output folder after a command changed
+    it (formats/report.py)."""
+    from ..formats.report import write_report
+
+    for out in outs:
+        if out is not None:
+            write_report(out)
+
+
+def after_run(func, *outs_of):
+    """``func`` (a command's run), then the report of the folders ``outs_of(args)`` names,
+    unless it was a dry run."""
+    def run(args) -> int:
+        rc = func(args)
+        if not getattr(args, "dry_run", False):
+            refresh_report(*[f(args) for f in outs_of])
+        return rc
+    return run
+
+
 def swap_ready_meta(root) -> dict:
     """What the threshold resolver reads: the export's model, and the thresholds calibrated
     for its cache when that cache is still there."""

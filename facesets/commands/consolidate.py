@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import say, swap_ready_meta
+from .common import after_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def register(sub) -> None:
                    help="cosine distance within which a whole group is merged (default: the "
                         "model's; buffalo_l 0.35, i.e. similarity 0.65)")
     p.add_argument("--dry-run", action="store_true", help="print the groups, change nothing")
-    p.set_defaults(func=run)
+    p.set_defaults(func=after_run(run, lambda a: a.swap_ready))
 
 
 def run(args) -> int:

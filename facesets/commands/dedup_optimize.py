@@ -4,7 +4,7 @@ export's cache within --near-threshold). The best-scoring face stays; the others
 faces/_dropped/, the bundles are rebuilt, the run is recorded (`history`, `undo`)."""
 from __future__ import annotations
 
-from .common import add_progress_option, say, swap_ready_meta
+from .common import add_progress_option, after_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
                         "model's; buffalo_l 0.05, i.e. similarity 0.95)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     add_progress_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=after_run(run, lambda a: a.swap_ready))
 
 
 def run(args) -> int:

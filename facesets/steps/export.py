@@ -33,6 +33,7 @@ from ..formats.swapset import (CANDIDATES_DIR, DROPPED_DIR, FACES_DIR, MANIFEST_
                                MULTIFACE_AUDIT, NAME_FILE, NAME_TEMPLATE, PREVIEW,
                                candidates_manifest, faceset_listing, faceset_manifest,
                                maintenance_sections, swap_manifest, write_bundles)
+from ..formats.report import write_report
 from ..io.fsutil import atomic_write_bytes, replace_dir
 from ..io.imageio import ImageError, decode, read_header, scale_for
 
@@ -476,6 +477,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
         if d.is_dir() and (stale_faceset or stale_cands) and is_face_sets_output(d) \
                 and not _holds_uncarried_drops(d, carried_from):
             shutil.rmtree(d)
+    write_report(out, progress)
     return top
 
 
