@@ -104,8 +104,10 @@ function renderFaceset(name) {
   });
   $("fs-tiles").replaceChildren(...tiles);
   const hist = lib.history.filter((h) => h.facesets.includes(name)).map((h) => {
+    const what = Object.entries(h.summary || {}).map(([k, v]) =>
+      `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
     const li = el("li", {class: h.undone_by ? "undone" : ""},
-      `${h.id} ${h.step} ${JSON.stringify(h.summary)} `);
+      `${h.step}: ${what} (run ${h.id}${h.undone_by ? ", undone by " + h.undone_by : ""}) `);
     if (!h.undone_by && h.step !== "undo")
       li.append(el("button", {onclick: () => act("undo", {run: h.id})}, "undo"));
     return li;
