@@ -36,7 +36,7 @@ from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
-from .swapset import MANIFEST_NAME, NAME_FILE
+from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE
 
 REPORT_FILE = "index.html"
 THUMBS_DIR = "_thumbs"
@@ -64,6 +64,7 @@ class Tile:
     file: str = ""                          # faces/NNN.png within the faceset (swap)
     score: float | None = None
     rank: int | None = None
+    distance: float | None = None           # from the faceset's centroid (swap)
     sheet: str = ""                         # set by place_tiles: its sheet and offset
     x: int = 0
     y: int = 0
@@ -234,12 +235,15 @@ def swap_faceset_card(out: Path, name: str, raw_of: dict[str, str] | None = None
     fm = load_manifest(path, SWAP_FACESET_MANIFEST)
     faces = sorted(fm["faces"], key=lambda f: f["rank"])
     tiles = []
+    # the loader checked every file is faces/NNN.png: only faces/ itself could lead out
+    faces_dir = safe_member_path(fdir, FACES_DIR, "faces[].file", path) if faces else fdir
     for f in faces[:limit]:
         score = f.get("score")
         score = float(score) if isinstance(score, (int, float)) else None
-        tiles.append(Tile(key=f["key"], png=safe_member_path(fdir, f["file"], "faces[].file",
-                                                             path),
+        tiles.append(Tile(key=f["key"], png=faces_dir / f["file"].split("/", 1)[1],
                           file=f["file"], score=score, rank=int(f["rank"]),
+                          distance=float(f["distance"]) if isinstance(f.get("distance"),
+                                                                      (int, float)) else None,
                           label=f"#{int(f['rank']) + 1}"
                           + (f" {score:.2f}" if score is not None else "")))
     b = fm.get("bundles") if isinstance(fm.get("bundles"), dict) else {}
@@ -256,6 +260,7 @@ def swap_faceset_card(out: Path, name: str, raw_of: dict[str, str] | None = None
     return _card(name, tiles, title=read_name(fdir), kept=len(fm["faces"]),
                  dropped=_reasons(fm["dropped"]), links=links, mapping=mapping,
                  top_n=int(fm["top_n"]),
+                 gate=(fm.get("parameters") or {}).get("outlier_threshold"),
                  history=[h for h in fm.get("history", []) if isinstance(h, dict)])
 
 
@@ -469,14 +474,18 @@ def render_html(kind: str, cards: list[dict], head: dict, folder_name: str) -> s
     return "".join(parts)
 
 
-def write_report(out: str | os.PathLike, progress: bool = False) -> Path:
+def write_report(out: str | os.PathLike, progress: bool = False,
+                 model: list | None = None) -> Path:
     """Write (or rewrite) OUT/index.html and the thumbnail sheets it needs; returns its path.
     The page depends only on the manifests, NAME.txt files and face PNGs (no time, no run
-    ids), so two equal folders get the same bytes."""
+    ids), so two equal folders get the same bytes. ``model``: a list to receive
+    (kind, cards, head), tiles placed on their sheets (the review server reuses it)."""
     out = Path(out)
     kind, cards, head = library_model(out)
     used = place_tiles(out, cards, progress)
     dest = out / REPORT_FILE
     atomic_write_bytes(dest, render_html(kind, cards, head, out.name).encode("utf-8"))
     prune_sheets(out, used)
+    if model is not None:
+        model[:] = [kind, cards, head]
     return dest

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..core import runs
 from ..core.thresholds import ThresholdError, derived, resolve_with_source
 from ..formats.manifest import ManifestError
-from ..formats.report import SHEET_FILE, THUMBS_DIR, library_model, place_tiles, write_report
+from ..formats.report import SHEET_FILE, THUMBS_DIR, write_report
 from ..steps import consolidate, curate
 
 STATIC = Path(__file__).with_name("static")
@@ -62,7 +62,7 @@ class Library:
         runs.load_top(self.root)            # refuse a folder that is not an export
 
     # -- reading ---------------------------------------------------------------------------
-    def _suggestions(self) -> dict:
+    def _suggestions(self, cards: list[dict]) -> dict:
         try:
             group, _ = resolve_with_source("consolidate_group", self.meta, self.flags[0],
                                            derived("consolidate_group", self.meta))
@@ -74,19 +74,29 @@ class Library:
             note = ""
         except ThresholdError as exc:
             merges, note = [], f"no merge suggestions: {exc}"
-        return {"merge": merges, "far": curate.far_faces(self.root), "note": note}
+        far = sorted(({"faceset": c["name"], "file": t.file, "distance": t.distance}
+                      for c in cards for t in c["tiles"]
+                      if curate.is_far(t.distance, c.get("gate"))),
+                     key=lambda f: -f["distance"])
+        return {"merge": merges, "far": far, "note": note}
+
+    def refresh(self) -> None:
+        """Rewrite index.html and its sheets, and build the page's data from the same cards
+        (call under ``self.lock``)."""
+        model: list = []
+        write_report(self.root, model=model)
+        _, cards, head = model
+        body = {"folder": self.root.name, "head": head,
+                "cards": [self._card(c) for c in cards],
+                "suggestions": self._suggestions(cards),
+                "history": curate.history(self.root),
+                "split": _split_functions() is not None}
+        self._json = json.dumps(body, ensure_ascii=False).encode("utf-8")
 
     def model_json(self) -> bytes:
         with self.lock:
             if self._json is None:
-                _, cards, head = library_model(self.root)
-                place_tiles(self.root, cards)
-                body = {"folder": self.root.name, "head": head,
-                        "cards": [self._card(c) for c in cards],
-                        "suggestions": self._suggestions(),
-                        "history": curate.history(self.root),
-                        "split": _split_functions() is not None}
-                self._json = json.dumps(body, ensure_ascii=False).encode("utf-8")
+                self.refresh()
             return self._json
 
     @staticmethod
@@ -105,7 +115,7 @@ class Library:
                 entry = self._dispatch(action, body)
             finally:
                 self._json = None
-                write_report(self.root)
+                self.refresh()
         return {"ok": True, "run": entry.get("id") if isinstance(entry, dict) else None}
 
     def _dispatch(self, action: str, b: dict):
@@ -251,7 +261,7 @@ def serve(root: str | Path, meta: dict, port: int = 0, group_threshold: float | 
           token: str | None = None) -> tuple[ThreadingHTTPServer, str]:
     """Start the server (not yet serving: call ``serve_forever``); returns it and its URL."""
     lib = Library(Path(root), meta, group_threshold, merge_threshold, log)
-    write_report(lib.root)                  # thumbnails for every card, index.html fresh
+    lib.model_json()                        # index.html, every sheet and the data, fresh
     token = token or secrets.token_urlsafe(24)
     port_ref = [port]
     httpd = ThreadingHTTPServer((HOST, port), make_handler(lib, token, port_ref))

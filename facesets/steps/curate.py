@@ -239,19 +239,8 @@ def history(root: str | Path) -> list[dict]:
     return out
 
 
-def far_faces(root: str | Path, share: float = FAR_SHARE) -> list[dict]:
-    """Faces that sit far from their faceset's centroid: a distance (recorded by export) of
-    at least ``share`` of the outlier gate the export applied, farthest first."""
-    root = Path(root).resolve()
-    out = []
-    for e in runs.load_top(root).get("facesets", []):
-        m = load_manifest(root / e["name"] / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-        gate = (m.get("parameters") or {}).get("outlier_threshold")
-        if not isinstance(gate, (int, float)) or gate <= 0:
-            continue
-        for f in m["faces"]:
-            d = f.get("distance")
-            if isinstance(d, (int, float)) and d >= share * gate:
-                out.append({"faceset": e["name"], "file": f["file"], "distance": float(d),
-                            "gate": float(gate)})
-    return sorted(out, key=lambda x: -x["distance"])
+def is_far(distance, gate, share: float = FAR_SHARE) -> bool:
+    """A face sits far from its faceset's centroid: its distance (recorded by export) is at
+    least ``share`` of the outlier gate that export applied."""
+    return (isinstance(distance, (int, float)) and isinstance(gate, (int, float))
+            and not isinstance(gate, bool) and gate > 0 and distance >= share * gate)

@@ -50,6 +50,15 @@ async function act(action, body) {
   return true;
 }
 
+function toggleCard(name, on) {
+  // a selection changes two classes and one button: no re-render of 300 cards
+  on = on === undefined ? !selected.has(name) : on;
+  on ? selected.add(name) : selected.delete(name);
+  const card = document.getElementById("card-" + name);
+  if (card) { card.classList.toggle("sel", on); card.querySelector("input").checked = on; }
+  $("merge").disabled = selected.size < 2;
+}
+
 function renderOverview() {
   $("title").textContent = `${lib.folder}: ${lib.head.title}`;
   $("facts").replaceChildren(...lib.head.facts.map((f) => el("span", {}, f)));
@@ -59,7 +68,7 @@ function renderOverview() {
     if (q && !(c.name + " " + c.title).toLowerCase().includes(q)) return;
     const box = el("input", {type: "checkbox", "aria-label": "select " + c.name});
     box.checked = selected.has(c.name);
-    box.onchange = () => { box.checked ? selected.add(c.name) : selected.delete(c.name); render(); };
+    box.onchange = () => toggleCard(c.name, box.checked);
     const tiles = c.tiles.slice(0, OVERVIEW_TILES).map((t) => tile(t, c.name));
     if (c.tiles.length > OVERVIEW_TILES) tiles.push(el("span", {class: "more"}, `+${c.tiles.length - OVERVIEW_TILES}`));
     const dropped = Object.entries(c.dropped).map(([k, v]) => `${k} ${v}`).join(", ");
@@ -73,7 +82,7 @@ function renderOverview() {
   $("cards").replaceChildren(...cards);
   const s = lib.suggestions, lines = [];
   for (const g of s.merge) {
-    const a = el("a", {href: "#", onclick: (e) => { e.preventDefault(); g.members.forEach((m) => selected.add(m)); render(); }},
+    const a = el("a", {href: "#", onclick: (e) => { e.preventDefault(); g.members.forEach((m) => toggleCard(m, true)); }},
                  "select");
     lines.push(el("p", {}, `${g.confident ? "merge" : "maybe merge"}: ${g.members.join(" + ")} (similarity ${g.similarity}) `, a));
   }
@@ -91,7 +100,8 @@ function renderFaceset(name) {
   $("fs-name").replaceChildren(name + " ", el("span", {class: "nm"}, c.title));
   const dropped = Object.entries(c.dropped).map(([k, v]) => `${k} ${v}`).join(", ");
   $("fs-info").textContent = `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") +
-    (c.mapping ? ` · ${c.mapping}` : "") + ` · ${faceSel.size} selected`;
+    (c.mapping ? ` · ${c.mapping}` : "") + " · ";
+  $("fs-info").append(el("span", {id: "fs-count"}, `${faceSel.size} selected`));
   $("rename-input").value = c.title;
   $("move-target").replaceChildren(...lib.cards.filter((x) => x.name !== name).map(
     (x) => el("option", {value: x.name}, x.name + (x.title ? " " + x.title : ""))));
@@ -99,7 +109,11 @@ function renderFaceset(name) {
   const tiles = c.tiles.map((t) => {
     const f = tile(t, name);
     if (faceSel.has(t.file)) f.classList.add("sel");
-    f.onclick = () => { faceSel.has(t.file) ? faceSel.delete(t.file) : faceSel.add(t.file); renderFaceset(name); };
+    f.onclick = () => {
+      faceSel.has(t.file) ? faceSel.delete(t.file) : faceSel.add(t.file);
+      f.classList.toggle("sel", faceSel.has(t.file));
+      $("fs-count").textContent = `${faceSel.size} selected`;
+    };
     return f;
   });
   $("fs-tiles").replaceChildren(...tiles);
@@ -150,9 +164,12 @@ document.addEventListener("keydown", (e) => {
     const n = lib ? lib.cards.length : 0;
     if (k === "/") { e.preventDefault(); $("search").focus(); }
     else if (k === "j" || k === "k") {
-      cur = Math.max(0, Math.min(n - 1, cur + (k === "j" ? 1 : -1))); render();
-      const c = document.querySelector(".card.cur"); if (c) c.scrollIntoView({block: "nearest"});
-    } else if (k === "x" && n) { const c = lib.cards[cur].name; selected.has(c) ? selected.delete(c) : selected.add(c); render(); }
+      const old = document.querySelector(".card.cur");
+      cur = Math.max(0, Math.min(n - 1, cur + (k === "j" ? 1 : -1)));
+      const c = document.getElementById("card-" + lib.cards[cur].name);
+      if (old) old.classList.remove("cur");
+      if (c) { c.classList.add("cur"); c.scrollIntoView({block: "nearest"}); }
+    } else if (k === "x" && n) { toggleCard(lib.cards[cur].name); }
     else if (k === "Enter" && n) location.hash = "#/" + lib.cards[cur].name;
     else if (k === "m") $("merge").click();
     return;
