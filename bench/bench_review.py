@@ -93,8 +93,13 @@ def main() -> int:
         step = time.perf_counter() - t0
         b.close()
     httpd.shutdown()
+    httpd.server_close()
+    t0 = time.perf_counter()
+    again, _ = serve(lib, {"model": "synthetic"}, 0, 0.3, 0.2, log=lambda m: None)
+    restart = time.perf_counter() - t0
+    again.server_close()
     print(f"{a.facesets} facesets x {a.faces} faces: server start (report + sheets) "
-          f"{start:.2f} s; library JSON {size / 1e6:.2f} MB; overview with every card "
+          f"{start:.2f} s, again with the sheets there {restart:.2f} s; library JSON {size / 1e6:.2f} MB; overview with every card "
           f"{overview:.2f} s; a faceset page with all its faces {faceset:.2f} s; next card (j) "
           f"{step * 1000:.0f} ms")
     return 0
