@@ -437,12 +437,14 @@ def _href(rel: str) -> str:
     return quote(rel, safe="/")
 
 
-def render_html(kind: str, cards: list[dict], head: dict, folder_name: str) -> str:
+def render_html(kind: str, cards: list[dict], head: dict, folder_name: str = "") -> str:
+    """The page (``folder_name`` is not shown: equal folders under other names get equal
+    bytes)."""
     parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">",
-             f"<title>{_e(folder_name)} · face-sets report</title>",
+             f"<title>face-sets: {_e(head['title'])}</title>",
              f"<style>{CSS}</style></head><body>",
-             f"<header><h1>{_e(folder_name)}: {_e(head['title'])}</h1><div class=\"facts\">",
+             f"<header><h1>{_e(head['title'])}</h1><div class=\"facts\">",
              "".join(f"<span>{_e(f)}</span>" for f in head["facts"]),
              "</div></header><main>"]
     for c in cards:
