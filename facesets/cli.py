@@ -22,6 +22,7 @@ COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-s
             "dedup-optimize",
             "history",
             "undo",
+            "import-folders", "discover", "split",
             "report", "review", "rename", "drop-faces", "move-face", "quarantine"]
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import FACES, LOW_GATES, PACK, TEST_THRESHOLD, run_cli
-from facesets.formats.bundle import read_fsz
 from killharness import KILLED, KillHarness, Scenario, compare, sample_points, state
+from library_check import check_library, load
 
 PEOPLE, PER_PERSON = 3, 6
 # testpack_s has no built-in consolidate thresholds: the test threshold groups (similarity
@@ -58,46 +58,6 @@ def split_dir(tmp_path_factory) -> Path:
 def tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def load(p: Path) -> dict:
-    return json.loads(p.read_text())
-
-
-def check_library(root: Path) -> None:
-    """Every path a manifest names exists; every PNG on disk (outside .runs/) is named by
-    exactly one manifest entry; every rebuilt bundle holds its faces' PNGs in rank order."""
-    top = load(root / "manifest.json")
-    named: list[Path] = []
-    manifests = [root / e["manifest"] for e in top["facesets"]]
-    for e in top["facesets"]:
-        for key in ("top_bundle", "all_bundle", "manifest"):
-            assert (root / e[key]).is_file(), f"top-level manifest names missing {e[key]}"
-    for rec in top.get("merged", []):
-        for m in rec["merged"]:
-            assert (root / m["moved_to"]).is_dir()
-            manifests.append(root / m["moved_to"] / "manifest.json")
-    for rec in top.get("runs", []):
-        assert (root / rec["folder"] / "run.json").is_file()
-    for path in manifests:
-        fs = load(path)
-        fdir = path.parent
-        for face in fs["faces"]:
-            assert (fdir / face["file"]).is_file(), f"{path} names missing {face['file']}"
-            named.append(fdir / face["file"])
-        for d in fs["dropped"]:
-            if "moved_to" in d:
-                assert (fdir / d["moved_to"]).is_file(), f"{path}: missing {d['moved_to']}"
-                named.append(fdir / d["moved_to"])
-        for key in ("top", "all"):
-            assert (fdir / fs["bundles"][key]).is_file()
-        if fs["faces"]:
-            faces = sorted(fs["faces"], key=lambda f: f["rank"])
-            assert [d for _, d in read_fsz(fdir / fs["bundles"]["all"]).pngs] == \
-                [(fdir / f["file"]).read_bytes() for f in faces], f"{path}: stale bundle"
-            assert fs["bundles"]["all_count"] == len(faces)
-    on_disk = sorted(p for p in root.rglob("*.png") if ".runs" not in p.relative_to(root).parts)
-    assert sorted(named) == on_disk, "every PNG on disk must be named exactly once"
 
 
 def without_runs(top: dict) -> dict:

@@ -172,3 +172,37 @@ def swap_ready_meta(root) -> dict:
     if isinstance(cache, str) and cache and cache_exists(cache):
         meta["thresholds"] = load_cache(cache).meta.get("thresholds") or {}
     return meta
+
+
+def recorded_run(root, step: str, plan, apply, dry_run: bool, before=None):
+    """The head every command that changes a swap-ready folder shares. ``plan()`` returns
+    a plan with ``lines()`` (printed) and ``line()`` (the summary); ``apply(plan, log)``
+    carries it out as a recorded run and returns its ``runs[]`` entry (None: nothing to
+    do). A dry run plans and prints only (no lock, nothing changed); a real run takes the
+    folder's lock, first finishes a run a kill interrupted, then plans and applies, and
+    ends with the run's id and how to undo it. ``before()``: what to do first under the
+    lock (import-folders makes a new library there). A real run rewrites the folder's
+    index.html (formats/report.py). Returns (plan, entry)."""
+    from ..core import runs
+    from ..io.fsutil import output_lock
+
+    root = Path(root).resolve()
+    log = lambda m: say(f"  {m}")  # noqa: E731
+    if dry_run:
+        p = plan()
+        for line in p.lines():
+            say(f"  {line}")
+        say(f"{step} (dry run, nothing changed): {p.line()}")
+        return p, None
+    with output_lock(root):
+        if before is not None:
+            before()
+        runs.finish_pending(root, log)
+        p = plan()
+        for line in p.lines():
+            say(f"  {line}")
+        entry = apply(p, log)
+        refresh_report(root)              # index.html shows the folder as it is now
+    say(f"{step}: {p.line()}" + (f"; run {entry['id']} (undo: `undo {root} {entry['id']}`)"
+                                 if entry else "; nothing changed"))
+    return p, entry

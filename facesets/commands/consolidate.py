@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import after_run, say, swap_ready_meta
+from .common import recorded_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
@@ -24,19 +24,16 @@ def register(sub) -> None:
                    help="cosine distance within which a whole group is merged (default: the "
                         "model's; buffalo_l 0.35, i.e. similarity 0.65)")
     p.add_argument("--dry-run", action="store_true", help="print the groups, change nothing")
-    p.set_defaults(func=after_run(run, lambda a: a.swap_ready))
+    p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from ..core import runs
     from ..core.thresholds import derived, resolve_with_source
-    from ..io.fsutil import output_lock
     from ..steps.consolidate import apply_consolidate, plan_consolidate
 
     root = Path(args.swap_ready).resolve()
-    log = lambda m: say(f"  {m}")  # noqa: E731
     meta = swap_ready_meta(root)
     group, gsrc = resolve_with_source("consolidate_group", meta, args.group_threshold,
                                       derived("consolidate_group", meta))
@@ -45,18 +42,6 @@ def run(args) -> int:
     if merge > group:
         raise ValueError(f"--merge-threshold {merge} is looser than --group-threshold {group}")
     say(f"consolidate: group within distance {group} ({gsrc}), merge within {merge} ({msrc})")
-    if args.dry_run:
-        plan = plan_consolidate(root, group, merge)
-        for line in plan.lines():
-            say(f"  {line}")
-        say(f"consolidate (dry run, nothing changed): {plan.line()}")
-        return 0
-    with output_lock(root):
-        runs.finish_pending(root, log)
-        plan = plan_consolidate(root, group, merge)
-        for line in plan.lines():
-            say(f"  {line}")
-        entry = apply_consolidate(plan, log)
-    say(f"consolidate: {plan.line()}" + (f"; run {entry['id']} (undo: `undo {root} "
-                                           f"{entry['id']}`)" if entry else "; nothing changed"))
+    recorded_run(root, "consolidate", lambda: plan_consolidate(root, group, merge),
+                 apply_consolidate, args.dry_run)
     return 0

@@ -4,7 +4,7 @@ export's cache within --near-threshold). The best-scoring face stays; the others
 faces/_dropped/, the bundles are rebuilt, the run is recorded (`history`, `undo`)."""
 from __future__ import annotations
 
-from .common import add_progress_option, after_run, say, swap_ready_meta
+from .common import add_progress_option, recorded_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
@@ -16,35 +16,20 @@ def register(sub) -> None:
                         "model's; buffalo_l 0.05, i.e. similarity 0.95)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     add_progress_option(p)
-    p.set_defaults(func=after_run(run, lambda a: a.swap_ready))
+    p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from ..core import runs
     from ..core.thresholds import derived, resolve_with_source
-    from ..io.fsutil import output_lock
     from ..steps.dedup_optimize import apply_dedup, plan_dedup
 
     root = Path(args.swap_ready).resolve()
-    log = lambda m: say(f"  {m}")  # noqa: E731
     meta = swap_ready_meta(root)
     near, source = resolve_with_source("dedup_near", meta, args.near_threshold,
                                        derived("dedup_near", meta))
     say(f"dedup-optimize: near duplicates within distance {near} ({source})")
-    if args.dry_run:
-        plan = plan_dedup(root, near, args.progress)
-        for line in plan.lines():
-            say(f"  {line}")
-        say(f"dedup-optimize (dry run, nothing changed): {plan.line()}")
-        return 0
-    with output_lock(root):
-        runs.finish_pending(root, log)
-        plan = plan_dedup(root, near, args.progress)
-        for line in plan.lines():
-            say(f"  {line}")
-        entry = apply_dedup(plan, log)
-    say(f"dedup-optimize: {plan.line()}" + (f"; run {entry['id']}" if entry
-                                            else "; nothing changed"))
+    recorded_run(root, "dedup-optimize", lambda: plan_dedup(root, near, args.progress),
+                 apply_dedup, args.dry_run)
     return 0

@@ -21,6 +21,11 @@ MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
         "consolidate_group": 0.45,   # consolidate: facesets within this (similarity 0.55)
         "consolidate_merge": 0.35,   # consolidate: merged when within this (similarity 0.65)
         "dedup_near": 0.05,          # dedup-optimize: near duplicates (similarity 0.95)
+        "import_loose": 0.55,        # import-folders: first outlier pass around a folder
+        "import_tight": 0.45,        # import-folders: second pass, the identity's centroid
+        "route": 0.45,               # import-folders --route: a mixed face joins an identity
+        "discover_near": 0.45,       # discover: faces this near a faceset are left to extend
+        "split": 0.45,               # split: re-cluster one faceset at this (average linkage)
     },
 }
 
@@ -30,6 +35,9 @@ FLAGS = {
     "candidate_match": "--candidate-match-threshold", "extend": "--threshold",
     "consolidate_group": "--group-threshold", "consolidate_merge": "--merge-threshold",
     "dedup_near": "--near-threshold",
+    "import_loose": "--loose-threshold", "import_tight": "--tight-threshold",
+    "route": "--route-threshold", "discover_near": "--near-threshold",
+    "split": "--threshold",
 }
 
 
@@ -101,7 +109,8 @@ def threshold_source(name: str, meta: dict, given: float | None) -> str:
 
 # thresholds a model may lack that are derived from its calibrated cluster threshold, by
 # buffalo_l's ratio to its own cluster threshold (docs/clustering.md, "Derived thresholds")
-DERIVED_FROM_CLUSTER = ("consolidate_group", "consolidate_merge", "dedup_near")
+DERIVED_FROM_CLUSTER = ("consolidate_group", "consolidate_merge", "dedup_near",
+                        "import_loose", "import_tight", "route", "discover_near", "split")
 
 
 def derived(name: str, meta: dict) -> tuple[float | None, str]:

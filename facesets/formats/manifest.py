@@ -38,7 +38,8 @@ MANIFEST_NAMES = (CLUSTER_MANIFEST_FILE, REFINE_MANIFEST_FILE)
 # the names face-sets gives the folders and files a manifest lists (nothing else is accepted
 # from a manifest: a name read from one must never lead outside the folder it belongs to)
 PERSON_NAME = re.compile(r"person_[0-9]{3,}")
-FACESET_NAME = re.compile(r"faceset_[0-9]{3,}")
+# faceset_NNN, or an era of one: faceset_NNN_YYYY-YYYY (eras)
+FACESET_NAME = re.compile(r"faceset_[0-9]{3,}(?:_[0-9]{4}-[0-9]{4})?")
 FACE_PNG = re.compile(r"faces/[0-9]{3,}\.png")                 # export: a ranked crop
 DROPPED_PNG = re.compile(r"faces/_dropped/[0-9]{3,}(\.[0-9]+)?\.png")   # moved there by audit
 
@@ -338,7 +339,7 @@ def _check_swap(c: _Fields, m: dict) -> None:
     # the top-level manifest (it has a summary) lists its facesets; _candidates/ has none
     for f, e in c.items(m, "facesets", "", required="summary" in m or "candidates" not in m):
         c.name(e, "name", f, FACESET_NAME, "a faceset name (faceset_NNN)")
-    for section in ("masked", "thin_eras", "merged", "multiface_audit"):
+    for section in ("masked", "thin_eras", "merged", "multiface_audit", "added", "split"):
         c.items(m, section, "", required=False)
 
 

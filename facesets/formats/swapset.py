@@ -36,24 +36,47 @@ CANDIDATES_DIR = "_candidates"
 # audit-multiface: its dropped[] reason and its provenance section in the top-level manifest
 MULTIFACE_AUDIT = "multiface_audit"
 # sections of the top-level manifest that maintenance steps fill; export-swap keeps them
-MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", MULTIFACE_AUDIT, "quarantined")
+MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", MULTIFACE_AUDIT, "added", "split",
+                        "quarantined")
+ADDED_SECTION = "added"     # facesets added to a library (import-folders, discover, eras...)
+SPLIT_SECTION = "split"     # facesets split into parts (split)
+ADDED_DIR = "_added"        # SWAP_READY/_added/<tag>/faceset_NNN: built there, moved in
+SPLIT_DIR = "_split"        # SWAP_READY/_split/faceset_NNN: a faceset split into parts
 
 
 def bundle_names(name: str, top_n: int) -> dict[str, str]:
-    """File names of a faceset's two bundles."""
+    """File names of a faceset's two bundles (``name``: the faceset's bundle stem)."""
     return {"top": f"{name}_top{top_n}.fsz", "all": f"{name}_all.fsz"}
+
+
+def bundle_stem(manifest: dict) -> str:
+    """What a faceset's bundles are named after: its ``bundle_stem`` (a label, for facesets
+    added from labelled folders) or else its name."""
+    stem = manifest.get("bundle_stem")
+    return stem if isinstance(stem, str) and BUNDLE_STEM.fullmatch(stem) else manifest["name"]
+
+
+BUNDLE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def label_stem(label: str) -> str | None:
+    """A bundle stem for a label (a folder name): its letters, digits, ``._-`` (others
+    become ``_``); None when nothing usable is left."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._-")[:80]
+    return stem if stem and BUNDLE_STEM.fullmatch(stem) else None
 
 
 def write_bundles(faceset_dir: Path, manifest: dict) -> None:
     """(Re)write both bundles from ``manifest['faces']`` (rank order), removing stale ones."""
     faceset_dir = Path(faceset_dir)
     top_n = int(manifest["top_n"])
-    names = bundle_names(manifest["name"], top_n)
+    stem = bundle_stem(manifest)
+    names = bundle_names(stem, top_n)
     pngs = [safe_member_path(faceset_dir, f["file"], "faces[].file")
             for f in sorted(manifest["faces"], key=lambda f: f["rank"])]
     write_fsz(pngs[:top_n], faceset_dir / names["top"])
     write_fsz(pngs, faceset_dir / names["all"])
-    for stale in faceset_dir.glob(f"{manifest['name']}_*.fsz"):
+    for stale in faceset_dir.glob(f"{stem}_*.fsz"):
         if stale.name not in names.values() and BUNDLE_FILE.fullmatch(stale.name):
             stale.unlink()
     manifest["bundles"] = {"top": names["top"], "top_count": min(top_n, len(pngs)),
@@ -61,7 +84,7 @@ def write_bundles(faceset_dir: Path, manifest: dict) -> None:
 
 
 # what atomic_write leaves behind when a kill interrupts a bundle or manifest write
-BUNDLE_FILE = re.compile(r"faceset_[0-9]{3,}_(top[0-9]+|all)\.fsz")
+BUNDLE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*_(top[0-9]+|all)\.fsz")
 
 FACESET_FILES = re.compile(
     rf"{BUNDLE_FILE.pattern}|{re.escape(MANIFEST_NAME)}|{re.escape(NAME_FILE)}")

@@ -26,8 +26,8 @@ from ..core import runs
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
                                 load_manifest, safe_member_path)
 from ..formats.runs import MERGED_DIR, MERGED_SECTION, merged_record
-from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, bundles_entry, faceset_listing,
-                               next_face_number)
+from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, bundle_stem, bundles_entry,
+                               faceset_listing, next_face_number)
 
 STEP = "consolidate"
 
@@ -196,7 +196,7 @@ def _merge_group(root: Path, g: Group, run_ph: str, moves, after, changed,
     new["summary"]["kept"] = len(new["faces"])
     new["summary"]["faces_in"] = int(new["summary"].get("faces_in", 0)) + sum(
         m["faces"] for m in merged)
-    new["bundles"] = bundles_entry(new["name"], int(new["top_n"]), len(new["faces"]))
+    new["bundles"] = bundles_entry(bundle_stem(new), int(new["top_n"]), len(new["faces"]))
     new.setdefault("history", []).append(
         {"step": STEP, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run_ph,
          "merged": [m["name"] for m in merged], "added": sum(m["faces"] for m in merged),

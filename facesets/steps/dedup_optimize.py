@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from ..core import runs
 from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
-from ..formats.swapset import MANIFEST_NAME, bundles_entry, drop_destination, faceset_listing
+from ..formats.swapset import (MANIFEST_NAME, bundle_stem, bundles_entry, drop_destination,
+                               faceset_listing)
 from ..io.fsutil import sha256_file
 
 STEP = "dedup-optimize"
@@ -150,7 +151,7 @@ def apply_dedup(plan: DedupPlan, log=print) -> dict | None:
             counts[d.reason] = counts.get(d.reason, 0) + 1
         new["summary"]["dropped"] = counts
         new["summary"]["kept"] = len(new["faces"])
-        new["bundles"] = bundles_entry(name, int(new["top_n"]), len(new["faces"]))
+        new["bundles"] = bundles_entry(bundle_stem(new), int(new["top_n"]), len(new["faces"]))
         new.setdefault("history", []).append(
             {"step": STEP, "when": when, "run": runs.THIS_RUN,
              "removed": [f["key"] for f in m["faces"] if f["file"] in drops],
