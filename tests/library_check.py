@@ -47,6 +47,9 @@ def check_library(root: Path) -> None:
     for rec in top.get("split", []):
         assert (root / rec["moved_to"]).is_dir(), rec
         manifests.append(root / rec["moved_to"] / "manifest.json")
+    for rec in top.get("quarantined", []):        # curate's quarantine (the review page)
+        assert (root / rec["moved_to"]).is_dir(), rec
+        manifests.append(root / rec["moved_to"] / "manifest.json")
     manifests += [d / "manifest.json" for d in parked_folders(root)]
     manifests = list(dict.fromkeys(manifests))   # a parked folder may be back in the library
     for rec in top.get("runs", []):

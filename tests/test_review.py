@@ -21,7 +21,8 @@ from conftest import HAVE_SHARED, NO_SHARED, ROOT, TEST_THRESHOLD, run_cli
 
 if not HAVE_SHARED:    # test_identity_ops lists ../shared's photos when imported
     pytest.skip(NO_SHARED, allow_module_level=True)
-from test_identity_ops import build_split, check_library, load, tree  # noqa: E402
+from library_check import check_library, load  # noqa: E402
+from test_identity_ops import build_split, tree  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_report import CHROMIUM, CHROMIUM_ARGS, open_time, synthetic_report  # noqa: E402
@@ -148,8 +149,11 @@ def outside_addresses() -> list[str]:
 
 
 def wait_done(page, action: str) -> None:
-    page.wait_for_function(f"document.getElementById('status').textContent"
-                           f".startsWith('{action} done')", timeout=30000)
+    """Wait for the page to say the action is done (and shown); fail with what it says."""
+    page.wait_for_function(f"/^{action} (done|failed)/.test("
+                           "document.getElementById('status').textContent)", timeout=60000)
+    said = page.locator("#status").inner_text()
+    assert said.startswith(f"{action} done"), said
 
 
 def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path):
@@ -191,7 +195,7 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         page.keyboard.type("Alice Example")
         page.keyboard.press("Enter")
         wait_done(page, "rename")
-        assert (out / "faceset_001" / "NAME.txt").read_text() == "Colin Powell\n"
+        assert (out / "faceset_001" / "NAME.txt").read_text() == "Alice Example\n"
         assert "Alice Example" in (out / "index.html").read_text()
         check_library(out)
 
@@ -246,22 +250,40 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         check_library(out)
         assert page.locator("section.card").count() == 4
 
-        # split, when the identity operations' split step is installed
-        if page.evaluate("lib.split"):
-            page.goto(srv.url + "#/faceset_000")
-            page.wait_for_selector("#fs-tiles .tile")
-            page.locator("#fs-tiles .tile").nth(0).click()
-            page.keyboard.press("s")
-            wait_done(page, "split")
-            check_library(out)
-            page.keyboard.press("u")
-            wait_done(page, "undo")
-            assert without_volatile(tree(out)) == without_volatile(original)
+        # split: the selected faces become one new faceset, the others another
+        assert page.evaluate("lib.split")
+        page.goto(srv.url + "#/faceset_001")
+        page.wait_for_selector("#fs-tiles .tile")
+        m1 = load(out / "faceset_001" / "manifest.json")
+        page.locator("#fs-tiles .tile").nth(0).click()
+        page.locator("#fs-tiles .tile").nth(1).click()
+        page.keyboard.press("s")
+        wait_done(page, "split")
+        top = load(out / "manifest.json")
+        names = [e["name"] for e in top["facesets"]]
+        assert "faceset_001" not in names and len(names) == 5
+        new = [n for n in names if n not in {f"faceset_{i:03d}" for i in range(4)}]
+        assert new == ["faceset_004", "faceset_005"], names
+        parts = [load(out / n / "manifest.json") for n in new]
+        assert sorted(len(p["faces"]) for p in parts) == [2, len(m1["faces"]) - 2]
+        assert {f["key"] for p in parts for f in p["faces"]} == {f["key"] for f in m1["faces"]}
+        check_library(out)
+        page.goto(srv.url + "#")
+        page.wait_for_selector("section.card")
+        assert page.locator("section.card").count() == 5
+        page.keyboard.press("u")
+        wait_done(page, "undo")
+        assert [e["name"] for e in load(out / "manifest.json")["facesets"]] == \
+            [f"faceset_{i:03d}" for i in range(4)]
+        assert load(out / "faceset_001" / "manifest.json") == m1
+        check_library(out)
         page.close()
     finally:
         srv.close()
     hist = run_cli("history", out).stdout
-    assert hist.count("undone by") == 3 and "merge" not in hist or "consolidate" in hist
+    assert hist.count("undone by") == 4, hist
+    for step in ("rename", "drop-faces", "consolidate", "split"):
+        assert step in hist
 
 
 def test_cli_move_face_and_quarantine_are_undoable(library, tmp_path):

@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--merge-threshold", type=float, default=None,
                    help="merge suggestions: consolidate's merge threshold (default: the "
                         "model's)")
+    p.add_argument("--split-threshold", type=float, default=None,
+                   help="split with no face selected: split's re-cluster threshold "
+                        "(default: the model's)")
     p.set_defaults(func=run)
 
 
@@ -31,7 +34,8 @@ def run(args) -> int:
 
     root = Path(args.swap_ready).resolve()
     httpd, url = serve(root, swap_ready_meta(root), args.port, args.group_threshold,
-                       args.merge_threshold, log=lambda m: say(f"  {m}"))
+                       args.merge_threshold, log=lambda m: say(f"  {m}"),
+                       split_threshold=args.split_threshold)
     say(f"review: {root} at {url}")
     say("review: Ctrl-C stops the server")
     if not args.no_browser:

@@ -25,7 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import runs
 from ..core.thresholds import ThresholdError, derived, resolve_with_source
-from ..formats.manifest import ManifestError
+from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
+                                load_manifest)
+from ..formats.swapset import MANIFEST_NAME
 from ..formats.report import SHEET_FILE, THUMBS_DIR, write_report
 from ..steps import consolidate, curate
 
@@ -52,10 +54,12 @@ class Library:
     the actions, one at a time."""
 
     def __init__(self, root: Path, meta: dict, group_threshold: float | None = None,
-                 merge_threshold: float | None = None, log=print):
+                 merge_threshold: float | None = None, log=print,
+                 split_threshold: float | None = None):
         self.root = Path(root).resolve()
         self.meta = meta
         self.flags = (group_threshold, merge_threshold)
+        self.split_threshold = split_threshold
         self.lock = threading.Lock()
         self.log = log
         self._json: bytes | None = None
@@ -146,18 +150,33 @@ class Library:
         raise LookupError(action)
 
     def _split(self, b: dict):
+        """Selected faces: they become one new faceset and the others another (a partition);
+        none selected: the tight re-cluster of ``split`` proposes the parts."""
         step = _split_functions()
         if step is None:
             raise ValueError("split is not available in this version (the identity "
                              "operations' split step is not installed)")
         faceset = b.get("faceset")
-        files = b.get("files")
+        if not isinstance(faceset, str):
+            raise ValueError("faceset must be a faceset name")
+        files = _files(b) if b.get("files") else None
         from ..io.fsutil import output_lock
         with output_lock(self.root):
             runs.finish_pending(self.root, self.log)
-            plan = step.plan_split(self.root, faceset, files=files) if files else \
-                step.plan_split(self.root, faceset)
-            return step.apply_split(plan, log=self.log)
+            if files:
+                m = load_manifest(self.root / faceset / MANIFEST_NAME, SWAP_FACESET_MANIFEST) \
+                    if FACESET_NAME.fullmatch(faceset) else {"faces": []}
+                rest = [f["file"] for f in sorted(m["faces"], key=lambda f: f["rank"])
+                        if f["file"] not in set(files)]
+                plan = step.plan_split(self.root, faceset, partition=[files, rest])
+            else:
+                threshold, _ = resolve_with_source("split", self.meta, self.split_threshold,
+                                                   derived("split", self.meta))
+                plan = step.plan_split(self.root, faceset, threshold)
+            entry = step.apply_split(plan, log=self.log)
+        if entry is None:
+            raise ValueError(f"{faceset}: split found fewer than two parts; nothing changed")
+        return entry
 
 
 def _files(b: dict) -> list[str]:
@@ -257,10 +276,10 @@ def make_handler(lib: Library, token: str, port_ref: list):
 
 
 def serve(root: str | Path, meta: dict, port: int = 0, group_threshold: float | None = None,
-          merge_threshold: float | None = None, log=print,
-          token: str | None = None) -> tuple[ThreadingHTTPServer, str]:
+          merge_threshold: float | None = None, log=print, token: str | None = None,
+          split_threshold: float | None = None) -> tuple[ThreadingHTTPServer, str]:
     """Start the server (not yet serving: call ``serve_forever``); returns it and its URL."""
-    lib = Library(Path(root), meta, group_threshold, merge_threshold, log)
+    lib = Library(Path(root), meta, group_threshold, merge_threshold, log, split_threshold)
     lib.model_json()                        # index.html, every sheet and the data, fresh
     token = token or secrets.token_urlsafe(24)
     port_ref = [port]

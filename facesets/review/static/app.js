@@ -151,7 +151,9 @@ $("quarantine").onclick = async () => { if (await act("quarantine", {faceset: cu
 $("split").onclick = () => act("split", faceSel.size ? {faceset: current(), files: [...faceSel]} : {faceset: current()});
 
 document.addEventListener("keydown", (e) => {
-  if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT") {
+  const typing = (e.target.tagName === "INPUT" && e.target.type !== "checkbox") ||
+    e.target.tagName === "SELECT";
+  if (typing) {
     if (e.key === "Escape") e.target.blur();
     if (e.key === "Enter" && e.target.id === "rename-input") $("rename").click();
     return;
