@@ -89,9 +89,14 @@ def test_static_report_opens_from_disk_with_no_external_url(library, browser, tm
                            "&& i.naturalWidth > 0)")
     shot(page, tmp_path / "report_swap.png")
     page.close()
-    # the raw clustering's report: crops of group photos outline their face
-    raw = library.parent / "refined"
-    assert (raw / "index.html").is_file() and list((raw / "_thumbs").glob("*.jpg"))
+    # refine's output has its report too: crops of the source photos
+    refined = library.parent / "refined"
+    assert (refined / "index.html").is_file() and list((refined / "_thumbs").glob("*.jpg"))
+    page = browser.new_page()
+    page.goto((refined / "index.html").as_uri(), wait_until="load")
+    assert page.locator("section.card").count() == \
+        len(load(refined / "refine_manifest.json")["facesets"])
+    page.close()
 
 
 def test_report_of_300_facesets_opens_in_under_2_s(browser, tmp_path):
