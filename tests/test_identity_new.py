@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import FACES, PACK, TEST_THRESHOLD, copy_cache, run_cli
-from killharness import KILLED, KillHarness, Scenario, compare, sample_points, state
+from killharness import KILLED, KillHarness, Scenario, compare, state
 from library_check import check_library, load
+
+from facesets.core.newsets import ensure_library
 
 # testpack_s has no built-in thresholds: first pass 0.75, then the test threshold (0.65)
 IMPORT = ["--loose-threshold", "0.75", "--tight-threshold", TEST_THRESHOLD,
@@ -236,9 +238,9 @@ def test_split_a_faceset_of_two_people_into_one_person_each_then_undo(inputs, tm
     apply_split(plan, log=lambda m: None)
     check_library(lib)
     assert [e["name"] for e in load(lib / "manifest.json")["facesets"]] == \
-        ["faceset_003", "faceset_004"]   # numbered past the parts the undo parked
+        ["faceset_001", "faceset_002"]   # the undone parts are parked in _split/<tag>/
     with pytest.raises(ValueError, match="not a face of"):
-        plan_split(lib, "faceset_003", partition=[["faces/999.png"]])
+        plan_split(lib, "faceset_001", partition=[["faces/999.png"]])
 
 
 def _kill_and_rerun(h: KillHarness, scenario: Scenario, points) -> None:
@@ -256,7 +258,9 @@ def _kill_and_rerun(h: KillHarness, scenario: Scenario, points) -> None:
 # W holds the cache (faces.npz, a copy of the inputs') and the library (lib); the photo
 # folders stay in the module's inputs folder, which the cache names
 SCENARIOS = {
-    "import-folders": (None, lambda p: ["import-folders", "faces.npz", p / "sorted", "--into",
+    # into a library that exists (made empty by ensure_library; its creation is one write)
+    "import-folders": (lambda p, w: ensure_library(w / "lib", w / "faces.npz", {}),
+                       lambda p: ["import-folders", "faces.npz", p / "sorted", "--into",
                                         "lib", "--route", p / "mixed", *IMPORT, *EXPORT]),
     "discover": (lambda p, w: import_sorted(p.parent, w / "faces.npz", w / "lib"),
                  lambda p: ["discover", "faces.npz", p / "found", "--into", "lib", *DISCOVER,
@@ -273,15 +277,19 @@ def test_kill_at_sampled_commits_then_a_rerun_finishes(inputs, tmp_path, name):
 
     def build(w: Path) -> None:
         copy_cache(inputs / "faces.npz", w)
-        if setup:
-            setup(inputs / "p", w)
+        setup(inputs / "p", w)
 
     scenario = Scenario(name, build, lambda w: argv(inputs / "p"), caches=("faces.npz",))
     h = KillHarness(scenario, tmp_path)
     h.prepare()
     h.run_reference()
     check_library(h.w / "lib")
-    _kill_and_rerun(h, scenario, sample_points(h.commits, 3))
+    # while building the new folders (import only: the others build the same way), after
+    # the first move of the run, and before its last write (the top-level manifest)
+    n = len(h.commits)
+    first_move = next(k for k, what in enumerate(h.commits, 1) if " -> " in what)
+    _kill_and_rerun(h, scenario, sorted({1 if name == "import-folders" else first_move,
+                                         first_move, n - 1}))
 
 
 @pytest.mark.unit
@@ -299,7 +307,7 @@ def test_two_passes_drop_a_bystander_and_keep_the_person():
 
 @pytest.mark.unit
 def test_new_facesets_are_numbered_past_every_name_in_use(tmp_path):
-    from facesets.core.newsets import ensure_library, next_names
+    from facesets.core.newsets import next_names
     from facesets.formats.swapset import bundle_stem, label_stem
 
     lib = tmp_path / "lib"

@@ -14,8 +14,9 @@ SWAP_READY may be a new folder. A folder imported before is skipped.
 """
 from __future__ import annotations
 
-from .common import (CACHE_HELP, add_cache_model_options, add_progress_option, load_for,
-                     recorded_run, say)
+from ..steps.import_folders import ImportParams
+from .common import (CACHE_HELP, add_cache_model_options, add_progress_option, defaults,
+                     load_for, recorded_run, say)
 from .options import add_export_options, export_params
 
 
@@ -38,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--route-threshold", type=float, default=None,
                    help="--route: a face joins an identity within this distance (default: "
                         "the model's; buffalo_l 0.45)")
-    p.add_argument("--min-faces", type=int, default=1,
+    p.add_argument("--min-faces", type=int, default=defaults(ImportParams)["min_faces"],
                    help="a folder left with fewer faces after the two passes is skipped")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     add_export_options(p)
@@ -53,7 +54,7 @@ def run(args) -> int:
     from ..core.newsets import ensure_library
     from ..core.thresholds import derived, resolve_with_source
     from ..formats.cache import load_cache
-    from ..steps.import_folders import ImportParams, apply_import, gate_import, plan_import
+    from ..steps.import_folders import apply_import, gate_import, plan_import
 
     root = Path(args.into).resolve()
     cache = load_cache(args.cache)

@@ -10,7 +10,8 @@ part stay only there). --dry-run prints the parts and their face files.
 """
 from __future__ import annotations
 
-from .common import recorded_run, say, swap_ready_meta
+from ..steps.split import plan_split
+from .common import defaults, recorded_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine distance of the re-clustering (default: the model's; "
                         "buffalo_l 0.45)")
-    p.add_argument("--min-faces", type=int, default=3,
+    p.add_argument("--min-faces", type=int, default=defaults(plan_split)["min_faces"],
                    help="smallest part that becomes a faceset")
     p.add_argument("--cache", default=None,
                    help="cache holding the faces' embeddings (default: the one the faceset "
@@ -34,7 +35,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..core.thresholds import derived, resolve_with_source
-    from ..steps.split import apply_split, plan_split
+    from ..steps.split import apply_split
 
     root = Path(args.swap_ready).resolve()
     meta = swap_ready_meta(root)

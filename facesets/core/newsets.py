@@ -19,9 +19,10 @@ from a whole export is how the result reaches the library:
 
 New facesets are numbered past the highest ``faceset_NNN`` anywhere in the library (the
 top-level manifest, the folders at its top, ``_merged/`` and ``_split/``), so a number is
-never reused while a record names it; a caller may give the name instead (eras:
-``faceset_NNN_YYYY-YYYY``). A label (a folder name, a person's name) goes into NAME.txt
-and names the bundles (``<label>_top30.fsz``).
+never reused while the library lists it or keeps its folder (folders an undo parked in
+``_added/<tag>/`` or ``_split/<tag>/`` have a namespace of their own); a caller may give
+the name instead (eras: ``faceset_NNN_YYYY-YYYY``). A label (a folder name, a person's
+name) goes into NAME.txt and names the bundles (``<label>_top30.fsz``).
 """
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
                                 "it away by hand")
         part = root / ADDED_DIR / f".{tag}.partial"
         stage_of = {n: part / n for n in names}
-        crop_all(cache, sel, planned, load_detector().detect, params, stage_of, progress)
+        crop_all(cache, sel, planned, load_detector().detect, params, stage_of, progress, step)
         by_target: dict[str, list[Planned]] = {}
         for pl in planned:
             by_target.setdefault(pl.target, []).append(pl)

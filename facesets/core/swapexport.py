@@ -143,7 +143,8 @@ DECODES = [0]   # decodes performed by this process (the benchmark reads it)
 
 
 def crop_all(cache: FaceCache, sel: FaceSelection, plans: list[Planned], detect,
-             p: ExportParams, stage_of: dict[str, Path], progress: bool) -> int:
+             p: ExportParams, stage_of: dict[str, Path], progress: bool,
+             desc: str = "export-swap") -> int:
     """Crop every planned face into its staging folder as ``faces/tmp_<n>.png``; sets
     ``plan.crop``. Faces are grouped by source so each file is decoded once (threads decode
     ahead while the main thread detects). Returns the number of sources decoded."""
@@ -162,7 +163,7 @@ def crop_all(cache: FaceCache, sel: FaceSelection, plans: list[Planned], detect,
                               int(cache.files["height"][r]), min(sides), p.out_size)
 
     decoded = 0
-    bar = tqdm(total=len(plans), desc="export-swap", unit="crop", disable=not progress)
+    bar = tqdm(total=len(plans), desc=desc, unit="crop", disable=not progress)
     shas = list(by_sha)
     with ThreadPoolExecutor(max_workers=max(1, p.workers)) as pool:
         window = max(2, 2 * p.workers)
