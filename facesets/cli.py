@@ -24,7 +24,8 @@ COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-s
             "history",
             "undo",
             "import-folders", "discover", "split",
-            "immich", "video", "occlusion"]
+            "immich", "video", "occlusion",
+            "report", "review", "rename", "drop-faces", "move-face", "quarantine"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,9 @@ def check_library(root: Path) -> None:
     for rec in top.get("split", []):
         assert (root / rec["moved_to"]).is_dir(), rec
         manifests.append(root / rec["moved_to"] / "manifest.json")
+    for rec in top.get("quarantined", []):        # curate's quarantine (the review page)
+        assert (root / rec["moved_to"]).is_dir(), rec
+        manifests.append(root / rec["moved_to"] / "manifest.json")
     manifests += [d / "manifest.json" for d in parked_folders(root)]
     for rec in top.get("thin_eras", []):     # eras too small to use, in _thin/ (eras)
         manifests.append(root / rec["folder"] / "manifest.json")

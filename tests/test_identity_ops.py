@@ -292,6 +292,7 @@ def test_dedup_optimize_drops_identical_and_near_duplicates_and_undo_restores(
     m = load(out / "faceset_001" / "manifest.json")
     write_bundles(out / "faceset_001", m)           # the library agrees with its disk
     write_manifest(out / "faceset_001" / "manifest.json", m)
+    run_cli("report", out)                          # and its index.html shows that disk
     check_library(out)
     before = tree(out)
     top0 = load(out / "manifest.json")

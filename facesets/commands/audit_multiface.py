@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_options, say
+from .common import add_model_options, refresh_report, say
 
 
 def register(sub) -> None:
@@ -57,10 +57,12 @@ def run_apply(args) -> int:
             r = plan.applied
             say(f"audit-multiface: run {plan.run_id} of these results was applied already "
                 f"({r.get('when')}: dropped {r.get('dropped')} PNGs); nothing changed")
+            refresh_report(plan.export)
             return 0
         for line in plan.lines():
             say(f"  {line}")
         record = apply_audit(plan, log=log)
+        refresh_report(plan.export)
     say(f"audit-multiface: {plan.line()}; dropped {record['dropped']} PNGs, rebuilt "
         f"{len(plan.facesets())} facesets (run {plan.run_id})")
     return 0

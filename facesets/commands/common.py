@@ -148,6 +148,27 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def refresh_report(*outs) -> None:
+    """Rewrite index.html (and its thumbnails) of each output folder after a command changed
+    it (formats/report.py)."""
+    from ..formats.report import write_report
+
+    for out in outs:
+        if out is not None:
+            write_report(out)
+
+
+def after_run(func, *outs_of):
+    """``func`` (a command's run), then the report of the folders ``outs_of(args)`` names,
+    unless it was a dry run."""
+    def run(args) -> int:
+        rc = func(args)
+        if not getattr(args, "dry_run", False):
+            refresh_report(*[f(args) for f in outs_of])
+        return rc
+    return run
+
+
 def swap_ready_meta(root) -> dict:
     """What the threshold resolver reads: the export's model, and the thresholds calibrated
     for its cache when that cache is still there."""
@@ -172,7 +193,8 @@ def recorded_run(root, step: str, plan, apply, dry_run: bool, before=None):
     do). A dry run plans and prints only (no lock, nothing changed); a real run takes the
     folder's lock, first finishes a run a kill interrupted, then plans and applies, and
     ends with the run's id and how to undo it. ``before()``: what to do first under the
-    lock (import-folders makes a new library there). Returns (plan, entry)."""
+    lock (import-folders makes a new library there). A real run rewrites the folder's
+    index.html (formats/report.py). Returns (plan, entry)."""
     from ..core import runs
     from ..io.fsutil import output_lock
 
@@ -192,6 +214,7 @@ def recorded_run(root, step: str, plan, apply, dry_run: bool, before=None):
         for line in p.lines():
             say(f"  {line}")
         entry = apply(p, log)
+        refresh_report(root)              # index.html shows the folder as it is now
     say(f"{step}: {p.line()}" + (f"; run {entry['id']} (undo: `undo {root} {entry['id']}`)"
                                  if entry else "; nothing changed"))
     return p, entry

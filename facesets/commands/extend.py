@@ -8,7 +8,7 @@ from pathlib import Path
 from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
 from ..steps.extend import run_extend
-from .common import CACHE_HELP, add_engine_option, say, warn
+from .common import CACHE_HELP, add_engine_option, after_run, say, warn
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
                         "cluster the rest at it (default: calibrated for the cache, else the "
                         "threshold the raw clustering used, else the model's)")
     add_engine_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=after_run(run, lambda a: a.raw_out, lambda a: a.refine_out))
 
 
 def run(args) -> int:

@@ -3,7 +3,7 @@ the files it moved go back, the manifests it changed get their previous bytes, t
 it rebuilt are rebuilt from them. The undo is recorded as a run too."""
 from __future__ import annotations
 
-from .common import say
+from .common import after_run, say
 
 
 def register(sub) -> None:
@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("run_id", metavar="RUN_ID", nargs="?", default=None,
                    help="the run to undo (default: the last run not undone)")
     p.add_argument("--dry-run", action="store_true", help="print what would be undone")
-    p.set_defaults(func=run)
+    p.set_defaults(func=after_run(run, lambda a: a.swap_ready))
 
 
 def run(args) -> int:

@@ -37,7 +37,7 @@ CANDIDATES_DIR = "_candidates"
 MULTIFACE_AUDIT = "multiface_audit"
 # sections of the top-level manifest that maintenance steps fill; export-swap keeps them
 MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", MULTIFACE_AUDIT, "added", "split",
-                        "eras")
+                        "eras", "quarantined")
 ADDED_SECTION = "added"     # facesets added to a library (import-folders, discover, eras...)
 SPLIT_SECTION = "split"     # facesets split into parts (split)
 ADDED_DIR = "_added"        # SWAP_READY/_added/<tag>/faceset_NNN: built there, moved in
@@ -242,6 +242,14 @@ def drop_destination(fdir: Path, rel: str, taken: set[str]) -> str:
         n += 1
     taken.add(str(fdir / dest))
     return dest
+
+
+def next_face_number(manifest: dict, fdir: Path) -> int:
+    """The first faces/NNN.png number past every face a manifest names and every PNG in
+    faces/ (a face moved in never takes a name in use)."""
+    used = [int(Path(f["file"]).stem) for f in manifest["faces"]]
+    used += [int(p.stem) for p in (Path(fdir) / FACES_DIR).glob("*.png") if p.stem.isdigit()]
+    return max(used, default=-1) + 1
 
 
 def bundles_entry(name: str, top_n: int, count: int) -> dict:

@@ -20,6 +20,7 @@ from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, cluster_manifest,
                                 error_entry, is_face_sets_output, new_manifest, noface_entry,
                                 person_entry, start_output, write_manifest)
+from ..formats.report import write_report
 from ..io.fsutil import replace_dir
 from ..io.materialize import place_all
 
@@ -66,6 +67,7 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
                                 int(len(sel)))
     write_manifest(stage / CLUSTER_MANIFEST_FILE, manifest)
     replace_dir(stage, out, is_ours=is_face_sets_output)
+    write_report(out)
     return manifest
 
 

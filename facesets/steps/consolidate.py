@@ -28,7 +28,7 @@ from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestErr
 from ..formats.eras import ERA_NAME
 from ..formats.runs import MERGED_DIR, MERGED_SECTION, merged_record
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, bundle_stem, bundles_entry,
-                               faceset_listing)
+                               faceset_listing, next_face_number)
 
 STEP = "consolidate"
 
@@ -113,6 +113,31 @@ def plan_consolidate(root: str | Path, group_threshold: float,
     return plan
 
 
+def plan_merge(root: str | Path, names: list[str]) -> ConsolidatePlan:
+    """A plan that merges exactly the facesets ``names`` (an explicit group, e.g. picked on
+    the review page) as consolidate merges a confident group: the one with the most faces
+    survives. Carry it out with ``apply_consolidate``."""
+    root = Path(root).resolve()
+    names = list(dict.fromkeys(names))
+    if len(names) < 2:
+        raise ValueError("a merge needs two facesets or more")
+    listed = {e["name"] for e in runs.load_top(root).get("facesets", [])}
+    cents, sizes = {}, {}
+    for name in names:
+        if not isinstance(name, str) or not FACESET_NAME.fullmatch(name) or name not in listed:
+            raise ValueError(f"{root / MANIFEST_NAME}: no faceset {name!r} to merge")
+        m = load_manifest(root / name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+        cents[name] = np.asarray(centroid_of(m, root / name / MANIFEST_NAME, None), np.float64)
+        sizes[name] = len(m["faces"])
+    members = sorted(names, key=lambda n: (-sizes[n], n))
+    sim = {(a, b): float(cents[a] @ cents[b]) for a in members for b in members}
+    lowest = min(sim[a, b] for a in members for b in members if a < b)
+    plan = ConsolidatePlan(root, float("nan"), float("nan"), facesets=len(listed))
+    plan.groups.append(Group(members, lowest, {n: sim[members[0], n] for n in members[1:]},
+                             confident=True))
+    return plan
+
+
 def _free(root: Path, rel: str) -> str:
     """``rel``, or ``rel.N`` when that name is taken (never overwrite)."""
     out, n = rel, 1
@@ -121,10 +146,7 @@ def _free(root: Path, rel: str) -> str:
     return out
 
 
-def _next_number(manifest: dict, fdir: Path) -> int:
-    used = [int(Path(f["file"]).stem) for f in manifest["faces"]]
-    used += [int(p.stem) for p in (fdir / FACES_DIR).glob("*.png") if p.stem.isdigit()]
-    return max(used, default=-1) + 1
+_next_number = next_face_number
 
 
 def _merge_group(root: Path, g: Group, run_ph: str, moves, after, changed,

@@ -28,6 +28,7 @@ from ..formats.swapset import (ADDED_SECTION, CANDIDATES_DIR, DROPPED_DIR, FACES
                                MANIFEST_NAME, MULTIFACE_AUDIT, NAME_FILE, SPLIT_SECTION,
                                candidates_manifest, faceset_listing, maintenance_sections,
                                swap_manifest)
+from ..formats.report import write_report
 from ..io.fsutil import replace_dir
 
 def previous_names(out: Path) -> list[tuple[set[str], str]]:
@@ -271,6 +272,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
         if d.is_dir() and (stale_faceset or stale_cands) and is_face_sets_output(d) \
                 and not _holds_uncarried_drops(d, carried_from):
             shutil.rmtree(d)
+    write_report(out, progress)
     return top
 
 

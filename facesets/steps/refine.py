@@ -23,6 +23,7 @@ from ..formats.cache import FaceCache
 from ..formats.manifest import (REFINE_MANIFEST, REFINE_MANIFEST_FILE, faceset_entry,
                                 is_face_sets_output, new_manifest, refine_manifest, start_output,
                                 write_manifest)
+from ..formats.report import write_report
 from ..io.fsutil import replace_dir
 from ..io.materialize import place_all
 
@@ -46,6 +47,7 @@ def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult,
                                res.dropped, res.timing)
     write_manifest(stage / REFINE_MANIFEST_FILE, manifest)
     replace_dir(stage, out, is_ours=is_face_sets_output)
+    write_report(out)
     return manifest
 
 

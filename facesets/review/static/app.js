@@ -1,0 +1,187 @@
+// face-sets review page: plain JS, no build step. Data and thumbnails need the token of the
+// URL; every action is a POST to the server, which calls the library (the page writes
+// nothing itself).
+"use strict";
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const OVERVIEW_TILES = 12;
+let lib = null, cur = 0, selected = new Set(), faceSel = new Set(), farSet = new Set();
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else if (k.startsWith("on")) e[k] = v;
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) e.append(k);
+  return e;
+}
+
+function tile(t, name) {
+  const img = el("img", {loading: "lazy", width: 96, height: 96, alt: t.label,
+    src: `/thumbs/${t.sheet}?token=${encodeURIComponent(TOKEN)}`});
+  img.style.objectPosition = `-${t.x}px -${t.y}px`;
+  const f = el("figure", {class: "tile", "data-file": t.file}, img,
+               el("div", {class: "cap"}, t.label));
+  if (farSet.has(name + "/" + t.file)) { f.classList.add("far"); f.title = "far from the centroid"; }
+  return f;
+}
+
+function status(msg, err) { const s = $("status"); s.textContent = msg; s.className = err ? "err" : ""; }
+
+async function load() {
+  const r = await fetch(`/api/library?token=${encodeURIComponent(TOKEN)}`);
+  if (!r.ok) { status(`cannot load the library (${r.status})`, true); return; }
+  lib = await r.json();
+  farSet = new Set(lib.suggestions.far.map((f) => f.faceset + "/" + f.file));
+  render();
+}
+
+async function act(action, body) {
+  status(`${action}…`);
+  const r = await fetch(`/api/${action}`, {method: "POST",
+    headers: {"Content-Type": "application/json", "X-Review-Token": TOKEN},
+    body: JSON.stringify(body)});
+  const res = await r.json().catch(() => ({error: `HTTP ${r.status}`}));
+  if (!r.ok) { status(`${action} failed: ${res.error}`, true); return false; }
+  faceSel.clear(); selected.clear();
+  await load();
+  status(`${action} done (run ${res.run || "-"})`);   // after the new state is shown
+  return true;
+}
+
+function toggleCard(name, on) {
+  // a selection changes two classes and one button: no re-render of 300 cards
+  on = on === undefined ? !selected.has(name) : on;
+  on ? selected.add(name) : selected.delete(name);
+  const card = document.getElementById("card-" + name);
+  if (card) { card.classList.toggle("sel", on); card.querySelector("input").checked = on; }
+  $("merge").disabled = selected.size < 2;
+}
+
+function renderOverview() {
+  $("title").textContent = `${lib.folder}: ${lib.head.title}`;
+  $("facts").replaceChildren(...lib.head.facts.map((f) => el("span", {}, f)));
+  const q = $("search").value.trim().toLowerCase();
+  const cards = [];
+  lib.cards.forEach((c, i) => {
+    if (q && !(c.name + " " + c.title).toLowerCase().includes(q)) return;
+    const box = el("input", {type: "checkbox", "aria-label": "select " + c.name});
+    box.checked = selected.has(c.name);
+    box.onchange = () => toggleCard(c.name, box.checked);
+    const tiles = c.tiles.slice(0, OVERVIEW_TILES).map((t) => tile(t, c.name));
+    if (c.tiles.length > OVERVIEW_TILES) tiles.push(el("span", {class: "more"}, `+${c.tiles.length - OVERVIEW_TILES}`));
+    const dropped = Object.entries(c.dropped).map(([k, v]) => `${k} ${v}`).join(", ");
+    const card = el("section", {class: "card" + (i === cur ? " cur" : "") + (selected.has(c.name) ? " sel" : ""),
+                                id: "card-" + c.name, "data-index": i},
+      el("h2", {}, box, el("a", {href: "#/" + c.name}, c.name), el("span", {class: "nm"}, c.title)),
+      el("p", {}, `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") + (c.mapping ? ` · ${c.mapping}` : "")),
+      el("div", {class: "tiles"}, ...tiles));
+    cards.push(card);
+  });
+  $("cards").replaceChildren(...cards);
+  const s = lib.suggestions, lines = [];
+  for (const g of s.merge) {
+    const a = el("a", {href: "#", onclick: (e) => { e.preventDefault(); g.members.forEach((m) => toggleCard(m, true)); }},
+                 "select");
+    lines.push(el("p", {}, `${g.confident ? "merge" : "maybe merge"}: ${g.members.join(" + ")} (similarity ${g.similarity}) `, a));
+  }
+  if (s.far.length) lines.push(el("p", {}, `${s.far.length} faces far from their centroid (orange captions): ` +
+    s.far.slice(0, 8).map((f) => `${f.faceset}/${f.file}`).join(", ")));
+  if (s.note) lines.push(el("p", {}, s.note));
+  if (!lines.length) lines.push(el("p", {}, "none"));
+  $("suggestions").replaceChildren(...lines);
+  $("merge").disabled = selected.size < 2;
+}
+
+function renderFaceset(name) {
+  const c = lib.cards.find((x) => x.name === name);
+  if (!c) { location.hash = ""; return; }
+  $("fs-name").replaceChildren(name + " ", el("span", {class: "nm"}, c.title));
+  const dropped = Object.entries(c.dropped).map(([k, v]) => `${k} ${v}`).join(", ");
+  $("fs-info").textContent = `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") +
+    (c.mapping ? ` · ${c.mapping}` : "") + " · ";
+  $("fs-info").append(el("span", {id: "fs-count"}, `${faceSel.size} selected`));
+  $("rename-input").value = c.title;
+  $("move-target").replaceChildren(...lib.cards.filter((x) => x.name !== name).map(
+    (x) => el("option", {value: x.name}, x.name + (x.title ? " " + x.title : ""))));
+  $("split").disabled = !lib.split;
+  const tiles = c.tiles.map((t) => {
+    const f = tile(t, name);
+    if (faceSel.has(t.file)) f.classList.add("sel");
+    f.onclick = () => {
+      faceSel.has(t.file) ? faceSel.delete(t.file) : faceSel.add(t.file);
+      f.classList.toggle("sel", faceSel.has(t.file));
+      $("fs-count").textContent = `${faceSel.size} selected`;
+    };
+    return f;
+  });
+  $("fs-tiles").replaceChildren(...tiles);
+  const hist = lib.history.filter((h) => h.facesets.includes(name)).map((h) => {
+    const what = Object.entries(h.summary || {}).map(([k, v]) =>
+      `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+    const li = el("li", {class: h.undone_by ? "undone" : ""},
+      `${h.step}: ${what} (run ${h.id}${h.undone_by ? ", undone by " + h.undone_by : ""}) `);
+    if (!h.undone_by && h.step !== "undo")
+      li.append(el("button", {onclick: () => act("undo", {run: h.id})}, "undo"));
+    return li;
+  });
+  $("fs-history").replaceChildren(...(hist.length ? hist : [el("li", {}, "no runs yet")]));
+}
+
+function current() { return decodeURIComponent(location.hash.replace(/^#\/?/, "")); }
+
+function render() {
+  if (!lib) return;
+  const name = current();
+  $("overview").hidden = !!name;
+  $("faceset").hidden = !name;
+  if (name) renderFaceset(name); else renderOverview();
+}
+
+window.addEventListener("hashchange", () => { faceSel.clear(); render(); });
+$("search").addEventListener("input", () => render());
+$("back").onclick = (e) => { e.preventDefault(); location.hash = ""; };
+$("merge").onclick = () => selected.size >= 2 && act("merge", {facesets: [...selected]});
+$("undo").onclick = () => act("undo", {});
+$("rename").onclick = () => act("rename", {faceset: current(), name: $("rename-input").value});
+$("drop").onclick = () => faceSel.size && act("drop", {faceset: current(), files: [...faceSel]});
+$("move").onclick = () => faceSel.size && act("move", {faceset: current(), files: [...faceSel], into: $("move-target").value});
+$("quarantine").onclick = async () => { if (await act("quarantine", {faceset: current()})) location.hash = ""; };
+$("split").onclick = () => act("split", faceSel.size ? {faceset: current(), files: [...faceSel]} : {faceset: current()});
+
+document.addEventListener("keydown", (e) => {
+  const typing = (e.target.tagName === "INPUT" && e.target.type !== "checkbox") ||
+    e.target.tagName === "SELECT";
+  if (typing) {
+    if (e.key === "Escape") e.target.blur();
+    if (e.key === "Enter" && e.target.id === "rename-input") $("rename").click();
+    return;
+  }
+  const name = current();
+  const k = e.key;
+  if (k === "Escape") { location.hash = ""; return; }
+  if (k === "u") { $("undo").click(); return; }
+  if (!name) {
+    const n = lib ? lib.cards.length : 0;
+    if (k === "/") { e.preventDefault(); $("search").focus(); }
+    else if (k === "j" || k === "k") {
+      const old = document.querySelector(".card.cur");
+      cur = Math.max(0, Math.min(n - 1, cur + (k === "j" ? 1 : -1)));
+      const c = document.getElementById("card-" + lib.cards[cur].name);
+      if (old) old.classList.remove("cur");
+      if (c) { c.classList.add("cur"); c.scrollIntoView({block: "nearest"}); }
+    } else if (k === "x" && n) { toggleCard(lib.cards[cur].name); }
+    else if (k === "Enter" && n) location.hash = "#/" + lib.cards[cur].name;
+    else if (k === "m") $("merge").click();
+    return;
+  }
+  if (k === "a") { const c = lib.cards.find((x) => x.name === name); c.tiles.forEach((t) => faceSel.add(t.file)); render(); }
+  else if (k === "d") $("drop").click();
+  else if (k === "v") $("move").click();
+  else if (k === "r") { e.preventDefault(); $("rename-input").focus(); }
+  else if (k === "s") $("split").click();
+  else if (k === "q") $("quarantine").click();
+});
+
+load();

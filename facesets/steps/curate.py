@@ -1,0 +1,246 @@
+"""Small hand edits of a swap-ready folder: rename, drop faces, move a face, quarantine, undo.
+
+The review page (facesets/review/) and the CLI commands (rename, drop-faces, move-face,
+quarantine, undo) call these same functions. Each is one recorded run (core/runs.py):
+planned with the previous bytes of every manifest and bundle it changes, carried out in
+redoable steps, undoable with ``undo``; afterwards every manifest and bundle agrees with the
+files on disk. Nothing is deleted:
+
+- ``rename``: NAME.txt gets the new name (its previous text is kept for undo);
+- ``drop_faces``: PNGs move to ``faces/_dropped/`` (``dropped[]`` reason ``review``);
+- ``move_face``: PNGs move into another faceset's ``faces/`` (numbered past its highest),
+  that faceset is re-ranked by score; both rebuild their bundles (centroids stay: a
+  manifest holds no embeddings);
+- ``quarantine``: the faceset folder moves to ``_quarantine/`` and leaves the listing
+  (``quarantined[]`` in the top-level manifest says where it went).
+
+Every function takes the folder's lock and first finishes a run a kill interrupted.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..core import runs
+from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
+                                load_manifest, safe_member_path)
+from ..formats.runs import RUNS_SECTION
+from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, bundles_entry,
+                               drop_destination, faceset_listing, next_face_number)
+from ..io.fsutil import output_lock
+
+QUARANTINE_DIR = "_quarantine"
+QUARANTINED_SECTION = "quarantined"
+REVIEW_REASON = "review"          # dropped[] reason of a face dropped by hand
+NAME_MAX = 200
+FAR_SHARE = 0.8   # suggestions: a face at >= this share of the export's outlier gate is "far"
+
+Log = Callable[[str], None]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _faceset(root: Path, name: str) -> tuple[Path, dict]:
+    """A listed faceset's folder and manifest; a name not listed is refused."""
+    if not isinstance(name, str) or not FACESET_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a faceset name (faceset_NNN)")
+    top = runs.load_top(root)
+    if name not in {e["name"] for e in top.get("facesets", [])}:
+        raise ValueError(f"{root / MANIFEST_NAME}: no faceset {name} (see its facesets[])")
+    fdir = root / name
+    return fdir, load_manifest(fdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
+
+
+def _history(m: dict, step: str, **what) -> None:
+    m.setdefault("history", []).append(dict({"step": step, "when": _now(),
+                                             "run": runs.THIS_RUN}, **what))
+
+
+def _commit(root: Path, step: str, moves, after: dict, changed: list[str], rebuild: list[str],
+            summary: dict, log: Log, listing: dict[str, dict] | None = None,
+            remove: set[str] = frozenset(), section: tuple[str, dict] | None = None) -> dict:
+    """Add the top-level manifest (listings refreshed, ``remove`` dropped, a ``section``
+    record added) to the plan, then start and execute the run; its ``runs[]`` entry."""
+    top = runs.load_top(root)
+    if listing or remove or section:
+        new_top = copy.deepcopy(top)
+        listing = listing or {}
+        new_top["facesets"] = [listing.get(e["name"], e) for e in top["facesets"]
+                               if e["name"] not in remove]
+        if isinstance(new_top.get("summary"), dict):
+            new_top["summary"]["facesets"] = len(new_top["facesets"])
+        if section:
+            new_top.setdefault(section[0], []).append(section[1])
+        after[MANIFEST_NAME] = new_top
+        changed.append(MANIFEST_NAME)
+    return runs.execute(root, runs.start(root, step, moves, changed, after, rebuild, summary),
+                        log)
+
+
+def _locked(fn):
+    def wrapper(root, *a, log: Log = print, **kw):
+        root = Path(root).resolve()
+        with output_lock(root):
+            runs.finish_pending(root, log)
+            return fn(root, *a, log=log, **kw)
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+def clean_name(text: str) -> str:
+    """A person's name as NAME.txt holds it: one line, no control characters."""
+    if not isinstance(text, str):
+        raise ValueError("a name must be text")
+    name = " ".join(text.split())
+    if not name or len(name) > NAME_MAX or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise ValueError(f"name {text[:40]!r} must be 1 to {NAME_MAX} printable characters")
+    if name.startswith("#"):
+        raise ValueError("a name may not start with '#' (NAME.txt comment lines do)")
+    return name
+
+
+@_locked
+def rename(root: Path, faceset: str, name: str, log: Log = print) -> dict:
+    """Write ``name`` into the faceset's NAME.txt (a recorded run)."""
+    name = clean_name(name)
+    fdir, m = _faceset(root, faceset)
+    new = copy.deepcopy(m)
+    _history(new, "rename", name=name)
+    after = {f"{faceset}/{NAME_FILE}": f"{name}\n".encode("utf-8"),
+             f"{faceset}/{MANIFEST_NAME}": new}
+    changed = [f"{faceset}/{NAME_FILE}", f"{faceset}/{MANIFEST_NAME}"]
+    return _commit(root, "rename", [], after, changed, [], {"faceset": faceset, "name": name},
+                   log)
+
+
+def _pick(m: dict, files: list[str], where: str) -> list[dict]:
+    by_file = {f["file"]: f for f in m["faces"]}
+    missing = [f for f in files if f not in by_file]
+    if not files or missing:
+        raise ValueError(f"{where}: no face {missing[0] if missing else '(none given)'} in "
+                         "its faces[]")
+    return [by_file[f] for f in dict.fromkeys(files)]
+
+
+def _counts(m: dict) -> None:
+    counts: dict[str, int] = {}
+    for d in m["dropped"]:
+        counts[str(d.get("reason"))] = counts.get(str(d.get("reason")), 0) + 1
+    m["summary"]["dropped"] = counts
+    m["summary"]["kept"] = len(m["faces"])
+    m["bundles"] = bundles_entry(m["name"], int(m["top_n"]), len(m["faces"]))
+
+
+@_locked
+def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> dict:
+    """Move faces (``faces/NNN.png``) of a faceset to ``faces/_dropped/``; bundles rebuilt."""
+    fdir, m = _faceset(root, faceset)
+    picked = _pick(m, files, str(fdir / MANIFEST_NAME))
+    gone = {f["file"] for f in picked}
+    new = copy.deepcopy(m)
+    new["faces"] = [f for f in m["faces"] if f["file"] not in gone]
+    moves, taken = [], set()
+    for face in sorted(picked, key=lambda f: f["rank"]):
+        dest = drop_destination(fdir, face["file"], taken)
+        moves.append((f"{faceset}/{face['file']}", f"{faceset}/{dest}"))
+        new["dropped"].append(dict(face, reason=REVIEW_REASON, moved_to=dest, run=runs.THIS_RUN))
+    _counts(new)
+    _history(new, "drop-faces", removed=[f["key"] for f in picked], kept=len(new["faces"]))
+    after = {f"{faceset}/{MANIFEST_NAME}": new}
+    return _commit(root, "drop-faces", moves, after, runs.faceset_files(root, faceset),
+                   [faceset], {"faceset": faceset, "dropped": len(picked)}, log,
+                   listing={faceset: faceset_listing(new)})
+
+
+@_locked
+def move_face(root: Path, faceset: str, files: list[str], into: str, log: Log = print) -> dict:
+    """Move faces of ``faceset`` into faceset ``into`` (re-ranked by score there)."""
+    if into == faceset:
+        raise ValueError(f"{faceset}: a face cannot move into its own faceset")
+    sdir, sm = _faceset(root, faceset)
+    ddir, dm = _faceset(root, into)
+    picked = _pick(sm, files, str(sdir / MANIFEST_NAME))
+    gone = {f["file"] for f in picked}
+    src, dest = copy.deepcopy(sm), copy.deepcopy(dm)
+    src["faces"] = [f for f in sm["faces"] if f["file"] not in gone]
+    nxt = next_face_number(dm, ddir)
+    moves, renamed = [], {}
+    for face in sorted(picked, key=lambda f: f["rank"]):
+        new_file = f"{FACES_DIR}/{nxt:03d}.png"
+        nxt += 1
+        moves.append((f"{faceset}/{face['file']}", f"{into}/{new_file}"))
+        renamed[face["file"]] = new_file
+        dest["faces"].append(dict(face, file=new_file, moved_from=faceset))
+    dest["faces"].sort(key=lambda f: -float(f.get("score") or 0.0))
+    for rank, face in enumerate(dest["faces"]):
+        face["rank"] = rank
+    for m in (src, dest):
+        _counts(m)
+    _history(src, "move-face", moved_to=into, files=renamed, kept=len(src["faces"]))
+    _history(dest, "move-face", moved_from=faceset, added=len(picked), kept=len(dest["faces"]))
+    after = {f"{faceset}/{MANIFEST_NAME}": src, f"{into}/{MANIFEST_NAME}": dest}
+    changed = runs.faceset_files(root, faceset) + runs.faceset_files(root, into)
+    return _commit(root, "move-face", moves, after, changed, [faceset, into],
+                   {"from": faceset, "into": into, "moved": len(picked)}, log,
+                   listing={faceset: faceset_listing(src), into: faceset_listing(dest)})
+
+
+def _free(root: Path, rel: str) -> str:
+    out, n = rel, 1
+    while (root / out).exists():
+        out, n = f"{rel}.{n}", n + 1
+    return out
+
+
+@_locked
+def quarantine(root: Path, faceset: str, log: Log = print) -> dict:
+    """Move a faceset folder to ``_quarantine/`` and out of the listing (bundles and all)."""
+    fdir, m = _faceset(root, faceset)
+    folder = safe_member_path(root, _free(root, f"{QUARANTINE_DIR}/{faceset}"), "quarantine")
+    rel = folder.relative_to(root).as_posix()
+    new = copy.deepcopy(m)
+    _history(new, "quarantine", moved_to=rel)
+    after = {f"{rel}/{MANIFEST_NAME}": new}
+    record = {"name": faceset, "moved_to": rel, "faces": len(m["faces"]), "run": runs.THIS_RUN,
+              "when": _now()}
+    return _commit(root, "quarantine", [(faceset, rel)], after, [f"{faceset}/{MANIFEST_NAME}"],
+                   [], {"faceset": faceset, "moved_to": rel}, log, remove={faceset},
+                   section=(QUARANTINED_SECTION, record))
+
+
+@_locked
+def undo(root: Path, run_id: str | None = None, log: Log = print) -> dict:
+    """Reverse a recorded run (default: the last one in effect); the undo's ``runs[]``
+    entry. Refused (ManifestError, nothing changed) as the ``undo`` command refuses."""
+    target, problems = runs.plan_undo(root, run_id)
+    if problems:
+        raise ManifestError(f"{root}: cannot undo run {target['id']}: " + "; ".join(problems[:5]))
+    return runs.execute(root, runs.prepare_undo(root, target["id"]), log)
+
+
+def history(root: str | Path) -> list[dict]:
+    """The top-level manifest's ``runs[]`` with each run's summary and the facesets it
+    touched (from its run record)."""
+    root = Path(root).resolve()
+    out = []
+    for e in runs.load_top(root).get(RUNS_SECTION, []):
+        rec = runs.record_of(root, e["id"]) or {}
+        paths = [mv["from"] for mv in rec.get("moves", [])] + [mv["to"] for mv in
+                                                                rec.get("moves", [])]
+        paths += rec.get("installs", []) + rec.get("changed", [])
+        touched = sorted({p.split("/")[0] for p in paths if FACESET_NAME.fullmatch(
+            p.split("/")[0])} | {p.split("/")[1] for p in paths if p.count("/") >= 1
+                                 and FACESET_NAME.fullmatch(p.split("/")[1])})
+        out.append(dict(e, summary=rec.get("summary", {}), facesets=touched))
+    return out
+
+
+def is_far(distance, gate, share: float = FAR_SHARE) -> bool:
+    """A face sits far from its faceset's centroid: its distance (recorded by export) is at
+    least ``share`` of the outlier gate that export applied."""
+    return (isinstance(distance, (int, float)) and isinstance(gate, (int, float))
+            and not isinstance(gate, bool) and gate > 0 and distance >= share * gate)
