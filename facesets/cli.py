@@ -16,16 +16,17 @@ from .commands.common import use_help_formatter
 from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 
 # modules under facesets.commands, in the order `--help` lists them
-COMMANDS = ["embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz",
-            "run", "audit-multiface", "calibrate",
-            "consolidate",
-            "dedup-optimize",
-            "eras",
-            "history",
-            "undo",
-            "import-folders", "discover", "split",
-            "immich", "video", "occlusion",
-            "report", "review", "rename", "drop-faces", "move-face", "quarantine"]
+COMMANDS = [
+    # the pipeline: photos -> cache -> persons -> facesets -> bundles
+    "embed", "cluster", "refine", "dedup", "enrich", "extend", "export-swap", "verify-fsz",
+    "run", "audit-multiface", "calibrate",
+    # identity operations on a swap-ready library (recorded runs: history, undo)
+    "import-folders", "discover", "consolidate", "split", "eras", "dedup-optimize",
+    "rename", "drop-faces", "move-face", "quarantine", "history", "undo",
+    # see the result
+    "report", "review",
+    # more sources and filters
+    "immich", "video", "occlusion"]
 
 
 def build_parser() -> argparse.ArgumentParser:
