@@ -220,6 +220,7 @@ def painted_export(faces_cache, tmp_path_factory) -> Path:
             pixels[pixels.shape[0] // 2:] = 0
             Image.fromarray(pixels).save(png)
         rebuild_bundles(out / name)
+    run_cli("report", out)   # the page shows the painted faces, as after any hand edit
     return out
 
 

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from ..io.fsutil import atomic_write_bytes
+from ..io.fsutil import atomic_write_bytes, remove_temp_files
 from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
@@ -483,6 +483,10 @@ def write_report(out: str | os.PathLike, progress: bool = False,
     ids), so two equal folders get the same bytes. ``model``: a list to receive
     (kind, cards, head), tiles placed on their sheets (the review server reuses it)."""
     out = Path(out)
+    # what a write killed half-way left behind (the page and its sheets are rewritten anyway)
+    remove_temp_files(out, re.compile(re.escape(REPORT_FILE)))
+    if not (out / THUMBS_DIR).is_symlink():
+        remove_temp_files(out / THUMBS_DIR, SHEET_FILE)
     kind, cards, head = library_model(out)
     used = place_tiles(out, cards, progress)
     dest = out / REPORT_FILE
