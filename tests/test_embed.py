@@ -298,7 +298,10 @@ def test_ctrl_c_flushes_and_exits_cleanly(tmp_path):
     # the progress bar (stderr) is on: it shows when photos are being embedded
     proc = subprocess.Popen([sys.executable, str(ROOT / "sort_faces.py"), "embed", str(FACES),
                              str(cache), *PACK, "--flush-every", "1000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # as in a terminal: a shell's background job (a CI runner started
+                            # with `&`) hands its children SIGINT ignored, and Ctrl-C is lost
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stderr = bytearray()
 
     def read_stderr():
