@@ -51,8 +51,12 @@ def check_library(root: Path) -> None:
         assert (root / rec["moved_to"]).is_dir(), rec
         manifests.append(root / rec["moved_to"] / "manifest.json")
     manifests += [d / "manifest.json" for d in parked_folders(root)]
-    for rec in top.get("thin_eras", []):     # eras too small to use, in _thin/ (eras)
-        manifests.append(root / rec["folder"] / "manifest.json")
+    for rec in top.get("thin_eras", []):     # eras too small to use (eras: "folder"), and
+        #   facesets the occlusion filter left too thin (occlusion apply: "moved_to"), in _thin/
+        manifests.append(root / rec.get("folder", rec.get("moved_to")) / "manifest.json")
+    for rec in top.get("masked", []):        # mostly occluded facesets (occlusion apply)
+        assert (root / rec["moved_to"]).is_dir(), rec
+        manifests.append(root / rec["moved_to"] / "manifest.json")
     # build folders under _added/ (eras extend's keep their manifest, faces moved out or back)
     manifests += sorted(root.glob("_added/*/*/manifest.json"))
     manifests = list(dict.fromkeys(manifests))   # a parked folder may be back in the library

@@ -138,6 +138,12 @@ def test_the_eras_sections_of_the_top_manifest_are_checked_on_read(tmp_path):
     with pytest.raises(ManifestError, match=re.escape("thin_eras[0].folder")):
         check_eras_sections({"thin_eras": [{"name": "faceset_001_undated",
                                             "folder": "/tmp/x"}]}, path)
+    # occlusion apply's thin facesets share the section, in their own shape
+    thin = {"to": "_thin", "moved_to": "_thin/faceset_003", "run": "0002-abcdef02",
+            "pruned": 2, "survivors": 3, "name": "faceset_003"}
+    check_eras_sections({"thin_eras": [thin]}, path)
+    with pytest.raises(ManifestError, match=re.escape("thin_eras[0].moved_to")):
+        check_eras_sections({"thin_eras": [dict(thin, moved_to="_thin/../../etc")]}, path)
 
 
 # ---- end to end, on copies of the test photos with EXIF dates written by the test --------

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import LOW_GATES, PACK, ROOT, TEST_THRESHOLD, run_cli
+from library_check import check_library
 from onnx_models import expected_occluded, occlusion_classifier
 
 CLIP_WORKER = ROOT / "work" / "clip_worker.py"
@@ -228,35 +229,6 @@ def tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and ".runs" not in
             p.relative_to(root).parts}
-
-
-def check_library(root: Path) -> None:
-    """Every faceset manifest (listed, _masked/, _thin/): each face and dropped PNG it names
-    exists, its bundles hold its faces in rank order; every PNG on disk is named once."""
-    from facesets.formats.bundle import read_fsz
-
-    top = json.loads((root / "manifest.json").read_text())
-    manifests = [root / e["manifest"] for e in top["facesets"]]
-    manifests += [root / r["moved_to"] / "manifest.json"
-                  for r in top.get("masked", []) + top.get("thin_eras", [])]
-    named = []
-    for path in manifests:
-        fs = json.loads(path.read_text())
-        fdir = path.parent
-        for face in fs["faces"]:
-            assert (fdir / face["file"]).is_file(), f"{path} names missing {face['file']}"
-            named.append(fdir / face["file"])
-        for d in fs["dropped"]:
-            if "moved_to" in d:
-                assert (fdir / d["moved_to"]).is_file(), f"{path}: missing {d['moved_to']}"
-                named.append(fdir / d["moved_to"])
-        faces = sorted(fs["faces"], key=lambda f: f["rank"])
-        assert [b for _, b in read_fsz(fdir / fs["bundles"]["all"]).pngs] == \
-            [(fdir / f["file"]).read_bytes() for f in faces], f"{path}: stale bundle"
-        assert fs["bundles"]["all_count"] == len(faces)
-    on_disk = sorted(p for p in root.rglob("*.png")
-                     if ".runs" not in p.relative_to(root).parts and "previews" not in p.parts)
-    assert sorted(named) == on_disk, "every PNG on disk must be named exactly once"
 
 
 def kill_worker_midway(queue: Path, results: Path, *extra) -> int:

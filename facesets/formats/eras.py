@@ -180,6 +180,13 @@ def check_eras_sections(top: dict, path: str | os.PathLike) -> list[dict]:
             c.get(era, "thin", g, (bool,), "true or false")
             _unit_vector(c, era, "centroid", g)
     for f, rec in c.items(top, THIN_SECTION, "", required=False):
+        if "folder" not in rec and "moved_to" in rec:
+            # a faceset the occlusion filter left too thin (occlusion apply): _thin/<name>
+            moved = c.str(rec, "moved_to", f)
+            parent, _, leaf = moved.partition("/")
+            if parent != THIN_DIR or leaf in ("", ".", "..") or "/" in leaf or "\\" in leaf:
+                c.fail(f"{f}.moved_to", f"{moved!r} is not a folder in {THIN_DIR}/")
+            continue
         name = c.name(rec, "name", f, ERA_NAME, "an era name (faceset_NNN_YYYY-YYYY)")
         _era_folder(c, rec, name, f)
     return top.get(ERAS_SECTION, [])

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 from ..io.fsutil import atomic_write_json, read_json
+from .eras import THIN_DIR, THIN_SECTION  # noqa: F401  (one _thin/ and thin_eras[] for both
+#   steps that fill them: the eras step, and apply here for facesets left too thin)
 from .manifest import FACE_PNG, FACESET_NAME
 
 SCORES_FORMAT = "face-sets/occlusion-scores"
@@ -27,9 +29,7 @@ PLAN_VERSION = 1
 RESULTS_QUEUE_SUFFIX = ".queue.json"      # RESULTS.queue.json beside a worker's results
 PLAN_SUFFIX = ".plan.json"                # SCORES.plan.json
 MASKED_DIR = "_masked"                    # SWAP_READY/_masked/faceset_NNN: mostly occluded
-THIN_DIR = "_thin"                        # SWAP_READY/_thin/faceset_NNN: too few left
 MASKED_SECTION = "masked"                 # top-level manifest sections apply fills
-THIN_SECTION = "thin_eras"
 RUN_SECTION = "occlusion_filter_run"      # the last apply's record (thresholds, counts)
 DROP_REASON = "occlusion"                 # dropped[] reason of a pruned face
 VERDICTS = ("keep", "prune", "masked", "thin")
