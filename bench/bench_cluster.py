@@ -178,8 +178,8 @@ def cmd_scale(a) -> None:
     from facesets.core.metrics import bcubed_scores, pairwise_scores
     work = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     stats = fitted_stats(a.cache, work)
-    print("faces | identities | wall s (neighbours, clustering) | peak MB (loaded MB) | edges, "
-          "rounds | vs truth pairwise P/R/F, BCubed F")
+    print("faces | identities | wall s (neighbours, clustering, merge) | peak MB (loaded MB) | "
+          "edges, rounds | vs truth pairwise P/R/F, BCubed F")
     for n in a.sizes:
         emb, y = synth_data(n, 3, stats, work)
         r, labels = run_method("graph", emb, THRESHOLD, work, a.merge_ratio)
@@ -187,7 +187,7 @@ def cmd_scale(a) -> None:
         pw = pairwise_scores(labels, y)
         t = r["timing"]
         print(f"{n} | {len(np.unique(y))} | {r['wall_s']} ({t['neighbours_s']}, "
-              f"{t['clustering_s']}) | {r['peak_mb']} ({r['loaded_mb']}) | {t['edges']}, "
+              f"{t['clustering_s']}, {t.get('merge_s', '-')}) | {r['peak_mb']} ({r['loaded_mb']}) | {t['edges']}, "
               f"{t['rounds']} | {pw.precision:.4f}/{pw.recall:.4f}/{pw.f:.4f}, "
               f"{bcubed_scores(labels, y).f:.4f}", flush=True)
 

@@ -120,10 +120,20 @@ def main() -> None:
     ap.add_argument("--grid", type=float, nargs=3, metavar=("LO", "HI", "STEP"),
                     help="threshold grid (default 0.40 0.80 0.01)")
     ap.add_argument("--rows", action="store_true", help="print every threshold's scores")
+    ap.add_argument("--embeddings", type=Path, default=None,
+                    help="a .npy of other embeddings for the cache's faces, in its face order "
+                         "(bench/bench_flip.py writes one)")
     a = ap.parse_args()
     grid = GRID if a.grid is None else tuple(np.round(np.arange(a.grid[0], a.grid[1] + 1e-9,
                                                                 a.grid[2]), 4))
     cache = load_cache(a.cache)
+    if a.embeddings is not None:
+        other = np.load(a.embeddings, allow_pickle=False)
+        if other.shape != cache.faces["embedding"].shape:
+            raise SystemExit(f"{a.embeddings}: shape {other.shape}, the cache's embeddings "
+                             f"are {cache.faces['embedding'].shape}")
+        cache.faces["embedding"] = other.astype(np.float32)
+        print(f"embeddings from {a.embeddings}")
     truth = load_truth(a.truth_root, cache)
     sel, scored = truth_selection(cache, truth)
     signals = face_signals(cache, sel)

@@ -10,7 +10,8 @@ import pytest
 from conftest import ROOT, TEST_THRESHOLD, run_cli
 from facesets.formats.cache import load_cache
 from facesets.steps.cluster import select_faces
-from facesets.engine import GraphEngine, cluster_faces, normalize_rows, violates_cannot_link
+from facesets.engine import (GraphEngine, add_rows, cluster_faces, normalize_rows,
+                             violates_cannot_link)
 from facesets.core.metrics import bcubed_scores, pairwise_scores
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -60,6 +61,22 @@ def test_cli_engines_give_the_same_persons(faces_cache, tmp_path):
         groups[engine] = sorted(sorted(f["key"] for f in p["faces"]) for p in m["persons"])
     assert groups["exact"] == groups["graph"]
     assert len(groups["exact"]) >= 20
+
+
+@pytest.mark.unit
+def test_add_rows_is_np_add_at():
+    # repeated indices add up; untouched rows stay
+    rng = np.random.default_rng(5)
+    idx = rng.integers(0, 9, 100)
+    rows = rng.normal(size=(100, 4)).astype(np.float32)
+    want = np.ones((12, 4))
+    np.add.at(want, idx, rows)
+    got = np.ones((12, 4))
+    add_rows(got, idx, rows)
+    assert np.allclose(got, want, atol=1e-5) and not np.allclose(got, 1.0)
+    assert (got[9:] == 1.0).all()
+    add_rows(got, np.zeros(0, dtype=np.int64), rows[:0])      # nothing to add
+    assert np.allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.unit

@@ -11,7 +11,7 @@ from facesets.core.metrics import Scores, pairwise_scores
 from facesets.core.reliability import ReliabilityGates, unreliable_faces
 from facesets.core.selection import select_faces
 from facesets.engine import (CLUSTER_MERGE_RATIO, LINKAGES, attach_unreliable, cluster_faces,
-                             violates_cannot_link)
+                             get_engine, merge_centroids, violates_cannot_link)
 from facesets.formats.cache import load_cache
 from facesets.steps.calibrate import SweepRow, precision_margin, target_pick
 
@@ -73,6 +73,36 @@ def test_unreliable_faces_join_the_cluster_nearest_on_average():
     assert labels[8] != labels[0]
     assert len({labels[5], labels[7], labels[8], labels[0], labels[2]}) == 5
     assert not violates_cannot_link(labels, cl)
+
+
+@pytest.mark.unit
+def test_centroid_merge_along_edges_is_the_exact_merge_over_the_pairs_given():
+    # 60 clusters of 5 faces around 20 directions (3 clusters each): with every face pair as
+    # a candidate, the merge along edges is the exact centroid clustering; a pair of clusters
+    # no face edge joins is never merged, and cannot-link holds at cluster level
+    rng = np.random.default_rng(7)
+    dirs = rng.normal(size=(20, 64))
+    x = np.repeat(dirs, 15, axis=0) + 0.35 * rng.normal(size=(300, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    labels = np.arange(300) // 5
+
+    def exact(c, t, cl):
+        return get_engine("exact").cluster(c, t, cl)
+    full = np.triu_indices(300, 1)
+    want = merge_centroids(x, labels, 0.3, None, exact)
+    assert 20 <= len(np.unique(want)) < 60
+    assert pairwise_scores(merge_centroids(x, labels, 0.3, None, exact, full), want).f == 1.0
+    # edges only inside each block of 15 faces but the last: clusters 57-59 stay apart
+    block = np.arange(300) // 15
+    inside = block[full[0]] == block[full[1]]
+    inside &= block[full[0]] < 19
+    some = (full[0][inside], full[1][inside])
+    got = merge_centroids(x, labels, 0.3, None, exact, some)
+    assert len({got[285], got[290], got[295]}) == 3
+    assert pairwise_scores(got[:285], want[:285]).f == 1.0
+    cl = np.array([[0, 5]])                 # a face of cluster 0 and one of cluster 1
+    got = merge_centroids(x, labels, 0.3, cl, exact, full)
+    assert got[0] != got[5] and not violates_cannot_link(got, cl)
 
 
 @pytest.mark.unit

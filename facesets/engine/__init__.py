@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .assign import assign_nearest
-from .base import (ClusterEngine, centroids, normalize_rows, pairs_from_groups, relabel_by_size,
+from .base import (ClusterEngine, add_rows, centroids, normalize_rows, pairs_from_groups, relabel_by_size,
                    violates_cannot_link)
 from .exact import ExactEngine
 from .graph import GraphEngine
@@ -44,32 +44,45 @@ def _sweep(eng: ClusterEngine, x: np.ndarray, thresholds: list[float],
            cannot_link: np.ndarray | None, linkage: str, unreliable: np.ndarray | None,
            merge_ratio: float = 0.0, engine: str = "auto") -> list[np.ndarray]:
     """The engine's clustering at each threshold under one linkage option, then the centroid
-    merge at ``merge_ratio`` x threshold when > 0 (linkage.py)."""
-    out = _link(eng, x, thresholds, cannot_link, linkage, unreliable)
+    merge at ``merge_ratio`` x threshold when > 0 (linkage.py), along the engine's own
+    candidate pairs when it has them (the graph engine's k-NN graph)."""
+    out, edges = _link(eng, x, thresholds, cannot_link, linkage, unreliable)
     if merge_ratio > 0:
+        t0 = time.monotonic()
+
         def on_centroids(c, t, cl):
             return get_engine(engine, len(c)).cluster(c, t, cl)
-        out = [merge_centroids(x, lab, merge_ratio * t, cannot_link, on_centroids)
-               for lab, t in zip(out, thresholds)]
+        out = [merge_centroids(x, lab, merge_ratio * t, cannot_link, on_centroids, e)
+               for lab, t, e in zip(out, thresholds, edges)]
+        eng.timing = dict(getattr(eng, "timing", {}),
+                          merge_s=round(time.monotonic() - t0, 2))
     return out
 
 
 def _link(eng: ClusterEngine, x: np.ndarray, thresholds: list[float],
-          cannot_link: np.ndarray | None, linkage: str,
-          unreliable: np.ndarray | None) -> list[np.ndarray]:
+          cannot_link: np.ndarray | None, linkage: str, unreliable: np.ndarray | None
+          ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray] | None]]:
+    """Labels per threshold, and per threshold the face pairs (indices into ``x``) the
+    engine linked along (None: every pair)."""
     if linkage not in LINKAGES:
         raise ValueError(f"unknown linkage {linkage!r}; choose from " + ", ".join(LINKAGES))
     if linkage == "mutual":
-        return [eng.cluster(mutual_smooth(x, t), t, cannot_link) for t in thresholds]
+        out, edges = [], []
+        for t in thresholds:
+            out.append(eng.cluster(mutual_smooth(x, t), t, cannot_link))
+            edges.append(eng.edges)
+        return out, edges
     if linkage == "quality" and unreliable is not None and np.any(unreliable) \
             and not np.all(unreliable):
         n = len(x)
         rest = np.flatnonzero(unreliable)
         core = np.flatnonzero(~np.asarray(unreliable, dtype=bool))
         inner = eng.cluster_many(x[core], thresholds, sub_cannot_link(cannot_link, core, n))
-        return [attach_unreliable(x, lab, core, rest, t, cannot_link)
-                for lab, t in zip(inner, thresholds)]
-    return eng.cluster_many(x, thresholds, cannot_link)
+        e = None if eng.edges is None else (core[eng.edges[0]], core[eng.edges[1]])
+        return ([attach_unreliable(x, lab, core, rest, t, cannot_link)
+                 for lab, t in zip(inner, thresholds)], [e] * len(thresholds))
+    out = eng.cluster_many(x, thresholds, cannot_link)
+    return out, [eng.edges] * len(thresholds)
 
 
 def cluster_faces(embeddings: np.ndarray, threshold: float,
@@ -119,7 +132,7 @@ def cluster_sweep(embeddings: np.ndarray, thresholds, cannot_link: np.ndarray | 
                   engine)
 
 
-__all__ = ["assign_nearest", "ClusterEngine", "ENGINES", "LINKAGES", "CLUSTER_MERGE_RATIO",
+__all__ = ["add_rows", "assign_nearest", "ClusterEngine", "ENGINES", "LINKAGES", "CLUSTER_MERGE_RATIO",
            "merge_centroids", "EXACT_MAX_FACES", "GraphEngine",
            "get_engine", "cluster_faces", "cluster_sweep", "centroids", "normalize_rows",
            "pairs_from_groups", "relabel_by_size",

@@ -22,7 +22,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from .base import ClusterEngine, relabel_by_size
+from .base import ClusterEngine, add_rows, relabel_by_size
 from .knn import DEFAULT_K, knn_edges
 
 LINKAGE_BATCH = 65536
@@ -91,7 +91,7 @@ def _merges(n: int, nb: np.ndarray, sums: np.ndarray, size: np.ndarray, forbidde
     pos = np.searchsorted(groups, into)
     gsum = sums[groups].astype(np.float64)
     gsize = size[groups].copy()
-    np.add.at(gsum, pos, sums[joined])
+    add_rows(gsum, pos, sums[joined])
     np.add.at(gsize, pos, size[joined])
     lpos = pos[len(pair_b):]
     rest_n = gsize[lpos] - size[leaves]
@@ -158,7 +158,7 @@ def graph_average_linkage(x: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.nda
         nb = _best_neighbour(n, u, v, w)
         a, b = _merges(n, nb, sums, size, forbidden, t)   # b joins a
         sums_b, size_b = sums[b], size[b]
-        np.add.at(sums, a, sums_b)
+        add_rows(sums, a, sums_b)
         np.add.at(size, a, size_b)
         parent[b] = a
         remap = np.arange(n, dtype=np.int64)
@@ -201,16 +201,19 @@ class GraphEngine(ClusterEngine):
         self.search = search
         self.progress = progress
         self.timing: dict[str, float] = {}
+        self.edges = None
 
     def cluster_many(self, embeddings, thresholds, cannot_link=None) -> list[np.ndarray]:
         """One neighbour graph (at the largest threshold), clustered at each threshold."""
         n = len(embeddings)
         if n < 2:
+            self.edges = (np.zeros(0, dtype=np.int64),) * 2
             return [np.zeros(n, dtype=np.int64) for _ in thresholds]
         t0 = time.monotonic()
         u, v, d = knn_edges(embeddings, self.k, float(max(thresholds)), self.search,
                             self.progress)
         t1 = time.monotonic()
+        self.edges = (u, v)
         out, rounds = [], 0
         for t in thresholds:
             roots, r = graph_average_linkage(embeddings, u, v, d, t, cannot_link, self.progress)

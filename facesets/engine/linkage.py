@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import normalize_rows, relabel_by_size
+from .base import add_rows, normalize_rows, relabel_by_size
 
 LINKAGES = ("average", "quality", "mutual")
 # the centroid merge after average linkage that `cluster` and calibrate's cluster sweep use:
@@ -51,7 +51,7 @@ def attach_unreliable(x: np.ndarray, core_labels: np.ndarray, core_idx: np.ndarr
     labels[core_idx] = core_labels
     if len(rest_idx) and k:
         sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-        np.add.at(sums, core_labels, x[core_idx])
+        add_rows(sums, core_labels, x[core_idx])
         sizes = np.bincount(core_labels, minlength=k).astype(np.float64)
         pos = np.full(n, -1, dtype=np.int64)
         pos[rest_idx] = np.arange(len(rest_idx))
@@ -86,9 +86,19 @@ def attach_unreliable(x: np.ndarray, core_labels: np.ndarray, core_idx: np.ndarr
 
 
 def merge_centroids(x: np.ndarray, labels: np.ndarray, threshold: float,
-                    cannot_link: np.ndarray | None, cluster) -> np.ndarray:
-    """Merge clusters whose unit centroids are within ``threshold`` (``cluster``: the
-    engine's ``cluster(embeddings, threshold, cannot_link)``), cannot-link at cluster level."""
+                    cannot_link: np.ndarray | None, cluster,
+                    edges: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Merge clusters whose unit centroids are within ``threshold`` (average linkage on the
+    centroids), cannot-link at cluster level.
+
+    ``edges`` None: the centroids are clustered by ``cluster`` (the engine's
+    ``cluster(embeddings, threshold, cannot_link)``), which considers every pair (exact) or
+    searches the centroids' own neighbours (graph). ``edges`` (u, v), face pairs such as the
+    graph engine's k-NN graph: only clusters joined by one of them are candidates. That
+    needs no second neighbour search (at a million faces the search over the ~400k
+    centroids cost a third of the run); a split identity's halves still share many face
+    pairs within the cluster threshold (docs/clustering.md, "Linkage").
+    """
     from .base import centroids
     k = int(labels.max()) + 1 if len(labels) else 0
     if k < 2:
@@ -99,7 +109,17 @@ def merge_centroids(x: np.ndarray, labels: np.ndarray, threshold: float,
     cl = np.stack([labels[pairs[:, 0]], labels[pairs[:, 1]]], axis=1) if len(pairs) \
         else np.zeros((0, 2), dtype=np.int64)
     cl = np.unique(np.sort(cl, axis=1), axis=0) if len(cl) else cl
-    merged = cluster(cents, threshold, cl)
+    if edges is None:
+        merged = cluster(cents, threshold, cl)
+    else:
+        from .graph import graph_average_linkage
+        a, b = labels[edges[0]], labels[edges[1]]
+        keys = np.unique(np.minimum(a, b) * k + np.maximum(a, b))
+        cu, cv = keys // k, keys % k
+        between = cu != cv
+        cu, cv = cu[between], cv[between]
+        cw = 1.0 - np.einsum("ij,ij->i", cents[cu], cents[cv], dtype=np.float64)
+        merged, _ = graph_average_linkage(cents, cu, cv, cw.astype(np.float32), threshold, cl)
     return relabel_by_size(merged[labels])
 
 
@@ -135,8 +155,8 @@ def mutual_smooth(x: np.ndarray, threshold: float, k: int = MUTUAL_K,
     u, v, d = u[mutual], v[mutual], d[mutual]
     sums = np.zeros_like(x, dtype=np.float64)
     w = (1.0 - d).astype(np.float64)[:, None]
-    np.add.at(sums, u, w * x[v])
-    np.add.at(sums, v, w * x[u])
+    add_rows(sums, u, w * x[v])
+    add_rows(sums, v, w * x[u])
     deg = np.zeros(n)
     np.add.at(deg, u, w[:, 0])
     np.add.at(deg, v, w[:, 0])

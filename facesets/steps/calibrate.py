@@ -38,7 +38,7 @@ from ..core.metrics import Scores, bcubed_scores, pairwise_scores
 from ..core.refinement import merge_clusters
 from ..core.selection import FaceSelection, select_faces, subset
 from ..core.truth import TruthSet, load_truth
-from ..engine import CLUSTER_MERGE_RATIO, centroids, cluster_sweep, normalize_rows
+from ..engine import CLUSTER_MERGE_RATIO, add_rows, centroids, cluster_sweep, normalize_rows
 from ..formats.cache import FaceCache
 
 CLUSTER_GRID = tuple(np.round(np.arange(0.20, 1.0001, 0.025), 3))
@@ -168,7 +168,7 @@ def assign_sweep(emb: np.ndarray, labels: np.ndarray, grid) -> list[tuple[float,
     emb = normalize_rows(emb)
     k = int(labels.max()) + 1
     sums = np.zeros((k, emb.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, emb)
+    add_rows(sums, labels, emb)
     counts = np.bincount(labels, minlength=k)
     cents = normalize_rows(sums.astype(np.float32))
     best_d = np.empty(len(emb))

@@ -33,7 +33,7 @@ import numpy as np
 from ..core.refinement import RefineParams, quality_mask, refine_labels
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces, subset
 from ..core.thresholds import resolve_with_source
-from ..engine import assign_nearest, centroids, cluster_faces
+from ..engine import add_rows, assign_nearest, centroids, cluster_faces
 from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, FACESET_NAME, PERSON_NAME,
                                 REFINE_MANIFEST, REFINE_MANIFEST_FILE, ManifestError,
@@ -72,7 +72,7 @@ def join_nearest(sel: FaceSelection, new: np.ndarray, groups: list[list[int]],
     emb = sel.embeddings[[i for _, i in members]]
     # the mean member embedding m (not unit length): 1 - e.m is e's average distance to them
     sums = np.zeros((int(labels.max()) + 1, emb.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, emb)
+    add_rows(sums, labels, emb)
     means = (sums / np.maximum(np.bincount(labels), 1)[:, None]).astype(np.float32)
     idx, dist = assign_nearest(sel.embeddings[new], means, threshold)
     if max_centroid_distance is not None:
