@@ -278,6 +278,39 @@ def test_kill_undo_and_dedup_optimize_at_sampled_commits(split_dir, tmp_path, na
     _kill_and_rerun(h, scenario, sample_points(h.commits, 4))
 
 
+def _best_face(library: Path, faceset: str) -> str:
+    """The file of a faceset's best-ranked face, read from the pristine library (a re-run
+    after a kill must name the same face, even if the killed run already moved it)."""
+    m = load(library / faceset / "manifest.json")
+    return sorted(m["faces"], key=lambda f: f["rank"])[0]["file"]
+
+
+def _last_faceset(library: Path) -> str:
+    """The other half of faceset_000's person (build_split puts it last)."""
+    return load(library / "manifest.json")["facesets"][-1]["name"]
+
+
+@pytest.mark.parametrize("name,argv", [
+    ("rename", lambda d: ["rename", "swap", "faceset_001", "Somebody"]),
+    ("drop-faces", lambda d: ["drop-faces", "swap", "faceset_000",
+                              _best_face(d, "faceset_000")]),
+    ("move-face", lambda d: ["move-face", "swap", "faceset_000", _best_face(d, "faceset_000"),
+                             "--into", _last_faceset(d)]),
+    ("quarantine", lambda d: ["quarantine", "swap", "faceset_001"]),
+])
+def test_kill_rename_drop_move_and_quarantine_at_sampled_commits(split_dir, tmp_path, name,
+                                                                 argv):
+    args = argv(split_dir)
+    scenario = Scenario(name, lambda w: shutil.copytree(split_dir, w / "swap"),
+                        lambda w: args)
+    h = KillHarness(scenario, tmp_path)
+    h.prepare()
+    n = h.run_reference()
+    assert n >= 2, h.commits
+    check_library(h.w / "swap")
+    _kill_and_rerun(h, scenario, sample_points(h.commits, 4))
+
+
 def test_dedup_optimize_drops_identical_and_near_duplicates_and_undo_restores(
         split_dir, tmp_path):
     from facesets.formats.cache import load_cache

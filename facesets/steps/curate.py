@@ -91,6 +91,21 @@ def _locked(fn):
     return wrapper
 
 
+def _done_already(root: Path, step: str, request: dict, log: Log) -> dict | None:
+    """The newest run of the folder when it is this very request and still in effect (a
+    re-run after a kill, finished by ``finish_pending`` or complete already; the same click
+    twice on the review page): its ``runs[]`` entry, so the repeat changes nothing and
+    does not fail on a face or faceset the first one moved away."""
+    entries = runs.load_top(root).get(RUNS_SECTION, [])
+    last = entries[-1] if entries else None
+    if last and last["step"] == step and not last.get("undone_by") \
+            and isinstance(last.get("summary"), dict) \
+            and last["summary"].get("request") == request:
+        log(f"run {last['id']} did this {step} already; nothing changed")
+        return last
+    return None
+
+
 def clean_name(text: str) -> str:
     """A person's name as NAME.txt holds it: one line, no control characters."""
     if not isinstance(text, str):
@@ -107,14 +122,23 @@ def clean_name(text: str) -> str:
 def rename(root: Path, faceset: str, name: str, log: Log = print) -> dict:
     """Write ``name`` into the faceset's NAME.txt (a recorded run)."""
     name = clean_name(name)
+    request = {"faceset": faceset, "name": name}
+    done = _done_already(root, "rename", request, log)
+    if done:
+        return done
     fdir, m = _faceset(root, faceset)
     new = copy.deepcopy(m)
     _history(new, "rename", name=name)
     after = {f"{faceset}/{NAME_FILE}": f"{name}\n".encode("utf-8"),
              f"{faceset}/{MANIFEST_NAME}": new}
     changed = [f"{faceset}/{NAME_FILE}", f"{faceset}/{MANIFEST_NAME}"]
-    return _commit(root, "rename", [], after, changed, [], {"faceset": faceset, "name": name},
-                   log)
+    return _commit(root, "rename", [], after, changed, [], dict(request, request=request), log)
+
+
+def _file_list(files) -> list:
+    """A request's face files, in a form that compares equal however they were given."""
+    return sorted(dict.fromkeys(files)) if isinstance(files, (list, tuple)) and all(
+        isinstance(f, str) for f in files) else files
 
 
 def _pick(m: dict, files: list[str], where: str) -> list[dict]:
@@ -138,6 +162,10 @@ def _counts(m: dict) -> None:
 @_locked
 def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> dict:
     """Move faces (``faces/NNN.png``) of a faceset to ``faces/_dropped/``; bundles rebuilt."""
+    request = {"faceset": faceset, "files": _file_list(files)}
+    done = _done_already(root, "drop-faces", request, log)
+    if done:
+        return done
     fdir, m = _faceset(root, faceset)
     picked = _pick(m, files, str(fdir / MANIFEST_NAME))
     gone = {f["file"] for f in picked}
@@ -152,7 +180,8 @@ def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> 
     _history(new, "drop-faces", removed=[f["key"] for f in picked], kept=len(new["faces"]))
     after = {f"{faceset}/{MANIFEST_NAME}": new}
     return _commit(root, "drop-faces", moves, after, runs.faceset_files(root, faceset),
-                   [faceset], {"faceset": faceset, "dropped": len(picked)}, log,
+                   [faceset], {"faceset": faceset, "dropped": len(picked), "request": request},
+                   log,
                    listing={faceset: faceset_listing(new)})
 
 
@@ -161,6 +190,10 @@ def move_face(root: Path, faceset: str, files: list[str], into: str, log: Log = 
     """Move faces of ``faceset`` into faceset ``into`` (re-ranked by score there)."""
     if into == faceset:
         raise ValueError(f"{faceset}: a face cannot move into its own faceset")
+    request = {"from": faceset, "files": _file_list(files), "into": into}
+    done = _done_already(root, "move-face", request, log)
+    if done:
+        return done
     sdir, sm = _faceset(root, faceset)
     ddir, dm = _faceset(root, into)
     picked = _pick(sm, files, str(sdir / MANIFEST_NAME))
@@ -185,7 +218,8 @@ def move_face(root: Path, faceset: str, files: list[str], into: str, log: Log = 
     after = {f"{faceset}/{MANIFEST_NAME}": src, f"{into}/{MANIFEST_NAME}": dest}
     changed = runs.faceset_files(root, faceset) + runs.faceset_files(root, into)
     return _commit(root, "move-face", moves, after, changed, [faceset, into],
-                   {"from": faceset, "into": into, "moved": len(picked)}, log,
+                   {"from": faceset, "into": into, "moved": len(picked), "request": request},
+                   log,
                    listing={faceset: faceset_listing(src), into: faceset_listing(dest)})
 
 
@@ -199,6 +233,10 @@ def _free(root: Path, rel: str) -> str:
 @_locked
 def quarantine(root: Path, faceset: str, log: Log = print) -> dict:
     """Move a faceset folder to ``_quarantine/`` and out of the listing (bundles and all)."""
+    request = {"faceset": faceset}
+    done = _done_already(root, "quarantine", request, log)
+    if done:
+        return done
     fdir, m = _faceset(root, faceset)
     folder = safe_member_path(root, _free(root, f"{QUARANTINE_DIR}/{faceset}"), "quarantine")
     rel = folder.relative_to(root).as_posix()
@@ -208,7 +246,8 @@ def quarantine(root: Path, faceset: str, log: Log = print) -> dict:
     record = {"name": faceset, "moved_to": rel, "faces": len(m["faces"]), "run": runs.THIS_RUN,
               "when": _now()}
     return _commit(root, "quarantine", [(faceset, rel)], after, [f"{faceset}/{MANIFEST_NAME}"],
-                   [], {"faceset": faceset, "moved_to": rel}, log, remove={faceset},
+                   [], {"faceset": faceset, "moved_to": rel, "request": request}, log,
+                   remove={faceset},
                    section=(QUARANTINED_SECTION, record))
 
 
