@@ -16,7 +16,8 @@ A method is ENGINE[/LINKAGE][@GATES]: ENGINE exact or graph, LINKAGE one of
 facesets.engine.LINKAGES, GATES for ``quality`` as short=PX,blur=V,det=S,norm=RATIO
 (core/reliability.py). ``+ratio=R`` adds the centroid merge at R x threshold (what
 ``cluster`` does by default, steps/cluster.py MERGE_RATIO); ``+merge=M`` refine's centroid
-merge at a fixed M instead.
+merge at a fixed M instead. ``--embeddings F.npy`` scores other embeddings of the same faces
+(bench/bench_flip.py writes the flip test-time augmented ones).
 """
 from __future__ import annotations
 
