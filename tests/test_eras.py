@@ -370,3 +370,54 @@ def test_kill_during_eras_leaves_a_library_that_loads_and_a_rerun_finishes(libra
     build_commit = next(k for k, c in enumerate(h.commits, 1) if "/_added/" in c)
     move = next(k for k, c in enumerate(h.commits, 1) if " -> " in c)
     _kill_and_rerun(h, scenario, [build_commit, move + 1])
+
+
+def test_kill_during_eras_extend_and_a_rerun_finishes(library, tmp_path):
+    """eras extend killed at each of its commits: the library still loads, a re-run
+    finishes it with the same faces in the same eras, nothing half-written is left, and
+    once the crops were built the re-run resumes the killed run (same run id) instead of
+    starting over. (Byte equality with an uninterrupted run does not hold here: the crop
+    build's manifest records when it was made, and the run id digests it.)"""
+    from killharness import KILLED, KillHarness, Scenario, is_leftover
+    from library_check import check_library
+
+    def build(w: Path) -> None:
+        shutil.copytree(library["swap"], w / "swap", symlinks=True)
+        copy_cache(library["cache"], w)
+        run_cli("eras", w / "c.npz", "faceset_000", "--into", w / "swap", *ERAS, *PACK)
+        run_cli("embed", library["later"] / "round1", w / "c.npz", *PACK, "--no-progress")
+
+    def era_faces(w: Path) -> dict:
+        top = load(w / "swap" / "manifest.json")
+        return {e["name"]: sorted(f["key"] for f in load(w / "swap" / e["manifest"])["faces"])
+                for e in top["facesets"]}
+
+    def run_ids(w: Path) -> list[str]:
+        return [e["id"] for e in load(w / "swap" / "manifest.json")["runs"]]
+
+    def started(w: Path) -> set[str]:       # run folders, finished or being written
+        return {p.name.strip(".").split(".")[0] for p in (w / "swap" / ".runs").iterdir()}
+
+    scenario = Scenario("eras-extend", build,
+                        lambda w: ["eras", "extend", w / "c.npz", "faceset_000", "--into",
+                                   w / "swap", *PACK, "--no-progress"], caches=("c.npz",))
+    h = KillHarness(scenario, tmp_path)
+    h.prepare()
+    n = h.run_reference()
+    want, runs_before = era_faces(h.w), len(run_ids(h.w)) - 1
+    assert n >= 8 and len(want["faceset_000_1994-1998"]) == 9, h.commits
+    for k in range(1, n + 1):
+        h.reset()
+        assert h.run(kill_at=k, tag=f"kill{k}").rc == KILLED, k
+        killed_runs = started(h.w) - set(run_ids(h.w)[:runs_before])
+        assert "history:" in run_cli("history", h.w / "swap").stdout
+        again = h.run(tag=f"rerun{k}")
+        assert again.rc == 0, (k, again.tail())
+        check_library(h.w / "swap")
+        assert era_faces(h.w) == want, k
+        ids = run_ids(h.w)
+        assert len(ids) == runs_before + 1, (k, ids)
+        if killed_runs:
+            assert killed_runs == {ids[-1]}, (k, killed_runs, ids)   # resumed, not restarted
+        left = [p for p in (h.w / "swap").rglob("*") if is_leftover(p.name)]
+        assert not left, (k, left)

@@ -225,7 +225,8 @@ def _kill_and_rerun(h: KillHarness, scenario: Scenario, points) -> None:
         again = h.run(tag=f"rerun{k}")
         assert again.rc == 0, (k, again.tail())
         check_library(h.w / "swap")
-        assert compare(h.reference, state(h.w, scenario)) == [], (k, h.commits[k - 1])
+        diffs = compare(h.reference, state(h.w, scenario))
+        assert diffs == [], (k, h.commits[k - 1], diffs[:12], len(diffs))
 
 
 @pytest.mark.unit
