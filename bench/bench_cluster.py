@@ -187,7 +187,8 @@ def cmd_scale(a) -> None:
         pw = pairwise_scores(labels, y)
         t = r["timing"]
         print(f"{n} | {len(np.unique(y))} | {r['wall_s']} ({t['neighbours_s']}, "
-              f"{t['clustering_s']}, {t.get('merge_s', '-')}) | {r['peak_mb']} ({r['loaded_mb']}) | {t['edges']}, "
+              f"{t['clustering_s']}, {t.get('merge_s', '-')}) | {r['peak_mb']} "
+              f"({r['loaded_mb']}) | {t['edges']}, "
               f"{t['rounds']} | {pw.precision:.4f}/{pw.recall:.4f}/{pw.f:.4f}, "
               f"{bcubed_scores(labels, y).f:.4f}", flush=True)
 

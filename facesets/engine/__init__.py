@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 from .assign import assign_nearest
-from .base import (ClusterEngine, add_rows, centroids, normalize_rows, pairs_from_groups, relabel_by_size,
-                   violates_cannot_link)
+from .base import (ClusterEngine, add_rows, centroids, normalize_rows, pairs_from_groups,
+                   relabel_by_size, violates_cannot_link)
 from .exact import ExactEngine
 from .graph import GraphEngine
 from .linkage import (CLUSTER_MERGE_RATIO, LINKAGES, attach_unreliable, merge_centroids,
@@ -132,8 +132,8 @@ def cluster_sweep(embeddings: np.ndarray, thresholds, cannot_link: np.ndarray | 
                   engine)
 
 
-__all__ = ["add_rows", "assign_nearest", "ClusterEngine", "ENGINES", "LINKAGES", "CLUSTER_MERGE_RATIO",
-           "merge_centroids", "EXACT_MAX_FACES", "GraphEngine",
+__all__ = ["add_rows", "assign_nearest", "ClusterEngine", "ENGINES", "LINKAGES",
+           "CLUSTER_MERGE_RATIO", "merge_centroids", "EXACT_MAX_FACES", "GraphEngine",
            "get_engine", "cluster_faces", "cluster_sweep", "centroids", "normalize_rows",
            "pairs_from_groups", "relabel_by_size",
            "violates_cannot_link"]
