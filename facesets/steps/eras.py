@@ -186,6 +186,12 @@ class Fragment:
     why: str                     # why it did not join
     nearest: str                 # the era of the nearest anchor ("" without anchors)
 
+    def line(self, otherwise: str) -> str:
+        """The plan's line for it; ``otherwise``: what became of it when it did not join."""
+        return (f"  fragment of {self.faces} faces (dominant year {self.year or 'undated'}): "
+                + (f"joins {self.nearest} ({self.distance:.3f})" if self.joined
+                   else f"{otherwise} ({self.why})"))
+
 
 @dataclass
 class ErasPlan:
@@ -221,10 +227,7 @@ class ErasPlan:
                f"dropped {c['tightened']}; {c['kept']} faces, {c['subclusters']} "
                f"sub-clusters at {self.params.split}, {c['anchors']} anchors "
                f"(>= {self.params.min_anchor} faces)"]
-        for f in self.fragments:
-            out.append(f"  fragment of {f.faces} faces (dominant year {f.year or 'undated'}): "
-                       + (f"joins {f.nearest} ({f.distance:.3f})" if f.joined
-                          else f"an era of its own ({f.why})"))
+        out += [f.line("an era of its own") for f in self.fragments]
         for e in self.eras:
             thin = " -> _thin/" if e.faces < self.params.min_era_faces else ""
             out.append(f"  era {e.name}: {e.faces} faces ({'anchor' if e.anchor else 'fragment'}"
@@ -508,10 +511,7 @@ class ExtendPlan:
                f"{c['gated']}, tightening dropped {c['tightened']}; {c['kept']} faces in "
                f"{len(self.fragments)} fragments at {self.params.split}; eras taking faces: "
                f"{', '.join(c['targets']) or 'none'}"]
-        for f in self.fragments:
-            out.append(f"  fragment of {f.faces} faces (dominant year {f.year or 'undated'}): "
-                       + (f"joins {f.nearest} ({f.distance:.3f})" if f.joined
-                          else f"left out ({f.why})"))
+        out += [f.line("left out") for f in self.fragments]
         return out
 
     def line(self) -> str:
