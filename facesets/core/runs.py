@@ -62,6 +62,15 @@ def move_once(root: Path, src_rel: str, dest_rel: str,
     return dest.exists() and not src.exists()
 
 
+def free_name(root: Path, rel: str) -> str:
+    """``rel``, or ``rel.N`` when that name is taken in ``root``: where a run moves a folder
+    aside (``_merged/``, ``_quarantine/``, ``_masked/``, ``_thin/``) without overwriting."""
+    out, n = rel, 1
+    while (root / out).exists():
+        out, n = f"{rel}.{n}", n + 1
+    return out
+
+
 def run_dir(root: Path, run_id: str) -> Path:
     return root / RUNS_DIR / run_id
 

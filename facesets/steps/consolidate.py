@@ -138,13 +138,6 @@ def plan_merge(root: str | Path, names: list[str]) -> ConsolidatePlan:
     return plan
 
 
-def _free(root: Path, rel: str) -> str:
-    """``rel``, or ``rel.N`` when that name is taken (never overwrite)."""
-    out, n = rel, 1
-    while (root / out).exists():
-        out, n = f"{rel}.{n}", n + 1
-    return out
-
 
 _next_number = next_face_number
 
@@ -175,7 +168,8 @@ def _merge_group(root: Path, g: Group, run_ph: str, moves, after, changed,
             moves.append((f"{name}/{face['file']}", f"{surv}/{dest}"))
             renamed[face["file"]] = dest
             new["faces"].append(dict(face, file=dest, merged_from=name))
-        folder = safe_member_path(root, _free(root, f"{MERGED_DIR}/{name}"), "merged")
+        folder = safe_member_path(root, runs.free_name(root, f"{MERGED_DIR}/{name}"),
+                                  "merged")
         folder_rel = folder.relative_to(root).as_posix()
         moves.append((name, folder_rel))
         gone = copy.deepcopy(mm)

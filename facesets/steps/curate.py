@@ -223,12 +223,6 @@ def move_face(root: Path, faceset: str, files: list[str], into: str, log: Log = 
                    listing={faceset: faceset_listing(src), into: faceset_listing(dest)})
 
 
-def _free(root: Path, rel: str) -> str:
-    out, n = rel, 1
-    while (root / out).exists():
-        out, n = f"{rel}.{n}", n + 1
-    return out
-
 
 @_locked
 def quarantine(root: Path, faceset: str, log: Log = print) -> dict:
@@ -238,7 +232,8 @@ def quarantine(root: Path, faceset: str, log: Log = print) -> dict:
     if done:
         return done
     fdir, m = _faceset(root, faceset)
-    folder = safe_member_path(root, _free(root, f"{QUARANTINE_DIR}/{faceset}"), "quarantine")
+    folder = safe_member_path(root, runs.free_name(root, f"{QUARANTINE_DIR}/{faceset}"),
+                              "quarantine")
     rel = folder.relative_to(root).as_posix()
     new = copy.deepcopy(m)
     _history(new, "quarantine", moved_to=rel)

@@ -345,14 +345,6 @@ def write_plan(plan: FilterPlan, dry_run: bool) -> Path:
 
 
 # ---- apply: one recorded run ----------------------------------------------------------------
-def _free(root: Path, rel: str) -> str:
-    """``rel``, or ``rel.N`` when that name is taken (never overwrite)."""
-    out, n = rel, 1
-    while (root / out).exists():
-        out, n = f"{rel}.{n}", n + 1
-    return out
-
-
 def _pruned_manifest(m: dict, v: FacesetVerdict, dests: dict[str, str], when: str,
                      quarantine: dict | None) -> dict:
     new = copy.deepcopy(m)
@@ -394,7 +386,7 @@ def apply_filter(plan: FilterPlan, log=print) -> dict | None:
         m = load_manifest(fdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
         changed += runs.faceset_files(root, v.name)
         if v.verdict == "masked":
-            dest = _free(root, f"{MASKED_DIR}/{v.name}")
+            dest = runs.free_name(root, f"{MASKED_DIR}/{v.name}")
             moves.append((v.name, dest))
             q = {"to": MASKED_DIR, "moved_to": dest, "run": runs.THIS_RUN,
                  "flagged": len(v.flagged), "faces": v.faces, "share": round(v.share, 4)}
@@ -403,7 +395,7 @@ def apply_filter(plan: FilterPlan, log=print) -> dict | None:
             continue
         dests = {f: drop_destination(fdir, f, taken) for f in v.flagged}
         if v.verdict == "thin":
-            dest = _free(root, f"{THIN_DIR}/{v.name}")
+            dest = runs.free_name(root, f"{THIN_DIR}/{v.name}")
             moves.append((v.name, dest))           # the folder first, then its PNGs
             base = dest
             q = {"to": THIN_DIR, "moved_to": dest, "run": runs.THIS_RUN,
