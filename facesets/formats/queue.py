@@ -376,34 +376,42 @@ def validate_embed_results(results, queue: dict, dim: int, where: str) -> None:
                                           "nor one of its aliases")
 
 
+def _result_records(records: list[dict], queue: dict, where: str):
+    """What every worker's JSON Lines results share, checked record by record: ids of the
+    queue's items with their queued path, and ``{id, path, error}`` (a string) for an item
+    that failed. Yields the other records as (record, its queue item, ``bad(field, why)``:
+    the QueueError naming the file, the record and the field)."""
+    items = {it["id"]: it for it in queue["items"]}
+    for n, rec in enumerate(records):
+        def bad(field: str, why: str, n: int = n) -> QueueError:
+            return QueueError(f"{where}: record {n + 1} {field} {why}; re-run the worker into "
+                              "a fresh results file")
+
+        rid = rec.get("id")
+        if not isinstance(rid, str) or rid not in items:
+            raise bad("id", f"{_show(rid)} is not an item of the queue")
+        if rec.get("path") != items[rid]["path"]:
+            raise bad("path", f"{_show(rec.get('path'))} is not the queued path of {rid}")
+        if "error" in rec:
+            if not isinstance(rec["error"], str):
+                raise bad("error", f"{_show(rec['error'])} is not a string")
+            continue
+        yield rec, items[rid], bad
+
+
 def validate_multiface_results(records: list[dict], queue: dict, where: str) -> None:
     """Check every record of a multiface worker's JSON Lines results against the queue:
     ``{id, path, faces, scores}`` (faces an integer >= 0, as many finite scores in 0..1) or
     ``{id, path, error}``, ids of the queue's items with their queued path. Raises
     QueueError naming the file, the record and the field."""
-    paths = {it["id"]: it["path"] for it in queue["items"]}
-
-    def bad(n: int, field: str, why: str) -> QueueError:
-        return QueueError(f"{where}: record {n + 1} {field} {why}; re-run the worker into "
-                          "a fresh results file")
-
-    for n, rec in enumerate(records):
-        rid = rec.get("id")
-        if not isinstance(rid, str) or rid not in paths:
-            raise bad(n, "id", f"{_show(rid)} is not an item of the queue")
-        if rec.get("path") != paths[rid]:
-            raise bad(n, "path", f"{_show(rec.get('path'))} is not the queued path of {rid}")
-        if "error" in rec:
-            if not isinstance(rec["error"], str):
-                raise bad(n, "error", f"{_show(rec['error'])} is not a string")
-            continue
+    for rec, _, bad in _result_records(records, queue, where):
         faces, scores = rec.get("faces"), rec.get("scores")
         if not _is_int(faces) or faces < 0:
-            raise bad(n, "faces", f"{_show(faces)} is not an integer >= 0")
+            raise bad("faces", f"{_show(faces)} is not an integer >= 0")
         if not isinstance(scores, list) or len(scores) != faces or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool)
                 and math.isfinite(x) and 0 <= x <= 1 for x in scores):
-            raise bad(n, "scores", f"is not a list of {faces} detection scores in 0..1")
+            raise bad("scores", f"is not a list of {faces} detection scores in 0..1")
 
 
 def validate_occlusion_results(records: list[dict], queue: dict, where: str) -> None:
@@ -412,35 +420,20 @@ def validate_occlusion_results(records: list[dict], queue: dict, where: str) -> 
     identifiers, probabilities finite numbers in 0..1) or ``{id, path, error}``; ids of the
     queue's items with their queued path and sha256. Raises QueueError naming the file, the
     record and the field."""
-    items = {it["id"]: it for it in queue["items"]}
-
-    def bad(n: int, field: str, why: str) -> QueueError:
-        return QueueError(f"{where}: record {n + 1} {field} {why}; re-run the worker into "
-                          "a fresh results file")
-
-    for n, rec in enumerate(records):
-        rid = rec.get("id")
-        if not isinstance(rid, str) or rid not in items:
-            raise bad(n, "id", f"{_show(rid)} is not an item of the queue")
-        if rec.get("path") != items[rid]["path"]:
-            raise bad(n, "path", f"{_show(rec.get('path'))} is not the queued path of {rid}")
-        if "error" in rec:
-            if not isinstance(rec["error"], str):
-                raise bad(n, "error", f"{_show(rec['error'])} is not a string")
-            continue
-        if rec.get("sha256") != items[rid]["sha256"]:
-            raise bad(n, "sha256", f"{_show(rec.get('sha256'))} is not the queued sha256")
+    for rec, item, bad in _result_records(records, queue, where):
+        if rec.get("sha256") != item["sha256"]:
+            raise bad("sha256", f"{_show(rec.get('sha256'))} is not the queued sha256")
         if not isinstance(rec.get("scorer"), str) or not rec["scorer"]:
-            raise bad(n, "scorer", f"{_show(rec.get('scorer'))} is not a non-empty string")
+            raise bad("scorer", f"{_show(rec.get('scorer'))} is not a non-empty string")
         scores = rec.get("scores")
         if not isinstance(scores, dict) or not scores:
-            raise bad(n, "scores", "is not an object of attribute probabilities")
+            raise bad("scores", "is not an object of attribute probabilities")
         for k, v in scores.items():
             if not isinstance(k, str) or not k.isidentifier() or len(k) > 64:
-                raise bad(n, "scores", f"attribute {_show(k)} is not an identifier")
+                raise bad("scores", f"attribute {_show(k)} is not an identifier")
             if not isinstance(v, (int, float)) or isinstance(v, bool) \
                     or not math.isfinite(v) or not 0 <= v <= 1:
-                raise bad(n, f"scores.{k}", f"{_show(v)} is not a probability in 0..1")
+                raise bad(f"scores.{k}", f"{_show(v)} is not a probability in 0..1")
 
 
 # ---- JSON Lines results --------------------------------------------------------------------
