@@ -31,6 +31,7 @@ answer, raises ``ServerDown`` so the caller can save its state and stop.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -434,6 +435,14 @@ class ImmichClient:
         """Stream the original into ``dest`` (a temp path); (size, sha256). TooLarge over
         ``max_original`` bytes; RequestFailed past the deadline (one for the whole download,
         its retries included)."""
+        try:
+            return self._download(asset_id, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):     # no partial file outlives a failure
+                os.unlink(dest)
+            raise
+
+    def _download(self, asset_id: str, dest: str) -> tuple[int, str]:
         method, endpoint = "GET", "/api/assets/original"
         t_end = time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
