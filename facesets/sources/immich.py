@@ -350,6 +350,11 @@ class ImmichClient:
         try:
             self._read_body(resp, body.extend, JSON_MAX_BYTES, t_end, method, endpoint,
                             "the answer")
+        except TooLarge:
+            raise
+        except RequestFailed:                           # the deadline passed mid-body
+            self.breaker.failure()
+            raise
         except requests.RequestException as exc:
             self.breaker.failure()
             raise RequestFailed(f"{self.server}: {method} {endpoint}: {type(exc).__name__} "
