@@ -268,10 +268,11 @@ class ImmichClient:
         endpoint = endpoint or path
         t_end = time.monotonic() + self.deadline if t_end is None else t_end
         delay = self.backoff
-        last = ""
+        last, late = "", False
         for attempt in range(self.retries + 1):
             if attempt:
                 if time.monotonic() + delay >= t_end:
+                    late = True                  # no time left for another attempt
                     break
                 time.sleep(delay)
                 delay *= 2
@@ -280,7 +281,7 @@ class ImmichClient:
             try:
                 resp = self._send(method, self.base + path, t_end, endpoint, **kw)
             except _DeadlinePassed:
-                last = "deadline"
+                late = True
                 break
             except requests.RequestException as exc:
                 last = type(exc).__name__
@@ -303,9 +304,7 @@ class ImmichClient:
                     delay = max(delay, _retry_after_s(retry_after))
             if breaker:
                 self.breaker.failure()
-        if last == "deadline" or time.monotonic() >= t_end:
-            if breaker and last == "deadline":
-                self.breaker.failure()
+        if late or time.monotonic() >= t_end:
             raise self._deadline_error(method, endpoint)
         raise RequestFailed(f"{self.server}: {method} {endpoint}: {last} after "
                             f"{self.retries + 1} attempts")
@@ -342,25 +341,31 @@ class ImmichClient:
                                f"the cap of {cap} bytes")
             write(chunk)
 
+    def _read_all(self, resp: requests.Response, cap: int, t_end: float, method: str,
+                  endpoint: str, what: str) -> bytes:
+        """The whole body of ``resp`` (closed after): TooLarge over ``cap``, RequestFailed
+        when it is cut off or misses the deadline."""
+        body = bytearray()
+        try:
+            self._read_body(resp, body.extend, cap, t_end, method, endpoint, what)
+        except requests.RequestException as exc:
+            raise RequestFailed(f"{self.server}: {method} {endpoint}: {type(exc).__name__} "
+                                f"while reading {what}") from None
+        finally:
+            resp.close()
+        return bytes(body)
+
     def json(self, method: str, path: str, endpoint: str | None = None, **kw):
         endpoint = endpoint or path
         t_end = time.monotonic() + self.deadline
         resp = self.request(method, path, endpoint, t_end=t_end, **kw)
-        body = bytearray()
         try:
-            self._read_body(resp, body.extend, JSON_MAX_BYTES, t_end, method, endpoint,
-                            "the answer")
+            body = self._read_all(resp, JSON_MAX_BYTES, t_end, method, endpoint, "the answer")
         except TooLarge:
             raise
-        except RequestFailed:                           # the deadline passed mid-body
+        except RequestFailed:                    # cut off or late: the server's failure
             self.breaker.failure()
             raise
-        except requests.RequestException as exc:
-            self.breaker.failure()
-            raise RequestFailed(f"{self.server}: {method} {endpoint}: {type(exc).__name__} "
-                                "while reading the answer") from None
-        finally:
-            resp.close()
         try:
             return json.loads(body)
         except (ValueError, RecursionError):
@@ -374,12 +379,7 @@ class ImmichClient:
         t_end = time.monotonic() + min(10.0, self.deadline)
         try:
             resp = self._send("GET", self.base + endpoint, t_end, endpoint)
-            body = bytearray()
-            try:
-                self._read_body(resp, body.extend, 4096, t_end, "GET", endpoint, "the answer")
-            finally:
-                resp.close()
-            data = json.loads(body)
+            data = json.loads(self._read_all(resp, 4096, t_end, "GET", endpoint, "the answer"))
             return resp.status_code == 200 and isinstance(data, dict) \
                 and data.get("res") == "pong"
         except (requests.RequestException, ValueError, RecursionError, ImmichError,
@@ -452,7 +452,7 @@ class ImmichClient:
         t_end = time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
             resp = self.request(method, f"/api/assets/{asset_id}/original", endpoint,
-                                stream=True, t_end=t_end)
+                                t_end=t_end)
             h = hashlib.sha256()
             try:
                 with open(dest, "wb") as fh:
@@ -487,18 +487,8 @@ class ImmichClient:
         """An original's bytes in memory (the same caps and deadline as a download)."""
         method, endpoint = "GET", "/api/assets/original"
         t_end = time.monotonic() + self.deadline
-        resp = self.request(method, f"/api/assets/{asset_id}/original", endpoint,
-                            stream=True, t_end=t_end)
-        body = bytearray()
-        try:
-            self._read_body(resp, body.extend, self.max_original, t_end, method, endpoint,
-                            "the original")
-        except requests.RequestException as exc:
-            raise RequestFailed(f"{self.server}: GET {endpoint}: {type(exc).__name__} while "
-                                "downloading") from None
-        finally:
-            resp.close()
-        return bytes(body)
+        resp = self.request(method, f"/api/assets/{asset_id}/original", endpoint, t_end=t_end)
+        return self._read_all(resp, self.max_original, t_end, method, endpoint, "the original")
 
     # ---- people (immich push) ---------------------------------------------------------------
     def check_version(self) -> tuple[int, int, int]:
