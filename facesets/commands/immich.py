@@ -294,7 +294,8 @@ def _finalize_commands(args, root: Path, cache: str, out: Path) -> dict[str, lis
     stage = py + ["immich", "stage", "--user", args.user, "--cache", cache, "--root",
                   str(root), "--workers", str(args.workers), "--min-face", str(args.min_face),
                   "--deadline", repr(args.deadline), "--max-original-mb",
-                  repr(args.max_original_mb), "--no-progress"] + (["--skip-thumbs"] if args.skip_thumbs else []) \
+                  repr(args.max_original_mb), "--no-progress"] \
+        + (["--skip-thumbs"] if args.skip_thumbs else []) \
         + (["--include-archived"] if args.include_archived else []) + _model_args(args)
     results = root / STATE_DIR / "results"
     cmds = {"match": py + ["extend", cache, str(out / "raw"), "--refine-out",

@@ -60,7 +60,7 @@ MAX_ORIGINAL_MB = 200.0         # the largest original downloaded (--max-origina
 JSON_MAX_BYTES = 64 << 20       # the largest JSON answer read (a page of 250 assets: ~1 MB)
 MAX_REDIRECTS = 5               # redirects followed within the server's own origin
 MAX_PIXELS_EDGE = 1_000_000     # a width, height or box coordinate beyond this is junk
-CHUNK = 1 << 16
+CHUNK = 1 << 20
 # the permission each endpoint needs (a 403 names it)
 PERMISSIONS = {"/api/search/metadata": "asset.read", "/api/faces": "face.read",
                "/api/faces/{id}": "face.update", "/api/people": "person.read",
