@@ -17,7 +17,7 @@ Hostile behaviours: ``redirects`` ({kind: (status, base URL)}: answer requests o
 on ``base``, once), ``trickle`` ({asset id: seconds between bytes} of that original),
 ``endless`` (asset ids whose original is an endless body without a length), ``silent`` (no
 answer at all, the connection held open), ``raw_faces`` ({asset id: the face list sent as
-is}, NaN and Infinity included).
+is}, NaN and Infinity included), ``people_pages_forever``.
 """
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ class FakeImmich:
         self.endless: set[str] = set()
         self.silent = False
         self.raw_faces: dict[str, list] = {}
+        self.people_pages_forever = False        # every people page claims a next one
         self.stopped = threading.Event()
         self.people: dict[str, str] = {}        # person id -> name
         self.face_person: dict[str, str] = {}   # face id -> person id
@@ -250,7 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and url.path == "/api/people":
             return self._json(200, {"people": [{"id": k, "name": v}
                                                for k, v in fake.people.items()],
-                                    "total": len(fake.people), "hasNextPage": False})
+                                    "total": len(fake.people),
+                                    "hasNextPage": fake.people_pages_forever})
         if method == "POST" and url.path == "/api/people":
             with fake.lock:
                 pid = f"p{len(fake.people):04d}"

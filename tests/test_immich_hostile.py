@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PACK, ROOT, run_cli
-from immich_server import KEY, FakeImmich
+from immich_server import KEY, FakeAsset, FakeImmich
 from test_immich import asset, assert_key_nowhere, library, originals, photos, stage, state
 
 
@@ -155,6 +155,9 @@ def test_junk_face_boxes_are_dropped_and_the_state_stays_strict_json(tmp_path):
 
     pics = photos(0, 0, 6)
     lib = [asset(n, p, f"/j/{n}/{p.name}") for n, p in enumerate(pics, 1)]
+    # an id that is no plain id (it would go into a URL and a file name): left out
+    lib.append(FakeAsset("a0007/../../x", "/j/7/x.jpg", pics[0].read_bytes(), 250, 250,
+                         [(70.0, 65.0, 180.0, 185.0)]))
     fake = FakeImmich(lib).start()
     fake.raw_faces = {
         "a0001-5f1c": [box(nan, nan, nan, nan)],
@@ -216,3 +219,21 @@ def test_two_stages_of_one_user_at_once_the_second_is_refused_naming_the_lock(tm
     assert len(final) == len(lib) and all(r["status"] == "staged" for r in final.values())
     assert not list(root.rglob("*.part")) and not lock.exists()
     assert max(originals(fake).values()) == 1
+
+
+def test_replies_out_of_range_end_cleanly(tmp_path):
+    """A people listing that claims a next page forever, a version of Infinity."""
+    from facesets.sources.immich import ImmichClient, RequestFailed
+
+    fake = FakeImmich(library()).start()
+    fake.people = {"p0001": "ann", "p0002": "bob"}
+    fake.people_pages_forever = True
+    try:
+        client = ImmichClient(fake.url, KEY)
+        assert sorted(p["id"] for p in client.people()) == ["p0001", "p0002"]
+        assert sum(p.startswith("/api/people") for _, p, _ in fake.seen) == 2
+        fake.major = float("inf")
+        with pytest.raises(RequestFailed, match="version: unexpected answer"):
+            client.version()
+    finally:
+        fake.stop()

@@ -390,7 +390,7 @@ class ImmichClient:
         v = self.json("GET", "/api/server/version")
         try:
             return int(v["major"]), int(v["minor"]), int(v["patch"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise RequestFailed(f"{self.server}: /api/server/version: unexpected answer") \
                 from None
 
@@ -406,7 +406,9 @@ class ImmichClient:
             raise RequestFailed(f"{self.server}: /api/search/metadata: no assets.items in "
                                 "the answer")
         nxt = assets.get("nextPage")
-        return [a for a in items if isinstance(a, dict) and isinstance(a.get("id"), str)], \
+        # an id goes into URLs and file names: one that is not a plain id is left out
+        return [a for a in items if isinstance(a, dict) and isinstance(a.get("id"), str)
+                and _SAFE_ID.fullmatch(a["id"])], \
             (str(nxt) if nxt not in (None, "") else None)
 
     def iter_assets(self, visibilities: tuple[str | None, ...] = (None,),
@@ -503,14 +505,17 @@ class ImmichClient:
 
     def people(self) -> list[dict]:
         """Every person (id, name), hidden ones too, page by page."""
-        out, page = [], 1
+        out, page, seen = [], 1, set()
         while True:
             data = self.json("GET", "/api/people", params={"page": page, "size": 500,
                                                           "withHidden": "true"})
-            got = [p for p in (data.get("people") or []) if isinstance(p, dict)
-                   and isinstance(p.get("id"), str) and _SAFE_ID.fullmatch(p["id"])] \
-                if isinstance(data, dict) else []
+            people = data.get("people") if isinstance(data, dict) else None
+            got = [p for p in (people if isinstance(people, list) else [])
+                   if isinstance(p, dict) and isinstance(p.get("id"), str)
+                   and _SAFE_ID.fullmatch(p["id"]) and p["id"] not in seen]
+            seen.update(p["id"] for p in got)
             out += got
+            # no new person: the end, even when the server claims another page forever
             if not got or not data.get("hasNextPage"):
                 return out
             page += 1
