@@ -15,7 +15,10 @@ workers wait on 8 requests at once):
 Every outcome is one durable line of the state file (formats/immich_state.py): the same
 command resumes where it stopped and fetches nothing twice. Failed requests are retried
 (client); after 12 consecutive failures the client probes the server and, when it is gone,
-stage stops with the state saved (``ServerDown``; the command exits 2).
+stage stops with the state saved (``ServerDown``; the command exits 2). An original that
+misses the client's deadline or exceeds its size cap is an ``error`` record like any failed
+request: the other assets go on, and the next run fetches it again. The root is locked
+(``output_lock``) for the whole run: a second stage of it fails at once with a LockError.
 """
 from __future__ import annotations
 
