@@ -94,8 +94,11 @@ def _check_header(h: dict, where: Path) -> dict:
 
 def _check_record(r: dict, n: int, root: Path, where: Path) -> dict:
     def bad(field: str, what: str) -> StateError:
-        at = f"line {n}: " if n else "record to write: "
-        return StateError(f"{where}: {at}field {field} {what}")
+        if not n:
+            return StateError(f"{where}: record to write: field {field} {what}")
+        # a record only says what became of one asset: without it the asset is done again
+        return StateError(f"{where}: line {n}: field {field} {what}; delete that line and "
+                          "the next stage does that asset again")
 
     if not isinstance(r.get("asset"), str) or not _ASSET_ID.fullmatch(r["asset"]):
         raise bad("asset", "is not an Immich asset id")
