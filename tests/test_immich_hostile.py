@@ -191,7 +191,7 @@ def test_junk_face_boxes_are_dropped_and_the_state_stays_strict_json(tmp_path):
 def test_two_stages_of_one_user_at_once_the_second_is_refused_naming_the_lock(tmp_path):
     lib = [asset(n, p, f"/photos/k/{p.parent.name}-{p.name}")
            for n, p in enumerate(photos(3, 0, 6) + photos(4, 0, 6), 1)]
-    fake = FakeImmich(lib, latency_s=0.5).start()
+    fake = FakeImmich(lib, latency_s=1.0).start()   # the first stays busy ~12 s
     root = tmp_path / "alice"
     env = dict(os.environ, IMMICH_URL=fake.url, IMMICH_API_KEY=KEY, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "sort_faces.py"), "immich", "stage", "--user", "alice",
@@ -206,6 +206,8 @@ def test_two_stages_of_one_user_at_once_the_second_is_refused_naming_the_lock(tm
             time.sleep(0.05)
         assert first.poll() is None, "the first stage ended before the second could start"
         second = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        still_running = first.poll() is None
+        fake.latency_s = 0.0
         out, err = first.communicate(timeout=120)
     finally:
         fake.stop()
@@ -214,6 +216,7 @@ def test_two_stages_of_one_user_at_once_the_second_is_refused_naming_the_lock(tm
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(lock) in lines[0] \
         and f"pid {first.pid}" in lines[0], second.stderr
+    assert still_running, "the first stage ended before the second was refused"
     assert first.returncode == 0, out + err
     final = state(root)
     assert len(final) == len(lib) and all(r["status"] == "staged" for r in final.values())
