@@ -8,7 +8,16 @@ small. Behaviours the tests switch on: ``ignore_size`` (pages of ``page_cap`` wh
 request says, and the last page repeated forever with a nextPage, as Immich 3.1 can do),
 ``fail_next`` (the next N requests answer 503), ``die_after_originals`` (after that many
 originals the server drops every request and stops listening), ``latency_s`` per request.
-``served`` counts the 200 answers per (endpoint, asset id); ``requests`` every request.
+``served`` counts the 200 answers per (endpoint, asset id); ``requests`` every request;
+``seen`` records (method, path, headers) of every request (a second server that must never
+see the key).
+
+Hostile behaviours: ``redirects`` ({kind: (status, base URL)}: answer requests of that kind
+-- "search", "faces", "original", "version", "people" -- with a redirect to the same path
+on ``base``, once), ``trickle`` ({asset id: seconds between bytes} of that original),
+``endless`` (asset ids whose original is an endless body without a length), ``silent`` (no
+answer at all, the connection held open), ``raw_faces`` ({asset id: the face list sent as
+is}, NaN and Infinity included), ``people_pages_forever``.
 """
 from __future__ import annotations
 
@@ -61,6 +70,14 @@ class FakeImmich:
         self.served: Counter = Counter()
         self.requests = 0
         self.search_bodies: list[dict] = []
+        self.seen: list[tuple[str, str, dict]] = []
+        self.redirects: dict[str, tuple[int, str]] = {}
+        self.trickle: dict[str, float] = {}
+        self.endless: set[str] = set()
+        self.silent = False
+        self.raw_faces: dict[str, list] = {}
+        self.people_pages_forever = False        # every people page claims a next one
+        self.stopped = threading.Event()
         self.people: dict[str, str] = {}        # person id -> name
         self.face_person: dict[str, str] = {}   # face id -> person id
         self.major = 1
@@ -79,7 +96,8 @@ class FakeImmich:
             server_fake = fake
 
         self.dead = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.stopped.clear()
+        self.httpd = _Server(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -87,6 +105,7 @@ class FakeImmich:
 
     def stop(self) -> None:
         self.dead = True
+        self.stopped.set()                          # silent and streaming answers end
         if self.httpd is not None:
             httpd, self.httpd = self.httpd, None
             httpd.shutdown()
@@ -117,6 +136,8 @@ class FakeImmich:
                            "facets": []}}
 
     def faces(self, asset: FakeAsset) -> list[dict]:
+        if asset.id in self.raw_faces:
+            return self.raw_faces[asset.id]
         s = self.preview_scale
         pw, ph = round(asset.width * s), round(asset.height * s)
         return [{"id": f"{asset.id}-f{i}", "imageWidth": pw, "imageHeight": ph,
@@ -126,6 +147,15 @@ class FakeImmich:
                             if f"{asset.id}-f{i}" in self.face_person else None),
                  "sourceType": "machine-learning"}
                 for i, (x1, y1, x2, y2) in enumerate(asset.faces)]
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-answer (a deadline, a size cap) is expected here."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -145,13 +175,64 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, obj) -> None:
         self._send(code, json.dumps(obj).encode())
 
+    def _stream(self, asset: FakeAsset) -> None:
+        """A trickled original (one byte per interval) or an endless one (no length)."""
+        fake = self.server_fake
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        if asset.id in fake.endless:
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Content-Length", str(len(asset.data)))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            if asset.id in fake.endless:
+                block = asset.data * 4
+                while not fake.stopped.is_set():
+                    self.wfile.write(block)
+            else:
+                for i in range(len(asset.data)):
+                    if fake.stopped.wait(fake.trickle[asset.id]):
+                        return
+                    self.wfile.write(asset.data[i:i + 1])
+                    self.wfile.flush()
+        except OSError:                                # the client hung up
+            pass
+
+    def _kind(self, method: str, path: str) -> str:
+        parts = path.split("/")
+        if path == "/api/search/metadata":
+            return "search"
+        if path.startswith("/api/faces"):
+            return "faces"
+        if len(parts) == 5 and parts[:3] == ["", "api", "assets"] and parts[4] == "original":
+            return "original"
+        return path.rsplit("/", 1)[-1]
+
     def _handle(self, method: str) -> None:
         fake = self.server_fake
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        with fake.lock:
+            fake.seen.append((method, self.path, dict(self.headers)))
+        if fake.silent:
+            self.close_connection = True
+            fake.stopped.wait()                     # never a byte back
+            return
         if fake.dead:
             self.close_connection = True
             return                                  # no answer: the client sees a drop
+        url = urlsplit(self.path)
+        redirect = fake.redirects.get(self._kind(method, url.path))
+        if redirect and "redirected=1" not in url.query:
+            code, base = redirect
+            self.send_response(code)
+            self.send_header("Location", base + self.path + ("&" if url.query else "?")
+                             + "redirected=1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if fake.latency_s:
             time.sleep(fake.latency_s)
         with fake.lock:
@@ -159,7 +240,6 @@ class _Handler(BaseHTTPRequestHandler):
             failing = fake.fail_next > 0
             if failing:
                 fake.fail_next -= 1
-        url = urlsplit(self.path)
         if url.path == "/api/server/ping":
             return self._json(200, {"res": "pong"})
         if failing:
@@ -171,7 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and url.path == "/api/people":
             return self._json(200, {"people": [{"id": k, "name": v}
                                                for k, v in fake.people.items()],
-                                    "total": len(fake.people), "hasNextPage": False})
+                                    "total": len(fake.people),
+                                    "hasNextPage": fake.people_pages_forever})
         if method == "POST" and url.path == "/api/people":
             with fake.lock:
                 pid = f"p{len(fake.people):04d}"
@@ -207,6 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
             with fake.lock:
                 fake.served["original", asset.id] += 1
                 n = sum(v for (kind, _), v in fake.served.items() if kind == "original")
+            if asset.id in fake.trickle or asset.id in fake.endless:
+                return self._stream(asset)
             self._send(200, asset.data, "image/jpeg")
             if fake.die_after_originals is not None and n >= fake.die_after_originals:
                 fake.die()

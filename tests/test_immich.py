@@ -300,9 +300,14 @@ def test_finalize_grows_facesets_adds_a_new_one_numbered_past_the_max_and_resume
         fake.assets.append(asset(30, extra, f"/up/{extra.parent.name}/{extra.name}"))
         fake.by_id = {a.id: a for a in fake.assets}
         served_before_local = dict(fake.served)
+        # ... run from the library's folder with every path relative (--out, --cache,
+        # $FACESETS_WORK_DIR): the steps run elsewhere, so finalize resolves them first
         local_env = {k: v for k, v in env.items() if k != "WIN_PYTHON"}
-        local = run_cli("immich", "finalize", *common, f"--export-args={good_export}",
-                        discover, env=local_env, check=False)
+        local_env["FACESETS_WORK_DIR"] = "work"
+        relative = ["alice", "--cache", "c.npz", "--out", "out", *PACK,
+                    "--extend-args=--engine exact"]
+        local = run_cli("immich", "finalize", *relative, f"--export-args={good_export}",
+                        discover, env=local_env, check=False, cwd=tmp_path)
     finally:
         fake.stop()
     # resumed at export: no step before it ran again (nothing fetched, nothing embedded)

@@ -8,8 +8,8 @@ import pytest
 
 from facesets.formats.immich_state import (StateError, StateWriter, header, load_finalize,
                                            load_state, record, state_path, write_finalize)
-from facesets.sources.immich import (Breaker, api_base, asset_dims, face_short_edges,
-                                     public_url)
+from facesets.sources.immich import (Breaker, api_base, asset_dims, face_box,
+                                     face_short_edges, origin, public_url)
 from facesets.steps.immich_stage import is_thumbnail, tail_path
 
 pytestmark = pytest.mark.unit
@@ -103,3 +103,51 @@ def test_finalize_steps_must_be_a_prefix(tmp_path):
     write_finalize(tmp_path, ["match"], steps)
     with pytest.raises(StateError, match="prefix"):
         load_finalize(tmp_path, steps)
+
+
+def test_junk_boxes_and_sizes_are_dropped_where_they_are_read():
+    nan, inf = float("nan"), float("inf")
+    for junk in (face(nan, 0, 50, 50, 100, 100), face(0, 0, inf, 50, 100, 100),
+                 face(0, 0, 50, 50, inf, 100), face(0, 0, 50, 50, 0, 100),
+                 face(0, 0, 1e308, 1e308, 100, 100), face("0", 0, 50, 50, 100, 100),
+                 face(True, 0, 50, 50, 100, 100), face(120, 0, 150, 50, 100, 100),
+                 face(0, 0, 50, 50, 100, -100), {"imageWidth": 100}):
+        assert face_box(junk) is None, junk
+        assert face_short_edges([junk], (400, 400)) == []
+    # a box reaching past the image is clipped to it
+    assert face_box(face(-10, -10, 60, 200, 100, 100)) == (0, 0, 60, 100, 100, 100)
+    assert asset_dims({"width": inf, "height": 10}) is None
+    assert asset_dims({"width": nan, "height": nan, "exifInfo": {"exifImageWidth": 40,
+                                                                 "exifImageHeight": 30}}) \
+        == (40, 30)
+    assert asset_dims({"width": 10, "height": 10, "exifInfo": "junk"}) == (10, 10)
+    assert asset_dims({"width": 0, "exifInfo": "junk"}) is None
+
+
+def test_origins_bind_the_key():
+    assert origin("http://Nas:2283/api") == origin("http://nas:2283/x/y") == \
+        ("http", "nas", 2283)
+    assert origin("https://nas/") == ("https", "nas", 443)
+    assert origin("http://nas/") != origin("https://nas/")
+    assert origin("http://nas:2283@evil:80/") == ("http", "evil", 80)
+    assert origin("http://nas:99999/") != origin("http://nas/")
+
+
+def test_the_state_writer_refuses_nan_and_infinity_and_the_reader_too(tmp_path):
+    root = tmp_path / "root"
+    w = StateWriter(root, header("http://nas:2283", "alice", "/c.npz"))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(StateError, match="max_face"):
+            w.write(record("a-1", "small", faces=1, max_face=bad))
+    with pytest.raises(StateError, match="holding NaN or infinity"):
+        w.write(record("a-1", "error", reason="x", extra=float("nan")))
+    w.write(record("a-1", "small", faces=1, max_face=40.0))
+    text = state_path(root).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert load_state(root)[1]["a-1"]["max_face"] == 40.0
+    # a line an older face-sets wrote with Infinity is refused, naming the field
+    with open(state_path(root), "a") as fh:
+        fh.write('{"asset": "a-2", "status": "small", "faces": 1, "max_face": Infinity}\n'
+                 '{"asset": "a-3", "status": "noface"}\n')
+    with pytest.raises(StateError, match="line 3: field max_face .*; delete that line"):
+        load_state(root)

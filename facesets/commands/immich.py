@@ -12,6 +12,8 @@ The API key is read only from the environment and is never printed or written an
 """
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import shlex
 import subprocess
@@ -23,8 +25,8 @@ from ..formats.immich_state import (QUEUE_FILE, STATE_DIR, check_label, load_fin
                                     load_state, state_path, write_finalize)
 from ..runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 from ..runtime.pipeline import work_dir
-from ..sources.immich import (BREAKER_THRESHOLD, ImmichAuthError, ImmichClient, ImmichError,
-                              ServerDown)
+from ..sources.immich import (BREAKER_THRESHOLD, DEADLINE_S, MAX_ORIGINAL_MB, ImmichClient,
+                              ImmichError, ServerDown)
 from ..steps.immich_stage import default_root, stage_immich
 from .common import add_model_options, add_progress_option, backend_loader, defaults, say
 
@@ -102,6 +104,7 @@ def register(sub) -> None:
     u.add_argument("--out", default=None, help="the `run` output whose swap_ready/ is pushed "
                                                "(default work/out)")
     u.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _client_options(u)
     u.set_defaults(func=run_push)
 
 
@@ -144,10 +147,38 @@ def _stage_options(p) -> None:
                         "preview.jpeg)")
     p.add_argument("--include-archived", action="store_true",
                    help="also archived photos (Immich's default search is the timeline only)")
+    _client_options(p)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _client_options(p) -> None:
+    p.add_argument("--deadline", type=_positive, default=DEADLINE_S, metavar="S",
+                   help="the most one request to Immich may take, from connecting to the "
+                        "last byte, its retries included; an original that misses it is "
+                        "recorded as failed and fetched again by the next run")
+    p.add_argument("--max-original-mb", type=_positive, default=MAX_ORIGINAL_MB, metavar="MB",
+                   help="originals larger than this are not kept (recorded as failed, tried "
+                        "again by a run with a larger cap)")
+
+
+def _client(args) -> ImmichClient:
+    return ImmichClient.from_env(deadline=args.deadline,
+                                 max_original_mb=args.max_original_mb)
 
 
 def _root(args) -> Path:
-    return Path(args.root) if args.root else default_root(check_label(args.user))
+    """The stage root, absolute (finalize's steps run in another folder)."""
+    return Path(os.path.abspath(args.root)) if args.root \
+        else Path(os.path.abspath(default_root(check_label(args.user))))
 
 
 def _cache_of(args, root: Path) -> str:
@@ -168,7 +199,7 @@ def _fail(msg: str) -> int:
 def run_stage(args) -> int:
     root = _root(args)
     try:
-        client = ImmichClient.from_env()
+        client = _client(args)
         cache = _cache_of(args, root)
         summary = stage_immich(client, args.user, cache, root, workers=args.workers,
                                min_face=args.min_face, skip_thumbs=args.skip_thumbs,
@@ -179,8 +210,6 @@ def run_stage(args) -> int:
                      "in a row, and /api/server/ping failed); every asset done so far is "
                      f"saved in {state_path(root)}: re-run the same command when the server "
                      "is back")
-    except ImmichAuthError as exc:
-        return _fail(str(exc))
     except ImmichError as exc:
         return _fail(str(exc))
     say(f"immich stage: {summary.line()}")
@@ -214,7 +243,7 @@ def run_push(args) -> int:
     cache = _cache_of(args, root)
     swap = (Path(args.out) if args.out else work_dir() / "out") / "swap_ready"
     try:
-        client = ImmichClient.from_env()
+        client = _client(args)
         plans = plan_push(client, swap, root, cache)
         for plan in plans:
             say(f"immich push{' (dry run)' if args.dry_run else ''}: {plan.line()}")
@@ -264,7 +293,9 @@ def _finalize_commands(args, root: Path, cache: str, out: Path) -> dict[str, lis
     py = [sys.executable, str(ROOT / "sort_faces.py")]
     stage = py + ["immich", "stage", "--user", args.user, "--cache", cache, "--root",
                   str(root), "--workers", str(args.workers), "--min-face", str(args.min_face),
-                  "--no-progress"] + (["--skip-thumbs"] if args.skip_thumbs else []) \
+                  "--deadline", repr(args.deadline), "--max-original-mb",
+                  repr(args.max_original_mb), "--no-progress"] \
+        + (["--skip-thumbs"] if args.skip_thumbs else []) \
         + (["--include-archived"] if args.include_archived else []) + _model_args(args)
     results = root / STATE_DIR / "results"
     cmds = {"match": py + ["extend", cache, str(out / "raw"), "--refine-out",
@@ -287,9 +318,10 @@ def _finalize_commands(args, root: Path, cache: str, out: Path) -> dict[str, lis
 
 
 def run_finalize(args) -> int:
+    # every path absolute, once: the steps run as child processes in the project folder
     root = _root(args)
     cache = _cache_of(args, root)
-    out = Path(args.out) if args.out else work_dir() / "out"
+    out = Path(os.path.abspath(args.out if args.out else work_dir() / "out"))
     for need in (out / "raw" / "manifest.json", out / "facesets" / "refine_manifest.json"):
         if not need.is_file():
             raise FileNotFoundError(f"{need}: missing; finalize grows the outputs of `run "
@@ -300,7 +332,7 @@ def run_finalize(args) -> int:
         done = []
         write_finalize(root, done, steps)
     cmds = _finalize_commands(args, root, cache, out)
-    logs = work_dir() / "logs"
+    logs = Path(os.path.abspath(work_dir() / "logs"))
     logs.mkdir(parents=True, exist_ok=True)
     for step in steps:
         if step in done:
@@ -321,6 +353,15 @@ def run_finalize(args) -> int:
     return 0
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of finalize's steps: a relative $FACESETS_WORK_DIR made absolute
+    (they run in the project folder, not the caller's)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if env.get("FACESETS_WORK_DIR"):
+        env["FACESETS_WORK_DIR"] = os.path.abspath(env["FACESETS_WORK_DIR"])
+    return env
+
+
 def _run_logged(step: str, cmd: list[str], log: Path) -> int:
     """Run one step, its output shown and appended to ``log`` (the command line too: it holds
     no secret, the key stays in the environment)."""
@@ -329,7 +370,7 @@ def _run_logged(step: str, cmd: list[str], log: Path) -> int:
         fh.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {shlex.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                text=True, cwd=ROOT, env=_child_env())
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)

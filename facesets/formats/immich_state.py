@@ -22,6 +22,8 @@ validated; a path never leads outside the root. The API key is never part of it.
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 from pathlib import Path
@@ -92,7 +94,11 @@ def _check_header(h: dict, where: Path) -> dict:
 
 def _check_record(r: dict, n: int, root: Path, where: Path) -> dict:
     def bad(field: str, what: str) -> StateError:
-        return StateError(f"{where}: line {n}: field {field} {what}")
+        if not n:
+            return StateError(f"{where}: record to write: field {field} {what}")
+        # a record only says what became of one asset: without it the asset is done again
+        return StateError(f"{where}: line {n}: field {field} {what}; delete that line and "
+                          "the next stage does that asset again")
 
     if not isinstance(r.get("asset"), str) or not _ASSET_ID.fullmatch(r["asset"]):
         raise bad("asset", "is not an Immich asset id")
@@ -115,8 +121,9 @@ def _check_record(r: dict, n: int, root: Path, where: Path) -> dict:
         if k in r and (not isinstance(r[k], int) or isinstance(r[k], bool) or r[k] < 0):
             raise bad(k, "is not a non-negative integer")
     if "max_face" in r and (not isinstance(r["max_face"], (int, float))
-                            or isinstance(r["max_face"], bool) or not r["max_face"] >= 0):
-        raise bad("max_face", "is not a non-negative number")
+                            or isinstance(r["max_face"], bool) or not r["max_face"] >= 0
+                            or not math.isfinite(r["max_face"])):
+        raise bad("max_face", "is not a finite non-negative number")
     for k in ("reason", "original_path"):
         if k in r and not isinstance(r[k], str):
             raise bad(k, "is not text")
@@ -146,18 +153,28 @@ def load_state(root: str | Path) -> tuple[dict | None, dict[str, dict]]:
 
 
 class StateWriter:
-    """Appends records, each made durable at once (one fsync per finished asset)."""
+    """Appends records, each made durable at once (one fsync per finished asset). A record is
+    checked as ``load_state`` will read it back before it is written, and written without
+    NaN or infinity: a line this writer takes, the reader takes too."""
 
     def __init__(self, root: str | Path, head: dict | None = None):
+        self.root = Path(root)
         self.path = state_path(root)
         self.out = JsonlAppender(self.path)
         if head is not None and (not self.path.exists() or self.path.stat().st_size == 0):
-            self.out.add(head)
-            self.out.flush()
+            self._add(_check_header(head, self.path))
 
-    def write(self, rec: dict) -> None:
+    def _add(self, rec: dict) -> None:
+        try:
+            json.dumps(rec, allow_nan=False)
+        except ValueError:
+            raise StateError(f"{self.path}: refusing to write a record of asset "
+                             f"{rec.get('asset')!r} holding NaN or infinity") from None
         self.out.add(rec)
         self.out.flush()
+
+    def write(self, rec: dict) -> None:
+        self._add(_check_record(rec, 0, self.root, self.path))
 
 
 # ---- finalize's finished steps ------------------------------------------------------------

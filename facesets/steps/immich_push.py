@@ -20,7 +20,7 @@ from ..formats.cache import load_cache
 from ..formats.immich_state import load_state
 from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest, safe_member_path
 from ..formats.swapset import MANIFEST_NAME, NAME_FILE
-from ..sources.immich import ImmichClient
+from ..sources.immich import ImmichClient, face_box
 
 MIN_IOU = 0.3
 
@@ -57,12 +57,11 @@ def best_face(bbox, size: tuple[int, int], faces: list[dict]) -> dict | None:
     ours = (bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h)
     best, score = None, MIN_IOU
     for f in faces:
-        try:
-            iw, ih = float(f["imageWidth"]), float(f["imageHeight"])
-            theirs = (float(f["boundingBoxX1"]) / iw, float(f["boundingBoxY1"]) / ih,
-                      float(f["boundingBoxX2"]) / iw, float(f["boundingBoxY2"]) / ih)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        box = face_box(f)
+        if box is None:
             continue
+        x1, y1, x2, y2, iw, ih = box
+        theirs = (x1 / iw, y1 / ih, x2 / iw, y2 / ih)
         s = _iou(ours, theirs)
         if s >= score and isinstance(f.get("id"), str):
             best, score = f, s

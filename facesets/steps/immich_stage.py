@@ -15,7 +15,10 @@ workers wait on 8 requests at once):
 Every outcome is one durable line of the state file (formats/immich_state.py): the same
 command resumes where it stopped and fetches nothing twice. Failed requests are retried
 (client); after 12 consecutive failures the client probes the server and, when it is gone,
-stage stops with the state saved (``ServerDown``; the command exits 2).
+stage stops with the state saved (``ServerDown``; the command exits 2). An original that
+misses the client's deadline or exceeds its size cap is an ``error`` record like any failed
+request: the other assets go on, and the next run fetches it again. The root is locked
+(``output_lock``) for the whole run: a second stage of it fails at once with a LockError.
 """
 from __future__ import annotations
 
@@ -34,10 +37,10 @@ from ..formats.cache import load_cache
 from ..formats.immich_state import (ALIAS, ERROR, KNOWN, NOFACE, PARTIAL_DIR, SMALL, STAGED,
                                     STATE_DIR, THUMB, UNSUPPORTED, DONE, StateError,
                                     StateWriter, check_label, header, load_state, record)
-from ..io.fsutil import fsync_dir
+from ..io.fsutil import fsync_dir, output_lock
 from ..io.imageio import IMAGE_EXTENSIONS
 from ..runtime.pipeline import work_dir
-from ..sources.immich import (ImmichAuthError, ImmichClient, RequestFailed, ServerDown,
+from ..sources.immich import (ImmichClient, ImmichRefused, RequestFailed, ServerDown,
                               asset_dims, face_short_edges, visibilities)
 
 DEFAULT_WORKERS = 8
@@ -191,11 +194,20 @@ def stage_immich(client: ImmichClient, user: str, cache_path: str, root: str | P
                  progress: bool = True, log: Callable[[str], None] = print) -> StageSummary:
     """Stage the library behind ``client`` into ``root`` (see the module docstring).
 
-    Raises ServerDown (state saved) when the server goes away, ImmichAuthError on 401/403.
+    Raises ServerDown (state saved) when the server goes away, ImmichRefused on 401/403 or a
+    redirect to another origin, LockError while another stage holds ``root``.
     """
     t0 = time.monotonic()
     check_label(user)
-    root = Path(root) if root else default_root(user)
+    root = Path(os.path.abspath(root if root else default_root(user)))
+    with output_lock(root):     # two stages of one root would take each other's .part files
+        return _stage_locked(client, user, cache_path, root, workers, min_face, skip_thumbs,
+                             include_archived, progress, t0)
+
+
+def _stage_locked(client: ImmichClient, user: str, cache_path: str, root: Path, workers: int,
+                  min_face: float, skip_thumbs: bool, include_archived: bool, progress: bool,
+                  t0: float) -> StageSummary:
     root.mkdir(parents=True, exist_ok=True)
     head, latest = load_state(root)
     if head is not None and head["server"] != client.server:
@@ -246,7 +258,7 @@ def stage_immich(client: ImmichClient, user: str, cache_path: str, root: str | P
             for fut in done:
                 try:
                     rec, down = fut.result()
-                except ImmichAuthError as exc:
+                except ImmichRefused as exc:
                     rec, down = None, exc
                 if rec is not None:
                     note(rec)
