@@ -305,6 +305,28 @@ def test_a_rerun_rechecks_the_clips_already_there(work, source):
     check_clips_end_in_their_shot(work, work / "out", frames_of(source))
 
 
+@pytest.mark.unit
+def test_copy_window_ends_before_frames_shown_after_the_end():
+    """Packets as x264 lays them out (B-frames: decode order differs from display order):
+    the copy keeps only a decode-order run shown before the end, -t lies inside that gap."""
+    from facesets.steps.video import Packet, copy_window
+
+    step = 0.04
+    # decode order I0 P3 B1 B2 P6 B4 B5 | I8(key) P11 B9 B10 P12 (frame 7 was dropped)
+    order = [0, 3, 1, 2, 6, 4, 5, 8, 11, 9, 10, 12]
+    packets = [Packet(round(k * step, 4), round((i - 2) * step, 4), step, k in (0, 8))
+               for i, k in enumerate(order)]
+    w = copy_window(packets, 0.0, 0.2)          # the shot ends before frame 5 (t = 0.2)
+    assert (w.cut_start, w.frames) == (0.0, 4)  # I0 P3 B1 B2; P6 (shown after) stops it
+    kept_dts, stop_dts = packets[3].dts, packets[4].dts
+    assert kept_dts < w.seek + w.length < stop_dts
+    assert w.cut_end == pytest.approx(4 * step)
+    w = copy_window(packets, 0.33, 0.45)        # starts at the keyframe I8 (0.32 s)
+    assert w.cut_start == pytest.approx(0.32) and w.frames == 4   # I8 P11 B9 B10; P12 stops
+    w = copy_window(packets, 0.33, 9.0)         # to the end of the video
+    assert w.frames == 5 and w.length == pytest.approx(9.0 - w.seek)
+
+
 # ---- kills ---------------------------------------------------------------------------------
 _SOURCE: list[Path] = []   # the module's source video, for the scenario's build
 SCENARIO = Scenario("video-cut", lambda w: build_state(w, _SOURCE[0]),
@@ -312,10 +334,11 @@ SCENARIO = Scenario("video-cut", lambda w: build_state(w, _SOURCE[0]),
                                "--write-sidecar"])
 
 
-@pytest.fixture
-def harness(source, tmp_path) -> KillHarness:
+@pytest.fixture(scope="module")
+def harness(source, tmp_path_factory) -> KillHarness:
+    """The scenario prepared and its uninterrupted reference run, once for the kill tests."""
     _SOURCE[:] = [source]
-    h = KillHarness(SCENARIO, tmp_path)
+    h = KillHarness(SCENARIO, tmp_path_factory.mktemp("kill"))
     h.prepare()
     assert h.run_reference() > 0
     assert not h.reference_leftovers()
