@@ -239,7 +239,7 @@ def test_nan_in_tracks_never_reaches_the_plan(work):
         json.loads(path.read_text(), parse_constant=refuse)
 
 
-def test_two_cuts_at_once_one_waits_its_turn_and_no_clip_is_corrupt(work, source):
+def test_two_cuts_at_once_the_second_is_refused_and_no_clip_is_corrupt(work, source):
     cmd = [sys.executable, str(Path(__file__).parent.parent / "sort_faces.py"), "video", "cut",
            str(work / "state"), str(work / "out"), "--no-progress"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -327,6 +327,18 @@ def test_copy_window_ends_before_frames_shown_after_the_end():
     assert w.frames == 5 and w.length == pytest.approx(9.0 - w.seek)
 
 
+def test_a_clip_folder_that_is_a_foreign_symlink_is_not_written_through(work, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (work / "out").mkdir()
+    os.symlink(elsewhere, work / "out" / KEY)
+    proc = run_cli("video", "cut", work / "state", work / "out", "--no-progress", check=False)
+    n = len(vf.load_tracks(work / "state")["segments"])
+    assert proc.returncode == 2 and f"failed {n}" in proc.stdout
+    assert "is a symlink face-sets did not make" in proc.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
 # ---- kills ---------------------------------------------------------------------------------
 _SOURCE: list[Path] = []   # the module's source video, for the scenario's build
 SCENARIO = Scenario("video-cut", lambda w: build_state(w, _SOURCE[0]),
@@ -345,9 +357,9 @@ def harness(source, tmp_path_factory) -> KillHarness:
     return h
 
 
-def ffmpeg_children(w: Path) -> list[int]:
-    """Processes whose command line names the work folder and that are not face-sets itself:
-    the ffmpeg / ffprobe children of a cut."""
+def ffmpeg_children(w: Path, tools=frozenset({"ffmpeg", "ffprobe"})) -> list[int]:
+    """Processes whose command line names the work folder and runs ffmpeg or ffprobe (as
+    itself, or as a script given to an interpreter): the children of a cut."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -356,10 +368,51 @@ def ffmpeg_children(w: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(str(w).encode() in a for a in argv) and argv[0] and \
-                Path(argv[0].decode(errors="replace")).name in ("ffmpeg", "ffprobe"):
+        names = {Path(a.decode(errors="replace")).name for a in argv[:2]}
+        if any(str(w).encode() in a for a in argv) and names & tools:
             pids.append(int(entry.name))
     return pids
+
+
+def gone_within(w: Path, seconds: float) -> list[int]:
+    """The cut's children still running after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while ffmpeg_children(w) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ffmpeg_children(w)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG: Linux")
+def test_a_killed_or_interrupted_cut_leaves_no_ffmpeg_running(work, tmp_path):
+    """An ffmpeg that takes 30 s (it sleeps, then runs the real one): Ctrl-C or kill -9 of
+    the cut ends it at once, it does not write on."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ffmpeg").write_text(f"#!{sys.executable}\nimport os, sys, time\n"
+                                 f"time.sleep(30)\nos.execv({shutil.which('ffmpeg')!r}, "
+                                 "sys.argv)\n")
+    (fake / "ffmpeg").chmod(0o755)
+    os.symlink(shutil.which("ffprobe"), fake / "ffprobe")
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, str(Path(__file__).parent.parent / "sort_faces.py"), "video", "cut",
+           str(work / "state"), str(work / "out"), "--no-progress"]
+    for sig, rc in ((signal.SIGINT, 130), (signal.SIGKILL, KILLED)):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not ffmpeg_children(work, {"ffmpeg"}):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, sig)
+        assert proc.wait(30) == rc, proc.stderr.read()
+        left = gone_within(work, 2.0)
+        for pid in left:   # clean up before failing: the fake sleeps 30 s
+            os.kill(pid, signal.SIGKILL)
+        assert left == [], f"an ffmpeg outlived the cut ({sig.name})"
+        assert not list((work / "out").rglob("*.partial")) or sig == signal.SIGKILL
+    rerun = run_cli("video", "cut", work / "state", work / "out", "--no-progress")
+    assert "failed 0" in rerun.stdout
+    assert not list((work / "out").rglob("*.partial"))
 
 
 def test_kill_at_each_kind_of_commit_then_rerun_equals_an_uninterrupted_run(harness):
@@ -385,10 +438,7 @@ def test_kill_9_at_a_random_moment_leaves_no_ffmpeg_and_a_rerun_equals(harness, 
     time.sleep(random.Random(seed).uniform(0.0, 1.5))
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == KILLED
-    deadline = time.monotonic() + 3
-    while ffmpeg_children(harness.w) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ffmpeg_children(harness.w) == [], "an ffmpeg outlived the killed cut"
+    assert gone_within(harness.w, 1.0) == [], "an ffmpeg outlived the killed cut"
     again = harness.run(tag=f"random{seed}")
     assert again.rc == 0, again.stderr
     assert compare(harness.reference, state(harness.w, SCENARIO)) == []

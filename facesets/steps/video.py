@@ -848,6 +848,10 @@ def _cut_segment(state: str, out: Path, seg: dict, reencode: bool,
             "duration_tolerance_s": duration_tolerance(rate[source]),
             "frames_max": window.frames, "pass_ratio": seg["pass_ratio"],
             "gates": seg["gates"]}
+    if dest.parent.is_symlink():
+        summary.failed.append(f"{rel}: {dest.parent} is a symlink face-sets did not make; "
+                              "move it away")
+        return None
     if dest.is_symlink() or dest.exists() and not dest.is_file():
         summary.failed.append(f"{rel}: is not a clip this step made; move it away")
         return None
