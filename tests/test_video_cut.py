@@ -107,9 +107,10 @@ def frames_of(path: Path) -> list[np.ndarray]:
 
 
 def check_clips_end_in_their_shot(w: Path, out: Path, source_frames: list[np.ndarray]) -> dict:
-    """Every clip of OUT/plan.json decodes and holds no frame shown at or after its shot's
-    end: it counts no more frames than the source shows from its cut_start to the end of
-    its shot, and its last frame is the source frame before that end (not the next shot's)."""
+    """Every clip of OUT/plan.json decodes and holds only frames of its own shot: it starts
+    at or after the shot's start, on the source frame at its cut_start; it counts no more
+    frames than the source shows from there to the end of its shot, and its last frame is
+    the source frame before that end (not the next shot's first)."""
     plan = vf.load_plan(out / vf.PLAN_FILE)
     shots = vf.load_scenes(vf.scenes_path(w / "state", KEY))["shots"]
     assert len(plan["clips"]) == len(shots)
@@ -122,7 +123,10 @@ def check_clips_end_in_their_shot(w: Path, out: Path, source_frames: list[np.nda
         frames = clip_frames(path)
         assert frames == clip["frames"] <= clip["frames_max"] <= allowed, (clip, frames)
         assert frames >= allowed - 3, f"{clip['file']} lost {allowed - frames} frames"
-        last = frames_of(path)[-1]
+        assert first >= shot["start_frame"], f"{clip['file']} opens on the previous shot"
+        decoded = frames_of(path)
+        assert np.abs(decoded[0] - source_frames[first]).mean() < 4
+        last = decoded[-1]
         own = np.abs(last - source_frames[first + frames - 1]).mean()
         if shot["end_frame"] < len(source_frames):   # the next shot's first frame
             nxt = np.abs(last - source_frames[shot["end_frame"]]).mean()
@@ -144,6 +148,17 @@ def test_no_clip_holds_a_frame_of_the_next_shot(work, source, tmp_path):
         plan = check_clips_end_in_their_shot(work, out, source_frames)
         assert plan["version"] == vf.PLAN_VERSION and plan["mode"] == (
             "reencode" if mode else "copy")
+        # a copy whose keyframe lies in the previous shot is re-encoded
+        key_times = [float(t.split(",")[0]) for t in subprocess.run(
+            ["ffprobe", "-v", "error", "-skip_frame", "nokey", "-select_streams", "v:0",
+             "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(source)],
+            capture_output=True, text=True, check=True).stdout.split()]
+        want = ["reencode" if mode or max(k for k in key_times if k <= c["start"] + 1e-3)
+                < shots[c["shot"]]["start"] - 1e-3 else "copy" for c in plan["clips"]]
+        assert [c["mode"] for c in plan["clips"]] == want
+        assert mode or want.count("copy") >= 2
+        assert mode or f"{want.count('reencode')} re-encoded, their keyframe lying in the " \
+            "previous shot" in proc.stdout
     # a plain `-c copy -t` of the 4 s shot holds 102 frames: what the copy cut avoids
     naive = tmp_path / "naive.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-t", "4.0", "-c", "copy",

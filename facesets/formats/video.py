@@ -36,8 +36,8 @@ PLAN_FILE = "plan.json"
 SCENES_FORMAT, TRACKS_FORMAT, PLAN_FORMAT = ("face-sets/video-scenes", "face-sets/video-tracks",
                                              "face-sets/video-plan")
 SCENES_VERSION = TRACKS_VERSION = 1
-# v2: each clip's cut_end, frames_max, frames, size, duration and within_tolerance (a re-run
-# keeps a clip only while it matches them); v1 plans are read, their clips checked again
+# v2: each clip's mode, cut_end, frames_max, frames, size, duration and within_tolerance (a
+# re-run keeps a clip only while it matches them); v1 plans are read, their clips checked again
 PLAN_VERSION = 2
 MAX_EMBEDDING_DIM = 4096
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")
@@ -366,6 +366,8 @@ def validate_plan(data, where) -> dict:
             c.integer(clip.get("frames_max"), f"{f}.frames_max")
             c.integer(clip.get("frames"), f"{f}.frames")
             c.integer(clip.get("size"), f"{f}.size")
+            if clip.get("mode") not in ("copy", "reencode"):
+                raise c.fail(f"{f}.mode", f"{_show(clip.get('mode'))} is not copy or reencode")
             if not isinstance(clip.get("within_tolerance"), bool):
                 raise c.fail(f"{f}.within_tolerance", "is not true or false")
     check_finite(data, "plan", where, c.fix)

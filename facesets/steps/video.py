@@ -678,6 +678,7 @@ class CutSummary:
     cut: int = 0
     kept: int = 0
     replaced: int = 0
+    reencoded: int = 0   # copy mode: clips re-encoded as their keyframe lay in the previous shot
     failed: list[str] = field(default_factory=list)
     outside_tolerance: list[str] = field(default_factory=list)
     seconds_moved: float = 0.0
@@ -688,29 +689,34 @@ class CutSummary:
                    if self.replaced else "")
                 + f", already there {self.kept}, failed {len(self.failed)}, outside tolerance "
                 f"{len(self.outside_tolerance)}; starts moved to keyframes by "
-                f"{self.seconds_moved:.2f} s in all")
+                f"{self.seconds_moved:.2f} s in all"
+                + (f"; {self.reencoded} re-encoded, their keyframe lying in the previous shot"
+                   if self.reencoded else ""))
 
 
 PART_SUFFIX = ".mp4.partial"   # a clip being cut: .<uuid>.mp4.partial beside its final name
 _PART = re.compile(r"\.[0-9a-f-]{36}" + re.escape(PART_SUFFIX))
 
 
-def staged_videos(state: str) -> dict[str, str]:
-    """Every video `video scenes` read (status ok): path -> key."""
-    return {d["video"]: d["key"] for d in vf.all_scenes(state) if d["status"] == "ok"}
+def staged_videos(state: str) -> dict[str, dict]:
+    """Every video `video scenes` read (status ok): path -> its scenes document."""
+    return {d["video"]: d for d in vf.all_scenes(state) if d["status"] == "ok"}
 
 
-def check_segment(seg: dict, n: int, where, staged: dict[str, str]) -> None:
+def check_segment(seg: dict, n: int, where, staged: dict[str, dict]) -> None:
     """At use time: the segment's video is one `video scenes` staged (never a URL or another
-    file), its shot an index and every number in it finite (no NaN reaches the plan)."""
+    file), its shot one of that video's shots and every number in it finite (no NaN reaches
+    the plan)."""
     f = f"segments[{n}]"
-    if staged.get(seg["video"]) != seg["key"]:
+    if seg["video"] not in staged or staged[seg["video"]]["key"] != seg["key"]:
         raise vf.VideoFormatError(
             f"{where}: {f}.video {seg['video']!r:.120} is not the video `video scenes` staged "
             f"as {seg['key']!r}; re-run `video track`")
-    if not isinstance(seg.get("shot"), int) or isinstance(seg["shot"], bool) or seg["shot"] < 0:
-        raise vf.VideoFormatError(f"{where}: {f}.shot {seg.get('shot')!r:.40} is not a shot "
-                                  "index; re-run `video track`")
+    shot = seg.get("shot")
+    if not isinstance(shot, int) or isinstance(shot, bool) \
+            or not 0 <= shot < len(staged[seg["video"]]["shots"]):
+        raise vf.VideoFormatError(f"{where}: {f}.shot {shot!r:.40} is not a shot of "
+                                  f"{seg['key']!r}; re-run `video track`")
     vf.check_finite(seg, f, where, "re-run `video track`")
 
 
@@ -743,7 +749,8 @@ def _previous_plan(path: Path) -> dict[str, dict]:
 def _still_good(dest: Path, old: dict | None, clip: dict) -> dict | None:
     """An existing clip's probe when it can be kept: as recorded by the last plan (same
     window, same size, same container duration), else decoded whole and judged again."""
-    same = ("cut_start", "cut_end", "frames_max", "planned_duration", "duration_tolerance_s")
+    same = ("mode", "cut_start", "cut_end", "frames_max", "planned_duration",
+            "duration_tolerance_s")
     if old and old.get("within_tolerance") is not None \
             and all(old.get(k) == clip[k] for k in same) \
             and old["size"] == dest.stat().st_size \
@@ -794,21 +801,21 @@ def cut_clips(state: str, out: str, reencode: bool = False, write_sidecar: bool 
     out = Path(os.path.abspath(out))
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
-        return _cut_locked(state, out, doc["segments"], reencode, write_sidecar, progress)
+        return _cut_locked(staged, out, doc["segments"], reencode, write_sidecar, progress)
 
 
-def _cut_locked(state: str, out: Path, segments: list[dict], reencode: bool,
+def _cut_locked(staged: dict[str, dict], out: Path, segments: list[dict], reencode: bool,
                 write_sidecar: bool, progress: bool) -> CutSummary:
     remove_partial_clips(out, {seg["key"] for seg in segments})
     previous = _previous_plan(out / vf.PLAN_FILE)
     summary = CutSummary(clips=len(segments))
     packets: dict[str, list[Packet]] = {}
-    rate: dict[str, float] = {}
     clips = []
     for seg in tqdm(segments, desc="cut", unit="clip", disable=not progress):
         rel = vf.clip_file(seg["key"], clip_uuid(seg))
         try:
-            clip = _cut_segment(state, out, seg, reencode, packets, rate, previous, summary)
+            clip = _cut_segment(staged[seg["video"]], out, seg, reencode, packets, previous,
+                                summary)
         except OSError as exc:   # the source gone or unreadable, ffmpeg not starting
             summary.failed.append(f"{rel}: {exc}")
             continue
@@ -824,28 +831,30 @@ def _cut_locked(state: str, out: Path, segments: list[dict], reencode: bool,
     return summary
 
 
-def _cut_segment(state: str, out: Path, seg: dict, reencode: bool,
-                 packets: dict[str, list[Packet]], rate: dict[str, float],
-                 previous: dict[str, dict], summary: CutSummary) -> dict | None:
+def _cut_segment(scenes: dict, out: Path, seg: dict, reencode: bool,
+                 packets: dict[str, list[Packet]], previous: dict[str, dict],
+                 summary: CutSummary) -> dict | None:
     """One segment: its clip kept, or cut, checked and renamed into place; its plan entry
-    (None when it failed: the reason is in ``summary.failed``)."""
+    (None when it failed: the reason is in ``summary.failed``). A copy whose keyframe lies
+    before the segment's shot (it would open on the previous shot) is re-encoded instead."""
     source = seg["video"]
     cid = clip_uuid(seg)
     rel = vf.clip_file(seg["key"], cid)
     dest = out / rel
     if source not in packets:
         packets[source] = video_packets(source)
-        scenes = vf.scenes_path(state, seg["key"])
-        rate[source] = vf.load_scenes(scenes)["fps"] if scenes.is_file() else 0.0
-    window = (reencode_window if reencode else copy_window)(packets[source], seg["start"],
-                                                            seg["end"])
+    mode = "reencode" if reencode else "copy"
+    window = None if reencode else copy_window(packets[source], seg["start"], seg["end"])
+    if window is None or window.cut_start < scenes["shots"][seg["shot"]]["start"] - 1e-3:
+        mode, window = "reencode", reencode_window(packets[source], seg["start"], seg["end"])
+        summary.reencoded += not reencode
     moved = round(seg["start"] - window.cut_start, 4)
     clip = {"uuid": cid, "file": rel, "key": seg["key"], "source": source,
             "track": seg["track"], "shot": seg["shot"], "start": seg["start"],
             "end": seg["end"], "cut_start": round(window.cut_start, 4),
             "cut_end": round(window.cut_end, 4), "start_moved_s": moved,
             "planned_duration": round(window.cut_end - window.cut_start, 4),
-            "duration_tolerance_s": duration_tolerance(rate[source]),
+            "duration_tolerance_s": duration_tolerance(scenes["fps"]), "mode": mode,
             "frames_max": window.frames, "pass_ratio": seg["pass_ratio"],
             "gates": seg["gates"]}
     if dest.parent.is_symlink():
@@ -863,7 +872,7 @@ def _cut_segment(state: str, out: Path, seg: dict, reencode: bool,
             summary.failed.append(f"{rel}: no frame of {source} lies in {seg['start']}.."
                                   f"{seg['end']} s")
             return None
-        info, why = _cut_checked(source, window, reencode, dest, clip)
+        info, why = _cut_checked(source, window, mode == "reencode", dest, clip)
         if why:
             if dest.is_file():   # a clip of an earlier run that fails its check
                 dest.unlink()
