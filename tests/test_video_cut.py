@@ -300,6 +300,44 @@ def test_a_truncated_clip_from_ffmpeg_exiting_0_is_never_kept(work, tmp_path):
     assert f"cut now {n}, already there 0, failed 0" in ok.stdout
 
 
+def _can_mount_tmpfs(where: Path) -> bool:
+    """Whether this process may mount a tmpfs in a mount namespace of its own (root, Linux)."""
+    if not shutil.which("unshare"):
+        return False
+    where.mkdir(exist_ok=True)
+    return subprocess.run(["unshare", "-m", "sh", "-c",
+                           f"mount -t tmpfs -o size=64k tmpfs '{where}'"],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_leaves_only_whole_clips(work, tmp_path):
+    """OUT on a real, too small file system (a tmpfs in a private mount namespace): ffmpeg
+    runs out of space and exits 0 on a broken clip; no broken clip is kept, each one that is
+    kept is the one a roomy disk gets, and the plan lists exactly those."""
+    if not _can_mount_tmpfs(tmp_path / "probe"):
+        pytest.skip("cannot mount a tmpfs here (needs root and unshare)")
+    run_cli("video", "cut", work / "state", work / "roomy", "--no-progress")
+    roomy = {c["file"]: c for c in vf.load_plan(work / "roomy" / vf.PLAN_FILE)["clips"]}
+    size = sum(c["size"] for c in roomy.values()) // 2 + 8192
+    out, kept = work / "out", tmp_path / "kept"
+    out.mkdir()
+    cut = (f"{sys.executable} {Path(__file__).parent.parent / 'sort_faces.py'} video cut "
+           f"'{work / 'state'}' '{out}' --no-progress")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c",
+                           f"mount -t tmpfs -o size={size} tmpfs '{out}' && {cut}; rc=$?; "
+                           f"cp -a '{out}' '{kept}'; exit $rc"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "failed 0" not in proc.stdout and "not cut:" in proc.stderr
+    on_disk = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file())
+    plan = vf.load_plan(kept / vf.PLAN_FILE)
+    assert on_disk == sorted([vf.PLAN_FILE, *(c["file"] for c in plan["clips"])])
+    assert 0 < len(plan["clips"]) < len(roomy)
+    for clip in plan["clips"]:
+        assert (kept / clip["file"]).read_bytes() == (work / "roomy" / clip["file"]).read_bytes()
+        assert decodes(kept / clip["file"])
+
+
 def test_a_rerun_rechecks_the_clips_already_there(work, source):
     run_cli("video", "cut", work / "state", work / "out", "--no-progress")
     plan = vf.load_plan(work / "out" / vf.PLAN_FILE)
