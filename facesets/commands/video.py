@@ -137,5 +137,7 @@ def run_cut(args) -> int:
                              args.progress)
     for line in summary.failed:
         warn(f"not cut: {line}")
+    for line in summary.outside_tolerance:
+        warn(f"outside tolerance: {line}")
     say(f"video cut: {summary.line()} -> {args.out}/plan.json")
     return 2 if summary.failed else 0

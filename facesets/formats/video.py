@@ -35,7 +35,10 @@ PLAN_FILE = "plan.json"
 
 SCENES_FORMAT, TRACKS_FORMAT, PLAN_FORMAT = ("face-sets/video-scenes", "face-sets/video-tracks",
                                              "face-sets/video-plan")
-SCENES_VERSION = TRACKS_VERSION = PLAN_VERSION = 1
+SCENES_VERSION = TRACKS_VERSION = 1
+# v2: each clip's mode, cut_end, frames_max, frames, size, duration and within_tolerance (a
+# re-run keeps a clip only while it matches them); v1 plans are read, their clips checked again
+PLAN_VERSION = 2
 MAX_EMBEDDING_DIM = 4096
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -101,6 +104,18 @@ class _Check:
             raise self.fail(field, f"{_show(value)} is not [x1, y1, x2, y2]")
         for i, v in enumerate(value):
             self.number(v, f"{field}[{i}]")
+
+
+def check_finite(value, field: str, where, fix: str = "re-run the step that writes it") -> None:
+    """Every number in a JSON value is finite (NaN and Infinity are refused, naming where)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise VideoFormatError(f"{where}: {field} {value!r} is not a finite number; {fix}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{field}.{k}", where, fix)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{field}[{i}]", where, fix)
 
 
 def _read(path, c: _Check):
@@ -345,7 +360,17 @@ def validate_plan(data, where) -> dict:
         c.string(clip.get("source"), f"{f}.source")
         for k in ("start", "end", "cut_start", "start_moved_s"):
             c.number(clip.get(k), f"{f}.{k}", 0)
-        c.number(clip.get("duration"), f"{f}.duration", 0, optional=True)
+        c.number(clip.get("duration"), f"{f}.duration", 0, optional=data["version"] < 2)
+        if data["version"] >= 2:
+            c.number(clip.get("cut_end"), f"{f}.cut_end", clip["cut_start"])
+            c.integer(clip.get("frames_max"), f"{f}.frames_max")
+            c.integer(clip.get("frames"), f"{f}.frames")
+            c.integer(clip.get("size"), f"{f}.size")
+            if clip.get("mode") not in ("copy", "reencode"):
+                raise c.fail(f"{f}.mode", f"{_show(clip.get('mode'))} is not copy or reencode")
+            if not isinstance(clip.get("within_tolerance"), bool):
+                raise c.fail(f"{f}.within_tolerance", "is not true or false")
+    check_finite(data, "plan", where, c.fix)
     return data
 
 

@@ -18,9 +18,13 @@ scenedetect, scipy or ffmpeg until a step needs them).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,7 +38,8 @@ from ..backends.base import DEFAULT_DET_SIZE
 from ..formats import video as vf
 from ..formats.queue import FAILURES_LOG, KIND_VIDEO, JsonlAppender, load_queue, new_queue, \
     read_jsonl, write_queue
-from ..io.fsutil import atomic_write_json, read_json
+from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, output_lock, read_json, \
+    remove_temp_files
 from ..runtime.jobs import ERROR, NOFACE, OK
 from ..runtime.worker import WorkerJob, WorkItem, map_param_path
 from ..sources.video import iter_frames, list_videos, sample_times
@@ -454,30 +459,157 @@ def faceset_identity(folder: str, model_id: str | None = None) -> tuple[np.ndarr
     return centroid_of(man, path, None), Path(folder).name
 
 
-# ---- cut -----------------------------------------------------------------------------------
-def keyframes(ffprobe: str, video: str) -> list[float]:
-    """Times of the video stream's keyframes (from packet flags: nothing is decoded)."""
-    out = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
-                          "packet=pts_time,flags", "-of", "csv=p=0", video],
-                         capture_output=True, text=True)
-    times = []
-    for line in out.stdout.splitlines():
-        parts = line.split(",")
-        if len(parts) >= 2 and "K" in parts[1]:
-            try:
-                times.append(float(parts[0]))
-            except ValueError:
-                pass
-    return sorted(times)
+# ---- ffmpeg / ffprobe: the one way to run them ---------------------------------------------
+MEDIA_TIMEOUT_S = 3600.0   # deadline of one ffmpeg / ffprobe run (one clip, one probe)
+_PR_SET_PDEATHSIG = 1      # linux/prctl.h
+_libc = None
 
 
-def probe_duration(ffprobe: str, path: str) -> float | None:
-    out = subprocess.run([ffprobe, "-v", "error", "-show_entries", "format=duration", "-of",
-                          "default=nw=1:nk=1", path], capture_output=True, text=True)
-    try:
-        return float(out.stdout.strip())
-    except ValueError:
+def _die_with_parent():
+    """A preexec_fn (Linux) that asks the kernel to SIGKILL the child when face-sets dies, so
+    a killed `video cut` never leaves an ffmpeg writing on; None elsewhere."""
+    global _libc
+    if not sys.platform.startswith("linux"):
         return None
+    if _libc is None:   # loaded before the fork: the child only calls it
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:   # the parent died before prctl took hold
+            os._exit(1)
+    return preexec
+
+
+def run_media(tool: str, source: str, before: list[str] = (), after: list[str] = (),
+              output: Path | None = None,
+              timeout: float = MEDIA_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run ``ffmpeg`` or ``ffprobe`` on one local video; every call goes through here.
+
+    ``source`` must be an absolute path to a file: it is given as ``file:<path>`` with only
+    the ``file`` protocol allowed, so neither a URL nor a playlist or reference inside the
+    file reaches the network. ``output`` likewise (``file:<path>``). The child dies with this
+    process (Linux) and is killed on any exception here (a deadline, Ctrl-C)."""
+    if not (os.path.isabs(source) and os.path.isfile(source)):
+        raise OSError(f"{source}: not a local video file")
+    argv = [need_tool(tool)]
+    argv += ["-nostdin", "-hide_banner", "-v", "error"] if tool == "ffmpeg" else ["-v", "error"]
+    argv += [*before, "-protocol_whitelist", "file", "-i", "file:" + source, *after]
+    if output is not None:
+        argv += ["-y", "file:" + os.path.abspath(output)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace",
+                            preexec_fn=_die_with_parent())
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise OSError(f"{source}: {tool} did not finish within {timeout:.0f} s") from None
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+# ---- cut -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Packet:
+    """One video packet, in decode order: presentation and decode time, duration (s)."""
+    pts: float
+    dts: float
+    dur: float
+    key: bool
+
+
+def video_packets(source: str) -> list[Packet]:
+    """The video stream's packets in decode order (from the container: nothing is decoded)."""
+    proc = run_media("ffprobe", source, ["-select_streams", "v:0", "-show_entries",
+                                         "packet=pts_time,dts_time,duration_time,flags",
+                                         "-of", "csv=p=0"])
+    packets = []
+    for line in proc.stdout.splitlines():
+        parts = line.split(",")
+        if len(parts) < 4:
+            continue
+        try:
+            pts = float(parts[0])
+        except ValueError:
+            continue   # no presentation time: never shown
+        dts = _number(parts[1], pts)
+        dur = _number(parts[2], 0.0)
+        if math.isfinite(pts) and math.isfinite(dts):
+            packets.append(Packet(pts, dts, dur if math.isfinite(dur) else 0.0, "K" in parts[3]))
+    return packets
+
+
+def _number(text: str, default: float) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return default
+
+
+def keyframes(source: str) -> list[float]:
+    """Times of the video stream's keyframes."""
+    return sorted(p.pts for p in video_packets(source) if p.key)
+
+
+@dataclass(frozen=True)
+class CutWindow:
+    """What ffmpeg is asked for and what the clip must then hold: ``seek`` (-ss), ``length``
+    (-t), the clip's first and last frame times ``cut_start``, ``cut_end`` (the end of its
+    last frame) and the most video ``frames`` it may hold."""
+    seek: float
+    length: float
+    cut_start: float
+    cut_end: float
+    frames: int
+
+
+SEEK_PAST_S = 0.0005   # -ss this far past a keyframe's printed time (rounded to 1 us) still
+                       # finds that keyframe and never the one before
+
+
+def copy_window(packets: list[Packet], start: float, end: float) -> CutWindow:
+    """A stream-copy cut of [start, end): it starts at the last keyframe at or before
+    ``start`` and ends BEFORE ``end``. ffmpeg stops copying at the first packet whose decode
+    time reaches -t; with B-frames a packet decoded before ``end`` can be shown after it (the
+    next shot's first frames), so the clip keeps the longest run of packets, in decode order,
+    all shown before ``end`` (any frame needs only packets decoded before it: the run
+    decodes), and -t falls between that run's last packet and the next."""
+    keys = [i for i, p in enumerate(packets) if p.key and p.pts <= start + 1e-3]
+    first = keys[-1] if keys else 0
+    cut_start = packets[first].pts if keys else 0.0
+    seek = cut_start + SEEK_PAST_S if keys else 0.0
+    kept, stop = [], None
+    for i in range(first, len(packets)):
+        if packets[i].pts >= end - 1e-6:
+            stop = i
+            break
+        kept.append(packets[i])
+    if not kept:
+        return CutWindow(seek, 0.0, cut_start, cut_start, 0)
+    step = _frame_step(packets)
+    cut_end = max(p.pts + (p.dur or step) for p in kept)
+    length = end - seek if stop is None else \
+        (packets[stop - 1].dts + packets[stop].dts) / 2 - seek
+    return CutWindow(seek, length, cut_start, min(cut_end, end), len(kept))
+
+
+def reencode_window(packets: list[Packet], start: float, end: float) -> CutWindow:
+    """A re-encoded cut: frame-exact [start, end), the source's frame times kept."""
+    frames = sum(1 for p in packets if start - 1e-3 <= p.pts < end - 1e-6)
+    return CutWindow(start, end - start, start, end, frames)
+
+
+def _frame_step(packets: list[Packet]) -> float:
+    steps = sorted(p.dur for p in packets if p.dur > 0)
+    return steps[len(steps) // 2] if steps else 1 / 25
 
 
 def duration_tolerance(fps: float) -> float:
@@ -491,72 +623,296 @@ def clip_uuid(seg: dict) -> str:
         [seg["video"], seg["track"], seg["start"], seg["end"]])))
 
 
+def probe_clip(path: Path) -> dict:
+    """Decode a clip whole (ffprobe -count_frames): its video frames, duration, size, and
+    ``problem`` ("" when it decodes without an error)."""
+    proc = run_media("ffprobe", str(path), ["-count_frames"],
+                     ["-show_entries", "stream=codec_type,nb_read_frames:format=duration",
+                      "-of", "json"])
+    info = {"frames": 0, "duration": None, "size": path.stat().st_size, "problem": ""}
+    err = proc.stderr.strip()
+    if proc.returncode != 0 or err:
+        info["problem"] = f"does not decode ({(err or 'ffprobe failed').splitlines()[-1][:160]})"
+        return info
+    try:
+        doc = json.loads(proc.stdout, parse_constant=lambda c: None)
+        video = [s for s in doc.get("streams", []) if s.get("codec_type") == "video"]
+        info["frames"] = int(video[0].get("nb_read_frames", 0)) if video else 0
+        duration = float(doc.get("format", {}).get("duration"))
+        info["duration"] = round(duration, 4) if math.isfinite(duration) else None
+    except (ValueError, TypeError, AttributeError, IndexError):
+        info["problem"] = "ffprobe's answer cannot be read"
+    return info
+
+
+def probe_duration(path: Path) -> float | None:
+    """The container's duration (nothing decoded)."""
+    proc = run_media("ffprobe", str(path), [], ["-show_entries", "format=duration", "-of",
+                                                "default=nw=1:nk=1"])
+    value = _number(proc.stdout.strip(), math.nan)
+    return round(value, 4) if proc.returncode == 0 and math.isfinite(value) else None
+
+
+def judge_clip(info: dict, clip: dict) -> str:
+    """Why a probed clip cannot be kept ("" when it can): it must decode, hold video frames,
+    none shown after the segment's end, and not be shorter than planned (truncated). Longer
+    than planned beyond the tolerance it is kept and flagged (``within_tolerance``)."""
+    if info["problem"]:
+        return info["problem"]
+    if info["frames"] <= 0:
+        return "holds no video frame"
+    if info["frames"] > clip["frames_max"]:
+        return (f"holds {info['frames']} frames, only {clip['frames_max']} are shown before "
+                f"the segment's end at {clip['end']} s (frames of the next shot)")
+    if info["duration"] is None:
+        return "has no duration"
+    if info["duration"] < clip["planned_duration"] - clip["duration_tolerance_s"]:
+        return (f"lasts {info['duration']:.3f} s, planned {clip['planned_duration']:.3f} s "
+                f"+- {clip['duration_tolerance_s']} s: cut short")
+    return ""
+
+
 @dataclass
 class CutSummary:
     clips: int = 0
     cut: int = 0
     kept: int = 0
+    replaced: int = 0
+    reencoded: int = 0   # copy mode: clips re-encoded as their keyframe lay in the previous shot
     failed: list[str] = field(default_factory=list)
+    outside_tolerance: list[str] = field(default_factory=list)
     seconds_moved: float = 0.0
 
     def line(self) -> str:
-        return (f"clips {self.clips}: cut now {self.cut}, already there {self.kept}, failed "
-                f"{len(self.failed)}; starts moved to keyframes by {self.seconds_moved:.2f} s "
-                "in all")
+        return (f"clips {self.clips}: cut now {self.cut}"
+                + (f" ({self.replaced} replacing a clip that failed its check)"
+                   if self.replaced else "")
+                + f", already there {self.kept}, failed {len(self.failed)}, outside tolerance "
+                f"{len(self.outside_tolerance)}; starts moved to keyframes by "
+                f"{self.seconds_moved:.2f} s in all"
+                + (f"; {self.reencoded} re-encoded, their keyframe lying in the previous shot"
+                   if self.reencoded else ""))
+
+
+PART_SUFFIX = ".mp4.partial"   # a clip being cut: .<uuid>.mp4.partial beside its final name
+_PART = re.compile(r"\.[0-9a-f-]{36}" + re.escape(PART_SUFFIX))
+
+
+def staged_videos(state: str) -> dict[str, dict]:
+    """Every video `video scenes` read (status ok): path -> its scenes document."""
+    return {d["video"]: d for d in vf.all_scenes(state) if d["status"] == "ok"}
+
+
+def check_segment(seg: dict, n: int, where, staged: dict[str, dict]) -> None:
+    """At use time: the segment's video is one `video scenes` staged (never a URL or another
+    file), its shot one of that video's shots and every number in it finite (no NaN reaches
+    the plan)."""
+    f = f"segments[{n}]"
+    if seg["video"] not in staged or staged[seg["video"]]["key"] != seg["key"]:
+        raise vf.VideoFormatError(
+            f"{where}: {f}.video {seg['video']!r:.120} is not the video `video scenes` staged "
+            f"as {seg['key']!r}; re-run `video track`")
+    shot = seg.get("shot")
+    if not isinstance(shot, int) or isinstance(shot, bool) \
+            or not 0 <= shot < len(staged[seg["video"]]["shots"]):
+        raise vf.VideoFormatError(f"{where}: {f}.shot {shot!r:.40} is not a shot of "
+                                  f"{seg['key']!r}; re-run `video track`")
+    vf.check_finite(seg, f, where, "re-run `video track`")
+
+
+def remove_partial_clips(out: Path, keys) -> None:
+    """Clips a killed run was cutting (.<uuid>.mp4.partial) and temp files of its plan and
+    sidecars: only names this step makes."""
+    remove_temp_files(out, re.compile(re.escape(vf.PLAN_FILE)))
+    for key in keys:
+        folder = out / key
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        remove_temp_files(folder, re.compile(r"[0-9a-f-]{36}\.json"))
+        for p in folder.iterdir():
+            if _PART.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+
+
+def _previous_plan(path: Path) -> dict[str, dict]:
+    """The clips of the last plan by UUID (a plan of v1, or one that cannot be read: none,
+    so every clip on disk is checked whole again)."""
+    if not path.is_file():
+        return {}
+    try:
+        plan = vf.load_plan(path)
+    except (ValueError, OSError):
+        return {}
+    return {c["uuid"]: c for c in plan["clips"] if "size" in c}
+
+
+def _still_good(dest: Path, old: dict | None, clip: dict) -> dict | None:
+    """An existing clip's probe when it can be kept: as recorded by the last plan (same
+    window, same size, same container duration), else decoded whole and judged again."""
+    same = ("mode", "cut_start", "cut_end", "frames_max", "planned_duration",
+            "duration_tolerance_s")
+    if old and old.get("within_tolerance") is not None \
+            and all(old.get(k) == clip[k] for k in same) \
+            and old["size"] == dest.stat().st_size \
+            and probe_duration(dest) == old["duration"]:
+        return {"frames": old["frames"], "duration": old["duration"], "size": old["size"],
+                "problem": ""}
+    info = probe_clip(dest)
+    return None if judge_clip(info, clip) else info
+
+
+def _cut_one(source: str, window: CutWindow, reencode: bool, tmp: Path) -> str:
+    """ffmpeg into ``tmp``; its error ("" when it exited 0)."""
+    if reencode:   # frame-exact start; each frame keeps its source time (no frame added)
+        codec = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-c:a", "aac",
+                 "-vsync", "passthrough"]
+    else:
+        codec = ["-c", "copy", "-avoid_negative_ts", "make_zero"]
+    proc = run_media("ffmpeg", source, ["-ss", f"{window.seek:.6f}"],
+                     ["-t", f"{window.length:.6f}", "-map", "0:v:0", "-map", "0:a?", *codec,
+                      "-movflags", "+faststart", "-f", "mp4"], output=tmp)
+    if proc.returncode != 0:
+        return f"ffmpeg exited {proc.returncode}: {proc.stderr.strip()[-200:]}"
+    return ""
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def cut_clips(state: str, out: str, reencode: bool = False, write_sidecar: bool = False,
               progress: bool = True) -> CutSummary:
-    """Cut every segment of STATE/tracks.json into OUT/<key>/<uuid>.mp4; OUT/plan.json."""
-    ffmpeg, ffprobe = need_tool("ffmpeg"), need_tool("ffprobe")
+    """Cut every segment of STATE/tracks.json into OUT/<key>/<uuid>.mp4; OUT/plan.json.
+
+    Under OUT's lock. Each clip is cut into a hidden .partial file, decoded whole and judged
+    (``judge_clip``) before it is renamed into place; a clip already there is kept only when
+    it still matches what the last plan recorded, or passes the same check again."""
+    need_tool("ffmpeg")
+    need_tool("ffprobe")
     doc = vf.load_tracks(state)
-    out = Path(out)
+    tracks_path = Path(state) / vf.TRACKS_FILE
+    staged = staged_videos(state)
+    for n, seg in enumerate(doc["segments"]):
+        check_segment(seg, n, tracks_path, staged)
+    out = Path(os.path.abspath(out))
     out.mkdir(parents=True, exist_ok=True)
-    summary = CutSummary(clips=len(doc["segments"]))
-    kf_cache: dict[str, list[float]] = {}
-    rate: dict[str, float] = {}
+    with output_lock(out):
+        return _cut_locked(staged, out, doc["segments"], reencode, write_sidecar, progress)
+
+
+def _cut_locked(staged: dict[str, dict], out: Path, segments: list[dict], reencode: bool,
+                write_sidecar: bool, progress: bool) -> CutSummary:
+    remove_partial_clips(out, {seg["key"] for seg in segments})
+    previous = _previous_plan(out / vf.PLAN_FILE)
+    summary = CutSummary(clips=len(segments))
+    packets: dict[str, list[Packet]] = {}
     clips = []
-    for seg in tqdm(doc["segments"], desc="cut", unit="clip", disable=not progress):
-        cid = clip_uuid(seg)
-        rel = vf.clip_file(seg["key"], cid)
-        dest = out / rel
-        if seg["video"] not in kf_cache:
-            kf_cache[seg["video"]] = keyframes(ffprobe, seg["video"])
-            scenes = vf.scenes_path(state, seg["key"])
-            rate[seg["video"]] = vf.load_scenes(scenes)["fps"] if scenes.is_file() else 0.0
-        kfs = [k for k in kf_cache[seg["video"]] if k <= seg["start"] + 1e-3]
-        cut_start = seg["start"] if reencode else (kfs[-1] if kfs else 0.0)
-        moved = round(seg["start"] - cut_start, 4)
-        clip = {"uuid": cid, "file": rel, "key": seg["key"], "source": seg["video"],
-                "track": seg["track"], "shot": seg["shot"], "start": seg["start"],
-                "end": seg["end"], "cut_start": round(cut_start, 4), "start_moved_s": moved,
-                "planned_duration": round(seg["end"] - cut_start, 4),
-                "duration_tolerance_s": duration_tolerance(rate[seg["video"]]),
-                "pass_ratio": seg["pass_ratio"], "gates": seg["gates"]}
-        if dest.is_file() and dest.stat().st_size > 0:
-            summary.kept += 1
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{cid}.part.mp4")
-            codec = (["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-c:a", "aac"]
-                     if reencode else ["-c", "copy", "-avoid_negative_ts", "make_zero"])
-            cmd = [ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{cut_start:.4f}",
-                   "-i", seg["video"], "-t", f"{seg['end'] - cut_start:.4f}",
-                   "-map", "0:v:0", "-map", "0:a?", *codec, "-movflags", "+faststart",
-                   str(tmp)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0 or not tmp.is_file():
-                tmp.unlink(missing_ok=True)
-                summary.failed.append(f"{rel}: ffmpeg: {proc.stderr.strip()[-200:]}")
-                continue
-            os.replace(tmp, dest)
-            summary.cut += 1
-        clip["duration"] = probe_duration(ffprobe, str(dest))
-        summary.seconds_moved += moved
+    for seg in tqdm(segments, desc="cut", unit="clip", disable=not progress):
+        rel = vf.clip_file(seg["key"], clip_uuid(seg))
+        try:
+            clip = _cut_segment(staged[seg["video"]], out, seg, reencode, packets, previous,
+                                summary)
+        except OSError as exc:   # the source gone or unreadable, ffmpeg not starting
+            summary.failed.append(f"{rel}: {exc}")
+            continue
+        if clip is None:
+            continue
+        summary.seconds_moved += clip["start_moved_s"]
         clips.append(clip)
         if write_sidecar:
-            atomic_write_json(dest.with_suffix(".json"), clip)
+            atomic_write_json((out / rel).with_suffix(".json"), clip)
     tolerance = max((c["duration_tolerance_s"] for c in clips), default=0.0)
     vf.write_plan(out / vf.PLAN_FILE, vf.plan_doc("reencode" if reencode else "copy", clips,
                                                   tolerance))
     return summary
+
+
+def _cut_segment(scenes: dict, out: Path, seg: dict, reencode: bool,
+                 packets: dict[str, list[Packet]], previous: dict[str, dict],
+                 summary: CutSummary) -> dict | None:
+    """One segment: its clip kept, or cut, checked and renamed into place; its plan entry
+    (None when it failed: the reason is in ``summary.failed``). A copy whose keyframe lies
+    before the segment's shot (it would open on the previous shot) is re-encoded instead."""
+    source = seg["video"]
+    cid = clip_uuid(seg)
+    rel = vf.clip_file(seg["key"], cid)
+    dest = out / rel
+    if source not in packets:
+        packets[source] = video_packets(source)
+    mode = "reencode" if reencode else "copy"
+    window = None if reencode else copy_window(packets[source], seg["start"], seg["end"])
+    if window is None or window.cut_start < scenes["shots"][seg["shot"]]["start"] - 1e-3:
+        mode, window = "reencode", reencode_window(packets[source], seg["start"], seg["end"])
+        summary.reencoded += not reencode
+    moved = round(seg["start"] - window.cut_start, 4)
+    clip = {"uuid": cid, "file": rel, "key": seg["key"], "source": source,
+            "track": seg["track"], "shot": seg["shot"], "start": seg["start"],
+            "end": seg["end"], "cut_start": round(window.cut_start, 4),
+            "cut_end": round(window.cut_end, 4), "start_moved_s": moved,
+            "planned_duration": round(window.cut_end - window.cut_start, 4),
+            "duration_tolerance_s": duration_tolerance(scenes["fps"]), "mode": mode,
+            "frames_max": window.frames, "pass_ratio": seg["pass_ratio"],
+            "gates": seg["gates"]}
+    if dest.parent.is_symlink():
+        summary.failed.append(f"{rel}: {dest.parent} is a symlink face-sets did not make; "
+                              "move it away")
+        return None
+    if dest.is_symlink() or dest.exists() and not dest.is_file():
+        summary.failed.append(f"{rel}: is not a clip this step made; move it away")
+        return None
+    info = _still_good(dest, previous.get(cid), clip) if dest.is_file() else None
+    if info is not None:
+        summary.kept += 1
+    else:
+        if window.frames == 0:
+            summary.failed.append(f"{rel}: no frame of {source} lies in {seg['start']}.."
+                                  f"{seg['end']} s")
+            return None
+        info, why = _cut_checked(source, window, mode == "reencode", dest, clip)
+        if why:
+            if dest.is_file():   # a clip of an earlier run that fails its check
+                dest.unlink()
+            summary.failed.append(f"{rel}: {why}")
+            return None
+        summary.replaced += dest.is_file()
+        os.replace(dest.with_name(f".{cid}{PART_SUFFIX}"), dest)
+        fsync_dir(dest.parent)
+        commit_point(str(dest))
+        summary.cut += 1
+    clip.update(duration=info["duration"], frames=info["frames"], size=info["size"],
+                within_tolerance=abs(info["duration"] - clip["planned_duration"])
+                <= clip["duration_tolerance_s"])
+    if not clip["within_tolerance"]:
+        summary.outside_tolerance.append(
+            f"{rel}: lasts {info['duration']:.3f} s, planned "
+            f"{clip['planned_duration']:.3f} s +- {clip['duration_tolerance_s']} s")
+    return clip
+
+
+def _cut_checked(source: str, window: CutWindow, reencode: bool, dest: Path,
+                 clip: dict) -> tuple[dict | None, str]:
+    """Cut one clip into its .partial file and judge it: (probe, "") when it may be renamed
+    into place, else (None, why) with the .partial file removed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{clip['uuid']}{PART_SUFFIX}")
+    try:
+        why = _cut_one(source, window, reencode, tmp)
+        info = None
+        if not why:
+            if not tmp.is_file():
+                why = "ffmpeg wrote no file"
+            else:
+                _fsync_file(tmp)
+                info = probe_clip(tmp)
+                why = judge_clip(info, clip)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if why:
+        tmp.unlink(missing_ok=True)
+        return None, why
+    return info, ""
