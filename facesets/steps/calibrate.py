@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.metrics import Scores, bcubed_scores, pairwise_scores
+from ..core.scale import library_links, predicted_precision, stranger_tail
 from ..core.refinement import merge_clusters
 from ..core.selection import FaceSelection, select_faces, subset
 from ..core.truth import TruthSet, load_truth
@@ -48,6 +49,10 @@ PLATEAU = 0.002
 TARGET_PRECISION = 0.995
 OUTLIER_QUANTILE = 0.99
 SWAP_QUANTILE = 0.95
+# correctly placed truth faces needed to place the outlier gates: a 99th percentile of fewer
+# is the largest distance or near it (issue 22: 4 people x 5 photos gave a gate that dropped
+# 23% of rightly clustered photos), so the gates are then not recommended nor saved
+MIN_GATE_FACES = 100
 
 
 @dataclass
@@ -57,18 +62,21 @@ class SweepRow:
     bcubed: Scores
     clusters: int
     grouped: int = 0          # scored faces in clusters of two or more
+    library: float | None = None   # pairwise precision predicted at the library's size
 
     @property
     def f(self) -> float:
         return (self.pairwise.f + self.bcubed.f) / 2
 
     def line(self) -> str:
+        lib = f"   {self.library:.4f}" if self.library is not None else ""
         return (f"{self.threshold:9.3f} {self.clusters:8d}   {self.pairwise.precision:.4f} "
                 f"{self.pairwise.recall:.4f} {self.pairwise.f:.4f}   {self.bcubed.precision:.4f} "
-                f"{self.bcubed.recall:.4f} {self.bcubed.f:.4f}")
+                f"{self.bcubed.recall:.4f} {self.bcubed.f:.4f}{lib}")
 
 
 SWEEP_HEADER = "threshold clusters   pairwise P/R/F           BCubed P/R/F"
+LIBRARY_HEADER = "   library P (predicted)"
 
 
 @dataclass
@@ -83,6 +91,9 @@ class Calibration:
     target_precision: float = TARGET_PRECISION
     best_f: SweepRow | None = None               # the best-F cluster row
     target_margin: float = 0.0                   # the margin added at the recommended row
+    truth_pick: float | None = None              # the cluster threshold the truth set alone gives
+    library_faces: int = 0                       # faces of the whole cache (the library)
+    scale: dict = field(default_factory=dict)    # the library-scale model, as recorded
 
 
 def truth_selection(cache: FaceCache, truth: TruthSet) -> tuple[FaceSelection, np.ndarray]:
@@ -193,10 +204,37 @@ def assign_sweep(emb: np.ndarray, labels: np.ndarray, grid) -> list[tuple[float,
     return out
 
 
+def library_pick(cal: Calibration, i: int, estimated: float | None) -> int:
+    """The recommended row once the library's size counts: the highest row at or below ``i``
+    whose precision predicted at library scale meets the target; notes why it moved, and
+    when it is above the cache-only estimate ``estimated``, why that is kept."""
+    rows, target = cal.cluster_rows, cal.target_precision
+    ok = [j for j in range(i + 1) if rows[j].library is not None
+          and rows[j].library >= target]
+    j = ok[-1] if ok else 0
+    if j < i:
+        cal.notes.append(
+            f"cluster lowered from {rows[i].threshold} (the truth set's pick: precision "
+            f"{rows[i].pairwise.precision:.4f} among its {len(cal.truth.people)} people) to "
+            f"{rows[j].threshold}: at the library's size ({cal.library_faces} faces) "
+            f"{rows[i].threshold} is predicted at precision {rows[i].library:.4f}, "
+            f"{rows[j].threshold} at {rows[j].library:.4f} (target {target})"
+            + ("" if ok else "; no threshold is predicted to meet it: took the strictest"))
+    if estimated is not None and rows[j].threshold > estimated + 1e-9:
+        cal.notes.append(
+            f"cluster {rows[j].threshold} is above the cache-only estimate {estimated} "
+            f"(`calibrate --estimate`): kept, because the truth set measures precision "
+            f"{rows[j].pairwise.precision:.4f} there and the library-scale model predicts "
+            f"{rows[j].library:.4f} >= {target}; the estimate reads no names")
+    return j
+
+
 def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
               target_precision: float = TARGET_PRECISION,
-              merge_ratio: float = CLUSTER_MERGE_RATIO) -> Calibration:
-    """Sweep and recommend every threshold (see the module docstring)."""
+              merge_ratio: float = CLUSTER_MERGE_RATIO,
+              estimated: float | None = None) -> Calibration:
+    """Sweep and recommend every threshold (see the module docstring); ``estimated``: the
+    cache-only estimate of the cluster threshold, when there is one."""
     truth = load_truth(truth_root, cache)
     sel, scored = truth_selection(cache, truth)
     if len(np.unique(truth.labels)) < 2 or len(scored) < 4:
@@ -213,6 +251,10 @@ def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
     i, cal.target_margin, note = target_pick(cal.cluster_rows, target_precision, best_f)
     if note:
         cal.notes.append(note)
+    cal.truth_pick = float(CLUSTER_GRID[i])
+    predict_library(cal, cache, sel.embeddings[scored])
+    if target_precision > 0:
+        i = library_pick(cal, i, estimated)
     t_cluster = float(CLUSTER_GRID[i])
 
     # refine: stage 1 at `initial`, then the centroid merge
@@ -233,21 +275,44 @@ def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
     right = np.array([majority[c] == t for c, t in zip(pred, truth.labels)])
     d = centroid_distances(sel.embeddings, refined)[scored]
     big = np.bincount(refined)[pred] >= 4
-    pool = d[right & big] if np.sum(right & big) >= 10 else d[right]
-    t_outlier = _ceil2(float(np.quantile(pool, OUTLIER_QUANTILE)))
-    t_swap = _ceil2(float(np.quantile(pool, SWAP_QUANTILE)))
-    wrong = ~right
-    cal.notes.append(f"outlier {t_outlier}: drops {int(np.sum(d[right] > t_outlier))} of "
-                     f"{int(right.sum())} correctly placed truth faces and "
-                     f"{int(np.sum(d[wrong] > t_outlier))} of {int(wrong.sum())} misplaced ones")
+    pool = d[right & big]
+    gates = {}
+    if len(pool) >= MIN_GATE_FACES:
+        t_outlier = _ceil2(float(np.quantile(pool, OUTLIER_QUANTILE)))
+        gates = {"outlier": t_outlier,
+                 "swap_outlier": _ceil2(float(np.quantile(pool, SWAP_QUANTILE)))}
+        wrong = ~right
+        cal.notes.append(f"outlier {t_outlier}: drops {int(np.sum(d[right] > t_outlier))} of "
+                         f"{int(right.sum())} correctly placed truth faces and "
+                         f"{int(np.sum(d[wrong] > t_outlier))} of {int(wrong.sum())} "
+                         "misplaced ones")
+    else:
+        cal.notes.append(
+            f"WARNING: the truth set is too small to set an outlier gate: {len(pool)} "
+            f"correctly placed faces in groups of 4+ ({MIN_GATE_FACES} needed for a "
+            f"{OUTLIER_QUANTILE:.0%} percentile); outlier and swap_outlier are not "
+            "recommended nor saved (refine and export-swap keep their flag, the model's or "
+            "the estimated value); add people with several photos each to set them")
 
     cal.assign_rows = assign_sweep(sel.embeddings[scored], truth.labels, ASSIGN_GRID)
     k = plateau_pick([s.f for _, s in cal.assign_rows], "low")
     t_assign = cal.assign_rows[k][0]
-    cal.thresholds = {"cluster": t_cluster, "initial": t_init, "merge": t_merge,
-                      "outlier": t_outlier, "swap_outlier": t_swap,
+    cal.thresholds = {"cluster": t_cluster, "initial": t_init, "merge": t_merge, **gates,
                       "candidate_match": t_assign, "extend": t_assign}
     return cal
+
+
+def predict_library(cal: Calibration, cache: FaceCache, truth_embeddings: np.ndarray) -> None:
+    """Each cluster row's pairwise precision predicted at the size of the whole cache (the
+    library; core/scale.py), from the truth faces' cross-person tail and the cache's own
+    nearest neighbours; ``cal.scale`` keeps what a later check needs."""
+    lib = select_faces(cache)
+    cal.library_faces = len(lib)
+    tail = stranger_tail(truth_embeddings, cal.truth.labels, CLUSTER_GRID)
+    links = library_links(lib.embeddings, lib.sha256, CLUSTER_GRID)
+    for row, e in zip(cal.cluster_rows, links):
+        row.library = predicted_precision(tail, len(lib), int(e), row.threshold)
+    cal.scale = {**tail.record(), "library_faces": len(lib)}
 
 
 def score_groups(groups: list[list[str]], cache: FaceCache, truth: TruthSet) -> tuple[str, int]:
