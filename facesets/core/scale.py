@@ -57,8 +57,10 @@ class StrangerTail:
         if not self.pairs or not len(self.lowest):
             return 0.0
         top = float(self.lowest[-1])
-        if t >= top:   # measured: the exact counts at the thresholds of ``at``
-            return float(np.interp(t, self.at, self.counts)) / self.pairs
+        if t >= top:   # measured: the tail's top and the exact counts at ``at`` above it
+            above = self.at > top
+            return float(np.interp(t, np.r_[top, self.at[above]],
+                                   np.r_[len(self.lowest), self.counts[above]])) / self.pairs
         return len(self.lowest) * math.exp(self.rate * (t - top)) / self.pairs
 
     def record(self) -> dict:
