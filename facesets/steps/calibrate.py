@@ -15,11 +15,16 @@ the centre scored) it sweeps
               truth faces in clusters of two or more at that threshold (0.0032 at 500 faces,
               0.0008 at 7,000). If no threshold clears the margin, the highest one whose
               precision reaches the bare target (said so in the notes); if none does, the
-              strictest. ``target_precision`` 0 recommends the best-F threshold;
+              strictest. Then the library's size counts: each row's precision is predicted
+              for the whole cache (core/scale.py; ``predict_library``) and the pick is
+              lowered to the highest row predicted at the target (``library_pick``: says why,
+              and why when above the cache-only estimate). ``target_precision`` 0
+              recommends the best-F threshold;
   * initial + merge: refine's stage 1 at thresholds up to the cluster one, then its centroid
               merge over a grid; the best F after merging (ties: the larger initial), at the
               middle of the merge plateau (merging exists to undo over-splits);
-and derives from the faces that refine places correctly
+and derives from the faces that refine places correctly (in clusters of 4+; at least
+MIN_GATE_FACES of them, else neither gate is recommended nor saved, with a warning)
   * outlier:       the OUTLIER_QUANTILE of their distances to their cluster centroid (refine
                    then drops about 1% of good faces, in clusters of 4+);
   * swap_outlier:  the SWAP_QUANTILE of the same distances (export-swap wants cleaner sets);
