@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import FACES, LOW_GATES, copy_cache, run_cli
+from conftest import FACES, LOW_GATES, ROOT, copy_cache, run_cli
 from facesets.formats.cache import load_cache
 from facesets.core.thresholds import MODEL_THRESHOLDS
 
@@ -159,3 +159,44 @@ def test_predicted_precision_falls_as_the_library_grows():
     small, large = (predicted_precision(tail, n, 3 * n, 0.625) for n in (1_000, 10_000))
     assert 0.99 < small <= 1.0 and large < small
     assert predicted_precision(tail, 10_000, 30_000, 0.5) > large   # stricter: fewer strangers
+
+
+def test_a_grown_library_warns_that_the_calibrated_threshold_has_drifted(tmp_path):
+    """Issue 23: calibrate --save records the stranger tail; once the library has grown, a
+    later cluster / run predicts the precision again at the saved threshold and warns when it
+    fell below the target (synthetic identities, bench/synth.py, as the cache's faces)."""
+    import sys
+
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "bench"))
+    import synth
+    from synthetic_cache import synthetic_cache
+
+    from facesets.core.scale import stranger_tail
+    from facesets.steps.calibrate import drift_warning
+
+    x, labels = synth.generate(3000, seed=3)
+    cache = synthetic_cache(len(x), seed=1)
+    cache.faces["embedding"] = x.astype(np.float32)
+    tail = stranger_tail(x[:400], labels[:400], [0.5, 0.75])
+
+    def saved(t: float, library: int) -> None:
+        cache.meta["calibration"] = {"truth_root": "/sorted", "scale": {
+            "cluster": t, "stranger_p": tail.probability(t), "library_faces": library,
+            "target_precision": 0.995, "library_precision": 0.999}}
+
+    saved(0.75, 300)   # lenient, calibrated on a tenth of today's library
+    said = drift_warning(cache, "lib.npz", 0.75)
+    assert said and "grown from 300 to 3000 faces" in said, said
+    assert "re-run `sort_faces.py calibrate lib.npz /sorted --save`" in said
+    assert drift_warning(cache, "lib.npz", 0.6) is None       # not the calibrated value
+    saved(0.5, 300)    # strict: few strangers that close, still fine
+    assert drift_warning(cache, "lib.npz", 0.5) is None
+    saved(0.75, 2900)  # grown by under 10%: not checked
+    assert drift_warning(cache, "lib.npz", 0.75) is None
+    cache.meta["calibration"]["scale"]["stranger_p"] = float("nan")   # tampered: named
+    from facesets.formats.cache import CacheError
+    with pytest.raises(CacheError, match="meta.calibration.scale.stranger_p"):
+        saved_nan = dict(cache.meta["calibration"]["scale"], library_faces=10)
+        cache.meta["calibration"]["scale"] = saved_nan
+        drift_warning(cache, "lib.npz", 0.75)

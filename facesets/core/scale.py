@@ -27,10 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import normalize_rows
-from ..engine.knn import knn_edges
+from ..engine.knn import flat_index, knn_edges
 
 TAIL_PAIRS = 50            # cross-person pairs the exponential tail is fitted to
 NEIGHBOURS = 32            # library neighbours searched per face for E(t)
+EXACT_LINKS = 20_000       # a later check counts every face's neighbours up to this size,
+LINK_SAMPLE = 1_000        # else those of this many random faces (one flat search of them
+                           # against a million 512-D faces: ~1 TFLOP, 10-20 s on 2 cores)
 # share of the stranger face pairs within t that end inside one cluster (average linkage +
 # the centroid merge), measured on lfw_dev (every person labelled): 0.41 at 0.54, 0.21 at
 # 0.58, 0.17 at 0.60, 0.14 at 0.62 (docs/clustering.md); 0.2 is that of the operating range
@@ -100,11 +103,33 @@ def library_links(embeddings: np.ndarray, sha256: np.ndarray, grid) -> np.ndarra
     return np.searchsorted(d, np.asarray(grid), side="right")
 
 
+def links_within(embeddings: np.ndarray, sha256: np.ndarray, t: float,
+                 sample: int = LINK_SAMPLE, seed: int = 0) -> int:
+    """E(t) at one threshold for a later check (steps/calibrate.drift_warning): exact up to
+    EXACT_LINKS faces, else the neighbours within ``t`` of ``sample`` random faces, scaled
+    to the library (each pair has two ends)."""
+    n = len(embeddings)
+    if n <= max(EXACT_LINKS, sample):
+        return int(library_links(embeddings, sha256, [t])[0])
+    x = normalize_rows(np.asarray(embeddings, dtype=np.float32))
+    rows = np.random.default_rng(seed).choice(n, size=sample, replace=False)
+    index = flat_index(x)
+    sims, nbrs = index.search(np.ascontiguousarray(x[rows]), NEIGHBOURS + 1)
+    near = (1.0 - sims <= t) & (nbrs >= 0) & (nbrs != rows[:, None])
+    near &= sha256[np.maximum(nbrs, 0)] != sha256[rows][:, None]
+    return int(round(near.sum() * n / sample / 2))
+
+
 def predicted_precision(tail: StrangerTail, library_faces: int, links: int,
                         t: float) -> float:
     """Pairwise precision predicted for a library of ``library_faces`` faces with ``links``
     face pairs within ``t`` (module docstring)."""
-    strangers = tail.probability(t) * library_faces * (library_faces - 1) / 2
+    return precision_from(tail.probability(t), library_faces, links)
+
+
+def precision_from(stranger_p: float, library_faces: int, links: int) -> float:
+    """The prediction from p(t) itself (what calibrate --save records for later checks)."""
+    strangers = stranger_p * library_faces * (library_faces - 1) / 2
     same = max(links - strangers, 0.0)
     false = STRANGER_LINK_SHARE * strangers
     return same / (same + false) if same + false > 0 else 1.0

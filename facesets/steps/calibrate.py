@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.metrics import Scores, bcubed_scores, pairwise_scores
-from ..core.scale import library_links, predicted_precision, stranger_tail
+from ..core.scale import (StrangerTail, library_links, links_within, precision_from,
+                          predicted_precision, stranger_tail)
 from ..core.refinement import merge_clusters
 from ..core.selection import FaceSelection, select_faces, subset
 from ..core.truth import TruthSet, load_truth
 from ..engine import CLUSTER_MERGE_RATIO, add_rows, centroids, cluster_sweep, normalize_rows
-from ..formats.cache import FaceCache
+from ..formats.cache import FaceCache, calibration_scale
 
 CLUSTER_GRID = tuple(np.round(np.arange(0.20, 1.0001, 0.025), 3))
 MERGE_GRID = tuple(np.round(np.arange(0.10, 0.8001, 0.025), 3))
@@ -257,10 +258,13 @@ def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
     if note:
         cal.notes.append(note)
     cal.truth_pick = float(CLUSTER_GRID[i])
-    predict_library(cal, cache, sel.embeddings[scored])
+    tail = predict_library(cal, cache, sel.embeddings[scored])
     if target_precision > 0:
         i = library_pick(cal, i, estimated)
     t_cluster = float(CLUSTER_GRID[i])
+    cal.scale.update(cluster=t_cluster, stranger_p=tail.probability(t_cluster),
+                     target_precision=float(target_precision),
+                     library_precision=round(float(cal.cluster_rows[i].library), 4))
 
     # refine: stage 1 at `initial`, then the centroid merge
     best = None
@@ -307,7 +311,8 @@ def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
     return cal
 
 
-def predict_library(cal: Calibration, cache: FaceCache, truth_embeddings: np.ndarray) -> None:
+def predict_library(cal: Calibration, cache: FaceCache,
+                    truth_embeddings: np.ndarray) -> StrangerTail:
     """Each cluster row's pairwise precision predicted at the size of the whole cache (the
     library; core/scale.py), from the truth faces' cross-person tail and the cache's own
     nearest neighbours; ``cal.scale`` keeps what a later check needs."""
@@ -318,6 +323,34 @@ def predict_library(cal: Calibration, cache: FaceCache, truth_embeddings: np.nda
     for row, e in zip(cal.cluster_rows, links):
         row.library = predicted_precision(tail, len(lib), int(e), row.threshold)
     cal.scale = {**tail.record(), "library_faces": len(lib)}
+    return tail
+
+
+# a later cluster re-checks the saved operating point once the library has grown this much
+DRIFT_GROWTH = 1.10
+
+
+def drift_warning(cache: FaceCache, cache_path: str, threshold: float) -> str | None:
+    """The warning a later `cluster` / `run` prints when the library has grown since
+    ``calibrate --save`` and the saved cluster ``threshold`` is now predicted below the
+    target precision (core/scale.py, with the recorded stranger tail); None when fine, not
+    grown, or the threshold is not the calibrated one."""
+    scale = calibration_scale(cache.meta, cache_path)
+    if scale is None or abs(scale["cluster"] - threshold) > 1e-9:
+        return None
+    sel = select_faces(cache)
+    if len(sel) < DRIFT_GROWTH * scale["library_faces"] or not scale["target_precision"]:
+        return None
+    links = links_within(sel.embeddings, sel.sha256, threshold)
+    now = precision_from(scale["stranger_p"], len(sel), links)
+    if now >= scale["target_precision"]:
+        return None
+    truth = (cache.meta.get("calibration") or {}).get("truth_root") or "TRUTH_ROOT"
+    return (f"{cache_path}: the library has grown from {scale['library_faces']} to {len(sel)} "
+            f"faces since calibrate: at the calibrated cluster threshold {threshold} pairwise "
+            f"precision is now predicted at {now:.4f} (calibrated for {scale['library_precision']}"
+            f", target {scale['target_precision']}); more strangers, more mixes: re-run "
+            f"`sort_faces.py calibrate {cache_path} {truth} --save`")
 
 
 def score_groups(groups: list[list[str]], cache: FaceCache, truth: TruthSet) -> tuple[str, int]:
