@@ -8,7 +8,7 @@ from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, option_values
 from ..steps.calibrate import drift_warning, truth_report
-from ..steps.cluster import run_cluster
+from ..steps.cluster import mixed_line, run_cluster
 from .common import (CACHE_HELP, add_engine_option, add_link_option,
                      add_merge_ratio_option, say, warn)
 from .options import DEFAULT_MODEL, model_threshold
@@ -43,6 +43,9 @@ def run(args) -> int:
     say(f"cluster: {s['faces']} faces -> {s['persons']} persons, {s['singletons']} singletons, "
         f"{s['noface']} noface, {s['errors']} unreadable; threshold {threshold} "
         f"({threshold_source('cluster', cache.meta, args.threshold)}); {args.out}")
+    mixed = mixed_line(m, threshold)
+    if mixed:
+        say(f"cluster: {mixed}")
     if s["missing_sources"]:
         warn(f"{s['missing_sources']} source files no longer exist; see manifest.json")
     if args.truth:
