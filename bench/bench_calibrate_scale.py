@@ -30,7 +30,7 @@ from facesets.core.truth import load_truth  # noqa: E402
 from facesets.engine import CLUSTER_MERGE_RATIO, cluster_sweep  # noqa: E402
 from facesets.formats.cache import load_cache  # noqa: E402
 from facesets.steps.calibrate import calibrate, truth_selection  # noqa: E402
-from facesets.steps.estimate import EstimateError, estimate  # noqa: E402
+from facesets.steps.estimate import EstimateError, cluster_estimate  # noqa: E402
 
 
 def pick_people(root: Path, n: int, min_photos: int, photos: int, seed: int,
@@ -68,7 +68,7 @@ def main() -> int:
     lib = select_faces(cache)
     assert len(lib) == len(sel), "the cache holds photos outside TRUTH_ROOT: not measured"
     try:
-        est = estimate(cache, a.cache).thresholds["cluster"]
+        est = cluster_estimate(lib, a.cache)[0]
     except EstimateError:
         est = None
     print(f"library: {len(sel)} faces, {len(truth.people)} people, {len(scored)} labelled; "

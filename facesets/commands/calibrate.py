@@ -13,10 +13,11 @@ itself for such a model. Calibrated values and a model's built-in ones win over 
 """
 from __future__ import annotations
 
+from ..core.selection import select_faces
 from ..core.thresholds import FLAGS, MODEL_THRESHOLDS
 from ..formats.cache import load_cache, update_meta
 from ..steps.calibrate import LIBRARY_HEADER, SWEEP_HEADER, TARGET_PRECISION, calibrate
-from ..steps.estimate import EstimateError, estimate
+from ..steps.estimate import EstimateError, cluster_estimate, estimate
 from .common import CACHE_HELP, add_engine_option, add_merge_ratio_option, say, warn
 
 
@@ -73,7 +74,7 @@ def run(args) -> int:
         raise ValueError(f"--target-precision {args.target_precision}: give a precision in "
                          "[0, 1) (0: the best-F threshold)")
     try:   # the cache-only estimate: calibrate says why when it goes above it
-        estimated = estimate(cache, args.cache, args.engine).thresholds["cluster"]
+        estimated = cluster_estimate(select_faces(cache), args.cache)[0]
     except EstimateError:
         estimated = None
     cal = calibrate(cache, args.truth_root, args.engine, args.target_precision, args.merge_ratio,

@@ -158,10 +158,9 @@ def _ceil2(x: float) -> float:
     return math.ceil(x * 100 - 1e-9) / 100
 
 
-def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimate:
-    """Every threshold ESTIMATED names, from the faces of ``cache`` alone (module docstring);
-    EstimateError (one message, naming calibrate) when the estimate cannot be trusted."""
-    sel = select_faces(cache)
+def cluster_estimate(sel, cache_path: str) -> tuple[float, dict, np.ndarray, float, float]:
+    """The estimated cluster threshold alone (what calibrate compares its pick with): (t,
+    modes, distances, stranger edge, spread); EstimateError as ``estimate``."""
     try:
         d = nearest_distances(sel.embeddings, sel.sha256) if len(sel) >= 2 else np.zeros(0)
         if len(d) < MIN_FACES:
@@ -171,8 +170,16 @@ def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimat
     except EstimateError as exc:
         raise EstimateError(refusal(cache_path, str(exc))) from None
     edge, spread = stranger_edge(d, m["far_peak"])
+    t = round(conservative_threshold(m, edge) if m.get("unsure") else max(edge, m["valley"]), 3)
+    return t, m, d, edge, spread
+
+
+def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimate:
+    """Every threshold ESTIMATED names, from the faces of ``cache`` alone (module docstring);
+    EstimateError (one message, naming calibrate) when the estimate cannot be trusted."""
+    sel = select_faces(cache)
+    t, m, d, edge, spread = cluster_estimate(sel, cache_path)
     unsure = m.get("unsure", "")
-    t = round(conservative_threshold(m, edge) if unsure else max(edge, m["valley"]), 3)
     labels = cluster_faces(sel.embeddings, t, sel.cannot_link(), engine)
     dist = 1.0 - np.einsum("ij,ij->i", sel.embeddings, centroids(sel.embeddings, labels)[labels])
     big = np.bincount(labels)[labels] >= 4
