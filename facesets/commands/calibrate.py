@@ -4,6 +4,11 @@ Sweeps cluster and refine thresholds over the cached faces of TRUTH_ROOT's photo
 content, so copies anywhere count), prints pairwise and BCubed precision / recall / F per
 threshold and recommends thresholds; --save stores them in the cache, where later cluster /
 refine / extend / export-swap runs take them as defaults (explicit flags still win).
+The cluster threshold is chosen for the library it will serve: the pairwise precision each
+threshold is predicted to reach at the size of the whole cache is printed beside the truth
+set's figures, and the pick is lowered until that prediction meets --target-precision (a few
+well-separated people cannot show the mixes of thousands); a later cluster / run warns when
+the library has grown and the prediction has fallen below it.
 
 calibrate --estimate CACHE (no TRUTH_ROOT): estimate the thresholds from the cache's faces
 alone (the modes of the nearest-neighbour distances, steps/estimate.py) and record them in the
