@@ -116,7 +116,8 @@ def test_a_small_truth_set_sets_no_outlier_gate_and_says_so(group_cache, tmp_pat
     assert "library P (predicted)" in out
     assert re.search(rf"predicted P [01]\.\d{{4}} at the library's {library} faces", out), out
     scale = meta["calibration"]["scale"]
-    assert scale["library_faces"] == library and scale["pairs"] == 190 - 4 * 10   # 20 faces, 5 per person
+    # 20 truth faces, 5 per person: 190 pairs, 40 of them within a person
+    assert scale["library_faces"] == library and scale["pairs"] == 190 - 4 * 10
     assert 0.9 <= meta["calibration"]["library_precision"] <= 1.0
 
 

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.metrics import Scores, bcubed_scores, pairwise_scores
+from ..core.refinement import merge_clusters
 from ..core.scale import (StrangerTail, library_links, links_within, precision_from,
                           predicted_precision, stranger_tail)
-from ..core.refinement import merge_clusters
 from ..core.selection import FaceSelection, select_faces, subset
 from ..core.truth import TruthSet, load_truth
 from ..engine import CLUSTER_MERGE_RATIO, add_rows, centroids, cluster_sweep, normalize_rows
@@ -231,7 +231,7 @@ def library_pick(cal: Calibration, i: int, estimated: float | None) -> int:
             f"cluster {rows[j].threshold} is above the cache-only estimate {estimated} "
             f"(`calibrate --estimate`): kept, because the truth set measures precision "
             f"{rows[j].pairwise.precision:.4f} there and the library-scale model predicts "
-            f"{rows[j].library:.4f} >= {target}; the estimate reads no names")
+            f"{rows[j].library:.4f} >= {target} (the estimate has no names to check against)")
     return j
 
 

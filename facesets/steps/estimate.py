@@ -25,7 +25,8 @@ a same-person neighbour, random-like embeddings, or modes closer than MIN_SEPARA
 two modes are there but cannot be trusted (a mode holding under MIN_MODE_SHARE of the faces,
 or a valley whose density is over MAX_VALLEY_RATIO of the lower peak) it is UNSURE: it goes
 on at the conservative end (``conservative_threshold``: splits rather than mixes), says so
-and how to do better; a family library with no truth folders still gets sorted. Measured against calibrate in docs/clustering.md ("Estimated thresholds").
+and how to do better; a family library with no truth folders still gets sorted. Measured
+against calibrate in docs/clustering.md ("Estimated thresholds").
 """
 from __future__ import annotations
 
