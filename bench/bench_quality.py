@@ -75,12 +75,39 @@ def at_target(rows: list[dict], key: str, target: float) -> dict | None:
     return max(ok, key=lambda r: r["t"]) if ok else None
 
 
+def infomap_sweep(embeddings: np.ndarray, grid, k: int = 32) -> list[np.ndarray]:
+    """Infomap (two-level map equation, `pip install infomap`) on the k-NN graph, edges
+    within each threshold weighted by cosine similarity: the untrained method that leads on
+    MS1M (face-cluster-by-infomap). Bench only; cannot-link is not honoured."""
+    from infomap import Infomap
+
+    from facesets.engine import normalize_rows
+    from facesets.engine.knn import knn_edges
+
+    x = normalize_rows(embeddings)
+    u, v, d = knn_edges(x, k=k, max_dist=float(max(grid)))
+    out = []
+    for t in grid:
+        keep = d <= t
+        im = Infomap("--two-level --silent --seed 1")
+        im.add_links(zip(u[keep].tolist(), v[keep].tolist(), (1.0 - d[keep]).tolist()))
+        im.run()
+        labels = np.arange(len(x)) + len(x)          # faces without an edge stay alone
+        for node in im.nodes:
+            labels[node.node_id] = node.module_id
+        out.append(np.unique(labels, return_inverse=True)[1].reshape(-1))
+    return out
+
+
 def run_method(m: dict, sel, signals, scored, truth, grid) -> tuple[list[dict], float]:
     unreliable = unreliable_from_signals(signals, m["gates"]) if m["linkage"] == "quality" \
         else None
     t0 = time.perf_counter()
-    sweep = cluster_sweep(sel.embeddings, grid, sel.cannot_link(), m["engine"], m["linkage"],
-                          unreliable, m["ratio"])
+    if m["linkage"] == "infomap":
+        sweep = infomap_sweep(sel.embeddings, grid)
+    else:
+        sweep = cluster_sweep(sel.embeddings, grid, sel.cannot_link(), m["engine"],
+                              m["linkage"], unreliable, m["ratio"])
     if m["merge"] is not None:
         sweep = [merge_clusters(sel, lab, m["merge"], m["engine"]) for lab in sweep]
     wall = time.perf_counter() - t0
@@ -112,6 +139,14 @@ HEADER = ("| method | best pairwise F (t) | best BCubed F (t) | pairwise R at P>
           "|---|---|---|---|---|---|---|")
 
 
+def keep_half(truth, letters: str) -> None:
+    """Keep the truth photos of the people whose name starts with a letter in LO-HI."""
+    lo, hi = letters.upper().split("-")
+    inside = np.array([lo <= name[:1].upper() <= hi for name in truth.people])
+    keep = inside[truth.labels]
+    truth.rows, truth.labels = truth.rows[keep], truth.labels[keep]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,6 +156,10 @@ def main() -> None:
     ap.add_argument("--grid", type=float, nargs=3, metavar=("LO", "HI", "STEP"),
                     help="threshold grid (default 0.40 0.80 0.01)")
     ap.add_argument("--rows", action="store_true", help="print every threshold's scores")
+    ap.add_argument("--people", metavar="A-F", default=None,
+                    help="only the people whose folder name starts with a letter in this range "
+                         "(their photos are the library clustered and scored): the tuning / "
+                         "held-back split of docs/benchmarks.md")
     ap.add_argument("--embeddings", type=Path, default=None,
                     help="a .npy of other embeddings for the cache's faces, in its face order "
                          "(bench/bench_flip.py writes one)")
@@ -136,6 +175,8 @@ def main() -> None:
         cache.faces["embedding"] = other.astype(np.float32)
         print(f"embeddings from {a.embeddings}")
     truth = load_truth(a.truth_root, cache)
+    if a.people:
+        keep_half(truth, a.people)
     sel, scored = truth_selection(cache, truth)
     signals = face_signals(cache, sel)
     print(truth.line())

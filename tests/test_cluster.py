@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 from collections import Counter, defaultdict
 
@@ -153,3 +154,28 @@ def test_refine_gates_and_size_filter_drop_faces(faces_cache, tmp_path):
     assert manifest["summary"]["dropped"]["small"] > 0
     assert manifest["summary"]["dropped"]["too_few_images"] > 0
     assert 0 < len(manifest["facesets"]) < 20
+
+
+def test_every_person_carries_a_split_distance_and_likely_mixes_are_named(faces_cache,
+                                                                          raw_out, tmp_path):
+    """Issue 23, "say where a mix is likely": each person of the manifest has its split
+    distance (core/cohesion.py); at a far too lenient threshold, cluster names the persons
+    most likely to hold two people, most likely first, and every real mix is among them."""
+    manifest = json.loads((raw_out / "manifest.json").read_text())
+    assert all(0 <= p["split"] <= 2 for p in manifest["persons"])
+    out = tmp_path / "lenient"
+    r = run_cli("cluster", faces_cache, out, "--threshold", "0.8", "--merge-ratio", "0")
+    line = next(l for l in r.stdout.splitlines() if "may hold two people" in l)
+    named = re.findall(r"(person_\d+) \(", line)
+    assert named, line
+    m = json.loads((out / "manifest.json").read_text())
+    truth = _centre_keys(load_cache(faces_cache))
+    people = {p["name"]: {truth[f["key"]] for f in p["faces"] if f["key"] in truth}
+              for p in m["persons"]}
+    mixed = {n for n, who in people.items() if len(who) > 1}
+    assert mixed, "0.8 should mix people on the test faces"
+    assert mixed <= set(named), (named, mixed)   # every real mix is on the list
+    split = {p["name"]: p["split"] for p in m["persons"]}
+    assert [split[n] for n in named] == sorted((split[n] for n in named), reverse=True)
+    assert all(split[n] >= 0.95 * 0.8 for n in named)
+    assert max(v for n, v in split.items() if n not in named) < 0.95 * 0.8

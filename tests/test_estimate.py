@@ -119,6 +119,38 @@ def test_an_untrustworthy_cache_is_refused_in_one_message_naming_calibrate(quick
     assert "only 40 faces with a neighbour" in r.stderr and "cluster:" not in r.stdout
 
 
+def test_an_unsure_estimate_goes_on_at_the_strict_end_and_says_how_to_do_better(quick_start,
+                                                                             tmp_path):
+    """Issue 24: overlapping same-person and stranger modes (here: the test faces' embeddings
+    blurred with noise until the valley fills) no longer stop a first run; the estimate goes
+    on at the conservative end, says so and names calibrate, and no faceset mixes people."""
+    assert quick_start["proc"].returncode == 0
+
+    def blur(cache):
+        rng = np.random.default_rng(3)
+        e = cache.faces["embedding"]
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        cache.faces["embedding"] = (e + 1.0 * rng.standard_normal(e.shape) /
+                                    np.sqrt(e.shape[1])).astype(np.float32)
+        cache.meta.pop("estimate", None)
+
+    cache = _cache_variant(quick_start["cache"], tmp_path / "blurred.npz", blur)
+    r = run_cli("calibrate", "--estimate", cache)
+    assert "UNSURE: no clear valley" in r.stdout, r.stdout
+    assert "conservative (high-precision) end" in r.stdout
+    assert f"calibrate {cache} TRUTH_ROOT --save" in r.stdout
+    from facesets.formats.cache import load_cache
+    est = load_cache(cache).meta["estimate"]
+    stats = est["stats"]
+    assert stats["unsure"].startswith("no clear valley")
+    t = est["thresholds"]["cluster"]
+    assert stats["near_peak"] <= t <= stats["valley"] and "UNSURE" in est["how"]
+    c = run_cli("cluster", cache, tmp_path / "raw", "--truth", quick_start["photos"])
+    assert f"threshold {t} (ESTIMATED from the cache" in c.stdout
+    precision = float(re.search(r"truth scores: pairwise P ([\d.]+)", c.stdout).group(1))
+    assert precision >= 0.99, c.stdout
+
+
 @pytest.mark.parametrize("field, value, said", [
     ("thresholds.cluster", 7.0, "meta.estimate.thresholds.cluster is 7.0, expected a cosine"),
     ("thresholds.merge", "0.4", 'meta.estimate.thresholds.merge is "0.4"'),
@@ -147,7 +179,8 @@ def test_a_tampered_estimate_is_refused_with_file_and_field(quick_start, tmp_pat
 
 @pytest.mark.unit
 def test_two_modes_give_a_valley_and_one_mode_is_refused():
-    from facesets.steps.estimate import EstimateError, modes, stranger_edge
+    from facesets.steps.estimate import (EstimateError, conservative_threshold, modes,
+                                     stranger_edge)
     rng = np.random.default_rng(1)
     d = np.r_[rng.normal(0.25, 0.06, 800), rng.normal(0.70, 0.03, 300)]
     m = modes(d)
@@ -157,8 +190,14 @@ def test_two_modes_give_a_valley_and_one_mode_is_refused():
     assert abs(spread - 0.03) < 0.01 and abs(t - 0.64) < 0.03
     with pytest.raises(EstimateError, match="one mode only"):
         modes(rng.normal(0.7, 0.05, 1000))
-    with pytest.raises(EstimateError, match="no clear valley"):   # modes that overlap
-        modes(np.r_[rng.normal(0.45, 0.08, 800), rng.normal(0.65, 0.06, 800)])
+    # modes that overlap: not refused but UNSURE, and the threshold goes to the strict end
+    m = modes(np.r_[rng.normal(0.45, 0.08, 800), rng.normal(0.65, 0.06, 800)])
+    assert m["unsure"].startswith("no clear valley")
+    t = conservative_threshold(m, stranger_edge(d, m["far_peak"])[0])
+    assert m["near_peak"] <= t <= m["valley"]
+    # a thin stranger mode (nearly everyone seen many times): unsure too, never refused
+    m = modes(np.r_[rng.normal(0.25, 0.05, 2000), rng.normal(0.70, 0.03, 60)])
+    assert "holds only" in m["unsure"]
 
 
 @pytest.mark.unit

@@ -128,10 +128,34 @@ def test_calibrate_reports_the_recall_its_target_precision_costs(faces_cache):
     out = run_cli("calibrate", faces_cache, FACES, "--target-precision", "0.999").stdout
     line = next(l for l in out.splitlines() if l.startswith("cluster ") and "precision >=" in l)
     m = re.match(r"cluster ([0-9.]+) for pairwise precision >= 0.999 .* P ([0-9.]+), recall "
-                 r"([0-9.]+); costs ([0-9.]+) recall against the best F at ([0-9.]+)", line)
+                 r"([0-9.]+) on the truth set; predicted P ([0-9.]+) at the library's \d+ "
+                 r"faces.*; costs ([0-9.]+) recall against the best F at ([0-9.]+)", line)
     assert m, line
-    t, p, r, cost, t_best = map(float, m.groups())
-    assert p >= 0.999 and t <= t_best and r >= 0.9
+    t, p, r, library_p, cost, t_best = map(float, m.groups())
+    assert p >= 0.999 and t <= t_best and r >= 0.9 and library_p >= 0.999
     assert f"recommended cluster {m.group(1)}," in out
     bad = run_cli("calibrate", faces_cache, FACES, "--target-precision", "1.5", check=False)
     assert bad.returncode == 2 and "--target-precision" in bad.stderr
+
+
+def test_the_split_distance_is_where_a_cluster_falls_in_two():
+    """core/cohesion.py: two tight people glued into one label fall apart at the distance
+    between them; one person only at a same-person distance; a pair at its own distance."""
+    import numpy as np
+    from facesets.core.cohesion import SPLIT_SAMPLE, split_distances
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((2, 64))
+    a /= np.linalg.norm(a)
+    b -= (b @ a) * a
+    b /= np.linalg.norm(b)                  # orthogonal: the two people are 1.0 apart
+    def person(c, n):
+        x = c + 0.15 * rng.standard_normal((n, 64)) / 8
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.vstack([person(a, 6), person(b, 5), person(a, 10), person(a, 1), person(b, 1),
+                   person(a, SPLIT_SAMPLE + 40)])
+    labels = np.r_[[0] * 11, [1] * 10, [2] * 2, [3] * (SPLIT_SAMPLE + 40)]
+    split = split_distances(x, labels)
+    assert split[0] > 0.9                   # two people
+    assert split[1] < 0.2 and split[3] < 0.2   # one person (the last one sampled)
+    assert abs(split[2] - (1 - x[21] @ x[22])) < 1e-5   # a pair: its distance
+    assert split_distances(x[:1], np.array([0]))[0] == 0.0

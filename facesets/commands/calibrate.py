@@ -4,6 +4,11 @@ Sweeps cluster and refine thresholds over the cached faces of TRUTH_ROOT's photo
 content, so copies anywhere count), prints pairwise and BCubed precision / recall / F per
 threshold and recommends thresholds; --save stores them in the cache, where later cluster /
 refine / extend / export-swap runs take them as defaults (explicit flags still win).
+The cluster threshold is chosen for the library it will serve: the pairwise precision each
+threshold is predicted to reach at the size of the whole cache is printed beside the truth
+set's figures, and the pick is lowered until that prediction meets --target-precision (a few
+well-separated people cannot show the mixes of thousands); a later cluster / run warns when
+the library has grown and the prediction has fallen below it.
 
 calibrate --estimate CACHE (no TRUTH_ROOT): estimate the thresholds from the cache's faces
 alone (the modes of the nearest-neighbour distances, steps/estimate.py) and record them in the
@@ -13,10 +18,11 @@ itself for such a model. Calibrated values and a model's built-in ones win over 
 """
 from __future__ import annotations
 
+from ..core.selection import select_faces
 from ..core.thresholds import FLAGS, MODEL_THRESHOLDS
 from ..formats.cache import load_cache, update_meta
-from ..steps.calibrate import SWEEP_HEADER, TARGET_PRECISION, calibrate
-from ..steps.estimate import estimate
+from ..steps.calibrate import LIBRARY_HEADER, SWEEP_HEADER, TARGET_PRECISION, calibrate
+from ..steps.estimate import EstimateError, cluster_estimate, estimate
 from .common import CACHE_HELP, add_engine_option, add_merge_ratio_option, say, warn
 
 
@@ -72,10 +78,17 @@ def run(args) -> int:
     if not 0.0 <= args.target_precision < 1.0:
         raise ValueError(f"--target-precision {args.target_precision}: give a precision in "
                          "[0, 1) (0: the best-F threshold)")
-    cal = calibrate(cache, args.truth_root, args.engine, args.target_precision, args.merge_ratio)
+    try:   # the cache-only estimate: calibrate says why when it goes above it
+        estimated = cluster_estimate(select_faces(cache), args.cache)[0]
+    except EstimateError:
+        estimated = None
+    cal = calibrate(cache, args.truth_root, args.engine, args.target_precision, args.merge_ratio,
+                    estimated)
     say(cal.truth.line())
-    say(f"cluster threshold sweep over {cal.faces} faces of the truth photos:")
-    say(SWEEP_HEADER)
+    say(f"cluster threshold sweep over {cal.faces} faces of the truth photos; library P: "
+        f"pairwise precision predicted for the whole cache ({cal.library_faces} faces; "
+        "docs/clustering.md, \"Calibration at library scale\"):")
+    say(SWEEP_HEADER + LIBRARY_HEADER)
     for row in cal.cluster_rows:
         mark = " *" if row.threshold == cal.thresholds["cluster"] else ""
         mark += " (best F)" if row is cal.best_f else ""
@@ -97,7 +110,9 @@ def run(args) -> int:
     if cal.target_precision > 0:
         say(f"cluster {best.threshold} for pairwise precision >= {cal.target_precision} "
             f"(+{cal.target_margin:.4f} margin for {best.grouped} grouped truth faces): "
-            f"P {best.pairwise.precision:.4f}, recall {best.pairwise.recall:.4f}; costs "
+            f"P {best.pairwise.precision:.4f}, recall {best.pairwise.recall:.4f} on the truth "
+            f"set; predicted P {best.library:.4f} at the library's {cal.library_faces} "
+            f"faces{' (estimate: ' + str(estimated) + ')' if estimated else ''}; costs "
             f"{bf.pairwise.recall - best.pairwise.recall:.4f} recall against the best F at "
             f"{bf.threshold}: P {bf.pairwise.precision:.4f} R {bf.pairwise.recall:.4f} "
             f"F {bf.pairwise.f:.4f}")
@@ -112,7 +127,9 @@ def run(args) -> int:
                                  "pairwise_precision": round(best.pairwise.precision, 4),
                                  "pairwise_recall": round(best.pairwise.recall, 4),
                                  "target_precision": cal.target_precision,
-                                 "bcubed_f": round(best.bcubed.f, 4)})
+                                 "bcubed_f": round(best.bcubed.f, 4),
+                                 "library_precision": round(best.library, 4),
+                                 "scale": cal.scale})
         say(f"saved to {args.cache}: later runs use them unless a flag is given "
             f"({', '.join(sorted(set(FLAGS.values())))})")
     return 0

@@ -7,8 +7,8 @@ from ..core.thresholds import resolve_threshold, threshold_source
 from ..formats.cache import load_cache
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, option_values
-from ..steps.calibrate import truth_report
-from ..steps.cluster import run_cluster
+from ..steps.calibrate import drift_warning, truth_report
+from ..steps.cluster import mixed_line, run_cluster
 from .common import (CACHE_HELP, add_engine_option, add_link_option,
                      add_merge_ratio_option, say, warn)
 from .options import DEFAULT_MODEL, model_threshold
@@ -33,6 +33,9 @@ def register(sub) -> None:
 def run(args) -> int:
     cache = load_cache(args.cache)
     threshold = resolve_threshold("cluster", cache.meta, args.threshold)
+    drift = None if args.threshold is not None else drift_warning(cache, args.cache, threshold)
+    if drift:
+        warn(drift)
     with output_lock(args.out):
         m = run_cluster(cache, args.cache, Path(args.out), threshold, args.engine, args.link,
                         args.merge_ratio)
@@ -40,6 +43,9 @@ def run(args) -> int:
     say(f"cluster: {s['faces']} faces -> {s['persons']} persons, {s['singletons']} singletons, "
         f"{s['noface']} noface, {s['errors']} unreadable; threshold {threshold} "
         f"({threshold_source('cluster', cache.meta, args.threshold)}); {args.out}")
+    mixed = mixed_line(m, threshold)
+    if mixed:
+        say(f"cluster: {mixed}")
     if s["missing_sources"]:
         warn(f"{s['missing_sources']} source files no longer exist; see manifest.json")
     if args.truth:
@@ -55,6 +61,9 @@ def pipeline_step(args, layout: RunLayout) -> Step:
     def action() -> dict:
         cache = load_cache(str(layout.cache))
         t = resolve_threshold("cluster", cache.meta, args.threshold)
+        drift = None if args.threshold is not None else drift_warning(cache, str(layout.cache), t)
+        if drift:
+            warn(drift)
         m = run_cluster(cache, str(layout.cache), layout.raw, t, args.engine, args.link,
                         args.merge_ratio)
         say(f"cluster: {m['summary']['persons']} persons, {m['summary']['singletons']} "

@@ -30,7 +30,7 @@ def _faiss():
     return faiss
 
 
-def _flat_index(x: np.ndarray):
+def flat_index(x: np.ndarray):
     faiss = _faiss()
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
@@ -88,7 +88,7 @@ def _cell_search(x: np.ndarray, kk: int, n_probe: int | None, progress: bool):
 
 def _flat_search(x: np.ndarray, kk: int, progress: bool):
     """Exact k-NN in batches of queries."""
-    index = _flat_index(x)
+    index = flat_index(x)
     bar = tqdm(total=len(x), desc="neighbours (flat)", unit="face", disable=not progress,
                leave=False)
     for s in range(0, len(x), SEARCH_BATCH):

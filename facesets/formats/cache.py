@@ -453,6 +453,36 @@ def check_estimate(est: dict, where: str) -> dict:
     return est
 
 
+# meta["calibration"]["scale"]: the library-scale model calibrate --save records
+# (core/scale.py); read again by `cluster` / `run` to check a grown library (optional)
+_SCALE_TYPES: dict[str, tuple[type, ...]] = {
+    "cluster": (float, int), "stranger_p": (float, int), "library_faces": (int,),
+    "target_precision": (float, int), "library_precision": (float, int),
+}
+
+
+def calibration_scale(meta: dict, where: str) -> dict | None:
+    """meta["calibration"]["scale"] checked for what a later check reads, or None when
+    there is none; a CacheError naming ``where`` + the field when it is not as written."""
+    cal = meta.get("calibration")
+    if cal is None:
+        return None
+    if not isinstance(cal, dict):
+        raise CacheError(f"{where}: meta.calibration is {json.dumps(cal)[:40]}, expected an "
+                         "object; re-run `calibrate CACHE TRUTH_ROOT --save`")
+    scale = cal.get("scale")
+    if scale is None or "stranger_p" not in scale:   # saved before the scale model
+        return None
+    for key, types in _SCALE_TYPES.items():
+        v = scale.get(key) if isinstance(scale, dict) else None
+        if v is None or isinstance(v, bool) or not isinstance(v, types) \
+                or not math.isfinite(v) or v < 0 or (key != "library_faces" and v > 2):
+            raise CacheError(f"{where}: meta.calibration.scale.{key} is "
+                             f"{json.dumps(v)[:40]}, expected a number as calibrate writes "
+                             "it; re-run `calibrate CACHE TRUTH_ROOT --save`")
+    return scale
+
+
 def estimate_record(method: str, how: str, faces: int, thresholds: dict[str, float],
                     stats: dict) -> dict:
     """The meta["estimate"] body (checked as a reader will check it)."""

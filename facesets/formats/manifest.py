@@ -73,10 +73,14 @@ def face_entry(key: str, sha256: str, paths: list[str], bbox, det_score: float,
 
 
 # ---- bodies: every writer (a step now, a maintenance command later) builds them here -----
-def person_entry(name: str, faces: list[dict]) -> dict:
-    """A person of the cluster manifest's ``persons[]``."""
-    return {"name": name, "face_count": len(faces),
-            "image_count": len({f["sha256"] for f in faces}), "faces": faces}
+def person_entry(name: str, faces: list[dict], split: float | None = None) -> dict:
+    """A person of the cluster manifest's ``persons[]``; ``split``: its split distance
+    (core/cohesion.py: near the threshold, likely two people), when measured."""
+    entry = {"name": name, "face_count": len(faces),
+             "image_count": len({f["sha256"] for f in faces}), "faces": faces}
+    if split is not None:
+        entry["split"] = round(float(split), 4)
+    return entry
 
 
 def noface_entry(sha256: str, locations: list[str], placed: list[str]) -> dict:
@@ -306,6 +310,7 @@ def _check_cluster(c: _Fields, m: dict) -> None:
     for f, person in c.items(m, "persons", ""):
         c.name(person, "name", f, PERSON_NAME, "a person name (person_NNN)")
         _face_entries(c, person, "faces", f)
+        c.num(person, "split", f, required=False)
     _face_entries(c, m, "singletons", "", required=False)
     for f, e in c.items(m, "noface", "", required=False):
         c.str(e, "sha256", f)

@@ -15,11 +15,16 @@ the centre scored) it sweeps
               truth faces in clusters of two or more at that threshold (0.0032 at 500 faces,
               0.0008 at 7,000). If no threshold clears the margin, the highest one whose
               precision reaches the bare target (said so in the notes); if none does, the
-              strictest. ``target_precision`` 0 recommends the best-F threshold;
+              strictest. Then the library's size counts: each row's precision is predicted
+              for the whole cache (core/scale.py; ``predict_library``) and the pick is
+              lowered to the highest row predicted at the target (``library_pick``: says why,
+              and why when above the cache-only estimate). ``target_precision`` 0
+              recommends the best-F threshold;
   * initial + merge: refine's stage 1 at thresholds up to the cluster one, then its centroid
               merge over a grid; the best F after merging (ties: the larger initial), at the
               middle of the merge plateau (merging exists to undo over-splits);
-and derives from the faces that refine places correctly
+and derives from the faces that refine places correctly (in clusters of 4+; at least
+MIN_GATE_FACES of them, else neither gate is recommended nor saved, with a warning)
   * outlier:       the OUTLIER_QUANTILE of their distances to their cluster centroid (refine
                    then drops about 1% of good faces, in clusters of 4+);
   * swap_outlier:  the SWAP_QUANTILE of the same distances (export-swap wants cleaner sets);
@@ -36,10 +41,12 @@ import numpy as np
 
 from ..core.metrics import Scores, bcubed_scores, pairwise_scores
 from ..core.refinement import merge_clusters
+from ..core.scale import (StrangerTail, library_links, links_within, precision_from,
+                          predicted_precision, stranger_tail)
 from ..core.selection import FaceSelection, select_faces, subset
 from ..core.truth import TruthSet, load_truth
 from ..engine import CLUSTER_MERGE_RATIO, add_rows, centroids, cluster_sweep, normalize_rows
-from ..formats.cache import FaceCache
+from ..formats.cache import FaceCache, calibration_scale
 
 CLUSTER_GRID = tuple(np.round(np.arange(0.20, 1.0001, 0.025), 3))
 MERGE_GRID = tuple(np.round(np.arange(0.10, 0.8001, 0.025), 3))
@@ -48,6 +55,10 @@ PLATEAU = 0.002
 TARGET_PRECISION = 0.995
 OUTLIER_QUANTILE = 0.99
 SWAP_QUANTILE = 0.95
+# correctly placed truth faces needed to place the outlier gates: a 99th percentile of fewer
+# is the largest distance or near it (issue 22: 4 people x 5 photos gave a gate that dropped
+# 23% of rightly clustered photos), so the gates are then not recommended nor saved
+MIN_GATE_FACES = 100
 
 
 @dataclass
@@ -57,18 +68,21 @@ class SweepRow:
     bcubed: Scores
     clusters: int
     grouped: int = 0          # scored faces in clusters of two or more
+    library: float | None = None   # pairwise precision predicted at the library's size
 
     @property
     def f(self) -> float:
         return (self.pairwise.f + self.bcubed.f) / 2
 
     def line(self) -> str:
+        lib = f"   {self.library:.4f}" if self.library is not None else ""
         return (f"{self.threshold:9.3f} {self.clusters:8d}   {self.pairwise.precision:.4f} "
                 f"{self.pairwise.recall:.4f} {self.pairwise.f:.4f}   {self.bcubed.precision:.4f} "
-                f"{self.bcubed.recall:.4f} {self.bcubed.f:.4f}")
+                f"{self.bcubed.recall:.4f} {self.bcubed.f:.4f}{lib}")
 
 
 SWEEP_HEADER = "threshold clusters   pairwise P/R/F           BCubed P/R/F"
+LIBRARY_HEADER = "   library P (predicted)"
 
 
 @dataclass
@@ -83,6 +97,9 @@ class Calibration:
     target_precision: float = TARGET_PRECISION
     best_f: SweepRow | None = None               # the best-F cluster row
     target_margin: float = 0.0                   # the margin added at the recommended row
+    truth_pick: float | None = None              # the cluster threshold the truth set alone gives
+    library_faces: int = 0                       # faces of the whole cache (the library)
+    scale: dict = field(default_factory=dict)    # the library-scale model, as recorded
 
 
 def truth_selection(cache: FaceCache, truth: TruthSet) -> tuple[FaceSelection, np.ndarray]:
@@ -193,10 +210,37 @@ def assign_sweep(emb: np.ndarray, labels: np.ndarray, grid) -> list[tuple[float,
     return out
 
 
+def library_pick(cal: Calibration, i: int, estimated: float | None) -> int:
+    """The recommended row once the library's size counts: the highest row at or below ``i``
+    whose precision predicted at library scale meets the target; notes why it moved, and
+    when it is above the cache-only estimate ``estimated``, why that is kept."""
+    rows, target = cal.cluster_rows, cal.target_precision
+    ok = [j for j in range(i + 1) if rows[j].library is not None
+          and rows[j].library >= target]
+    j = ok[-1] if ok else 0
+    if j < i:
+        cal.notes.append(
+            f"cluster lowered from {rows[i].threshold} (the truth set's pick: precision "
+            f"{rows[i].pairwise.precision:.4f} among its {len(cal.truth.people)} people) to "
+            f"{rows[j].threshold}: at the library's size ({cal.library_faces} faces) "
+            f"{rows[i].threshold} is predicted at precision {rows[i].library:.4f}, "
+            f"{rows[j].threshold} at {rows[j].library:.4f} (target {target})"
+            + ("" if ok else "; no threshold is predicted to meet it: took the strictest"))
+    if estimated is not None and rows[j].threshold > estimated + 1e-9:
+        cal.notes.append(
+            f"cluster {rows[j].threshold} is above the cache-only estimate {estimated} "
+            f"(`calibrate --estimate`): kept, because the truth set measures precision "
+            f"{rows[j].pairwise.precision:.4f} there and the library-scale model predicts "
+            f"{rows[j].library:.4f} >= {target} (the estimate has no names to check against)")
+    return j
+
+
 def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
               target_precision: float = TARGET_PRECISION,
-              merge_ratio: float = CLUSTER_MERGE_RATIO) -> Calibration:
-    """Sweep and recommend every threshold (see the module docstring)."""
+              merge_ratio: float = CLUSTER_MERGE_RATIO,
+              estimated: float | None = None) -> Calibration:
+    """Sweep and recommend every threshold (see the module docstring); ``estimated``: the
+    cache-only estimate of the cluster threshold, when there is one."""
     truth = load_truth(truth_root, cache)
     sel, scored = truth_selection(cache, truth)
     if len(np.unique(truth.labels)) < 2 or len(scored) < 4:
@@ -213,7 +257,14 @@ def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
     i, cal.target_margin, note = target_pick(cal.cluster_rows, target_precision, best_f)
     if note:
         cal.notes.append(note)
+    cal.truth_pick = float(CLUSTER_GRID[i])
+    tail = predict_library(cal, cache, sel.embeddings[scored])
+    if target_precision > 0:
+        i = library_pick(cal, i, estimated)
     t_cluster = float(CLUSTER_GRID[i])
+    cal.scale.update(cluster=t_cluster, stranger_p=tail.probability(t_cluster),
+                     target_precision=float(target_precision),
+                     library_precision=round(float(cal.cluster_rows[i].library), 4))
 
     # refine: stage 1 at `initial`, then the centroid merge
     best = None
@@ -233,21 +284,73 @@ def calibrate(cache: FaceCache, truth_root: str, engine: str = "auto",
     right = np.array([majority[c] == t for c, t in zip(pred, truth.labels)])
     d = centroid_distances(sel.embeddings, refined)[scored]
     big = np.bincount(refined)[pred] >= 4
-    pool = d[right & big] if np.sum(right & big) >= 10 else d[right]
-    t_outlier = _ceil2(float(np.quantile(pool, OUTLIER_QUANTILE)))
-    t_swap = _ceil2(float(np.quantile(pool, SWAP_QUANTILE)))
-    wrong = ~right
-    cal.notes.append(f"outlier {t_outlier}: drops {int(np.sum(d[right] > t_outlier))} of "
-                     f"{int(right.sum())} correctly placed truth faces and "
-                     f"{int(np.sum(d[wrong] > t_outlier))} of {int(wrong.sum())} misplaced ones")
+    pool = d[right & big]
+    gates = {}
+    if len(pool) >= MIN_GATE_FACES:
+        t_outlier = _ceil2(float(np.quantile(pool, OUTLIER_QUANTILE)))
+        gates = {"outlier": t_outlier,
+                 "swap_outlier": _ceil2(float(np.quantile(pool, SWAP_QUANTILE)))}
+        wrong = ~right
+        cal.notes.append(f"outlier {t_outlier}: drops {int(np.sum(d[right] > t_outlier))} of "
+                         f"{int(right.sum())} correctly placed truth faces and "
+                         f"{int(np.sum(d[wrong] > t_outlier))} of {int(wrong.sum())} "
+                         "misplaced ones")
+    else:
+        cal.notes.append(
+            f"WARNING: the truth set is too small to set an outlier gate: {len(pool)} "
+            f"correctly placed faces in groups of 4+ ({MIN_GATE_FACES} needed for a "
+            f"{OUTLIER_QUANTILE:.0%} percentile); outlier and swap_outlier are not "
+            "recommended nor saved (refine and export-swap keep their flag, the model's or "
+            "the estimated value); add people with several photos each to set them")
 
     cal.assign_rows = assign_sweep(sel.embeddings[scored], truth.labels, ASSIGN_GRID)
     k = plateau_pick([s.f for _, s in cal.assign_rows], "low")
     t_assign = cal.assign_rows[k][0]
-    cal.thresholds = {"cluster": t_cluster, "initial": t_init, "merge": t_merge,
-                      "outlier": t_outlier, "swap_outlier": t_swap,
+    cal.thresholds = {"cluster": t_cluster, "initial": t_init, "merge": t_merge, **gates,
                       "candidate_match": t_assign, "extend": t_assign}
     return cal
+
+
+def predict_library(cal: Calibration, cache: FaceCache,
+                    truth_embeddings: np.ndarray) -> StrangerTail:
+    """Each cluster row's pairwise precision predicted at the size of the whole cache (the
+    library; core/scale.py), from the truth faces' cross-person tail and the cache's own
+    nearest neighbours; ``cal.scale`` keeps what a later check needs."""
+    lib = select_faces(cache)
+    cal.library_faces = len(lib)
+    tail = stranger_tail(truth_embeddings, cal.truth.labels, CLUSTER_GRID)
+    links = library_links(lib.embeddings, lib.sha256, CLUSTER_GRID)
+    for row, e in zip(cal.cluster_rows, links):
+        row.library = predicted_precision(tail, len(lib), int(e), row.threshold)
+    cal.scale = {**tail.record(), "library_faces": len(lib)}
+    return tail
+
+
+# a later cluster re-checks the saved operating point once the library has grown this much
+DRIFT_GROWTH = 1.10
+
+
+def drift_warning(cache: FaceCache, cache_path: str, threshold: float) -> str | None:
+    """The warning a later `cluster` / `run` prints when the library has grown since
+    ``calibrate --save`` and the saved cluster ``threshold`` is now predicted below the
+    target precision (core/scale.py, with the recorded stranger tail); None when fine, not
+    grown, or the threshold is not the calibrated one."""
+    scale = calibration_scale(cache.meta, cache_path)
+    if scale is None or abs(scale["cluster"] - threshold) > 1e-9:
+        return None
+    sel = select_faces(cache)
+    if len(sel) < DRIFT_GROWTH * scale["library_faces"] or not scale["target_precision"]:
+        return None
+    links = links_within(sel.embeddings, sel.sha256, threshold)
+    now = precision_from(scale["stranger_p"], len(sel), links)
+    if now >= scale["target_precision"]:
+        return None
+    truth = (cache.meta.get("calibration") or {}).get("truth_root") or "TRUTH_ROOT"
+    return (f"{cache_path}: the library has grown from {scale['library_faces']} to {len(sel)} "
+            f"faces since calibrate: at the calibrated cluster threshold {threshold} pairwise "
+            f"precision is now predicted at {now:.4f} (calibrated for {scale['library_precision']}"
+            f", target {scale['target_precision']}); more strangers, more mixes: re-run "
+            f"`sort_faces.py calibrate {cache_path} {truth} --save`")
 
 
 def score_groups(groups: list[list[str]], cache: FaceCache, truth: TruthSet) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..core.cohesion import MIXED_RATIO, split_distances
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
 from ..engine import CLUSTER_MERGE_RATIO, cluster_faces
 from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
@@ -32,6 +33,7 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
     out = Path(out)
     stage = start_output(out)
     persons, singletons, missing = [], [], []
+    splits = split_distances(sel.embeddings, labels)
     # placing (copying) tens of thousands of photos takes a while: a bar in a terminal
     for members in tqdm(groups_by_label(labels), desc="placing photos", unit="cluster",
                         disable=None):
@@ -42,7 +44,7 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
                 placed, miss = place_all(sel.locations[sel.sha256[i]], stage / name, link)
                 missing += miss
                 entries.append(entry_for(cache, sel, i, placed))
-            persons.append(person_entry(name, entries))
+            persons.append(person_entry(name, entries, splits[labels[members[0]]]))
         else:
             i = members[0]
             placed, miss = place_all(sel.locations[sel.sha256[i]], stage / "_singletons", link)
@@ -87,3 +89,23 @@ def run_cluster(cache: FaceCache, cache_path: str, out: Path, threshold: float,
                              "merge_ratio": merge_ratio})
     manifest["timing"] = {"clustering_s": round(t_cluster, 2)}
     return write_cluster_output(cache, sel, labels, out, link, manifest)
+
+
+def likely_mixed(manifest: dict, threshold: float) -> list[tuple[str, float]]:
+    """The persons whose split distance is at least MIXED_RATIO x ``threshold`` (likely two
+    people; core/cohesion.py), most likely first."""
+    found = [(p["name"], p["split"]) for p in manifest["persons"]
+             if p.get("split", 0.0) >= MIXED_RATIO * threshold]
+    return sorted(found, key=lambda f: -f[1])
+
+
+def mixed_line(manifest: dict, threshold: float, shown: int = 8) -> str | None:
+    """One line naming the persons most likely to hold two people, or None."""
+    found = likely_mixed(manifest, threshold)
+    if not found:
+        return None
+    names = ", ".join(f"{n} ({d:.3f})" for n, d in found[:shown])
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return (f"{len(found)} of {len(manifest['persons'])} persons may hold two people (split "
+            f"distance >= {MIXED_RATIO} x threshold {threshold}; manifest.json persons[].split):"
+            f" {names}{more}; check them first")

@@ -20,10 +20,13 @@ those distances (bandwidth BANDWIDTH):
               distances to their centroid, over the clusters of 4+ faces at the estimated
               cluster threshold (calibrate takes the correctly placed truth faces instead).
 The estimate is refused, with one message asking for ``calibrate``, when it cannot be
-trusted: fewer than MIN_FACES faces with a neighbour, no second mode (every face has a
-same-person neighbour, or random-like embeddings), a mode holding under MIN_MODE_SHARE of the
-faces, modes closer than MIN_SEPARATION, or a valley deeper than MAX_VALLEY_RATIO of the
-lower peak. Measured against calibrate in docs/clustering.md ("Estimated thresholds").
+made at all: fewer than MIN_FACES faces with a neighbour, or no second mode (every face has
+a same-person neighbour, random-like embeddings, or modes closer than MIN_SEPARATION). When
+two modes are there but cannot be trusted (a mode holding under MIN_MODE_SHARE of the faces,
+or a valley whose density is over MAX_VALLEY_RATIO of the lower peak) it is UNSURE: it goes
+on at the conservative end (``conservative_threshold``: splits rather than mixes), says so
+and how to do better; a family library with no truth folders still gets sorted. Measured
+against calibrate in docs/clustering.md ("Estimated thresholds").
 """
 from __future__ import annotations
 
@@ -97,7 +100,9 @@ def density(d: np.ndarray) -> np.ndarray:
 
 def modes(d: np.ndarray) -> dict:
     """The near and far peaks of the density of ``d`` and the valley between them, with the
-    checks' figures; raises EstimateError (the reason) when there are not two clear modes."""
+    checks' figures; raises EstimateError (the reason) when there are not two modes at all,
+    and says in "unsure" why two modes that are there cannot be trusted (a shallow valley, a
+    thin mode): the estimate then goes on at the conservative end."""
     dens = density(d)
     peaks = [i for i in range(1, len(GRID) - 1)
              if dens[i] >= dens[i - 1] and dens[i] > dens[i + 1]]
@@ -121,17 +126,25 @@ def modes(d: np.ndarray) -> dict:
            "near_share": round(near_share, 4), "far_share": round(1 - near_share, 4),
            "valley_ratio": round(ratio, 4)}
     if min(near_share, 1 - near_share) < MIN_MODE_SHARE:
-        raise EstimateError(
+        out["unsure"] = (
             f"one of the two modes of the nearest-neighbour distances (at {out['near_peak']:.2f}"
             f" and {out['far_peak']:.2f}) holds only {min(near_share, 1 - near_share):.1%} of "
-            f"the faces (at least {MIN_MODE_SHARE:.0%} needed)")
-    if ratio > MAX_VALLEY_RATIO:
-        raise EstimateError(
+            f"the faces (at least {MIN_MODE_SHARE:.0%} trusted)")
+    elif ratio > MAX_VALLEY_RATIO:
+        out["unsure"] = (
             f"no clear valley between the same-person mode ({out['near_peak']:.2f}) and the "
             f"stranger mode ({out['far_peak']:.2f}) of the nearest-neighbour distances: the "
             f"density at {v:.2f} is {ratio:.0%} of the lower peak (at most "
             f"{MAX_VALLEY_RATIO:.0%} trusted)")
     return out
+
+
+def conservative_threshold(m: dict, edge: float) -> float:
+    """The cluster threshold of an unsure estimate: the strict end of what the two modes
+    allow, the lower of the valley and the stranger edge, never below the same-person peak
+    (below it most faces of one person would stay apart). Too strict splits a person over
+    several facesets, which `consolidate` and review undo; too lenient mixes two people."""
+    return max(m["near_peak"], min(m["valley"], edge))
 
 
 def stranger_edge(d: np.ndarray, far_peak: float) -> tuple[float, float]:
@@ -146,10 +159,9 @@ def _ceil2(x: float) -> float:
     return math.ceil(x * 100 - 1e-9) / 100
 
 
-def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimate:
-    """Every threshold ESTIMATED names, from the faces of ``cache`` alone (module docstring);
-    EstimateError (one message, naming calibrate) when the estimate cannot be trusted."""
-    sel = select_faces(cache)
+def cluster_estimate(sel, cache_path: str) -> tuple[float, dict, np.ndarray, float, float]:
+    """The estimated cluster threshold alone (what calibrate compares its pick with): (t,
+    modes, distances, stranger edge, spread); EstimateError as ``estimate``."""
     try:
         d = nearest_distances(sel.embeddings, sel.sha256) if len(sel) >= 2 else np.zeros(0)
         if len(d) < MIN_FACES:
@@ -159,20 +171,40 @@ def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimat
     except EstimateError as exc:
         raise EstimateError(refusal(cache_path, str(exc))) from None
     edge, spread = stranger_edge(d, m["far_peak"])
-    t = round(max(edge, m["valley"]), 3)
+    t = round(conservative_threshold(m, edge) if m.get("unsure") else max(edge, m["valley"]), 3)
+    return t, m, d, edge, spread
+
+
+def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimate:
+    """Every threshold ESTIMATED names, from the faces of ``cache`` alone (module docstring);
+    EstimateError (one message, naming calibrate) when the estimate cannot be trusted."""
+    sel = select_faces(cache)
+    t, m, d, edge, spread = cluster_estimate(sel, cache_path)
+    unsure = m.get("unsure", "")
     labels = cluster_faces(sel.embeddings, t, sel.cannot_link(), engine)
     dist = 1.0 - np.einsum("ij,ij->i", sel.embeddings, centroids(sel.embeddings, labels)[labels])
     big = np.bincount(labels)[labels] >= 4
     pool = dist[big]
-    if len(pool) < 10:
+    if len(pool) >= 10:
+        outlier = _ceil2(float(np.quantile(pool, OUTLIER_QUANTILE)))
+        swap = _ceil2(float(np.quantile(pool, SWAP_QUANTILE)))
+        gates = (f"the {OUTLIER_QUANTILE:.0%} / {SWAP_QUANTILE:.0%} quantiles of the distance "
+                 f"to the centroid of the {len(pool)} faces in groups of 4+ at {t}")
+    elif unsure:   # a strict threshold leaves few groups: gates scaled as merge is
+        outlier, swap = scaled("outlier", t), scaled("swap_outlier", t)
+        gates = (f"scaled from cluster by buffalo_l's ratios (only {len(pool)} faces in "
+                 f"groups of 4+ at {t})")
+    else:
         raise EstimateError(refusal(cache_path, f"only {len(pool)} faces in groups of 4+ at "
                                     f"the estimated threshold {t} (at least 10 needed to "
                                     "place the outlier gates)"))
-    th = {"cluster": t, "initial": t, "merge": scaled("merge", t),
-          "outlier": _ceil2(float(np.quantile(pool, OUTLIER_QUANTILE))),
-          "swap_outlier": _ceil2(float(np.quantile(pool, SWAP_QUANTILE))),
-          "candidate_match": scaled("candidate_match", t), "extend": scaled("extend", t)}
-    which = "stranger peak - %g x spread" % STRANGER_Z if edge >= m["valley"] else "valley"
+    th = {"cluster": t, "initial": t, "merge": scaled("merge", t), "outlier": outlier,
+          "swap_outlier": swap, "candidate_match": scaled("candidate_match", t),
+          "extend": scaled("extend", t)}
+    if unsure:
+        which = "UNSURE, the conservative end: min(valley, stranger edge)"
+    else:
+        which = "stranger peak - %g x spread" % STRANGER_Z if edge >= m["valley"] else "valley"
     how = (f"cluster {t} = {which}; nearest-neighbour distances of {len(d)} faces: "
            f"same-person peak {m['near_peak']:.2f}, valley {m['valley']:.2f}, stranger peak "
            f"{m['far_peak']:.2f} (spread {spread:.3f})")
@@ -182,14 +214,24 @@ def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimat
         f"nearest-neighbour distances of {len(d)} faces (faces of one photo excluded):",
         f"  same-person mode at {m['near_peak']:.2f} ({m['near_share']:.0%} of faces), "
         f"valley at {m['valley']:.2f} (density {m['valley_ratio']:.0%} of the lower peak), "
-        f"stranger mode at {m['far_peak']:.2f} ({m['far_share']:.0%}), spread {spread:.3f}",
-        f"  cluster / initial {t}: {which} (stranger peak {m['far_peak']:.2f} - "
-        f"{STRANGER_Z:g} x {spread:.3f} = {edge:.3f}, never below the valley)",
+        f"stranger mode at {m['far_peak']:.2f} ({m['far_share']:.0%}), spread {spread:.3f}"]
+    if unsure:
+        lines += [
+            f"  UNSURE: {unsure}",
+            f"  cluster / initial {t}: went on at the conservative (high-precision) end, the "
+            f"lower of the valley {m['valley']:.2f} and the stranger edge {edge:.3f} (never "
+            f"below the same-person peak): expect one person split over several facesets "
+            "rather than two people in one",
+            f"  to do better: `sort_faces.py calibrate {cache_path} TRUTH_ROOT --save` with "
+            "a few people sorted by hand (one folder each, several photos), or add more "
+            "photos (more people seen once make the stranger mode clear), or pass --threshold"]
+    else:
+        lines.append(f"  cluster / initial {t}: {which} (stranger peak {m['far_peak']:.2f} - "
+                     f"{STRANGER_Z:g} x {spread:.3f} = {edge:.3f}, never below the valley)")
+    lines += [
         f"  merge {th['merge']}, candidate_match / extend {th['extend']}: scaled from cluster "
         "by buffalo_l's ratios",
-        f"  outlier {th['outlier']}, swap_outlier {th['swap_outlier']}: the "
-        f"{OUTLIER_QUANTILE:.0%} / {SWAP_QUANTILE:.0%} quantiles of the distance to the centroid "
-        f"of the {len(pool)} faces in groups of 4+ at {t}"]
+        f"  outlier {th['outlier']}, swap_outlier {th['swap_outlier']}: {gates}"]
     return Estimate(thresholds=th, how=how, faces=int(len(d)), stats=stats, lines=lines)
 
 
