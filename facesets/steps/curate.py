@@ -27,8 +27,9 @@ from ..core import runs
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
                                 load_manifest, safe_member_path)
 from ..formats.runs import RUNS_SECTION
-from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, bundles_entry,
-                               drop_destination, faceset_listing, next_face_number)
+from ..core.library import Faceset
+from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, drop_destination,
+                               faceset_listing, next_face_number)
 from ..io.fsutil import output_lock
 
 QUARANTINE_DIR = "_quarantine"
@@ -150,15 +151,6 @@ def _pick(m: dict, files: list[str], where: str) -> list[dict]:
     return [by_file[f] for f in dict.fromkeys(files)]
 
 
-def _counts(m: dict) -> None:
-    counts: dict[str, int] = {}
-    for d in m["dropped"]:
-        counts[str(d.get("reason"))] = counts.get(str(d.get("reason")), 0) + 1
-    m["summary"]["dropped"] = counts
-    m["summary"]["kept"] = len(m["faces"])
-    m["bundles"] = bundles_entry(m["name"], int(m["top_n"]), len(m["faces"]))
-
-
 @_locked
 def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> dict:
     """Move faces (``faces/NNN.png``) of a faceset to ``faces/_dropped/``; bundles rebuilt."""
@@ -168,15 +160,12 @@ def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> 
         return done
     fdir, m = _faceset(root, faceset)
     picked = _pick(m, files, str(fdir / MANIFEST_NAME))
-    gone = {f["file"] for f in picked}
-    new = copy.deepcopy(m)
-    new["faces"] = [f for f in m["faces"] if f["file"] not in gone]
-    moves, taken = [], set()
+    moves, taken, parked = [], set(), {}
     for face in sorted(picked, key=lambda f: f["rank"]):
         dest = drop_destination(fdir, face["file"], taken)
         moves.append((f"{faceset}/{face['file']}", f"{faceset}/{dest}"))
-        new["dropped"].append(dict(face, reason=REVIEW_REASON, moved_to=dest, run=runs.THIS_RUN))
-    _counts(new)
+        parked[face["file"]] = dest
+    new = Faceset.of(m, fdir).dropping(parked, REVIEW_REASON, runs.THIS_RUN)
     _history(new, "drop-faces", removed=[f["key"] for f in picked], kept=len(new["faces"]))
     after = {f"{faceset}/{MANIFEST_NAME}": new}
     return _commit(root, "drop-faces", moves, after, runs.faceset_files(root, faceset),
@@ -197,22 +186,16 @@ def move_face(root: Path, faceset: str, files: list[str], into: str, log: Log = 
     sdir, sm = _faceset(root, faceset)
     ddir, dm = _faceset(root, into)
     picked = _pick(sm, files, str(sdir / MANIFEST_NAME))
-    gone = {f["file"] for f in picked}
-    src, dest = copy.deepcopy(sm), copy.deepcopy(dm)
-    src["faces"] = [f for f in sm["faces"] if f["file"] not in gone]
     nxt = next_face_number(dm, ddir)
-    moves, renamed = [], {}
+    moves, renamed, arriving = [], {}, []
     for face in sorted(picked, key=lambda f: f["rank"]):
         new_file = f"{FACES_DIR}/{nxt:03d}.png"
         nxt += 1
         moves.append((f"{faceset}/{face['file']}", f"{into}/{new_file}"))
         renamed[face["file"]] = new_file
-        dest["faces"].append(dict(face, file=new_file, moved_from=faceset))
-    dest["faces"].sort(key=lambda f: -float(f.get("score") or 0.0))
-    for rank, face in enumerate(dest["faces"]):
-        face["rank"] = rank
-    for m in (src, dest):
-        _counts(m)
+        arriving.append(dict(face, file=new_file, moved_from=faceset))
+    src = Faceset.of(sm, sdir).without(set(renamed))
+    dest = Faceset.of(dm, ddir).adding(arriving)
     _history(src, "move-face", moved_to=into, files=renamed, kept=len(src["faces"]))
     _history(dest, "move-face", moved_from=faceset, added=len(picked), kept=len(dest["faces"]))
     after = {f"{faceset}/{MANIFEST_NAME}": src, f"{into}/{MANIFEST_NAME}": dest}
