@@ -444,6 +444,8 @@ def prune_sheets(out: Path, used: set[str]) -> None:
         for p in thumbs.iterdir():
             if SHEET_FILE.fullmatch(p.name) and p.name not in used and p.is_file():
                 p.unlink()
+        if not any(thumbs.iterdir()):   # a library of no faceset: no empty folder left
+            thumbs.rmdir()
 
 
 # ---- the page -----------------------------------------------------------------------------
