@@ -22,6 +22,7 @@ from ..core.library import Faceset
 from ..formats.manifest import (SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                                 centroid_of, load_manifest, safe_member_path)
 from ..formats.swapset import MANIFEST_NAME
+from ..io.fsutil import read_json
 from ..io.imageio import DEFAULT_MAX_PIXELS, ImageError, decode, read_header
 
 
@@ -155,11 +156,13 @@ def listing_problems(folder: str | os.PathLike) -> list[str]:
     ``folder`` holds no top-level manifest (plain bundles are checked as they are)."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
-    try:
-        top = load_manifest(path, SWAP_MANIFEST) if path.is_file() else None
-    except ManifestError as exc:
-        return [str(exc)]
-    if top is None or "summary" not in top:
+    try:   # a faceset folder or any other manifest: its bundles are checked as they are
+        if not path.is_file() or read_json(path).get("format") != SWAP_MANIFEST:
+            return []
+        top = load_manifest(path, SWAP_MANIFEST)
+    except (ManifestError, ValueError, AttributeError) as exc:
+        return [str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"]
+    if "summary" not in top:
         return []
     problems = []
     for i, e in enumerate(top.get("facesets", [])):
