@@ -1,7 +1,7 @@
 """The library's promises, on real photos from ../shared with the offline pack, every command a
 real subprocess: nothing is dropped silently (refine's and export's gates list each face they
 dropped, with the gate, the face's value and the photo; the summary says when a gate took more
-than a fifth of an identity; the overview page shows them), bundles are named by one rule
+than a fifth of an identity; the overview pages show them), bundles are named by one rule
 everywhere (drop-faces and move-face on a labelled faceset; verify-fsz checks the listing),
 and undo can be trusted (a bare undo names the run it reverses, leaves no empty parking
 folder; `history --keep N` prunes the parked copies of older runs)."""
@@ -84,6 +84,9 @@ def test_gated_faces_are_listed_with_gate_value_photo_and_heavy_loss_is_said(sma
             assert value >= worst and f"(now {STRICT})" in line
     assert heavy and len(said) == len(heavy), r.stdout
     assert sum(len(fs["dropped"]) for fs in m["facesets"]) == m["summary"]["dropped"]["outlier"]
+    # refine's overview page: a strip under each faceset that lost faces
+    page = (tmp_path / "ref" / "index.html").read_text()
+    assert page.count('class="tiles strip"') == sum(1 for fs in m["facesets"] if fs["dropped"])
 
     # a gate value the line suggested keeps those faces
     keep = max(float(re.search(r"--outlier-threshold ([0-9.]+)", x).group(1)) for x in said)

@@ -36,7 +36,7 @@ from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
-from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE
+from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE, dropped_counts
 
 REPORT_FILE = "index.html"
 THUMBS_DIR = "_thumbs"
@@ -168,14 +168,6 @@ def _mapping(keys: list[str], to: dict[str, str]) -> str:
     return ", ".join(f"{n} ({c})" for n, c in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
 
 
-def _reasons(dropped: list[dict]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dropped:
-        r = str(d.get("reason", "?"))
-        out[r] = out.get(r, 0) + 1
-    return out
-
-
 def _card(name: str, tiles: list[Tile], **kw) -> dict:
     return dict({"name": name, "title": "", "kept": len(tiles), "dropped": {}, "links": [],
                  "mapping": "", "tiles": tiles, "shown": len(tiles)}, **kw)
@@ -220,7 +212,11 @@ def _refine_cards(out: Path, m: dict) -> tuple[list[dict], dict]:
                            kept=len(fs["faces"]), images=fs.get("image_count"),
                            links=[("folder", f"{fs['name']}/")],
                            mapping=("raw: " + _mapping([f["key"] for f in fs["faces"]], to_person))
-                           if raw else ""))
+                           if raw else "",
+                           # what refine's gates took out of this identity
+                           dropped=dropped_counts(fs.get("dropped", [])),
+                           dropped_tiles=_dropped_tiles(out, out / fs["name"], out,
+                                                        fs.get("dropped", []))))
     s = m.get("summary", {})
     dropped = s.get("dropped") if isinstance(s.get("dropped"), dict) else {}
     head = {"title": "refine", "facts": [f"{len(sets)} facesets",
@@ -261,7 +257,7 @@ def swap_faceset_card(out: Path, name: str, raw_of: dict[str, str] | None = None
         if persons:
             mapping += f" · raw {persons}"
     return _card(name, tiles, title=read_name(fdir), kept=len(fm["faces"]),
-                 dropped=_reasons(fm["dropped"]), links=links, mapping=mapping,
+                 dropped=dropped_counts(fm["dropped"]), links=links, mapping=mapping,
                  dropped_tiles=_dropped_tiles(out, fdir, path, fm["dropped"]),
                  top_n=int(fm["top_n"]),
                  gate=(fm.get("parameters") or {}).get("outlier_threshold"),
