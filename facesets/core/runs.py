@@ -27,9 +27,8 @@ from typing import Callable
 from ..formats.manifest import (AUDIT_PLAN_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST,
                                 ManifestError, load_manifest, safe_member_path, write_manifest)
 from ..formats.runs import (AFTER_DIR, BEFORE_DIR, PARTIAL_SUFFIX, PRUNED_FILE, RUN_FILE,
-                            RUNS_DIR,
-                            RUNS_SECTION, SELF_FINISHING, check_runs_section, load_run, new_run_id,
-                            run_record, runs_entry)
+                            RUNS_DIR, RUNS_SECTION, SELF_FINISHING, check_runs_section,
+                            load_run, new_run_id, run_record, runs_entry)
 from ..formats.swapset import MANIFEST_NAME, remove_faceset_temps, write_bundles
 from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_point, fsync_dir,
                          remove_temp_files)

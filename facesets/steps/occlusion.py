@@ -33,6 +33,7 @@ from typing import Iterator
 import numpy as np
 
 from ..core import runs
+from ..core.library import Faceset
 from ..core.occlusion import (FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS,  # noqa: F401
                               verdict_of)
 from ..core.swapfaces import face_png_items
@@ -44,9 +45,7 @@ from ..formats.occlusion import (DROP_REASON, MASKED_DIR, MASKED_SECTION, RUN_SE
 from ..formats.queue import (KIND_OCCLUSION, JsonlAppender, QueueError, latest_by_id,
                              load_queue, new_queue, read_jsonl, validate_occlusion_results,
                              validate_queue, write_queue)
-from ..core.library import Faceset
-from ..formats.swapset import (MANIFEST_NAME, drop_destination,
-                               faceset_listing)
+from ..formats.swapset import MANIFEST_NAME, drop_destination, faceset_listing
 from ..io.fsutil import atomic_write_json, read_json, sha256_file
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem
 
