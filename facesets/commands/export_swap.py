@@ -53,6 +53,27 @@ def summary_line(top: dict, out) -> str:
     return line + f"; {out}"
 
 
+def loss_lines(top: dict, out) -> list[str]:
+    """Facesets whose export gates took more than a fifth of their faces: how many per
+    gate, and the flag value that would keep them (the faces are in its dropped[])."""
+    from pathlib import Path
+
+    from ..core.library import Faceset, heavy_loss
+    from ..core.swapexport import GATE_FLAGS
+
+    lines = []
+    for e in top["facesets"]:
+        try:
+            fs = Faceset.load(Path(out) / e["name"])
+        except (ManifestError, ValueError, OSError):
+            continue
+        line = heavy_loss("export-swap", e["name"], int(fs.body["summary"].get("faces_in") or 0),
+                          fs.dropped, GATE_FLAGS)
+        if line:
+            lines.append(f"{line} (listed in {Path(out) / e['manifest']})")
+    return lines
+
+
 def thin_warnings(top: dict, refine_manifest) -> list[str]:
     """Facesets that export left with fewer faces than refine's --min-faces: export's own
     gates (--min-face-short, its outlier gate, one face per crop) dropped the rest."""
@@ -88,6 +109,8 @@ def run(args) -> int:
                          detector_loader(args, cache.meta, args.cache), args.raw_manifest,
                          args.progress)
     say(summary_line(top, args.out))
+    for line in loss_lines(top, args.out):
+        say(line)
     for line in thin_warnings(top, args.refine_manifest):
         warn(line)
     if not top["facesets"]:
@@ -105,6 +128,8 @@ def pipeline_step(args, layout: RunLayout) -> Step:
                          detector_loader(args, cache.meta, str(layout.cache)),
                          layout.raw_manifest, args.progress)
         say(summary_line(top, layout.swap_ready))
+        for line in loss_lines(top, layout.swap_ready):
+            say(line)
         for line in thin_warnings(top, layout.refine_manifest):
             warn(line)
         return {k: v for k, v in top["summary"].items() if k != "dropped"}

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.refinement import RefineParams, refine_labels
+from ..core.library import heavy_loss
+from ..core.refinement import GATE_FLAGS, RefineParams, refine_labels
 from ..core.selection import groups_by_label, select_faces
 from ..formats.cache import load_cache
+from ..formats.manifest import REFINE_MANIFEST_FILE
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, option_values
 from ..steps.calibrate import truth_report
@@ -88,6 +90,11 @@ def refine_lines(cache, params: RefineParams, m: dict, out) -> list[str]:
     dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items() if v) or "none"
     lines = [f"refine: {s['faces_in']} faces -> {s['facesets']} facesets with "
              f"{s['faces_kept']} faces; dropped: {dropped}; {out}"]
+    for fs in m["facesets"]:
+        gone = fs.get("dropped", [])
+        line = heavy_loss("refine", fs["name"], len(fs["faces"]) + len(gone), gone, GATE_FLAGS)
+        if line:
+            lines.append(f"{line} (listed in {Path(out) / REFINE_MANIFEST_FILE})")
     return lines + [f"refine: {h}" if i == 0 else f"  {h}"
                     for i, h in enumerate(gate_hints(cache, params, s))]
 

@@ -20,6 +20,7 @@ def run(args) -> int:
 
     from ..core import runs
     from ..formats.manifest import ManifestError
+    from ..steps.curate import describe_run
     from ..io.fsutil import output_lock
 
     root = Path(args.swap_ready).resolve()
@@ -40,13 +41,18 @@ def run(args) -> int:
         if problems:
             raise ManifestError(f"{root}: cannot undo run {target['id']}: "
                                 + "; ".join(problems[:5]))
-        rec = runs.record_of(root, target["id"])
-        what = (f"run {target['id']} ({target['step']}): {len(rec['moves'])} moves back, "
-                f"{len(rec['changed'])} files restored")
+        what = describe_run(root, target)
+        if args.run_id is None:   # a bare undo says which run it chose, and why that one
+            entries = runs.load_top(root).get("runs", [])
+            later = entries[entries.index(target) + 1:]
+            skipped = [e["id"] for e in later if e.get("undone_by") or e.get("undoes")]
+            say(f"undo: the newest run still in effect is {what}"
+                + (f"; the {len(skipped)} later runs are undone or undos already"
+                   if skipped else ""))
         if args.dry_run:
             say(f"undo (dry run, nothing changed): {what}")
             return 0
         undo_id = runs.prepare_undo(root, target["id"])
         runs.execute(root, undo_id, log)
-    say(f"undo: {what} (run {undo_id})")
+    say(f"undo: reversed {what} (run {undo_id})")
     return 0

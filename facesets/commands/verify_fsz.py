@@ -1,12 +1,15 @@
 """verify-fsz PATH...: check .fsz bundles as roop-unleashed reads them (one face per PNG)."""
 from __future__ import annotations
 
+import os
+
 from tqdm import tqdm
 
 from ..backends import BackendError
 from ..formats.bundle import BundleError, read_fsz
 from ..io.imageio import DEFAULT_MAX_PIXELS
-from ..steps.verify import bundle_model, find_bundles, png_digest, verify_bundle
+from ..steps.verify import (bundle_model, find_bundles, listing_problems, png_digest,
+                            verify_bundle)
 from .common import add_cache_model_options, add_progress_option, cache_model, load_for, say
 
 EXIT_FAILED = 1
@@ -97,5 +100,10 @@ def run(args) -> int:
         for line in report_lines(path, r):
             say(line)
         failed += not r.ok
-    say(f"verify-fsz: {len(bundles) - failed} of {len(bundles)} bundles pass")
-    return EXIT_FAILED if failed else 0
+    # a library's top-level manifest must name the bundles that are on disk
+    wrong = [line for p in args.paths if os.path.isdir(p) for line in listing_problems(p)]
+    for line in wrong:
+        say(f"FAIL {line}")
+    say(f"verify-fsz: {len(bundles) - failed} of {len(bundles)} bundles pass"
+        + (f"; {len(wrong)} listing problem{'s' if len(wrong) != 1 else ''}" if wrong else ""))
+    return EXIT_FAILED if failed or wrong else 0

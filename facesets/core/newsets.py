@@ -50,8 +50,9 @@ from ..io.fsutil import fsync_dir
 from . import runs
 from .quality import cache_row, face_quality
 from .selection import FaceSelection, select_faces
-from .swapexport import (ExportParams, Planned, crop_all, finish_faceset, plan_entry,
-                         select_for_swap)
+from .library import heavy_loss
+from .swapexport import (GATE_FLAGS, ExportParams, Planned, crop_all, finish_faceset,
+                         plan_entry, select_for_swap)
 
 
 @dataclass
@@ -221,6 +222,11 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
                      "kept": len(kept)})
     names = [s["name"] for s in sets]
     planned = [p for p in planned if p.target in names]
+    for s in sets:   # nothing dropped silently: a gate that took a fifth is named
+        line = heavy_loss(step, s["fs"].label or s["name"], s["faces_in"], s["dropped"],
+                          GATE_FLAGS)
+        if line:
+            log(line)
     result = AddResult(names, {s["name"]: s["kept"] for s in sets},
                        {s["name"]: len(s["dropped"]) for s in sets}, skipped=skipped,
                        by_input=[n if n in names else None for n, _ in plan])

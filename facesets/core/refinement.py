@@ -27,10 +27,34 @@ class RefineParams:
 
 
 @dataclass
+class Gated:
+    """A face a gate took out of its identity: which gate, the face's value and the limit."""
+    index: int            # position in the selection
+    gate: str             # the drop reason: small, blurry, low_det_score, outlier
+    value: float
+    limit: float
+    cluster: int          # its (merged) cluster before the gates
+
+
+@dataclass
 class RefineResult:
     labels: np.ndarray                       # final faceset per selected face, -1 = none
     dropped: dict[str, int] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    gated: list[Gated] = field(default_factory=list)
+    clusters: np.ndarray | None = None       # merged cluster of each face before the gates
+
+    def gated_by_faceset(self) -> dict[int, list[Gated]]:
+        """Final faceset -> the faces the quality and outlier gates took out of its
+        cluster (faces of clusters that did not become a faceset are left out)."""
+        if self.clusters is None:
+            return {}
+        final_of = {int(c): int(f) for c, f in zip(self.clusters, self.labels) if f >= 0}
+        out: dict[int, list[Gated]] = {}
+        for g in self.gated:
+            if g.cluster in final_of:
+                out.setdefault(final_of[g.cluster], []).append(g)
+        return out
 
 
 def merge_clusters(sel: FaceSelection, labels: np.ndarray, threshold: float,
@@ -40,28 +64,44 @@ def merge_clusters(sel: FaceSelection, labels: np.ndarray, threshold: float,
                            lambda c, t, cl: cluster_faces(c, t, cl, engine=engine))
 
 
+# the quality gates: drop reason -> (cache column, RefineParams field)
+QUALITY_GATES = {"small": ("face_short", "min_short"), "blurry": ("blur", "min_blur"),
+                 "low_det_score": ("det_score", "min_det_score")}
+
+
+# the flag that sets each gate (the summary names it when a gate takes many faces)
+GATE_FLAGS = {"outlier": "--outlier-threshold", "small": "--min-short",
+              "blurry": "--min-blur", "low_det_score": "--min-det-score"}
+
+
 def quality_mask(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> dict[str, np.ndarray]:
     """Per reason, the faces that fail the quality gate."""
-    f = cache.faces
-    r = sel.rows
-    return {"small": f["face_short"][r] < p.min_short,
-            "blurry": f["blur"][r] < p.min_blur,
-            "low_det_score": f["det_score"][r] < p.min_det_score}
+    return {reason: cache.faces[col][sel.rows] < getattr(p, field)
+            for reason, (col, field) in QUALITY_GATES.items()}
 
 
 def outlier_mask(sel: FaceSelection, labels: np.ndarray, threshold: float,
                  min_size: int = 4) -> np.ndarray:
     """Faces farther than ``threshold`` from their cluster centroid, in clusters of 4+."""
+    return outlier_gate(sel, labels, threshold, min_size)[0]
+
+
+def outlier_gate(sel: FaceSelection, labels: np.ndarray, threshold: float,
+                 min_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(the outlier mask, each face's distance from its cluster centroid; NaN outside a
+    cluster)."""
     valid = labels >= 0
     out = np.zeros(len(labels), dtype=bool)
+    dist_all = np.full(len(labels), np.nan)
     if not valid.any():
-        return out
+        return out, dist_all
     lab = labels[valid]
     cents = centroids(sel.embeddings[valid], lab)
     dist = 1.0 - np.einsum("ij,ij->i", sel.embeddings[valid], cents[lab])
     sizes = np.bincount(lab)
     out[np.flatnonzero(valid)] = (dist > threshold) & (sizes[lab] >= min_size)
-    return out
+    dist_all[np.flatnonzero(valid)] = dist
+    return out, dist_all
 
 
 def refine_labels(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> RefineResult:
@@ -76,12 +116,19 @@ def refine_labels(cache: FaceCache, sel: FaceSelection, p: RefineParams) -> Refi
     labels = merge_clusters(sel, labels, p.merge_threshold, p.engine)
     res.timing["merge_s"] = round(time.monotonic() - t, 2)
     labels = labels.copy()
+    res.clusters = labels.copy()
     for reason, mask in quality_mask(cache, sel, p).items():
         hit = mask & (labels >= 0)
         res.dropped[reason] = int(hit.sum())
+        col, field_ = QUALITY_GATES[reason]
+        res.gated += [Gated(int(i), reason, float(cache.faces[col][sel.rows[i]]),
+                            float(getattr(p, field_)), int(labels[i]))
+                      for i in np.flatnonzero(hit)]
         labels[hit] = -1
-    out = outlier_mask(sel, labels, p.outlier_threshold)
+    out, dist = outlier_gate(sel, labels, p.outlier_threshold)
     res.dropped["outlier"] = int(out.sum())
+    res.gated += [Gated(int(i), "outlier", float(dist[i]), float(p.outlier_threshold),
+                        int(labels[i])) for i in np.flatnonzero(out)]
     labels[out] = -1
     # size filter on unique source images
     keep = np.zeros(len(labels), dtype=bool)

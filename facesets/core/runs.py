@@ -26,9 +26,9 @@ from typing import Callable
 
 from ..formats.manifest import (AUDIT_PLAN_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST,
                                 ManifestError, load_manifest, safe_member_path, write_manifest)
-from ..formats.runs import (AFTER_DIR, BEFORE_DIR, PARTIAL_SUFFIX, RUN_FILE, RUNS_DIR,
-                            RUNS_SECTION, SELF_FINISHING, check_runs_section, load_run, new_run_id,
-                            run_record, runs_entry)
+from ..formats.runs import (AFTER_DIR, BEFORE_DIR, PARTIAL_SUFFIX, PRUNED_FILE, RUN_FILE,
+                            RUNS_DIR, RUNS_SECTION, SELF_FINISHING, check_runs_section,
+                            load_run, new_run_id, run_record, runs_entry)
 from ..formats.swapset import MANIFEST_NAME, remove_faceset_temps, write_bundles
 from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_point, fsync_dir,
                          remove_temp_files)
@@ -69,6 +69,23 @@ def free_name(root: Path, rel: str) -> str:
     while (root / out).exists():
         out, n = f"{rel}.{n}", n + 1
     return out
+
+
+def remove_empty_parking(root: Path, rels: list[str]) -> None:
+    """Remove the folders above ``rels`` that are empty now and are face-sets' parking
+    folders (a path part starting with ``_``: ``_merged/``, ``faces/_dropped/``,
+    ``_added/<tag>/``...), deepest first; never ``root`` or a folder holding anything."""
+    dirs = set()
+    for rel in rels:
+        parts = Path(rel).parts[:-1]
+        for k in range(len(parts), 0, -1):
+            if any(p.startswith("_") for p in parts[:k]):
+                dirs.add(Path(*parts[:k]))
+    for d in sorted(dirs, key=lambda p: -len(p.parts)):
+        path = root / d
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+            fsync_dir(path.parent)
 
 
 def run_dir(root: Path, run_id: str) -> Path:
@@ -198,6 +215,9 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
                                  else SWAP_FACESET_MANIFEST)
               for rel in rec["installs"] if Path(rel).name == MANIFEST_NAME}
     moved = sum(move_once(root, mv["from"], mv["to"]) for mv in rec["moves"])
+    # no empty _merged/, faces/_dropped/, _added/<tag>/... left behind (an undo's or a
+    # build folder's)
+    remove_empty_parking(root, [mv["from"] for mv in rec["moves"]])
     rebuild = set(rec["rebuild"])
     for rel in rec["installs"]:
         if rel == MANIFEST_NAME:
@@ -276,6 +296,10 @@ def plan_undo(root: Path, run_id: str | None = None) -> tuple[dict, list[str]]:
     problems = []
     if rec is None:
         problems.append(f"run {target['id']} has no run folder {RUNS_DIR}/{target['id']}")
+        return target, problems
+    if (run_dir(root, target["id"]) / PRUNED_FILE).is_file():
+        problems.append(f"run {target['id']} was pruned (`history --keep`): its previous "
+                        "files are gone, so it can no longer be undone")
         return target, problems
     if target["step"] == UNDO:
         problems.append(f"run {target['id']} is an undo; re-run the step instead")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..engine import normalize_rows
 from ..formats.cache import FaceCache
-from ..formats.manifest import write_manifest
+from ..formats.manifest import dropped_entry, write_manifest
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, NAME_TEMPLATE, PREVIEW,
                                faceset_manifest, write_bundles)
 from ..io.fsutil import atomic_write_bytes
@@ -50,6 +50,11 @@ class ExportParams:
     # `occlusion merge`); a face at max_occlusion or above is dropped ("occluded")
     occlusion: dict | None = None
     max_occlusion: float = 1.0
+
+
+# the flag that sets each of export's gates (named when a gate takes many faces)
+GATE_FLAGS = {"outlier": "--swap-outlier-threshold", "small": "--min-face-short",
+              "occluded": "--max-occlusion"}
 
 
 @dataclass
@@ -86,19 +91,20 @@ def select_for_swap(cache: FaceCache, sel: FaceSelection, members: np.ndarray,
     dropped: list[dict] = []
     alive = np.ones(len(members), dtype=bool)
 
-    def drop(k: int, reason: str, **extra) -> None:
+    def drop(k: int, reason: str, value: float | None, limit: float | None, **extra) -> None:
         alive[k] = False
-        dropped.append(dict(plan_entry(cache, sel, members[k], quality[members[k]], dist[k]),
-                            reason=reason, **extra))
+        dropped.append(dropped_entry(plan_entry(cache, sel, members[k], quality[members[k]],
+                                                dist[k]), reason, value, limit, **extra))
 
     for k in range(len(members)):
+        short = float(f["face_short"][sel.rows[members[k]]])
+        occluded = p.occlusion.get(str(sel.keys[members[k]]), 0.0) if p.occlusion else 0.0
         if dist[k] > p.outlier_threshold:
-            drop(k, "outlier")
-        elif f["face_short"][sel.rows[members[k]]] < p.min_face_short:
-            drop(k, "small")
-        elif p.occlusion and p.occlusion.get(str(sel.keys[members[k]]), 0.0) >= \
-                p.max_occlusion:
-            drop(k, "occluded", occlusion=round(p.occlusion[str(sel.keys[members[k]])], 4))
+            drop(k, "outlier", dist[k], p.outlier_threshold)
+        elif short < p.min_face_short:
+            drop(k, "small", short, p.min_face_short)
+        elif p.occlusion and occluded >= p.max_occlusion:
+            drop(k, "occluded", occluded, p.max_occlusion, occlusion=round(occluded, 4))
     # one face per source photo: the one nearest the centroid
     best_of: dict[str, int] = {}
     for k in np.flatnonzero(alive):
@@ -108,7 +114,7 @@ def select_for_swap(cache: FaceCache, sel: FaceSelection, members: np.ndarray,
     for k in np.flatnonzero(alive):
         if best_of[str(sel.sha256[members[k]])] != k:
             best = members[best_of[str(sel.sha256[members[k]])]]
-            drop(k, "same_source", kept=str(sel.keys[best]))
+            drop(k, "same_source", dist[k], None, kept=str(sel.keys[best]))
     # visual near-duplicates (dedup's rule): keep the best-scoring face of each group
     live = np.flatnonzero(alive)
     sub = subset(sel, members[live])
@@ -121,7 +127,8 @@ def select_for_swap(cache: FaceCache, sel: FaceSelection, members: np.ndarray,
         best = max(ks, key=lambda k: (quality[members[k]].score, -k))
         for k in ks:
             if k != best:
-                drop(k, "near_duplicate", duplicate_of=str(sel.keys[members[best]]))
+                drop(k, "near_duplicate", quality[members[k]].score, None,
+                     duplicate_of=str(sel.keys[members[best]]))
     return centroid, [int(k) for k in np.flatnonzero(alive)], dropped
 
 
@@ -217,8 +224,9 @@ def finish_folder(stage: Path, plans: list[Planned]) -> tuple[list[dict], list[d
     kept, dropped = [], []
     ok = [pl for pl in plans if pl.crop is not None and pl.crop.reason == ""]
     for pl in plans:
-        if pl not in ok:
-            dropped.append(dict(pl.entry, reason=pl.crop.reason if pl.crop else "not_cropped"))
+        if pl not in ok:   # the crop's re-detection or the photo's decode: no value
+            dropped.append(dropped_entry(pl.entry, pl.crop.reason if pl.crop else "not_cropped",
+                                         None, None))
     ok.sort(key=lambda pl: (-pl.score, pl.key))
     for rank, pl in enumerate(ok):
         name = f"{FACES_DIR}/{rank:03d}.png"

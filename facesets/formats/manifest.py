@@ -72,6 +72,21 @@ def face_entry(key: str, sha256: str, paths: list[str], bbox, det_score: float,
             "blur": round(float(blur), 2), "files": list(placed or [])}
 
 
+# dropped[] entries that name their gate's value and limit (refine's facesets[].dropped[],
+# a swap faceset's dropped[]): the version of that section, written as ``dropped_version``
+DROPPED_VERSION = 1
+
+
+def dropped_entry(face: dict, gate: str, value: float | None, limit: float | None,
+                  **extra) -> dict:
+    """A face a gate dropped, as every manifest lists it: the face (its ``path`` is the
+    photo), ``reason`` (the gate), the face's ``value`` and the gate's ``limit`` (numbers
+    or null for gates without one, e.g. a crop that found two faces)."""
+    def num(v):
+        return None if v is None or not math.isfinite(float(v)) else round(float(v), 4)
+    return dict(face, reason=gate, value=num(value), limit=num(limit), **extra)
+
+
 # ---- bodies: every writer (a step now, a maintenance command later) builds them here -----
 def person_entry(name: str, faces: list[dict], split: float | None = None) -> dict:
     """A person of the cluster manifest's ``persons[]``; ``split``: its split distance
@@ -110,12 +125,13 @@ def cluster_manifest(head: dict, persons: list[dict], singletons: list[dict],
                 missing_sources=sorted(set(missing)))
 
 
-def faceset_entry(name: str, faces: list[dict]) -> dict:
-    """A faceset of the refine manifest's ``facesets[]``."""
+def faceset_entry(name: str, faces: list[dict], dropped: list[dict] | None = None) -> dict:
+    """A faceset of the refine manifest's ``facesets[]``; ``dropped``: the faces refine's
+    gates took out of its cluster (``dropped_entry``)."""
     images = [f["path"] for f in faces]
     return {"name": name, "face_count": len(faces), "image_count": len(set(images)),
             "alias_count": sum(len(f["aliases"]) for f in faces),
-            "images": sorted(set(images)), "faces": faces}
+            "images": sorted(set(images)), "faces": faces, "dropped": list(dropped or [])}
 
 
 def refine_manifest(head: dict, facesets: list[dict], faces_in: int, faces_kept: int,
@@ -123,7 +139,7 @@ def refine_manifest(head: dict, facesets: list[dict], faces_in: int, faces_kept:
     """OUT/refine_manifest.json of `refine`."""
     return dict(head, summary={"facesets": len(facesets), "faces_in": faces_in,
                                "faces_kept": faces_kept, "dropped": dropped},
-                timing=timing, facesets=facesets)
+                timing=timing, dropped_version=DROPPED_VERSION, facesets=facesets)
 
 
 def raw_extended_record(when: str, threshold: float, faces_added: int, joined: dict,
@@ -295,6 +311,24 @@ def _face_entries(c: _Fields, obj: dict, key: str, field: str, required=True) ->
         c.plain_names(e, "files", f, required=False)
 
 
+def _dropped_entries(c: _Fields, obj: dict, key: str, field: str, required=True) -> None:
+    """``dropped[]``: each names its gate (``reason``); a gate's ``value``/``limit`` are
+    numbers or null, its photo (``path``) a string."""
+    for f, e in c.items(obj, key, field, required):
+        c.str(e, "reason", f)
+        c.str(e, "key", f, required=False)
+        c.str(e, "path", f, required=False)
+        for k in ("value", "limit"):
+            if e.get(k) is not None:
+                c.num(e, k, f)
+
+
+def _check_dropped_version(c: _Fields, m: dict) -> None:
+    if "dropped_version" in m and c.int(m, "dropped_version", "") > DROPPED_VERSION:
+        c.fail("dropped_version", f"{m['dropped_version']} is newer than this face-sets "
+               f"({DROPPED_VERSION}); upgrade face-sets")
+
+
 def _check_head(c: _Fields, m: dict) -> dict:
     c.str(m, "cache", "", required=False)
     c.get(m, "model_id", "", (str, type(None)), "a string", required=False)
@@ -330,9 +364,11 @@ def _check_refine(c: _Fields, m: dict) -> None:
               "min_blur", "min_det_score", "min_faces"):
         c.num(params, k, "parameters", required=False)
     c.str(params, "engine", "parameters", required=False)
+    _check_dropped_version(c, m)
     for f, fs in c.items(m, "facesets", ""):
         c.name(fs, "name", f, FACESET_NAME, "a faceset name (faceset_NNN)")
         _face_entries(c, fs, "faces", f)
+        _dropped_entries(c, fs, "dropped", f, required=False)
     summary = c.obj(m, "summary", "", required=False)
     c.int(summary, "faces_in", "summary", required=False)
     c.int(summary, "faces_kept", "summary", required=False)
@@ -363,9 +399,9 @@ def _check_swap_faceset(c: _Fields, m: dict) -> None:
         c.int(face, "rank", f)
         c.name(face, "file", f, FACE_PNG, "a face PNG (faces/NNN.png)")
         c.str(face, "key", f)
+    _check_dropped_version(c, m)
+    _dropped_entries(c, m, "dropped", "")
     for f, e in c.items(m, "dropped", ""):
-        c.str(e, "reason", f)
-        c.str(e, "key", f, required=False)
         if "moved_to" in e:
             c.name(e, "moved_to", f, DROPPED_PNG, "a dropped PNG (faces/_dropped/NNN.png)")
     c.obj(m, "summary", "")

@@ -36,7 +36,7 @@ from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
-from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE
+from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE, dropped_counts
 
 REPORT_FILE = "index.html"
 THUMBS_DIR = "_thumbs"
@@ -50,6 +50,7 @@ SINGLETON_TILES = 60
 PAD = 1.6                 # a photo crop: the face box side times this, square
 OUTLINE = (0, 215, 255)   # BGR: amber box around the face a group-photo crop is about
 NAME_MAX = 200
+DROPPED_TILES = 30        # dropped faces shown per faceset (the strip under its card)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Tile:
     score: float | None = None
     rank: int | None = None
     distance: float | None = None           # from the faceset's centroid (swap)
+    sha256: str = ""                        # a photo tile: the photo's bytes must hash so
+    link: str = ""                          # a dropped face: the photo it came from (href)
     sheet: str = ""                         # set by place_tiles: its sheet and offset
     x: int = 0
     y: int = 0
@@ -165,14 +168,6 @@ def _mapping(keys: list[str], to: dict[str, str]) -> str:
     return ", ".join(f"{n} ({c})" for n, c in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
 
 
-def _reasons(dropped: list[dict]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dropped:
-        r = str(d.get("reason", "?"))
-        out[r] = out.get(r, 0) + 1
-    return out
-
-
 def _card(name: str, tiles: list[Tile], **kw) -> dict:
     return dict({"name": name, "title": "", "kept": len(tiles), "dropped": {}, "links": [],
                  "mapping": "", "tiles": tiles, "shown": len(tiles)}, **kw)
@@ -217,7 +212,11 @@ def _refine_cards(out: Path, m: dict) -> tuple[list[dict], dict]:
                            kept=len(fs["faces"]), images=fs.get("image_count"),
                            links=[("folder", f"{fs['name']}/")],
                            mapping=("raw: " + _mapping([f["key"] for f in fs["faces"]], to_person))
-                           if raw else ""))
+                           if raw else "",
+                           # what refine's gates took out of this identity
+                           dropped=dropped_counts(fs.get("dropped", [])),
+                           dropped_tiles=_dropped_tiles(out, out / fs["name"], out,
+                                                        fs.get("dropped", []))))
     s = m.get("summary", {})
     dropped = s.get("dropped") if isinstance(s.get("dropped"), dict) else {}
     head = {"title": "refine", "facts": [f"{len(sets)} facesets",
@@ -258,10 +257,40 @@ def swap_faceset_card(out: Path, name: str, raw_of: dict[str, str] | None = None
         if persons:
             mapping += f" · raw {persons}"
     return _card(name, tiles, title=read_name(fdir), kept=len(fm["faces"]),
-                 dropped=_reasons(fm["dropped"]), links=links, mapping=mapping,
+                 dropped=dropped_counts(fm["dropped"]), links=links, mapping=mapping,
+                 dropped_tiles=_dropped_tiles(out, fdir, path, fm["dropped"]),
                  top_n=int(fm["top_n"]),
                  gate=(fm.get("parameters") or {}).get("outlier_threshold"),
                  history=[h for h in fm.get("history", []) if isinstance(h, dict)])
+
+
+def _dropped_label(d: dict) -> str:
+    """A dropped face's caption: its gate, and its value against the gate's limit."""
+    value, limit = d.get("value"), d.get("limit")
+    label = str(d.get("reason", "?"))
+    if isinstance(value, (int, float)) and isinstance(limit, (int, float)):
+        label += f" {value:g}{'>' if value > limit else '<'}{limit:g}"
+    return label
+
+
+def _dropped_tiles(out: Path, fdir: Path, path: Path, dropped: list[dict]) -> list[Tile]:
+    """The strip of a faceset's dropped faces: the parked PNG when a step moved it to
+    faces/_dropped/, else the face cut from its source photo; captioned with the gate and
+    linked to the photo (a link relative to the page, like every other)."""
+    tiles = []
+    for d in dropped[:DROPPED_TILES]:
+        photo = d.get("path") if isinstance(d.get("path"), str) else ""
+        link = os.path.relpath(photo, out) if photo and os.path.isabs(photo) \
+            and "\x00" not in photo else ""
+        bbox = [float(v) for v in d.get("bbox", []) if isinstance(v, (int, float))][:4]
+        t = Tile(key=str(d.get("key", "")), label=_dropped_label(d), link=link)
+        if isinstance(d.get("moved_to"), str):
+            t.png = safe_member_path(fdir, d["moved_to"], "dropped[].moved_to", path)
+        elif photo and os.path.isabs(photo) and len(bbox) == 4 \
+                and isinstance(d.get("sha256"), str) and d["sha256"]:
+            t.photo, t.bbox, t.sha256 = Path(photo), bbox, d["sha256"]
+        tiles.append(t)
+    return tiles
 
 
 def _swap_raw_of(top: dict) -> dict[str, str] | None:
@@ -328,6 +357,10 @@ def render_tile(t: Tile) -> np.ndarray:
         if t.photo is None or t.bbox is None:
             return _blank()
         data = t.photo.read_bytes()
+        # a photo named by a manifest outside the output folder (a dropped face's source)
+        # is shown only when it is the very photo the cache embedded
+        if t.sha256 and hashlib.sha256(data).hexdigest() != t.sha256:
+            return _blank()
         hdr = read_header(data)
         x1, y1, x2, y2 = t.bbox
         side = max(x2 - x1, y2 - y1) * PAD
@@ -375,9 +408,11 @@ def place_tiles(out: Path, cards: list[dict], progress: bool = False) -> set[str
     that do not exist yet; returns the sheet names in use."""
     thumbs = out / THUMBS_DIR
     todo, used = [], set()
+    groups = [(card, card["tiles"]) for card in cards]
+    groups += [(card, card["dropped_tiles"]) for card in cards if card.get("dropped_tiles")]
     for card in cards:
-        tiles = card["tiles"]
         card["sheets"] = []
+    for card, tiles in groups:
         for s in range(0, len(tiles), SHEET_TILES):
             chunk = tiles[s:s + SHEET_TILES]
             name = sheet_name(chunk)
@@ -405,6 +440,8 @@ def prune_sheets(out: Path, used: set[str]) -> None:
         for p in thumbs.iterdir():
             if SHEET_FILE.fullmatch(p.name) and p.name not in used and p.is_file():
                 p.unlink()
+        if not any(thumbs.iterdir()):   # a library of no faceset: no empty folder left
+            thumbs.rmdir()
 
 
 # ---- the page -----------------------------------------------------------------------------
@@ -426,6 +463,8 @@ figure img{width:96px;height:96px;object-fit:none;display:block;background:#333;
  border-radius:3px}
 figcaption{font-size:11px;color:#999;text-align:center}
 .more{align-self:center;color:#888;padding:0 8px}
+.strip{opacity:.8}
+.strip figure img{outline:1px solid #a55}
 """
 
 
@@ -435,6 +474,16 @@ def _e(s) -> str:
 
 def _href(rel: str) -> str:
     return quote(rel, safe="/")
+
+
+def _figure(t: Tile, link: str = "") -> str:
+    """One tile: its part of its sheet and its caption (wrapped in ``link`` when given)."""
+    src = _e(_href(f"{THUMBS_DIR}/{t.sheet}"))
+    img = (f"<img loading=\"lazy\" src=\"{src}\" width=\"96\" height=\"96\" "
+           f"style=\"object-position:-{t.x}px -{t.y}px\" alt=\"{_e(t.label)}\">")
+    if link:
+        img = f"<a href=\"{_e(_href(link))}\">{img}</a>"
+    return f"<figure>{img}<figcaption>{_e(t.label)}</figcaption></figure>"
 
 
 def render_html(kind: str, cards: list[dict], head: dict, folder_name: str = "") -> str:
@@ -465,13 +514,22 @@ def render_html(kind: str, cards: list[dict], head: dict, folder_name: str = "")
             f"<a href=\"{_e(_href(h))}\">{_e(t)}</a>" for t, h in c["links"]) + "</p>")
         parts.append("<div class=\"tiles\">")
         for t in c["tiles"][:c["shown"]]:
-            src = _e(_href(f"{THUMBS_DIR}/{t.sheet}"))
-            parts.append(f"<figure><img loading=\"lazy\" src=\"{src}\" width=\"96\" "
-                         f"height=\"96\" style=\"object-position:-{t.x}px -{t.y}px\" "
-                         f"alt=\"{_e(t.label)}\"><figcaption>{_e(t.label)}</figcaption></figure>")
+            parts.append(_figure(t))
         if c["kept"] > c["shown"]:
             parts.append(f"<span class=\"more\">+{c['kept'] - c['shown']} more</span>")
-        parts.append("</div></section>")
+        parts.append("</div>")
+        strip = c.get("dropped_tiles") or []
+        if strip:
+            total = sum(c["dropped"].values())
+            parts.append(f"<p class=\"dropped\">dropped ({total}): the gate, the face's "
+                         "value against its limit; a click opens the photo</p>"
+                         "<div class=\"tiles strip\">")
+            for t in strip:
+                parts.append(_figure(t, t.link))
+            if total > len(strip):
+                parts.append(f"<span class=\"more\">+{total - len(strip)} more</span>")
+            parts.append("</div>")
+        parts.append("</section>")
     parts.append("</main></body></html>\n")
     return "".join(parts)
 

@@ -10,7 +10,9 @@ is a *run*: a hidden folder ``SWAP_READY/.runs/<id>/`` holding
   before/    the previous bytes of every file it changes (same relative paths), which
              ``undo`` puts back;
   after/     the new bytes of the manifests it installs (a run that computes its manifests
-             from the disk as it goes, like audit-multiface, has none).
+             from the disk as it goes, like audit-multiface, has none);
+  pruned.json  written by `history --keep N` when it removed before/ and after/ (and the
+             folders an undo parked): the run is listed still but can no longer be undone.
 
 The run folder is built under ``.runs/.<id>.partial/`` and renamed into place whole, so a
 run folder either is complete or does not exist. The run is done once the top-level
@@ -33,6 +35,7 @@ RUN_RECORD = "face-sets/run"
 RUN_VERSION = 1
 RUNS_DIR = ".runs"            # SWAP_READY/.runs/<id>/
 RUN_FILE = "run.json"
+PRUNED_FILE = "pruned.json"   # .runs/<id>/pruned.json: `history --keep` removed its data
 BEFORE_DIR = "before"
 AFTER_DIR = "after"
 PARTIAL_SUFFIX = ".partial"   # .runs/.<id>.partial/ while a run folder is written

@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..io.fsutil import remove_temp_files
 from .bundle import write_fsz
-from .manifest import (MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
+from .manifest import (DROPPED_VERSION, MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path, write_manifest)
 
 FACES_DIR = "faces"
@@ -47,6 +47,14 @@ SPLIT_DIR = "_split"        # SWAP_READY/_split/faceset_NNN: a faceset split int
 def bundle_names(name: str, top_n: int) -> dict[str, str]:
     """File names of a faceset's two bundles (``name``: the faceset's bundle stem)."""
     return {"top": f"{name}_top{top_n}.fsz", "all": f"{name}_all.fsz"}
+
+
+def dropped_counts(dropped: list[dict]) -> dict[str, int]:
+    """A faceset manifest's ``summary.dropped``: how many dropped faces per reason."""
+    counts: dict[str, int] = {}
+    for e in dropped:
+        counts[str(e.get("reason"))] = counts.get(str(e.get("reason")), 0) + 1
+    return counts
 
 
 def bundle_stem(manifest: dict) -> str:
@@ -143,11 +151,10 @@ def faceset_manifest(head: dict, name: str, source_faceset: str, run: str, top_n
     (recorded in ``history``)."""
     history = [{"step": "export-swap", "when": head["created"], "run": run,
                 "kept_audit_drops": kept_audit_drops}] if kept_audit_drops else []
-    counts: dict[str, int] = {}
-    for e in dropped:
-        counts[e["reason"]] = counts.get(e["reason"], 0) + 1
+    counts = dropped_counts(dropped)
     return dict(head, name=name, source_faceset=source_faceset, run=run, top_n=top_n,
-                centroid=[round(float(v), 6) for v in centroid], faces=faces, dropped=dropped,
+                centroid=[round(float(v), 6) for v in centroid], faces=faces,
+                dropped_version=DROPPED_VERSION, dropped=dropped,
                 history=history,
                 summary={"faces_in": faces_in, "kept": len(faces), "dropped": counts})
 

@@ -19,17 +19,20 @@ Every function takes the folder's lock and first finishes a run a kill interrupt
 from __future__ import annotations
 
 import copy
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..core import runs
+from ..core.library import Faceset
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
                                 load_manifest, safe_member_path)
-from ..formats.runs import RUNS_SECTION
-from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, bundles_entry,
+from ..formats.runs import AFTER_DIR, BEFORE_DIR, PRUNED_FILE, RUNS_SECTION
+from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, SPLIT_DIR,
                                drop_destination, faceset_listing, next_face_number)
-from ..io.fsutil import output_lock
+from ..io.fsutil import atomic_write_json, output_lock
 
 QUARANTINE_DIR = "_quarantine"
 QUARANTINED_SECTION = "quarantined"
@@ -150,15 +153,6 @@ def _pick(m: dict, files: list[str], where: str) -> list[dict]:
     return [by_file[f] for f in dict.fromkeys(files)]
 
 
-def _counts(m: dict) -> None:
-    counts: dict[str, int] = {}
-    for d in m["dropped"]:
-        counts[str(d.get("reason"))] = counts.get(str(d.get("reason")), 0) + 1
-    m["summary"]["dropped"] = counts
-    m["summary"]["kept"] = len(m["faces"])
-    m["bundles"] = bundles_entry(m["name"], int(m["top_n"]), len(m["faces"]))
-
-
 @_locked
 def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> dict:
     """Move faces (``faces/NNN.png``) of a faceset to ``faces/_dropped/``; bundles rebuilt."""
@@ -168,15 +162,12 @@ def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> 
         return done
     fdir, m = _faceset(root, faceset)
     picked = _pick(m, files, str(fdir / MANIFEST_NAME))
-    gone = {f["file"] for f in picked}
-    new = copy.deepcopy(m)
-    new["faces"] = [f for f in m["faces"] if f["file"] not in gone]
-    moves, taken = [], set()
+    moves, taken, parked = [], set(), {}
     for face in sorted(picked, key=lambda f: f["rank"]):
         dest = drop_destination(fdir, face["file"], taken)
         moves.append((f"{faceset}/{face['file']}", f"{faceset}/{dest}"))
-        new["dropped"].append(dict(face, reason=REVIEW_REASON, moved_to=dest, run=runs.THIS_RUN))
-    _counts(new)
+        parked[face["file"]] = dest
+    new = Faceset.of(m, fdir).dropping(parked, REVIEW_REASON, runs.THIS_RUN)
     _history(new, "drop-faces", removed=[f["key"] for f in picked], kept=len(new["faces"]))
     after = {f"{faceset}/{MANIFEST_NAME}": new}
     return _commit(root, "drop-faces", moves, after, runs.faceset_files(root, faceset),
@@ -197,22 +188,16 @@ def move_face(root: Path, faceset: str, files: list[str], into: str, log: Log = 
     sdir, sm = _faceset(root, faceset)
     ddir, dm = _faceset(root, into)
     picked = _pick(sm, files, str(sdir / MANIFEST_NAME))
-    gone = {f["file"] for f in picked}
-    src, dest = copy.deepcopy(sm), copy.deepcopy(dm)
-    src["faces"] = [f for f in sm["faces"] if f["file"] not in gone]
     nxt = next_face_number(dm, ddir)
-    moves, renamed = [], {}
+    moves, renamed, arriving = [], {}, []
     for face in sorted(picked, key=lambda f: f["rank"]):
         new_file = f"{FACES_DIR}/{nxt:03d}.png"
         nxt += 1
         moves.append((f"{faceset}/{face['file']}", f"{into}/{new_file}"))
         renamed[face["file"]] = new_file
-        dest["faces"].append(dict(face, file=new_file, moved_from=faceset))
-    dest["faces"].sort(key=lambda f: -float(f.get("score") or 0.0))
-    for rank, face in enumerate(dest["faces"]):
-        face["rank"] = rank
-    for m in (src, dest):
-        _counts(m)
+        arriving.append(dict(face, file=new_file, moved_from=faceset))
+    src = Faceset.of(sm, sdir).without(set(renamed))
+    dest = Faceset.of(dm, ddir).adding(arriving)
     _history(src, "move-face", moved_to=into, files=renamed, kept=len(src["faces"]))
     _history(dest, "move-face", moved_from=faceset, added=len(picked), kept=len(dest["faces"]))
     after = {f"{faceset}/{MANIFEST_NAME}": src, f"{into}/{MANIFEST_NAME}": dest}
@@ -256,21 +241,120 @@ def undo(root: Path, run_id: str | None = None, log: Log = print) -> dict:
     return runs.execute(root, runs.prepare_undo(root, target["id"]), log)
 
 
+def _touched(rec: dict) -> list[str]:
+    """The facesets a run record's moves and files name (top-level or one folder down)."""
+    paths = [mv["from"] for mv in rec.get("moves", [])] + [mv["to"] for mv in
+                                                            rec.get("moves", [])]
+    paths += rec.get("installs", []) + rec.get("changed", [])
+    return sorted({p.split("/")[0] for p in paths if FACESET_NAME.fullmatch(p.split("/")[0])}
+                  | {p.split("/")[1] for p in paths if p.count("/") >= 1
+                     and FACESET_NAME.fullmatch(p.split("/")[1])})
+
+
 def history(root: str | Path) -> list[dict]:
-    """The top-level manifest's ``runs[]`` with each run's summary and the facesets it
-    touched (from its run record)."""
+    """The top-level manifest's ``runs[]`` with each run's summary, the facesets it
+    touched (from its run record) and ``pruned`` (its data gone: no undo)."""
     root = Path(root).resolve()
     out = []
     for e in runs.load_top(root).get(RUNS_SECTION, []):
         rec = runs.record_of(root, e["id"]) or {}
-        paths = [mv["from"] for mv in rec.get("moves", [])] + [mv["to"] for mv in
-                                                                rec.get("moves", [])]
-        paths += rec.get("installs", []) + rec.get("changed", [])
-        touched = sorted({p.split("/")[0] for p in paths if FACESET_NAME.fullmatch(
-            p.split("/")[0])} | {p.split("/")[1] for p in paths if p.count("/") >= 1
-                                 and FACESET_NAME.fullmatch(p.split("/")[1])})
-        out.append(dict(e, summary=rec.get("summary", {}), facesets=touched))
+        out.append(dict(e, summary=rec.get("summary", {}), facesets=_touched(rec),
+                        pruned=(runs.run_dir(root, e["id"]) / PRUNED_FILE).is_file()))
     return out
+
+
+def describe_run(root: Path, entry: dict) -> str:
+    """What a run was, when, and what undoing it changes, in one line (undo names the run
+    it reverses before it does)."""
+    rec = runs.record_of(root, entry["id"]) or {}
+    summary = rec.get("summary") if isinstance(rec.get("summary"), dict) else {}
+    facts = ", ".join(f"{k} {v}" for k, v in sorted(summary.items())
+                      if k != "request" and isinstance(v, (int, float, str))
+                      and not isinstance(v, bool))
+    touched = _touched(rec)
+    shown = ", ".join(touched[:8]) + (f" and {len(touched) - 8} more" if len(touched) > 8
+                                      else "")
+    return (f"run {entry['id']} ({entry['step']}, {entry.get('when', '?')}"
+            f"{': ' + facts if facts else ''}); undoing it moves {len(rec.get('moves', []))} "
+            f"files or folders back and restores {len(rec.get('changed', []))} files"
+            + (f" (facesets {shown})" if shown else ""))
+
+
+# ---- pruning parked data: history --keep N ------------------------------------------------
+@dataclass
+class PrunePlan:
+    """What ``history --keep`` removes: per run older than the newest ``keep``, its
+    before/ and after/ copies, and the faceset folders an undo of it parked."""
+    root: Path
+    keep: int
+    runs: list[str] = field(default_factory=list)        # runs whose data goes
+    paths: list[Path] = field(default_factory=list)      # folders removed
+    size: int = 0                                        # bytes freed
+
+    def lines(self) -> list[str]:
+        return [f"remove {p.relative_to(self.root).as_posix()}/" for p in self.paths]
+
+    def line(self) -> str:
+        return (f"{len(self.runs)} runs pruned ({', '.join(self.runs[:6])}"
+                f"{' ...' if len(self.runs) > 6 else ''}), {len(self.paths)} folders, "
+                f"{self.size / 1e6:.1f} MB freed; pruned runs can no longer be undone"
+                if self.runs else f"nothing to prune (the newest {self.keep} runs are kept)")
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _parked_faceset(path: Path) -> bool:
+    """A faceset folder face-sets parked (its own manifest), not a link."""
+    try:
+        return path.is_dir() and not path.is_symlink() and \
+            load_manifest(path / MANIFEST_NAME, SWAP_FACESET_MANIFEST) is not None
+    except (ManifestError, ValueError):
+        return False
+
+
+def plan_prune(root: Path, keep: int) -> PrunePlan:
+    """The parked data of every run but the newest ``keep`` (see PrunePlan). A run still in
+    effect keeps what the library lists (``_merged/``, ``_split/`` archives, dropped PNGs):
+    only its before/after copies go."""
+    if not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"--keep {keep!r}: give a number of runs, 0 or more")
+    plan = PrunePlan(root, keep)
+    entries = runs.load_top(root).get(RUNS_SECTION, [])
+    for e in entries[:max(0, len(entries) - keep)]:
+        folder = runs.run_dir(root, e["id"])
+        if (folder / PRUNED_FILE).is_file() or not folder.is_dir():
+            continue
+        rec = runs.record_of(root, e["id"])
+        plan.runs.append(e["id"])
+        plan.paths += [d for d in (folder / BEFORE_DIR, folder / AFTER_DIR)
+                       if d.is_dir() and not d.is_symlink()]
+        if e.get("undone_by"):   # where its undo parked the folders it had brought in
+            plan.paths += [root / mv["from"] for mv in rec["moves"]
+                           if mv["from"].split("/")[0] in (ADDED_DIR, SPLIT_DIR)
+                           and _parked_faceset(root / mv["from"])]
+    plan.size = sum(_size(p) for p in plan.paths)
+    return plan
+
+
+@_locked
+def prune(root: Path, keep: int, log: Log = print) -> PrunePlan:
+    """Carry out ``plan_prune``: each run's data removed, then its ``pruned.json`` written
+    (history and undo read it); emptied parking folders removed."""
+    plan = plan_prune(root, keep)
+    for path in plan.paths:
+        shutil.rmtree(path)
+    for run_id in plan.runs:
+        atomic_write_json(runs.run_dir(root, run_id) / PRUNED_FILE,
+                          {"when": _now(), "keep": keep})
+    # and the build folders of runs in effect, emptied when their facesets moved in
+    builds = [d for top in (ADDED_DIR, SPLIT_DIR) if (root / top).is_dir()
+              for d in (root / top).iterdir() if not d.name.startswith(".")]
+    runs.remove_empty_parking(root, [p.relative_to(root).as_posix() + "/x"
+                                     for p in plan.paths + builds])
+    log(plan.line())
+    return plan
 
 
 def is_far(distance, gate, share: float = FAR_SHARE) -> bool:

@@ -33,6 +33,7 @@ from typing import Iterator
 import numpy as np
 
 from ..core import runs
+from ..core.library import Faceset
 from ..core.occlusion import (FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS,  # noqa: F401
                               verdict_of)
 from ..core.swapfaces import face_png_items
@@ -44,8 +45,7 @@ from ..formats.occlusion import (DROP_REASON, MASKED_DIR, MASKED_SECTION, RUN_SE
 from ..formats.queue import (KIND_OCCLUSION, JsonlAppender, QueueError, latest_by_id,
                              load_queue, new_queue, read_jsonl, validate_occlusion_results,
                              validate_queue, write_queue)
-from ..formats.swapset import (MANIFEST_NAME, bundles_entry, drop_destination,
-                               faceset_listing)
+from ..formats.swapset import MANIFEST_NAME, drop_destination, faceset_listing
 from ..io.fsutil import atomic_write_json, read_json, sha256_file
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem
 
@@ -347,18 +347,8 @@ def write_plan(plan: FilterPlan, dry_run: bool) -> Path:
 # ---- apply: one recorded run ----------------------------------------------------------------
 def _pruned_manifest(m: dict, v: FacesetVerdict, dests: dict[str, str], when: str,
                      quarantine: dict | None) -> dict:
-    new = copy.deepcopy(m)
-    new["faces"] = [f for f in m["faces"] if f["file"] not in dests]
-    counts = new["summary"].get("dropped")
-    counts = counts if isinstance(counts, dict) else {}
-    for face in sorted(m["faces"], key=lambda f: f["rank"]):
-        if face["file"] in dests:
-            new["dropped"].append(dict(face, reason=DROP_REASON, moved_to=dests[face["file"]],
-                                       occlusion=v.scores[face["file"]], run=runs.THIS_RUN))
-            counts[DROP_REASON] = counts.get(DROP_REASON, 0) + 1
-    new["summary"]["dropped"] = counts
-    new["summary"]["kept"] = len(new["faces"])
-    new["bundles"] = bundles_entry(new["name"], int(new["top_n"]), len(new["faces"]))
+    new = Faceset.of(m).dropping(dests, DROP_REASON, runs.THIS_RUN,
+                                 {f: {"occlusion": v.scores[f]} for f in dests})
     hist = {"step": STEP, "when": when, "run": runs.THIS_RUN, "verdict": v.verdict,
             "removed": [f["key"] for f in m["faces"] if f["file"] in dests],
             "kept": len(new["faces"])}

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from ..core.refinement import RefineParams, RefineResult, refine_labels
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
 from ..formats.cache import FaceCache
-from ..formats.manifest import (REFINE_MANIFEST, REFINE_MANIFEST_FILE, faceset_entry,
+from ..formats.manifest import (REFINE_MANIFEST, REFINE_MANIFEST_FILE, dropped_entry,
+                                faceset_entry,
                                 is_face_sets_output, new_manifest, refine_manifest, start_output,
                                 write_manifest)
 from ..formats.report import write_report
@@ -36,13 +37,19 @@ def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult,
     valid = res.labels >= 0
     idx = np.flatnonzero(valid)
     groups = groups_by_label(res.labels[valid]) if valid.any() else []
+    gated = res.gated_by_faceset()
     for members in tqdm(groups, desc="placing photos", unit="faceset", disable=None):
         name = f"faceset_{len(facesets):03d}"
         entries = []
         for i in idx[members]:
             placed, _ = place_all(sel.locations[sel.sha256[i]], stage / name, link)
             entries.append(entry_for(cache, sel, i, placed))
-        facesets.append(faceset_entry(name, entries))
+        # what refine's gates took out of this identity (not placed: listed, with why)
+        dropped = [dropped_entry(entry_for(cache, sel, g.index), g.gate, g.value, g.limit)
+                   for g in gated.get(len(facesets), [])]
+        for e in dropped:
+            e.pop("files", None)
+        facesets.append(faceset_entry(name, entries, dropped))
     manifest = refine_manifest(manifest, facesets, int(len(sel)), int(valid.sum()),
                                res.dropped, res.timing)
     write_manifest(stage / REFINE_MANIFEST_FILE, manifest)

@@ -18,8 +18,11 @@ import numpy as np
 from ..backends.base import FaceBackend
 from ..formats.bundle import FszContents, read_fsz
 from ..formats.cache import CacheError, cache_exists, load_cache
-from ..formats.manifest import SWAP_FACESET_MANIFEST, ManifestError, centroid_of, load_manifest
+from ..core.library import Faceset
+from ..formats.manifest import (SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
+                                centroid_of, load_manifest, safe_member_path)
 from ..formats.swapset import MANIFEST_NAME
+from ..io.fsutil import read_json
 from ..io.imageio import DEFAULT_MAX_PIXELS, ImageError, decode, read_header
 
 
@@ -144,3 +147,38 @@ def find_bundles(paths: list[str]) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no .fsz bundle under {', '.join(paths)}")
     return found
+
+
+def listing_problems(folder: str | os.PathLike) -> list[str]:
+    """Where a swap-ready library's top-level manifest and the disk disagree about bundles:
+    each listed faceset's ``top_bundle``/``all_bundle`` must be the file its own manifest
+    names (by the one naming rule, ``Faceset.bundle_names``) and be on disk. [] when
+    ``folder`` holds no top-level manifest (plain bundles are checked as they are)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    try:   # a faceset folder or any other manifest: its bundles are checked as they are
+        if not path.is_file() or read_json(path).get("format") != SWAP_MANIFEST:
+            return []
+        top = load_manifest(path, SWAP_MANIFEST)
+    except (ManifestError, ValueError, AttributeError) as exc:
+        return [str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"]
+    if "summary" not in top:
+        return []
+    problems = []
+    for i, e in enumerate(top.get("facesets", [])):
+        where = f"{path}: facesets[{i}] ({e['name']})"
+        try:
+            fs = Faceset.load(safe_member_path(folder, e["name"], f"facesets[{i}].name", path))
+        except (ManifestError, ValueError) as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        names = fs.bundle_names()
+        for key in ("top", "all"):
+            listed = e.get(f"{key}_bundle")
+            want = f"{e['name']}/{names[key]}"
+            if listed != want:
+                problems.append(f"{where}: {key}_bundle is {listed!r}, but its bundle is "
+                                f"{want}")
+            elif not (folder / want).is_file():
+                problems.append(f"{where}: {key}_bundle {want} is not on disk")
+    return problems
