@@ -50,6 +50,7 @@ class WorkerSummary:
     interrupted: bool = False
     unit: str = "img"
     extra: dict = field(default_factory=dict)
+    providers: str = ""     # where the models ran (backends.base.providers_note)
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
@@ -58,6 +59,7 @@ class WorkerSummary:
                 f"done now {self.done} (noface {self.noface}, unreadable {self.errors}{extra}), "
                 f"failed {self.failed}" + (" (retried next run)" if self.failed else "")
                 + f"; {rate:.1f} {self.unit}/s"
+                + (f"; {self.providers}" if self.providers else "")
                 + (" (interrupted: re-run the same command to resume)"
                    if self.interrupted else ""))
 
@@ -77,6 +79,15 @@ class WorkerJob(Job):
 
     def extra(self) -> dict:
         return {}
+
+    def providers_note(self) -> str:
+        """Where its models ran (backends.base.providers_note); '' when it has none."""
+        backend = getattr(self, "backend", None)
+        if backend is None:
+            return ""
+        from ..backends.base import providers_note
+
+        return providers_note(backend.providers, backend.active_providers())
 
 
 def add_worker_args(p: argparse.ArgumentParser, results_help: str) -> None:
@@ -191,6 +202,7 @@ def run_job(job: WorkerJob, items: list[WorkItem], failures_path: Path, batch: i
     job.start()
     result = run_items(_CheckedJob(job, failures), todo, batch, progress, job.name, job.unit)
     summary.extra = job.extra()
+    summary.providers = job.providers_note()
     summary.done = sum(result.counts[status] for status in (OK, NOFACE, ERROR))
     summary.noface, summary.errors = result.counts[NOFACE], result.counts[ERROR]
     summary.failed = result.counts[FAILED]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import FaceScorer, ScorerError
-from .preprocess import to_tensor
+from .preprocess import to_chw
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "dfn2b_s39b"
@@ -139,7 +139,7 @@ class ClipScorer(FaceScorer):
     def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                  weights: str | None = None, prompts: str | None = None,
                  model_config: str | None = None, device: str = "cpu", batch_size: int = 16,
-                 threads: int | None = None):
+                 threads: int | None = None, fp16: bool = False):
         try:
             import torch
             open_clip = import_open_clip()
@@ -168,7 +168,7 @@ class ClipScorer(FaceScorer):
             raise ScorerError(f"open_clip cannot build {model} with weights {source!r}: "
                               f"{str(exc).splitlines()[0][:300]}") from None
         net.eval()
-        self.torch, self.device = torch, device
+        self.torch, self.device, self.fp16 = torch, device, bool(fp16)
         self.model_name, self.pretrained = model, (Path(weights).name if weights else source)
         self.prompts = load_prompts(prompts)
         self.attributes = tuple(self.prompts)
@@ -197,17 +197,36 @@ class ClipScorer(FaceScorer):
                 "logit_scale": round(self.logit_scale, 4), "image_size": self.size,
                 "prompts": prompts_digest(self.prompts)}
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return to_chw(image, self.size, self.mean, self.std, self.interpolation)
+
     def pixels(self, images: list[np.ndarray]) -> np.ndarray:
-        return to_tensor(images, self.size, self.mean, self.std, self.interpolation)
+        return np.stack([self.prepare(im) for im in images])
+
+    def providers(self) -> list[str]:
+        where = next(self.head.parameters()).device
+        return [f"torch:{where.type}" + (" fp16" if self.fp16 else "")]
+
+    def requested_providers(self) -> list[str]:
+        kind = self.torch.device(self.device).type
+        return [f"torch:{kind}" + (" fp16" if self.fp16 else "")]
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.head(self.torch.from_numpy(pixels).to(self.device)).cpu().numpy()
+        torch = self.torch
+        with torch.no_grad():
+            batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+            if self.fp16:
+                with torch.autocast(device_type=torch.device(self.device).type,
+                                    dtype=torch.float16):
+                    probs = self.head(batch)
+            else:
+                probs = self.head(batch)
+            return probs.float().cpu().numpy()
 
-    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
-        if not images:
+    def score_prepared(self, prepared: list[np.ndarray]) -> list[dict[str, float]]:
+        if not prepared:
             return []
-        probs = self.run(self.pixels(images))
+        probs = self.run(np.stack(prepared))
         return [{a: float(p[i]) for i, a in enumerate(self.attributes)} for p in probs]
 
     def export_onnx(self, path: str | os.PathLike, opset: int = 17) -> dict:

@@ -47,6 +47,7 @@ from ..formats.queue import (KIND_OCCLUSION, JsonlAppender, QueueError, latest_b
 from ..formats.swapset import (MANIFEST_NAME, bundles_entry, drop_destination,
                                faceset_listing)
 from ..io.fsutil import atomic_write_json, read_json, sha256_file
+from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, prefetch
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem
 
 STEP = "occlusion"
@@ -76,8 +77,10 @@ class OcclusionJob(WorkerJob):
     name = "occlusion worker"
     unit = "png"
 
-    def __init__(self, queue: dict, results: str, make_scorer, batch: int = WORKER_BATCH):
+    def __init__(self, queue: dict, results: str, make_scorer, batch: int = WORKER_BATCH,
+                 workers: int = DEFAULT_PREFETCH_WORKERS):
         self.queue = queue
+        self.workers = int(workers)
         self.results = Path(results)
         self.make_scorer = make_scorer
         self.batch = int(batch)
@@ -108,7 +111,8 @@ class OcclusionJob(WorkerJob):
         self.log = JsonlAppender(self.results)
 
     def _read(self, item: WorkItem):
-        """(pixels, None) or (None, (status, why)) for one item."""
+        """(prepared pixels, None) or (None, (status, why)) for one item: read, check,
+        decode and preprocess, on a prefetch thread."""
         import hashlib
 
         try:
@@ -121,12 +125,12 @@ class OcclusionJob(WorkerJob):
         if hashlib.sha256(data).hexdigest() != item.fields["sha256"]:
             return None, (ERROR, "changed since staging; re-stage the queue")
         try:
-            return read_rgb(data), None
+            return self.scorer.prepare(read_rgb(data)), None
         except (OSError, ValueError) as exc:
             return None, (ERROR, f"not a readable image ({exc})")
 
     def _score(self, batch: list[tuple[WorkItem, np.ndarray]]):
-        scores = self.scorer.score([px for _, px in batch])
+        scores = self.scorer.score_prepared([px for _, px in batch])
         for (item, _), s in zip(batch, scores):
             self.log.add({"id": item.id, "path": item.path, "sha256": item.fields["sha256"],
                           "scorer": self.scorer.name,
@@ -135,9 +139,10 @@ class OcclusionJob(WorkerJob):
             yield item, OK, ""
 
     def process(self, items: Iterator[WorkItem]):
+        # the next batches are read and preprocessed on threads while this one is scored
         batch: list[tuple[WorkItem, np.ndarray]] = []
-        for item in items:
-            pixels, problem = self._read(item)
+        ahead = max(2 * self.scorer.batch_size, 4 * self.workers)
+        for item, (pixels, problem) in prefetch(items, self._read, self.workers, ahead):
             if problem is not None:
                 status, why = problem
                 if status == ERROR:
@@ -150,6 +155,9 @@ class OcclusionJob(WorkerJob):
                 batch = []
         if batch:
             yield from self._score(batch)
+
+    def providers_note(self) -> str:
+        return self.scorer.providers_note() if self.scorer is not None else ""
 
     def flush(self) -> None:
         if self.log is not None:
@@ -172,14 +180,15 @@ def clip_options_of(args) -> dict:
     return {"model": args.clip_model, "model_config": args.model_config,
             "pretrained": None if pretrained in (None, "", "none") else pretrained,
             "weights": args.weights, "prompts": args.prompts,
-            "threads": getattr(args, "threads", None), "device": args.device}
+            "threads": getattr(args, "threads", None), "device": args.device,
+            **({"fp16": True} if getattr(args, "fp16", False) else {})}
 
 
 def make_occlusion_job(queue: dict, args, mapper):
     """The worker's job (runtime.worker.main): ``--scorer`` and its options from args."""
     job = OcclusionJob(queue, args.results,
                        scorer_factory(args.scorer, clip_options_of(args), args.providers),
-                       args.batch)
+                       args.batch, getattr(args, "workers", DEFAULT_PREFETCH_WORKERS))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     return (job, Path(str(results) + ".lock"),
@@ -545,6 +554,12 @@ def scorer_args(p) -> None:
                         "binary occlusion classifier [clean, occluded], or a CLIP graph "
                         "written by `occlusion export-onnx`)")
     clip_args(p, DEFAULT_MODEL, DEFAULT_PRETRAINED)
+    p.add_argument("--fp16", action="store_true",
+                   help="clip scorer on a GPU (--device cuda): run under fp16 autocast "
+                        "(about 6x faster on a recent NVIDIA GPU; scores within ~1e-3)")
+    p.add_argument("--workers", type=int, default=DEFAULT_PREFETCH_WORKERS,
+                   help="threads reading and preprocessing the next batches while one is "
+                        f"scored ({DEFAULT_PREFETCH_WORKERS}; 0: none, the serial loop)")
     p.set_defaults(batch=WORKER_BATCH)
 
 
