@@ -2,7 +2,8 @@
 
 A ``Job`` turns a stream of items into recorded results (embed into a cache segment, enrich
 a photo's face rows, a queue worker's results); ``run_items`` drives it: the progress
-(runtime.progress: a bar on a terminal, plain lines in a log), a flush every ``flush_every`` recorded items so that a kill loses at most
+(runtime.progress: a bar on a terminal, plain lines in a log), a flush every
+``flush_every`` recorded items so that a kill loses at most
 that window, Ctrl-C -> drop what is half-recorded, flush and report interrupted, and the
 final flush. Callers build their summaries from the ``JobResult`` and exit with
 ``EXIT_INTERRUPTED`` when it was interrupted.
@@ -120,7 +121,8 @@ DEFAULT_PREFETCH_WORKERS = 4
 
 
 def prefetch(items: Iterable[T], prepare: Callable[[T], R],
-             workers: int = DEFAULT_PREFETCH_WORKERS, ahead: int | None = None) -> Iterator[tuple[T, R]]:
+             workers: int = DEFAULT_PREFETCH_WORKERS,
+             ahead: int | None = None) -> Iterator[tuple[T, R]]:
     """``(item, prepare(item))`` in input order, ``prepare`` running on ``workers`` threads
     for at most ``ahead`` items (default ``4 * workers``) beyond the one handed out; so
     memory stays bounded and a kill loses only work not yet recorded. ``workers < 1``: the

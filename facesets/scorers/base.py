@@ -72,6 +72,9 @@ class FaceScorer(ABC):
     def score_prepared(self, prepared: list) -> list[dict[str, float]]:
         """``score`` of crops already through ``prepare``."""
 
+    def warm_up(self) -> None:
+        """Run one batch before the timed work (a GPU compiles and allocates on its first)."""
+
     def providers(self) -> list[str]:
         """Where the model runs (ONNX Runtime providers, or a torch device)."""
         return []

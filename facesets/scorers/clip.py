@@ -207,6 +207,10 @@ class ClipScorer(FaceScorer):
         where = next(self.head.parameters()).device
         return [f"torch:{where.type}" + (" fp16" if self.fp16 else "")]
 
+    def warm_up(self) -> None:
+        if self.torch.device(self.device).type != "cpu":
+            self.run(np.zeros((self.batch_size, 3, self.size, self.size), np.float32))
+
     def requested_providers(self) -> list[str]:
         kind = self.torch.device(self.device).type
         return [f"torch:{kind}" + (" fp16" if self.fp16 else "")]

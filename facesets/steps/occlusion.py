@@ -108,6 +108,7 @@ class OcclusionJob(WorkerJob):
         except ScorerError as exc:
             raise ValueError(str(exc)) from None
         self.scorer.batch_size = max(1, min(self.batch, self.scorer.batch_size or self.batch))
+        self.scorer.warm_up()
         self.log = JsonlAppender(self.results)
 
     def _read(self, item: WorkItem):
@@ -167,10 +168,11 @@ class OcclusionJob(WorkerJob):
         return dict(self.counts)
 
 
-def scorer_factory(spec: str, clip_options: dict, providers: str | None):
+def scorer_factory(spec: str, clip_options: dict, providers: str | None,
+                   batch_size: int | None = None):
     def make():
         from ..scorers import scorer_from_spec
-        return scorer_from_spec(spec, clip_options, providers)
+        return scorer_from_spec(spec, clip_options, providers, batch_size)
     return make
 
 
@@ -187,7 +189,8 @@ def clip_options_of(args) -> dict:
 def make_occlusion_job(queue: dict, args, mapper):
     """The worker's job (runtime.worker.main): ``--scorer`` and its options from args."""
     job = OcclusionJob(queue, args.results,
-                       scorer_factory(args.scorer, clip_options_of(args), args.providers),
+                       scorer_factory(args.scorer, clip_options_of(args), args.providers,
+                                      args.batch),
                        args.batch, getattr(args, "workers", DEFAULT_PREFETCH_WORKERS))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
