@@ -67,10 +67,14 @@ def stage_occlusion_queue(export_dir: str, queue_path: str) -> int:
 # ---- score (in-process or work/clip_worker.py) ----------------------------------------------
 def read_rgb(data: bytes) -> np.ndarray:
     """A face PNG's pixels as RGB uint8 (Pillow only: the ONNX worker has no OpenCV)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        # Pillow's own message names a memory address: results would differ run to run
+        raise ValueError("not an image format Pillow knows") from None
 
 
 class OcclusionJob(WorkerJob):
