@@ -224,3 +224,21 @@ def test_overlapped_worker_resumes_after_kill_and_ctrl_c(scored, tmp_path):
         again = worker(queue, out, *args)
         assert f"already done {len(done)}" in again.stdout
         assert records(out) == want
+
+
+# ---- the clip scorer offline ---------------------------------------------------------------
+def test_clip_offline_fails_in_seconds_naming_weights_and_export_onnx(tmp_path):
+    """No hub (a closed port as its endpoint) and an empty cache: one error line, at once,
+    instead of a minute of retries and a message cut mid-word."""
+    from conftest import run_cli
+
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "", "https_proxy": "", "HF_HUB_OFFLINE": ""}
+    t = time.monotonic()
+    proc = run_cli("occlusion", "export-onnx", tmp_path / "x.onnx", check=False, env=env)
+    assert proc.returncode == 2 and time.monotonic() - t < 60
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'dfn2b_s39b' are not in the Hugging Face cache" in errors[0]
+    assert "127.0.0.1:9 cannot be reached" in errors[0]
+    assert "--weights FILE" in errors[0] and "occlusion export-onnx" in errors[0]
+    assert "Please check your connection" not in proc.stderr and not (tmp_path / "x.onnx").exists()

@@ -107,6 +107,56 @@ def import_open_clip():
 
 _TV_SHIM = None
 
+HUB_PROBE_S = 3.0    # a TCP connect to the hub (or the proxy) that takes longer: offline
+
+
+def hub_unreachable() -> str:
+    """Why the Hugging Face hub cannot be used ('' when it can): HF_HUB_OFFLINE is set, or
+    the hub's host (the proxy's, when one is set) does not take a TCP connection within
+    ``HUB_PROBE_S``. Offline, huggingface_hub retries for about a minute and prints dozens
+    of warnings before it fails; this answers in seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy if proxy else endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return ""
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached: {exc}"
+    return ""
+
+
+def _in_hub_cache(open_clip, model: str, tag: str) -> bool:
+    """Whether the weights open_clip would fetch from the hub for (model, tag) are in the
+    local cache; True when they do not come from the hub (open_clip decides then)."""
+    try:
+        cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+        from huggingface_hub import try_to_load_from_cache
+    except Exception:   # an open_clip or hub version without these: let open_clip try
+        return True
+    repo = str(cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return True
+    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+
+
+def _go_offline() -> None:
+    """Make huggingface_hub use its local cache only (also when it is imported already)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:
+        return
+    hub_constants.HF_HUB_OFFLINE = True
+
 
 def _zero_shot_head():
     import torch
@@ -140,6 +190,11 @@ class ClipScorer(FaceScorer):
                  weights: str | None = None, prompts: str | None = None,
                  model_config: str | None = None, device: str = "cpu", batch_size: int = 16,
                  threads: int | None = None, fp16: bool = False):
+        offline = ""
+        if pretrained and not weights:
+            offline = hub_unreachable()
+            if offline:
+                _go_offline()
         try:
             import torch
             open_clip = import_open_clip()
@@ -161,12 +216,22 @@ class ClipScorer(FaceScorer):
             source = str(weights)
         else:
             source = pretrained or None
+        if offline:
+            _go_offline()   # open_clip's import may have imported huggingface_hub just now
+            if not _in_hub_cache(open_clip, model, source):
+                raise self._offline_error(model, source, offline)
         try:
             net, _, _ = open_clip.create_model_and_transforms(model, pretrained=source,
                                                               device=device)
-        except RuntimeError as exc:
+        except Exception as exc:   # open_clip's, torch's and huggingface_hub's own errors
+            if offline and not weights:
+                raise self._offline_error(model, source, offline) from None
+            if not isinstance(exc, (RuntimeError, OSError, ValueError)):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ScorerError(f"open_clip cannot build {model} with weights {source!r}: "
-                              f"{str(exc).splitlines()[0][:300]}") from None
+                              f"{first[:500]}; for weights on disk pass --weights FILE"
+                              ) from None
         net.eval()
         self.torch, self.device, self.fp16 = torch, device, bool(fp16)
         self.model_name, self.pretrained = model, (Path(weights).name if weights else source)
@@ -191,6 +256,14 @@ class ClipScorer(FaceScorer):
             self.text = torch.stack(rows)
             self.logit_scale = float(net.logit_scale.exp().item())
         self.head = _zero_shot_head()(net.visual, self.text, self.logit_scale).eval()
+
+    @staticmethod
+    def _offline_error(model: str, tag: str, why: str) -> ScorerError:
+        return ScorerError(
+            f"clip: the {model} weights {tag!r} are not in the Hugging Face cache and the hub "
+            f"cannot be used ({why}); pass --weights FILE (a local open_clip checkpoint), or "
+            "run `sort_faces.py occlusion export-onnx` where the weights are and score with "
+            "--scorer onnx:FILE")
 
     def describe(self) -> dict:
         return {"scorer": self.name, "model": self.model_name, "pretrained": self.pretrained,
