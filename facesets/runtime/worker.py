@@ -23,7 +23,8 @@ from typing import Iterable
 
 from ..formats.queue import JsonlAppender, QueueError, latest_by_id, load_queue, read_jsonl
 from ..io.fsutil import FileLock, LockError
-from .jobs import ERROR, EXIT_ERROR, EXIT_INTERRUPTED, FAILED, NOFACE, OK, Job, run_items
+from .jobs import (DEFAULT_PREFETCH_WORKERS, ERROR, EXIT_ERROR, EXIT_INTERRUPTED, FAILED, NOFACE,
+                   OK, Job, run_items)
 from .pathmap import PathMapError, PathMapper
 
 DEFAULT_BATCH = 50
@@ -106,6 +107,14 @@ def add_worker_args(p: argparse.ArgumentParser, results_help: str) -> None:
                         "queue's, mapped like the photo paths, else ~/.insightface)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (the summary is still printed)")
+
+
+def prefetch_args(p: argparse.ArgumentParser) -> None:
+    """``--workers``: the threads reading, decoding and preprocessing ahead of inference
+    (runtime.jobs.prefetch)."""
+    p.add_argument("--workers", type=int, default=DEFAULT_PREFETCH_WORKERS,
+                   help="threads reading, decoding and preprocessing the next items while "
+                        f"the model runs ({DEFAULT_PREFETCH_WORKERS}; 0: the serial loop)")
 
 
 def work_items(queue: dict, mapper: PathMapper) -> list[WorkItem]:

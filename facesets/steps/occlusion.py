@@ -48,7 +48,7 @@ from ..formats.swapset import (MANIFEST_NAME, bundles_entry, drop_destination,
                                faceset_listing)
 from ..io.fsutil import atomic_write_json, read_json, sha256_file
 from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, prefetch
-from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem
+from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, prefetch_args
 
 STEP = "occlusion"
 WORKER_BATCH = 8           # images per inference batch and per results flush in the worker
@@ -563,10 +563,9 @@ def scorer_args(p) -> None:
     clip_args(p, DEFAULT_MODEL, DEFAULT_PRETRAINED)
     p.add_argument("--fp16", action="store_true",
                    help="clip scorer on a GPU (--device cuda): run under fp16 autocast "
-                        "(about 6x faster on a recent NVIDIA GPU; scores within ~1e-3)")
-    p.add_argument("--workers", type=int, default=DEFAULT_PREFETCH_WORKERS,
-                   help="threads reading and preprocessing the next batches while one is "
-                        f"scored ({DEFAULT_PREFETCH_WORKERS}; 0: none, the serial loop)")
+                        "(several times faster on a recent NVIDIA GPU; scores differ from "
+                        "fp32 by rounding: docs/benchmarks.md)")
+    prefetch_args(p)
     p.set_defaults(batch=WORKER_BATCH)
 
 
