@@ -184,6 +184,8 @@ def test_cli_summary_counts_errors(tmp_path):
     (src / "zero.jpg").write_bytes(b"")
     out = run_cli("embed", src, tmp_path / "c.npz", *PACK, "--no-progress").stdout
     assert "errors 1" in out and "img/s" in out
+    # the summary names the providers the sessions actually ran on
+    assert "img/s; providers CPUExecutionProvider" in out and "WARNING" not in out
 
 
 def test_embedding_into_a_cache_of_another_model_is_refused(faces_cache, tmp_path):
