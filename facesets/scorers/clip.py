@@ -183,6 +183,22 @@ def _zero_shot_head():
     return ZeroShotHead
 
 
+def _half_head():
+    import torch
+
+    class HalfHead(torch.nn.Module):
+        """A float16 head behind float32 input and output (casts at both ends)."""
+
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, pixels):
+            return self.head(pixels.half()).float()
+
+    return HalfHead
+
+
 class ClipScorer(FaceScorer):
     """open_clip zero-shot scorer (see the module docstring)."""
 
@@ -306,9 +322,13 @@ class ClipScorer(FaceScorer):
         probs = self.run(np.stack(prepared))
         return [{a: float(p[i]) for i, a in enumerate(self.attributes)} for p in probs]
 
-    def export_onnx(self, path: str | os.PathLike, opset: int = 17) -> dict:
+    def export_onnx(self, path: str | os.PathLike, opset: int = 17, fp16: bool = False) -> dict:
         """Write the head (image tower + text embeddings + logit scale) as one ONNX graph
-        whose output is the probability per attribute; returns its metadata."""
+        whose output is the probability per attribute; returns its metadata. ``fp16``: the
+        weights and the computation in float16 (about half the file), input and output
+        still float32 (the graph casts), so a worker feeds it the same arrays."""
+        import copy
+
         import onnx
 
         from ..io.fsutil import atomic_write_bytes
@@ -322,9 +342,12 @@ class ClipScorer(FaceScorer):
         mha = self.torch.backends.mha
         fast = mha.get_fastpath_enabled()
         mha.set_fastpath_enabled(False)
+        head = self.head
+        if fp16:
+            head = _half_head()(copy.deepcopy(self.head).half()).eval()
         try:
             with self.torch.no_grad():
-                self.torch.onnx.export(self.head, (dummy,), str(tmp), dynamo=False,
+                self.torch.onnx.export(head, (dummy,), str(tmp), dynamo=False,
                                        input_names=["pixels"], output_names=["probs"],
                                        dynamic_axes={"pixels": {0: "n"}, "probs": {0: "n"}},
                                        opset_version=opset, do_constant_folding=True)
@@ -340,7 +363,8 @@ class ClipScorer(FaceScorer):
                 "attributes": list(self.attributes), "image_size": self.size,
                 "mean": self.mean, "std": self.std, "interpolation": self.interpolation,
                 "logit_scale": self.logit_scale, "prompts": self.prompts,
-                "prompts_digest": prompts_digest(self.prompts)}
+                "prompts_digest": prompts_digest(self.prompts),
+                "precision": "fp16" if fp16 else "fp32"}
         entry = model.metadata_props.add()
         entry.key, entry.value = META_KEY, json.dumps(meta)
         atomic_write_bytes(path, model.SerializeToString())
