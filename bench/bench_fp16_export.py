@@ -1,7 +1,7 @@
 """The fp16 CLIP graph (`occlusion export-onnx --fp16`): size, scores against fp32, speed
 (docs/benchmarks.md, "fp16 CLIP graph").
 
-    python bench/bench_fp16_export.py [--model ViT-L-14] [--faces 24] [--batch 8]
+    python bench/bench_fp16_export.py [--model ViT-L-14] [--faces 24] [--batch 8] [--only fp16]
 
 Random weights (pretrained=None) with the logit scale set to 100, a trained CLIP's (random
 weights' 14.3 would shrink every score difference sevenfold). Exports the zero-shot head in
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-L-14")
     ap.add_argument("--faces", type=int, default=24)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--only", choices=("fp32", "fp16"), default=None,
+                    help="export and score one precision only")
     args = ap.parse_args()
     from facesets.scorers import scorer_from_spec
     from facesets.scorers.clip import ClipScorer
@@ -60,6 +62,8 @@ def main() -> None:
     print(f"torch fp32: {torch_rate:.2f} img/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="fp16.") as tmp:
         for fp16 in (False, True):
+            if args.only and args.only != ("fp16" if fp16 else "fp32"):
+                continue
             path = Path(tmp) / f"clip{'16' if fp16 else '32'}.onnx"
             t = time.perf_counter()
             clip.export_onnx(path, fp16=fp16)
