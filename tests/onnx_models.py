@@ -55,8 +55,9 @@ def pack_with_landmarks(base_pack: Path, dest: Path) -> Path:
 OCCLUSION_GAIN, OCCLUSION_BIAS = 8.0, -1.5
 
 
-def occlusion_classifier(path: Path) -> Path:
-    """input [N, 3, 224, 224] -> lower half -> mean -> logits [N, 2] (see above)."""
+def occlusion_classifier(path: Path, batch: int | None = None) -> Path:
+    """input [N, 3, 224, 224] -> lower half -> mean -> logits [N, 2] (see above); ``batch``:
+    N fixed to that number in the graph (as some exported classifiers have it)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -74,8 +75,8 @@ def occlusion_classifier(path: Path) -> Path:
     ]
     graph = helper.make_graph(
         nodes, "occlusion_standin",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch or "n", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch or "n", 2])],
         initializer=[const("starts", [112], np.int64), const("ends", [224], np.int64),
                      const("axes", [2], np.int64), const("one", [1], np.int64),
                      const("bias", OCCLUSION_BIAS), const("gain", OCCLUSION_GAIN),

@@ -183,6 +183,15 @@ def test_clip_scores_are_the_softmax_of_scaled_ensemble_similarities(tiny_clip, 
     assert onnx_scorer.kind == "clip" and onnx_scorer.attributes == ("mask", "sunglasses")
     ort = onnx_scorer.score(crops)
     assert max(abs(a[k] - b[k]) for a, b in zip(got, ort) for k in a) < 1e-3
+    # the fp16 graph: weights in float16 (a smaller file), float32 in and out, scores close
+    meta16 = scorer.export_onnx(tmp_path / "tiny16.onnx", fp16=True)
+    assert meta16["precision"] == "fp16" and meta["precision"] == "fp32"
+    assert (tmp_path / "tiny16.onnx").stat().st_size < \
+        0.7 * (tmp_path / "tiny.onnx").stat().st_size
+    half = scorer_from_spec(f"onnx:{tmp_path / 'tiny16.onnx'}")
+    assert half.session.get_inputs()[0].type == "tensor(float)"
+    ort16 = half.score(crops)
+    assert max(abs(a[k] - b[k]) for a, b in zip(got, ort16) for k in a) < 2e-2
 
 
 # ---- the whole path on a real export ----------------------------------------------------------

@@ -130,6 +130,7 @@ def test_missing_files_fail_then_path_map_and_aliases_match_in_process(tmp_path)
 
     mapped = run_worker(queue, out, "--path-map", f"{src}={moved}")
     assert f"done now {len(items)}" in mapped.stdout and "failed 0" in mapped.stdout
+    assert "img/s; providers CPUExecutionProvider" in mapped.stdout
     moved.rename(src)
     run_cli("embed", cache, "--merge-results", out)
     merged = load_cache(cache)

@@ -16,8 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from facesets.steps.audit import make_multiface_job  # noqa: E402
 from facesets.formats.queue import KIND_MULTIFACE  # noqa: E402
-from facesets.runtime.worker import main  # noqa: E402
+from facesets.runtime.worker import main, prefetch_args  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(None, KIND_MULTIFACE, make_multiface_job,
-                  results_help="results file (JSON Lines, appended)", description=__doc__))
+                  results_help="results file (JSON Lines, appended)", description=__doc__,
+                  extra_args=prefetch_args))

@@ -6,6 +6,8 @@ layout). Coordinates a backend returns are in the pixels of the image it was giv
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -77,8 +79,47 @@ class FaceBackend(ABC):
             self.embed(image, faces)
         return faces
 
+    #: the providers asked for (ONNX Runtime names)
+    providers: list[str] = []
+
+    def active_providers(self) -> list[str]:
+        """The providers the model sessions actually run on (summaries report these)."""
+        return list(self.providers)
+
     def describe(self) -> dict:
         """What goes into a cache's meta about the model."""
         return {"model": self.name, "model_id": self.model_id,
                 "embedding_dim": self.embedding_dim, "det_size": self.det_size,
                 "has_landmarks": self.has_landmarks}
+
+
+_INFERENCE_LOCKS: dict[str, "threading.Lock"] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def inference_lock(providers: list[str]):
+    """The lock every inference on a DirectML device takes: concurrent DirectML sessions
+    crash AMD drivers (amdxc64.dll; Deep-Live-Cam PR #1710), so a process runs one inference
+    at a time there. Other providers: a no-op context (they are safe to share)."""
+    if not providers or providers[0] != "DmlExecutionProvider":
+        return contextlib.nullcontext()
+    with _LOCKS_GUARD:
+        return _INFERENCE_LOCKS.setdefault(providers[0], threading.Lock())
+
+
+def fell_back(requested: list[str], active: list[str]) -> list[str]:
+    """The GPU providers that were requested and that no session took ([] when fine)."""
+    gpu = [p for p in requested if p != "CPUExecutionProvider" and not p.startswith("torch:cpu")]
+    return gpu if gpu and not any(p in active for p in gpu) else []
+
+
+def providers_note(requested: list[str], active: list[str]) -> str:
+    """What a summary says about where the models ran: the providers the sessions actually
+    use and, when a requested GPU provider was not taken, a warning (ONNX Runtime falls
+    back to the CPU silently, at a tenth of the speed)."""
+    text = f"providers {'+'.join(active) or 'none'}"
+    missing = fell_back(requested, active)
+    if missing:
+        text += (f" (WARNING: {', '.join(missing)} was requested but FELL BACK TO THE CPU; "
+                 "check the GPU driver and the onnxruntime build)")
+    return text

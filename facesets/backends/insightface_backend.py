@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io.fsutil import sha256_file
-from .base import DEFAULT_DET_SIZE, BackendError, DetectedFace, FaceBackend
+from .base import (DEFAULT_DET_SIZE, BackendError, DetectedFace, FaceBackend,
+                   inference_lock)
 
 DEFAULT_MODEL = "buffalo_l"
 DEFAULT_MODEL_ROOT = "~/.insightface"
@@ -186,13 +187,23 @@ class InsightFaceBackend(FaceBackend):
             self.embedding_dim = 0
             self.model_id = f"{self.name}:detection-only"
 
+    def active_providers(self) -> list[str]:
+        seen: list[str] = []
+        for model in self.app.models.values():
+            session = getattr(model, "session", None)
+            for p in (session.get_providers() if session is not None else []):
+                if p not in seen:
+                    seen.append(p)
+        return seen
+
     def describe(self) -> dict:
         """The base meta plus ``pack_dir``: where the pack was loaded from, so commands that
         read the cache later load the same pack without --model / --model-root."""
         return dict(super().describe(), pack_dir=str(Path(self.pack_dir).resolve()))
 
     def detect(self, image):
-        bboxes, kpss = self.det.detect(image, max_num=0)
+        with inference_lock(self.providers):
+            bboxes, kpss = self.det.detect(image, max_num=0)
         faces = []
         for i in range(bboxes.shape[0]):
             faces.append(DetectedFace(
@@ -209,7 +220,14 @@ class InsightFaceBackend(FaceBackend):
 
         size = self.rec.input_size[0]
         crops = [face_align.norm_crop(image, landmark=f.kps, image_size=size) for f in faces]
-        feats = self.rec.get_feat(crops)  # one batched forward pass for all faces
+        lock = inference_lock(self.providers)
+        if self.providers[0] == "DmlExecutionProvider":
+            # DirectML re-plans for every new batch shape: one face per run, one shape
+            with lock:
+                feats = np.concatenate([self.rec.get_feat([c]) for c in crops])
+        else:
+            with lock:
+                feats = self.rec.get_feat(crops)  # one batched forward pass for all faces
         for f, e in zip(faces, feats):
             f.embedding = np.asarray(e, dtype=np.float32).reshape(-1)
 
@@ -219,7 +237,8 @@ class InsightFaceBackend(FaceBackend):
         for f in faces:
             face = Face(bbox=f.bbox, kps=f.kps, det_score=f.det_score)
             for m in self.landmark_models:
-                m.get(image, face)
+                with inference_lock(self.providers):
+                    m.get(image, face)
             if face.get("landmark_2d_106") is not None:
                 f.landmark_2d_106 = np.asarray(face["landmark_2d_106"], np.float32)
             if face.get("landmark_3d_68") is not None:

@@ -19,6 +19,10 @@ import argparse
 
 from .common import say
 
+# export-onnx --check: the largest score difference from torch (fp32) an export may show
+FP32_TOLERANCE = 1e-3
+FP16_TOLERANCE = 2e-2
+
 
 def _rules(p) -> None:
     from ..core.occlusion import FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS
@@ -79,6 +83,9 @@ def register(sub) -> None:
                                            "needed to run it)")
     s.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
     clip_args(s, DEFAULT_MODEL, DEFAULT_PRETRAINED)
+    s.add_argument("--fp16", action="store_true",
+                   help="write the graph in float16 (about half the size; float32 input and "
+                        f"output; --check tolerance {FP16_TOLERANCE:g})")
     s.add_argument("--check", type=int, default=8,
                    help="score N synthetic crops with torch and ONNX Runtime and compare "
                         "(0: skip)")
@@ -173,8 +180,10 @@ def _export_onnx(args) -> int:
     from ..scorers import scorer_from_spec
     from ..steps.occlusion import check_images, clip_options_of, compare_scorers
 
-    clip = scorer_from_spec("clip", clip_options_of(args))
-    meta = clip.export_onnx(args.out)
+    options = clip_options_of(args)
+    options.pop("fp16", None)      # the check's reference is torch in float32
+    clip = scorer_from_spec("clip", options)
+    meta = clip.export_onnx(args.out, fp16=args.fp16)
     say(f"occlusion export-onnx: {meta['name']} -> {args.out} (attributes "
         f"{', '.join(meta['attributes'])}, input {meta['image_size']} px, logit scale "
         f"{meta['logit_scale']:.4f})")
@@ -184,7 +193,9 @@ def _export_onnx(args) -> int:
         say(f"  check on {r['images']} synthetic crops: max abs score difference "
             f"{r['max_abs_diff']:.2e}; torch {r['a_img_s']:.1f} img/s, ONNX Runtime "
             f"{r['b_img_s']:.1f} img/s")
-        if r["max_abs_diff"] >= 1e-3:
+        tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
+        if r["max_abs_diff"] >= tolerance:
             raise ValueError(f"{args.out}: ONNX scores differ from torch by "
-                             f"{r['max_abs_diff']:.2e} (>= 1e-3); do not use this export")
+                             f"{r['max_abs_diff']:.2e} (>= {tolerance:g}); do not use this "
+                             "export")
     return 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from tqdm import tqdm
+from ..runtime.progress import progress_bar
 
 from ..formats.eras import dates_path, load_dates, write_dates
 from ..io.capture_date import Unreadable, capture_date
@@ -77,7 +77,8 @@ def capture_dates(cache_path: str | os.PathLike, locations: dict[str, list[str]]
         merged.update(new)
         write_dates(path, merged)
 
-    bar = tqdm(total=len(todo), desc="capture dates", unit="photo", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="capture dates", unit="photo",
+                       disable=not progress)
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for sha, (date, ok) in zip(todo, pool.map(lambda s: _read_one(locations.get(s, [])),
                                                   todo)):

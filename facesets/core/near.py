@@ -12,7 +12,7 @@ Used by ``dedup`` (the report) and ``export-swap`` (the near-duplicate gate).
 from __future__ import annotations
 
 import numpy as np
-from tqdm import tqdm
+from ..runtime.progress import progress_bar
 
 from ..formats.cache import FaceCache
 from .selection import FaceSelection
@@ -36,7 +36,8 @@ def near_pairs(embeddings: np.ndarray, max_distance: float, progress: bool = Fal
     rows = max(1, min(n, CHUNK_ELEMENTS // max(n, 1)))
     min_sim = np.float32(1.0 - max_distance)
     found_i, found_j, found_d = [], [], []
-    with tqdm(total=n, desc="near-duplicates", unit="face", disable=not progress) as bar:
+    with progress_bar(total=n, desc="near-duplicates", unit="face",
+                      disable=not progress) as bar:
         for s in range(0, n, rows):
             block = x[s:s + rows] @ x[s:].T          # rows x (n - s): upper part only
             i, j = np.nonzero(block >= min_sim)

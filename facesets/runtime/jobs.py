@@ -1,21 +1,28 @@
 """The one job loop: progress, flush every N items, Ctrl-C -> flush and stop, counts.
 
 A ``Job`` turns a stream of items into recorded results (embed into a cache segment, enrich
-a photo's face rows, a queue worker's results); ``run_items`` drives it: the progress bar
-(rate and ETA), a flush every ``flush_every`` recorded items so that a kill loses at most
+a photo's face rows, a queue worker's results); ``run_items`` drives it: the progress
+(runtime.progress: a bar on a terminal, plain lines in a log), a flush every
+``flush_every`` recorded items so that a kill loses at most
 that window, Ctrl-C -> drop what is half-recorded, flush and report interrupted, and the
 final flush. Callers build their summaries from the ``JobResult`` and exit with
 ``EXIT_INTERRUPTED`` when it was interrupted.
+
+``prefetch`` is the overlap every job uses: reading, decoding and preprocessing of the next
+items run on a bounded pool of threads while the caller runs the model on the current ones
+(a GPU otherwise waits on one thread's decoding); results come back in input order, so what
+a job records, and when it flushes, is what the serial loop records.
 Importable with the queue worker's minimal requirements (tqdm only).
 """
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from tqdm import tqdm
+from .progress import progress_bar
 
 DEFAULT_FLUSH_EVERY = 50
 
@@ -68,8 +75,9 @@ def run_items(job: Job, items: Sequence[Any], flush_every: int, progress: bool =
     """Run ``job`` over ``items``: flush every ``flush_every`` recorded items and at the end;
     Ctrl-C stops the run (``interrupted``) after ``job.on_interrupt`` and the flush."""
     result = JobResult()
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress or len(items) == 0,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=len(items), desc=desc, unit=unit,
+                       disable=not progress or len(items) == 0, dynamic_ncols=True,
+                       smoothing=0.1)
     since_flush = 0
 
     def count(item: Any, status: str, detail: str) -> None:
@@ -104,3 +112,47 @@ def run_items(job: Job, items: Sequence[Any], flush_every: int, progress: bool =
         job.flush()
         result.seconds = time.monotonic() - t0
     return result
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_PREFETCH_WORKERS = 4
+
+
+def prefetch(items: Iterable[T], prepare: Callable[[T], R],
+             workers: int = DEFAULT_PREFETCH_WORKERS,
+             ahead: int | None = None) -> Iterator[tuple[T, R]]:
+    """``(item, prepare(item))`` in input order, ``prepare`` running on ``workers`` threads
+    for at most ``ahead`` items (default ``4 * workers``) beyond the one handed out; so
+    memory stays bounded and a kill loses only work not yet recorded. ``workers < 1``: the
+    serial loop (each item prepared when it is needed). ``prepare`` must be thread-safe and
+    should return its expected failures as values: an exception it raises is raised here,
+    at that item. Closing the generator (Ctrl-C, an error downstream) cancels what has not
+    started; items already in a thread finish on their own."""
+    if workers < 1:
+        for item in items:
+            yield item, prepare(item)
+        return
+    ahead = max(1, ahead if ahead is not None else 4 * workers)
+    source = iter(items)
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch")
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < ahead + 1:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append((item, pool.submit(prepare, item)))
+            if not pending:
+                return
+            item, future = pending.popleft()
+            yield item, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)

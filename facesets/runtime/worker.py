@@ -23,7 +23,8 @@ from typing import Iterable
 
 from ..formats.queue import JsonlAppender, QueueError, latest_by_id, load_queue, read_jsonl
 from ..io.fsutil import FileLock, LockError
-from .jobs import ERROR, EXIT_ERROR, EXIT_INTERRUPTED, FAILED, NOFACE, OK, Job, run_items
+from .jobs import (DEFAULT_PREFETCH_WORKERS, ERROR, EXIT_ERROR, EXIT_INTERRUPTED, FAILED, NOFACE,
+                   OK, Job, run_items)
 from .pathmap import PathMapError, PathMapper
 
 DEFAULT_BATCH = 50
@@ -50,6 +51,7 @@ class WorkerSummary:
     interrupted: bool = False
     unit: str = "img"
     extra: dict = field(default_factory=dict)
+    providers: str = ""     # where the models ran (backends.base.providers_note)
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
@@ -58,6 +60,7 @@ class WorkerSummary:
                 f"done now {self.done} (noface {self.noface}, unreadable {self.errors}{extra}), "
                 f"failed {self.failed}" + (" (retried next run)" if self.failed else "")
                 + f"; {rate:.1f} {self.unit}/s"
+                + (f"; {self.providers}" if self.providers else "")
                 + (" (interrupted: re-run the same command to resume)"
                    if self.interrupted else ""))
 
@@ -78,6 +81,15 @@ class WorkerJob(Job):
     def extra(self) -> dict:
         return {}
 
+    def providers_note(self) -> str:
+        """Where its models ran (backends.base.providers_note); '' when it has none."""
+        backend = getattr(self, "backend", None)
+        if backend is None:
+            return ""
+        from ..backends.base import providers_note
+
+        return providers_note(backend.providers, backend.active_providers())
+
 
 def add_worker_args(p: argparse.ArgumentParser, results_help: str) -> None:
     p.add_argument("queue", help="queue JSON staged on the WSL side")
@@ -95,6 +107,14 @@ def add_worker_args(p: argparse.ArgumentParser, results_help: str) -> None:
                         "queue's, mapped like the photo paths, else ~/.insightface)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (the summary is still printed)")
+
+
+def prefetch_args(p: argparse.ArgumentParser) -> None:
+    """``--workers``: the threads reading, decoding and preprocessing ahead of inference
+    (runtime.jobs.prefetch)."""
+    p.add_argument("--workers", type=int, default=DEFAULT_PREFETCH_WORKERS,
+                   help="threads reading, decoding and preprocessing the next items while "
+                        f"the model runs ({DEFAULT_PREFETCH_WORKERS}; 0: the serial loop)")
 
 
 def work_items(queue: dict, mapper: PathMapper) -> list[WorkItem]:
@@ -191,6 +211,7 @@ def run_job(job: WorkerJob, items: list[WorkItem], failures_path: Path, batch: i
     job.start()
     result = run_items(_CheckedJob(job, failures), todo, batch, progress, job.name, job.unit)
     summary.extra = job.extra()
+    summary.providers = job.providers_note()
     summary.done = sum(result.counts[status] for status in (OK, NOFACE, ERROR))
     summary.noface, summary.errors = result.counts[NOFACE], result.counts[ERROR]
     summary.failed = result.counts[FAILED]

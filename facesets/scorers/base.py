@@ -19,6 +19,13 @@ The contract:
     ``images``: RGB uint8 arrays (H x W x 3), one aligned face crop each, any size (the
     scorer resizes to its input). Returns one ``{attribute: probability in [0, 1]}`` per
     image, in input order. Never reads files, never keeps state between calls.
+``prepare(image)`` / ``score_prepared(prepared)``
+    ``score`` in two halves, so that callers can overlap them (runtime.jobs.prefetch):
+    ``prepare`` turns one crop into the model's input (resize, normalise; thread-safe, run
+    on the prefetch threads), ``score_prepared`` runs the model on a batch of those.
+    ``score(images) == score_prepared([prepare(i) for i in images])``, to the bit.
+``providers()``
+    The execution providers (or torch device) the model actually runs on, for summaries.
 
 The scorers, each one module in ``scorers/`` (docs/occlusion.md):
 - CLIP zero-shot (``scorers/clip.py``, ``clip``): open_clip, prompt ensembles per attribute
@@ -53,9 +60,34 @@ class FaceScorer(ABC):
     #: crops per ``score`` call
     batch_size: int = 32
 
-    @abstractmethod
     def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
         """One ``{attribute: probability}`` per RGB face crop, in input order."""
+        return self.score_prepared([self.prepare(im) for im in images])
+
+    def prepare(self, image: np.ndarray):
+        """One crop as the model's input (thread-safe); the crop itself by default."""
+        return image
+
+    @abstractmethod
+    def score_prepared(self, prepared: list) -> list[dict[str, float]]:
+        """``score`` of crops already through ``prepare``."""
+
+    def warm_up(self) -> None:
+        """Run one batch before the timed work (a GPU compiles and allocates on its first)."""
+
+    def providers(self) -> list[str]:
+        """Where the model runs (ONNX Runtime providers, or a torch device)."""
+        return []
+
+    def requested_providers(self) -> list[str]:
+        """Where the model was asked to run (same spelling as ``providers``)."""
+        return self.providers()
+
+    def providers_note(self) -> str:
+        """The summary's words on where the model ran, a warning on a CPU fallback."""
+        from ..backends.base import providers_note
+
+        return providers_note(self.requested_providers(), self.providers())
 
     def score_all(self, images: list[np.ndarray]) -> list[dict[str, float]]:
         """``score`` over any number of crops, ``batch_size`` at a time."""

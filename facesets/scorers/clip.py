@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import FaceScorer, ScorerError
-from .preprocess import to_tensor
+from .preprocess import to_chw
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "dfn2b_s39b"
@@ -107,6 +107,56 @@ def import_open_clip():
 
 _TV_SHIM = None
 
+HUB_PROBE_S = 3.0    # a TCP connect to the hub (or the proxy) that takes longer: offline
+
+
+def hub_unreachable() -> str:
+    """Why the Hugging Face hub cannot be used ('' when it can): HF_HUB_OFFLINE is set, or
+    the hub's host (the proxy's, when one is set) does not take a TCP connection within
+    ``HUB_PROBE_S``. Offline, huggingface_hub retries for about a minute and prints dozens
+    of warnings before it fails; this answers in seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy if proxy else endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return ""
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached: {exc}"
+    return ""
+
+
+def _in_hub_cache(open_clip, model: str, tag: str) -> bool:
+    """Whether the weights open_clip would fetch from the hub for (model, tag) are in the
+    local cache; True when they do not come from the hub (open_clip decides then)."""
+    try:
+        cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+        from huggingface_hub import try_to_load_from_cache
+    except Exception:   # an open_clip or hub version without these: let open_clip try
+        return True
+    repo = str(cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return True
+    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+
+
+def _go_offline() -> None:
+    """Make huggingface_hub use its local cache only (also when it is imported already)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:
+        return
+    hub_constants.HF_HUB_OFFLINE = True
+
 
 def _zero_shot_head():
     import torch
@@ -133,13 +183,34 @@ def _zero_shot_head():
     return ZeroShotHead
 
 
+def _half_head():
+    import torch
+
+    class HalfHead(torch.nn.Module):
+        """A float16 head behind float32 input and output (casts at both ends)."""
+
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, pixels):
+            return self.head(pixels.half()).float()
+
+    return HalfHead
+
+
 class ClipScorer(FaceScorer):
     """open_clip zero-shot scorer (see the module docstring)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                  weights: str | None = None, prompts: str | None = None,
                  model_config: str | None = None, device: str = "cpu", batch_size: int = 16,
-                 threads: int | None = None):
+                 threads: int | None = None, fp16: bool = False):
+        offline = ""
+        if pretrained and not weights:
+            offline = hub_unreachable()
+            if offline:
+                _go_offline()
         try:
             import torch
             open_clip = import_open_clip()
@@ -161,14 +232,24 @@ class ClipScorer(FaceScorer):
             source = str(weights)
         else:
             source = pretrained or None
+        if offline:
+            _go_offline()   # open_clip's import may have imported huggingface_hub just now
+            if not _in_hub_cache(open_clip, model, source):
+                raise self._offline_error(model, source, offline)
         try:
             net, _, _ = open_clip.create_model_and_transforms(model, pretrained=source,
                                                               device=device)
-        except RuntimeError as exc:
+        except Exception as exc:   # open_clip's, torch's and huggingface_hub's own errors
+            if offline and not weights:
+                raise self._offline_error(model, source, offline) from None
+            if not isinstance(exc, (RuntimeError, OSError, ValueError)):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ScorerError(f"open_clip cannot build {model} with weights {source!r}: "
-                              f"{str(exc).splitlines()[0][:300]}") from None
+                              f"{first[:500]}; for weights on disk pass --weights FILE"
+                              ) from None
         net.eval()
-        self.torch, self.device = torch, device
+        self.torch, self.device, self.fp16 = torch, device, bool(fp16)
         self.model_name, self.pretrained = model, (Path(weights).name if weights else source)
         self.prompts = load_prompts(prompts)
         self.attributes = tuple(self.prompts)
@@ -192,27 +273,62 @@ class ClipScorer(FaceScorer):
             self.logit_scale = float(net.logit_scale.exp().item())
         self.head = _zero_shot_head()(net.visual, self.text, self.logit_scale).eval()
 
+    @staticmethod
+    def _offline_error(model: str, tag: str, why: str) -> ScorerError:
+        return ScorerError(
+            f"clip: the {model} weights {tag!r} are not in the Hugging Face cache and the hub "
+            f"cannot be used ({why}); pass --weights FILE (a local open_clip checkpoint), or "
+            "run `sort_faces.py occlusion export-onnx` where the weights are and score with "
+            "--scorer onnx:FILE")
+
     def describe(self) -> dict:
         return {"scorer": self.name, "model": self.model_name, "pretrained": self.pretrained,
                 "logit_scale": round(self.logit_scale, 4), "image_size": self.size,
                 "prompts": prompts_digest(self.prompts)}
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return to_chw(image, self.size, self.mean, self.std, self.interpolation)
+
     def pixels(self, images: list[np.ndarray]) -> np.ndarray:
-        return to_tensor(images, self.size, self.mean, self.std, self.interpolation)
+        return np.stack([self.prepare(im) for im in images])
+
+    def providers(self) -> list[str]:
+        where = next(self.head.parameters()).device
+        return [f"torch:{where.type}" + (" fp16" if self.fp16 else "")]
+
+    def warm_up(self) -> None:
+        if self.torch.device(self.device).type != "cpu":
+            self.run(np.zeros((self.batch_size, 3, self.size, self.size), np.float32))
+
+    def requested_providers(self) -> list[str]:
+        kind = self.torch.device(self.device).type
+        return [f"torch:{kind}" + (" fp16" if self.fp16 else "")]
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.head(self.torch.from_numpy(pixels).to(self.device)).cpu().numpy()
+        torch = self.torch
+        with torch.no_grad():
+            batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+            if self.fp16:
+                with torch.autocast(device_type=torch.device(self.device).type,
+                                    dtype=torch.float16):
+                    probs = self.head(batch)
+            else:
+                probs = self.head(batch)
+            return probs.float().cpu().numpy()
 
-    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
-        if not images:
+    def score_prepared(self, prepared: list[np.ndarray]) -> list[dict[str, float]]:
+        if not prepared:
             return []
-        probs = self.run(self.pixels(images))
+        probs = self.run(np.stack(prepared))
         return [{a: float(p[i]) for i, a in enumerate(self.attributes)} for p in probs]
 
-    def export_onnx(self, path: str | os.PathLike, opset: int = 17) -> dict:
+    def export_onnx(self, path: str | os.PathLike, opset: int = 17, fp16: bool = False) -> dict:
         """Write the head (image tower + text embeddings + logit scale) as one ONNX graph
-        whose output is the probability per attribute; returns its metadata."""
+        whose output is the probability per attribute; returns its metadata. ``fp16``: the
+        weights and the computation in float16 (about half the file), input and output
+        still float32 (the graph casts), so a worker feeds it the same arrays."""
+        import copy
+
         import onnx
 
         from ..io.fsutil import atomic_write_bytes
@@ -226,9 +342,12 @@ class ClipScorer(FaceScorer):
         mha = self.torch.backends.mha
         fast = mha.get_fastpath_enabled()
         mha.set_fastpath_enabled(False)
+        head = self.head
+        if fp16:
+            head = _half_head()(copy.deepcopy(self.head).half()).eval()
         try:
             with self.torch.no_grad():
-                self.torch.onnx.export(self.head, (dummy,), str(tmp), dynamo=False,
+                self.torch.onnx.export(head, (dummy,), str(tmp), dynamo=False,
                                        input_names=["pixels"], output_names=["probs"],
                                        dynamic_axes={"pixels": {0: "n"}, "probs": {0: "n"}},
                                        opset_version=opset, do_constant_folding=True)
@@ -244,7 +363,8 @@ class ClipScorer(FaceScorer):
                 "attributes": list(self.attributes), "image_size": self.size,
                 "mean": self.mean, "std": self.std, "interpolation": self.interpolation,
                 "logit_scale": self.logit_scale, "prompts": self.prompts,
-                "prompts_digest": prompts_digest(self.prompts)}
+                "prompts_digest": prompts_digest(self.prompts),
+                "precision": "fp16" if fp16 else "fp32"}
         entry = model.metadata_props.add()
         entry.key, entry.value = META_KEY, json.dumps(meta)
         atomic_write_bytes(path, model.SerializeToString())

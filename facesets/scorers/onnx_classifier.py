@@ -12,6 +12,13 @@ One file, two kinds, told apart by the file's metadata:
   probability per attribute; its input size, mean/std and resize filter are in the metadata.
 The session warns loudly on stderr when a requested GPU provider was not taken (ONNX Runtime
 silently falls back to the CPU).
+
+Fixed shapes: a graph whose batch dimension is a number (a batch-1 classifier) is run in
+chunks of that size; on DirectML, which re-plans for every new shape and is slow on free
+dimensions (onnxruntime #14550), the CLIP graph's free batch dimension (``n``, as
+``export-onnx`` names it) is fixed to the batch size by a free-dimension override and a
+short last batch is padded (the padding's rows are dropped). Every ``session.run`` goes
+through ``backends.base.inference_lock`` (one inference at a time per device in a process).
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import sys
 import numpy as np
 
 from .base import FaceScorer, ScorerError
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, softmax, to_tensor
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, softmax, to_chw
 
 CLASSIFIER_SIZE = 224
 CLASSIFIER_ATTRIBUTE = "occluded"
@@ -30,9 +37,14 @@ CLIP_GRAPH_VERSION = 1
 META_KEY = "face-sets"          # metadata_props key holding the CLIP graph's JSON description
 
 
-def open_session(path: str, providers: str | list[str] | None = None):
+CLIP_BATCH_DIM = "n"           # export-onnx's name of the CLIP graph's batch dimension
+
+
+def open_session(path: str, providers: str | list[str] | None = None,
+                 fixed_batch: int | None = None):
     """An ONNX Runtime session on the best providers (or ``providers``); warns on stderr when
-    a provider other than the CPU was asked for and the session runs on the CPU."""
+    a provider other than the CPU was asked for and the session runs on the CPU.
+    ``fixed_batch``: on DirectML, the free batch dimension is fixed to it."""
     import onnxruntime
 
     from ..backends.base import BackendError
@@ -42,14 +54,21 @@ def open_session(path: str, providers: str | list[str] | None = None):
         chosen = best_providers(providers)
     except BackendError as exc:
         raise ScorerError(str(exc)) from None
+    opts = session_options(chosen)
+    if fixed_batch and is_directml(chosen):
+        opts.add_free_dimension_override_by_name(CLIP_BATCH_DIM, int(fixed_batch))
     try:
-        session = onnxruntime.InferenceSession(str(path), sess_options=session_options(chosen),
+        session = onnxruntime.InferenceSession(str(path), sess_options=opts,
                                                providers=chosen)
     except Exception as exc:   # onnxruntime raises its own exception types
         raise ScorerError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]})") from None
     warn_cpu_fallback(chosen, session.get_providers(), str(path))
     return session
+
+
+def is_directml(providers: list[str]) -> bool:
+    return bool(providers) and providers[0] == "DmlExecutionProvider"
 
 
 def warn_cpu_fallback(requested: list[str], active: list[str], what: str) -> bool:
@@ -112,9 +131,17 @@ class OnnxScorer(FaceScorer):
     def __init__(self, path: str, providers: str | list[str] | None = None,
                  batch_size: int = 16):
         self.path = str(path)
-        self.session = open_session(self.path, providers)
-        self.input = self.session.get_inputs()[0].name
         self.batch_size = int(batch_size)
+        self.session = open_session(self.path, providers, fixed_batch=self.batch_size)
+        from ..backends.insightface_backend import best_providers
+
+        self.requested = best_providers(providers)
+        self.input = self.session.get_inputs()[0].name
+        dim = self.session.get_inputs()[0].shape[0] if self.session.get_inputs()[0].shape \
+            else None
+        # the batch size the graph takes: a number in the graph, or DirectML's override
+        self.fixed_batch = dim if isinstance(dim, int) and dim > 0 else \
+            self.batch_size if is_directml(self.session.get_providers()) else None
         meta = graph_meta(self.session)
         if meta is None:        # a binary classifier: [clean, occluded]
             self.kind = "classifier"
@@ -139,8 +166,35 @@ class OnnxScorer(FaceScorer):
         return {"scorer": self.name, "kind": self.kind, "file": self.path,
                 "providers": self.session.get_providers()}
 
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def requested_providers(self) -> list[str]:
+        return list(self.requested)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """The graph's first output for ``batch``, in chunks of its fixed batch size (the
+        last one padded with zeros, whose rows are dropped) when it has one."""
+        from ..backends.base import inference_lock
+
+        lock = inference_lock(self.session.get_providers())
+        size = self.fixed_batch
+        if not size or len(batch) == size:
+            with lock:
+                return np.asarray(self.session.run(None, {self.input: batch})[0])
+        parts = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            real = len(chunk)
+            if real < size:
+                chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]),
+                                                        chunk.dtype)])
+            with lock:
+                parts.append(np.asarray(self.session.run(None, {self.input: chunk})[0])[:real])
+        return np.concatenate(parts)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.session.run(None, {self.input: batch})[0], np.float64)
+        out = np.asarray(self._infer(batch), np.float64)
         if self.kind == "classifier":
             if out.ndim != 2 or out.shape[1] != 2:
                 raise ScorerError(f"{self.path}: output of shape {out.shape}, not N x 2 "
@@ -151,8 +205,11 @@ class OnnxScorer(FaceScorer):
                               f"{len(batch)} x {len(self.attributes)}")
         return out
 
-    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
-        if not images:
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return to_chw(image, self.size, self.mean, self.std, self.interpolation)
+
+    def score_prepared(self, prepared: list[np.ndarray]) -> list[dict[str, float]]:
+        if not prepared:
             return []
-        probs = self.run(to_tensor(images, self.size, self.mean, self.std, self.interpolation))
+        probs = self.run(np.stack(prepared))
         return [{a: float(p[i]) for i, a in enumerate(self.attributes)} for p in probs]

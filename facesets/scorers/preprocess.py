@@ -4,7 +4,8 @@ so the torch path and the ONNX Runtime worker feed a model the same numbers.
 ``to_tensor(images, size, mean, std, interpolation)``: each RGB uint8 crop is resized so its
 shorter side is ``size`` (Pillow's bicubic or bilinear, as torchvision's Resize does on PIL
 images), centre-cropped to ``size`` x ``size``, scaled to [0, 1], normalised per channel
-and laid out N x 3 x size x size (float32).
+and laid out N x 3 x size x size (float32). ``to_chw`` is that for one crop (what the
+prefetch threads compute); ``to_tensor`` stacks those, the same numbers to the bit.
 """
 from __future__ import annotations
 
@@ -30,15 +31,21 @@ def _square(image: np.ndarray, size: int, interpolation: str) -> np.ndarray:
     return np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.float32)
 
 
-def to_tensor(images: list[np.ndarray], size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-              interpolation: str = "bilinear") -> np.ndarray:
-    """N x 3 x size x size float32 (see the module docstring)."""
+def to_chw(image: np.ndarray, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+           interpolation: str = "bilinear") -> np.ndarray:
+    """One crop as 3 x size x size float32 (see the module docstring); thread-safe."""
     if interpolation not in _FILTERS:
         raise ValueError(f"unknown interpolation {interpolation!r} "
                          f"(known: {', '.join(_FILTERS)})")
-    batch = np.stack([_square(im, size, interpolation) for im in images]) / 255.0
-    batch = (batch - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+    square = _square(image, size, interpolation) / 255.0
+    square = (square - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(square.transpose(2, 0, 1), dtype=np.float32)
+
+
+def to_tensor(images: list[np.ndarray], size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+              interpolation: str = "bilinear") -> np.ndarray:
+    """N x 3 x size x size float32 (see the module docstring)."""
+    return np.stack([to_chw(im, size, mean, std, interpolation) for im in images])
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

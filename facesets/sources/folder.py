@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+from ..runtime.progress import progress_bar
 
 from ..formats.cache import FaceCache
 from ..formats.manifest import holds_face_sets_manifest
@@ -214,8 +214,8 @@ def plan_embed(paths: list[str], cache: FaceCache, workers: int = 2,
     new_shas = {item.sha256 for item in plan.to_embed}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_stat_and_hash, to_hash)
-        for item in tqdm(results, total=len(to_hash), desc="hashing", unit="file",
-                         disable=not progress or not to_hash):
+        for item in progress_bar(results, total=len(to_hash), desc="hashing", unit="file",
+                                 disable=not progress or not to_hash):
             if item.error:
                 plan.unreadable.append(item)
             elif item.sha256 in new_shas:

@@ -35,6 +35,7 @@ from ..formats.swapset import (MANIFEST_NAME, MULTIFACE_AUDIT, drop_destination,
                                remove_faceset_temps)
 from ..io.fsutil import atomic_write_json, fsync_dir, remove_temp_files, sha256_file
 from ..io.imageio import ImageError, decode, read_header
+from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, prefetch
 from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
 
 STEP = "audit-multiface"
@@ -64,8 +65,9 @@ class MultifaceJob(WorkerJob):
     unit = "png"
 
     def __init__(self, queue: dict, results: str, mapper, providers: str | None = None,
-                 model_root: str | None = None):
+                 model_root: str | None = None, workers: int = DEFAULT_PREFETCH_WORKERS):
         self.params = queue["params"]
+        self.workers = int(workers)
         self.results = Path(results)
         self.mapper = mapper
         self.providers = providers
@@ -88,19 +90,27 @@ class MultifaceJob(WorkerJob):
                                     with_recognition=False)
         self.log = JsonlAppender(self.results)
 
+    @staticmethod
+    def _read(item: WorkItem):
+        """(image, None) or (None, (status, why)): read and decode, on a prefetch thread."""
+        try:
+            with open(item.local, "rb") as fh:
+                data = fh.read()
+            read_header(data)
+            return decode(data, 1), None
+        except FileNotFoundError:
+            return None, (FAILED, f"vanished before it could be read: {item.local}")
+        except (ImageError, OSError) as exc:
+            return None, (ERROR, str(exc))
+
     def process(self, items: Iterator[WorkItem]):
-        for item in items:
-            try:
-                with open(item.local, "rb") as fh:
-                    data = fh.read()
-                read_header(data)
-                image = decode(data, 1)
-            except FileNotFoundError:
-                yield item, FAILED, f"vanished before it could be read: {item.local}"
-                continue
-            except (ImageError, OSError) as exc:
-                self.log.add({"id": item.id, "path": item.path, "error": str(exc)})
-                yield item, ERROR, str(exc)
+        # the next PNGs are read and decoded on threads while this one is detected
+        for item, (image, problem) in prefetch(items, self._read, self.workers):
+            if problem is not None:
+                status, why = problem
+                if status == ERROR:
+                    self.log.add({"id": item.id, "path": item.path, "error": why})
+                yield item, status, why
                 continue
             faces = self.backend.detect(image)
             self.log.add({"id": item.id, "path": item.path, "faces": len(faces),
@@ -117,7 +127,8 @@ class MultifaceJob(WorkerJob):
 
 
 def make_multiface_job(queue: dict, args, mapper):
-    job = MultifaceJob(queue, args.results, mapper, args.providers, args.model_root)
+    job = MultifaceJob(queue, args.results, mapper, args.providers, args.model_root,
+                       getattr(args, "workers", DEFAULT_PREFETCH_WORKERS))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     return (job, Path(str(results) + ".lock"),

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..backends.base import FaceBackend
+from ..backends.base import FaceBackend, providers_note
 from ..core.analyze import iter_analyzed, job_status, record_plan_paths, record_result
 from ..formats.cache import SegmentWriter, cache_lock, check_model, compact_cache, load_cache
 from ..io.imageio import DEFAULT_MAX_PIXELS
@@ -33,6 +33,7 @@ class EmbedSummary:
     seconds: float = 0.0
     interrupted: bool = False
     skipped: list[str] = field(default_factory=list)   # what listing SRC passed over, why
+    providers: str = ""     # where the models ran (backends.base.providers_note)
 
     def line(self) -> str:
         if self.seen and not (self.new or self.aliased or self.errors or self.noface
@@ -44,6 +45,7 @@ class EmbedSummary:
         return (f"files seen {self.seen}, unchanged {self.unchanged}, new {self.new}, "
                 f"aliased {self.aliased}, noface {self.noface}, errors {self.errors}; "
                 f"faces {self.faces}{rate}"
+                + (f"; {self.providers}" if self.providers else "")
                 + (" (interrupted: re-run to resume)" if self.interrupted else ""))
 
 
@@ -110,6 +112,8 @@ def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], mod
         result = run_items(job, plan.to_embed, flush_every, progress, "embedding", "img")
         summary.new = summary.embedded = result.recorded
         summary.faces = job.faces
+        if backend is not None:
+            summary.providers = providers_note(backend.providers, backend.active_providers())
         summary.noface = result.counts[NOFACE]
         summary.errors += result.counts[ERROR]
         summary.seconds, summary.interrupted = result.seconds, result.interrupted

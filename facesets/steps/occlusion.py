@@ -47,7 +47,8 @@ from ..formats.queue import (KIND_OCCLUSION, JsonlAppender, QueueError, latest_b
                              validate_queue, write_queue)
 from ..formats.swapset import MANIFEST_NAME, drop_destination, faceset_listing
 from ..io.fsutil import atomic_write_json, read_json, sha256_file
-from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem
+from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, prefetch
+from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, prefetch_args
 
 STEP = "occlusion"
 WORKER_BATCH = 8           # images per inference batch and per results flush in the worker
@@ -66,18 +67,24 @@ def stage_occlusion_queue(export_dir: str, queue_path: str) -> int:
 # ---- score (in-process or work/clip_worker.py) ----------------------------------------------
 def read_rgb(data: bytes) -> np.ndarray:
     """A face PNG's pixels as RGB uint8 (Pillow only: the ONNX worker has no OpenCV)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        # Pillow's own message names a memory address: results would differ run to run
+        raise ValueError("not an image format Pillow knows") from None
 
 
 class OcclusionJob(WorkerJob):
     name = "occlusion worker"
     unit = "png"
 
-    def __init__(self, queue: dict, results: str, make_scorer, batch: int = WORKER_BATCH):
+    def __init__(self, queue: dict, results: str, make_scorer, batch: int = WORKER_BATCH,
+                 workers: int = DEFAULT_PREFETCH_WORKERS):
         self.queue = queue
+        self.workers = int(workers)
         self.results = Path(results)
         self.make_scorer = make_scorer
         self.batch = int(batch)
@@ -105,10 +112,12 @@ class OcclusionJob(WorkerJob):
         except ScorerError as exc:
             raise ValueError(str(exc)) from None
         self.scorer.batch_size = max(1, min(self.batch, self.scorer.batch_size or self.batch))
+        self.scorer.warm_up()
         self.log = JsonlAppender(self.results)
 
     def _read(self, item: WorkItem):
-        """(pixels, None) or (None, (status, why)) for one item."""
+        """(prepared pixels, None) or (None, (status, why)) for one item: read, check,
+        decode and preprocess, on a prefetch thread."""
         import hashlib
 
         try:
@@ -121,12 +130,12 @@ class OcclusionJob(WorkerJob):
         if hashlib.sha256(data).hexdigest() != item.fields["sha256"]:
             return None, (ERROR, "changed since staging; re-stage the queue")
         try:
-            return read_rgb(data), None
+            return self.scorer.prepare(read_rgb(data)), None
         except (OSError, ValueError) as exc:
             return None, (ERROR, f"not a readable image ({exc})")
 
     def _score(self, batch: list[tuple[WorkItem, np.ndarray]]):
-        scores = self.scorer.score([px for _, px in batch])
+        scores = self.scorer.score_prepared([px for _, px in batch])
         for (item, _), s in zip(batch, scores):
             self.log.add({"id": item.id, "path": item.path, "sha256": item.fields["sha256"],
                           "scorer": self.scorer.name,
@@ -135,9 +144,10 @@ class OcclusionJob(WorkerJob):
             yield item, OK, ""
 
     def process(self, items: Iterator[WorkItem]):
+        # the next batches are read and preprocessed on threads while this one is scored
         batch: list[tuple[WorkItem, np.ndarray]] = []
-        for item in items:
-            pixels, problem = self._read(item)
+        ahead = max(2 * self.scorer.batch_size, 4 * self.workers)
+        for item, (pixels, problem) in prefetch(items, self._read, self.workers, ahead):
             if problem is not None:
                 status, why = problem
                 if status == ERROR:
@@ -151,6 +161,9 @@ class OcclusionJob(WorkerJob):
         if batch:
             yield from self._score(batch)
 
+    def providers_note(self) -> str:
+        return self.scorer.providers_note() if self.scorer is not None else ""
+
     def flush(self) -> None:
         if self.log is not None:
             self.log.flush()
@@ -159,10 +172,11 @@ class OcclusionJob(WorkerJob):
         return dict(self.counts)
 
 
-def scorer_factory(spec: str, clip_options: dict, providers: str | None):
+def scorer_factory(spec: str, clip_options: dict, providers: str | None,
+                   batch_size: int | None = None):
     def make():
         from ..scorers import scorer_from_spec
-        return scorer_from_spec(spec, clip_options, providers)
+        return scorer_from_spec(spec, clip_options, providers, batch_size)
     return make
 
 
@@ -172,14 +186,16 @@ def clip_options_of(args) -> dict:
     return {"model": args.clip_model, "model_config": args.model_config,
             "pretrained": None if pretrained in (None, "", "none") else pretrained,
             "weights": args.weights, "prompts": args.prompts,
-            "threads": getattr(args, "threads", None), "device": args.device}
+            "threads": getattr(args, "threads", None), "device": args.device,
+            **({"fp16": True} if getattr(args, "fp16", False) else {})}
 
 
 def make_occlusion_job(queue: dict, args, mapper):
     """The worker's job (runtime.worker.main): ``--scorer`` and its options from args."""
     job = OcclusionJob(queue, args.results,
-                       scorer_factory(args.scorer, clip_options_of(args), args.providers),
-                       args.batch)
+                       scorer_factory(args.scorer, clip_options_of(args), args.providers,
+                                      args.batch),
+                       args.batch, getattr(args, "workers", DEFAULT_PREFETCH_WORKERS))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     return (job, Path(str(results) + ".lock"),
@@ -535,6 +551,11 @@ def scorer_args(p) -> None:
                         "binary occlusion classifier [clean, occluded], or a CLIP graph "
                         "written by `occlusion export-onnx`)")
     clip_args(p, DEFAULT_MODEL, DEFAULT_PRETRAINED)
+    p.add_argument("--fp16", action="store_true",
+                   help="clip scorer on a GPU (--device cuda): run under fp16 autocast "
+                        "(several times faster on a recent NVIDIA GPU; scores differ from "
+                        "fp32 by rounding: docs/benchmarks.md)")
+    prefetch_args(p)
     p.set_defaults(batch=WORKER_BATCH)
 
 
