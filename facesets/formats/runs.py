@@ -10,7 +10,10 @@ is a *run*: a hidden folder ``SWAP_READY/.runs/<id>/`` holding
   before/    the previous bytes of every file it changes (same relative paths), which
              ``undo`` puts back;
   after/     the new bytes of the manifests it installs (a run that computes its manifests
-             from the disk as it goes, like audit-multiface, has none).
+             from the disk as it goes, like audit-multiface, has none);
+  run.sha256 the sha256 of run.json's bytes, written with it: a record edited by hand (an
+             entry of moves[] removed...) no longer matches and is refused. The run's
+             ``runs[]`` entry keeps the same digest once the run is done.
 
 The run folder is built under ``.runs/.<id>.partial/`` and renamed into place whole, so a
 run folder either is complete or does not exist. The run is done once the top-level
@@ -33,6 +36,9 @@ RUN_RECORD = "face-sets/run"
 RUN_VERSION = 1
 RUNS_DIR = ".runs"            # SWAP_READY/.runs/<id>/
 RUN_FILE = "run.json"
+DIGEST_FILE = "run.sha256"    # sha256 of run.json's bytes, beside it
+DIGEST_KEY = "record_sha256"  # ... and in the run's runs[] entry
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 BEFORE_DIR = "before"
 AFTER_DIR = "after"
 PARTIAL_SUFFIX = ".partial"   # .runs/.<id>.partial/ while a run folder is written
@@ -64,10 +70,20 @@ def run_record(run_id: str, step: str, moves: list[tuple[str, str]], changed: li
             "installs": installs, "rebuild": rebuild, "summary": summary}
 
 
-def runs_entry(record: dict) -> dict:
+def record_digest(data: bytes) -> str:
+    """What ``run.sha256`` and the ``runs[]`` entry keep of a run.json: its bytes' sha256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_text(digest: str) -> bytes:
+    """``run.sha256``'s body (sha256sum's layout, so ``sha256sum -c`` checks it by hand)."""
+    return f"{digest}  {RUN_FILE}\n".encode()
+
+
+def runs_entry(record: dict, digest: str) -> dict:
     """A run's entry in the top-level manifest's ``runs[]`` (``undone_by`` is added when an
-    undo reverses it)."""
-    return {"id": record["id"], "step": record["step"],
+    undo reverses it); ``digest``: its run.json's sha256."""
+    return {"id": record["id"], "step": record["step"], DIGEST_KEY: digest,
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "undoes": record.get("undoes"),
             "moves": len(record["moves"]), "changed": len(record["changed"]),
             "summary": record.get("summary", {}), "folder": f"{RUNS_DIR}/{record['id']}",
@@ -82,11 +98,46 @@ def check_relpath(c: _Fields, value, field: str) -> str:
     return value
 
 
-def load_run(path: str | os.PathLike) -> dict:
-    """Read and check a ``run.json``: one error naming the file and the field."""
+def _read_digest(path: Path) -> str | None:
+    """The digest ``run.sha256`` keeps (None when there is none)."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(200)
+    digest = head.split(b" ", 1)[0].decode("ascii", "replace").strip()
+    if not SHA256_HEX.fullmatch(digest) or head != digest_text(digest):
+        raise ManifestError(f"{path}: not a sha256 line for {RUN_FILE}; the run record "
+                            "cannot be trusted (restore .runs/ from a backup)")
+    return digest
+
+
+def _check_digest(path: Path, data: bytes, expected: str | None, pending: bool) -> None:
+    """A record proves it is the one face-sets wrote: its bytes match ``run.sha256`` beside
+    it and ``expected`` (its runs[] entry's digest). A pending run needs run.sha256; a done
+    run recorded by a face-sets before digests has neither and is taken as it is."""
+    digest = record_digest(data)
+    kept = _read_digest(path.parent / DIGEST_FILE)
+    if kept is None and pending:
+        raise ManifestError(f"{path}: {DIGEST_FILE} is missing beside it, so this pending "
+                            "run cannot be proven to be the one face-sets wrote; restore "
+                            f"{RUNS_DIR}/ from a backup")
+    for what, want in ((DIGEST_FILE, kept), (f"its runs[] entry's {DIGEST_KEY}", expected)):
+        if want is not None and want != digest:
+            raise ManifestError(f"{path}: its bytes do not match {what} (the record was "
+                                "edited after face-sets wrote it); restore it from a backup, "
+                                "face-sets will not carry out or undo an edited run")
+
+
+def load_run(path: str | os.PathLike, expected: str | None = None,
+             pending: bool = True) -> dict:
+    """Read and check a ``run.json``: one error naming the file and the field. Then its
+    bytes must match its digest (``_check_digest``): ``expected`` is the digest in its runs[]
+    entry (None: not done yet, or done by a face-sets before digests, ``pending=False``)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such run record")
+    with open(path, "rb") as fh:
+        data = fh.read()
     m = read_json(path)
     c = _Fields(path)
     if not isinstance(m, dict) or m.get("format") != RUN_RECORD:
@@ -106,6 +157,7 @@ def load_run(path: str | os.PathLike) -> dict:
         for i, rel in enumerate(c.strs(m, key, "")):
             check_relpath(c, rel, f"{key}[{i}]")
     c.obj(m, "summary", "")
+    _check_digest(path, data, expected, pending)   # well-formed, and the very bytes written
     return m
 
 
@@ -118,6 +170,9 @@ def check_runs_section(top: dict, path: str | os.PathLike) -> list[dict]:
         c.str(e, "step", f)
         c.get(e, "undone_by", f, (str, type(None)), "a run id or null", required=False)
         c.get(e, "undoes", f, (str, type(None)), "a run id or null", required=False)
+        if c.str(e, DIGEST_KEY, f, required=False) is not None \
+                and not SHA256_HEX.fullmatch(e[DIGEST_KEY]):
+            c.fail(f"{f}.{DIGEST_KEY}", "is not a sha256 (64 hex digits)")
     return top.get(RUNS_SECTION, [])
 
 
