@@ -247,6 +247,8 @@ def validate_frames_records(records: list[dict], where) -> list[dict]:
                 c.number(face.get("det_score"), f"{fa}.det_score", 0, 1)
                 c.number(face.get("face_short"), f"{fa}.face_short", 0)
                 c.number(face.get("blur"), f"{fa}.blur", 0)
+                if "yaw" not in face:   # null when the pack has no pose model, never absent
+                    raise c.fail(f"{fa}.yaw", "is missing (null when unknown)")
                 c.number(face.get("yaw"), f"{fa}.yaw", -180, 180, optional=True)
                 emb = face.get("embedding")
                 if not isinstance(emb, list) or not 0 < len(emb) <= MAX_EMBEDDING_DIM \
@@ -292,6 +294,7 @@ def validate_tracks(data, where) -> dict:
         if s.get("track") not in ids:
             raise c.fail(f"{f}.track", f"{_show(s.get('track'))} is not a track of this file")
         c.key(s.get("key"), f"{f}.key")
+        c.integer(s.get("shot"), f"{f}.shot")
         c.string(s.get("video"), f"{f}.video")
         c.number(s.get("start"), f"{f}.start", 0)
         c.number(s.get("end"), f"{f}.end", s["start"])
