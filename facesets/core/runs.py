@@ -28,11 +28,11 @@ from ..formats.manifest import (AUDIT_PLAN_FILE, SWAP_FACESET_MANIFEST, SWAP_MAN
                                 ManifestError, load_manifest, safe_member_path, write_manifest)
 from ..formats.runs import (AFTER_DIR, BEFORE_DIR, DIGEST_FILE, DIGEST_KEY, PARTIAL_SUFFIX,
                             RUN_FILE, RUNS_DIR, RUNS_SECTION, SELF_FINISHING, check_runs_section,
-                            digest_text, load_run, new_run_id, record_digest, run_record,
-                            runs_entry)
+                            digest_text, load_run, new_run_id, read_report_pending,
+                            record_digest, report_pending_path, run_record, runs_entry)
 from ..formats.swapset import MANIFEST_NAME, remove_faceset_temps, write_bundles
 from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_point, fsync_dir,
-                         remove_temp_files)
+                         read_json, remove_temp_files)
 
 UNDO = "undo"
 THIS_RUN = "(this run)"   # stands for the run's id in the new manifests until it is known
@@ -142,7 +142,7 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     # the record's proof, inside the folder that appears whole: a pending run is trusted
     # only while run.json still has these bytes
     atomic_write_bytes(part / DIGEST_FILE,
-                       digest_text(record_digest((part / RUN_FILE).read_bytes())))
+                       digest_text(record_digest(read_json(part / RUN_FILE))))
     for d in sorted({p for p in part.rglob("*") if p.is_dir()} | {part}, reverse=True):
         fsync_dir(d)
     os.replace(part, final)
@@ -171,13 +171,13 @@ def _fill(obj, run_id: str) -> None:
             _fill(v, run_id)
 
 
-def add_entry(top: dict, record: dict, digest: str) -> None:
-    """Name a finished run in the top-level manifest (once), with its run.json's digest;
-    an undo marks the run it reverses."""
+def add_entry(top: dict, record: dict) -> None:
+    """Name a finished run in the top-level manifest (once), with its record's digest; an
+    undo marks the run it reverses."""
     runs = top.setdefault(RUNS_SECTION, [])
     if any(e.get("id") == record["id"] for e in runs):
         return
-    runs.append(runs_entry(record, digest))
+    runs.append(runs_entry(record))
     if record.get("undoes"):
         for e in runs:
             if e.get("id") == record["undoes"]:
@@ -197,11 +197,6 @@ def record_of(root: Path, run_id: str, top: dict | None = None) -> dict | None:
                     pending=entry is None)
 
 
-def record_digest_of(root: Path, run_id: str) -> str:
-    """The digest of ``run_id``'s run.json as it is now (checked by ``record_of`` first)."""
-    return record_digest((run_dir(root, run_id) / RUN_FILE).read_bytes())
-
-
 def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict:
     """Carry out (or finish) a prepared run; returns its ``runs[]`` entry."""
     root = Path(root)
@@ -213,7 +208,6 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
     done = next((e for e in top_now.get(RUNS_SECTION, []) if e["id"] == run_id), None)
     if done is not None:
         return done
-    digest = record_digest_of(root, run_id)
     _check_kept_files(folder, rec)
     # every manifest it installs is checked like any manifest before anything moves
     bodies = {rel: load_manifest(folder / AFTER_DIR / rel, SWAP_MANIFEST if rel == MANIFEST_NAME
@@ -240,7 +234,8 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
         top[RUNS_SECTION] = load_top(root).get(RUNS_SECTION, [])
     else:
         top = load_top(root)
-    add_entry(top, rec, digest)
+    add_entry(top, rec)
+    atomic_write_bytes(report_pending_path(root), f"{run_id}\n".encode())
     write_manifest(root / MANIFEST_NAME, top)
     log(f"run {run_id} ({rec['step']}): {moved} moves, {len(rec['installs'])} manifests "
         "written")
@@ -264,6 +259,15 @@ def pending(root: Path) -> list[str]:
     named = {e["id"] for e in load_top(root).get(RUNS_SECTION, [])}
     return sorted(p.name for p in runs.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and p.name not in named)
+
+
+def report_pending(root: Path) -> str | None:
+    """The last run of ``root`` when a kill came after its commit and before its report
+    was rewritten (``report-pending`` names it and it is the newest ``runs[]`` entry): the
+    re-run of that command finishes by rewriting the report."""
+    run_id = read_report_pending(root)
+    entries = load_top(root).get(RUNS_SECTION, []) if run_id else []
+    return run_id if entries and entries[-1]["id"] == run_id else None
 
 
 def finish_pending(root: Path, log: Callable[[str], None] = print) -> list[str]:

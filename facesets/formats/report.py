@@ -36,6 +36,7 @@ from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
+from .runs import clear_report_pending
 from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE
 
 REPORT_FILE = "index.html"
@@ -492,6 +493,7 @@ def write_report(out: str | os.PathLike, progress: bool = False,
     dest = out / REPORT_FILE
     atomic_write_bytes(dest, render_html(kind, cards, head, out.name).encode("utf-8"))
     prune_sheets(out, used)
+    clear_report_pending(out)    # a run's report a kill left to rewrite: rewritten now
     if model is not None:
         model[:] = [kind, cards, head]
     return dest

@@ -11,9 +11,9 @@ is a *run*: a hidden folder ``SWAP_READY/.runs/<id>/`` holding
              ``undo`` puts back;
   after/     the new bytes of the manifests it installs (a run that computes its manifests
              from the disk as it goes, like audit-multiface, has none);
-  run.sha256 the sha256 of run.json's bytes, written with it: a record edited by hand (an
-             entry of moves[] removed...) no longer matches and is refused. The run's
-             ``runs[]`` entry keeps the same digest once the run is done.
+  run.sha256 the digest of run.json (``record_digest``), written with it: a record edited
+             by hand (an entry of moves[] removed...) no longer matches and is refused.
+             The run's ``runs[]`` entry keeps the same digest once the run is done.
 
 The run folder is built under ``.runs/.<id>.partial/`` and renamed into place whole, so a
 run folder either is complete or does not exist. The run is done once the top-level
@@ -29,7 +29,7 @@ import re
 import time
 from pathlib import Path
 
-from ..io.fsutil import read_json
+from ..io.fsutil import fsync_dir, read_json
 from .manifest import ManifestError, _Fields
 
 RUN_RECORD = "face-sets/run"
@@ -39,6 +39,10 @@ RUN_FILE = "run.json"
 DIGEST_FILE = "run.sha256"    # sha256 of run.json's bytes, beside it
 DIGEST_KEY = "record_sha256"  # ... and in the run's runs[] entry
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# .runs/report-pending: the id of the last run whose index.html is not rewritten yet (written
+# before the run's commit, removed by write_report): a re-run after a kill between the two
+# knows its run is done but its report is not
+REPORT_PENDING = "report-pending"
 BEFORE_DIR = "before"
 AFTER_DIR = "after"
 PARTIAL_SUFFIX = ".partial"   # .runs/.<id>.partial/ while a run folder is written
@@ -70,20 +74,25 @@ def run_record(run_id: str, step: str, moves: list[tuple[str, str]], changed: li
             "installs": installs, "rebuild": rebuild, "summary": summary}
 
 
-def record_digest(data: bytes) -> str:
-    """What ``run.sha256`` and the ``runs[]`` entry keep of a run.json: its bytes' sha256."""
-    return hashlib.sha256(data).hexdigest()
+def record_digest(record: dict) -> str:
+    """What ``run.sha256`` and the ``runs[]`` entry keep of a run record: the sha256 of its
+    canonical JSON (keys sorted) without ``created``, so the proof covers what the run does,
+    not the file's layout or the hour it was planned (a re-run after a kill plans the same
+    digest)."""
+    body = {k: v for k, v in record.items() if k != "created"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False,
+                                     separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 def digest_text(digest: str) -> bytes:
-    """``run.sha256``'s body (sha256sum's layout, so ``sha256sum -c`` checks it by hand)."""
+    """``run.sha256``'s body: the digest and the file it proves."""
     return f"{digest}  {RUN_FILE}\n".encode()
 
 
-def runs_entry(record: dict, digest: str) -> dict:
+def runs_entry(record: dict) -> dict:
     """A run's entry in the top-level manifest's ``runs[]`` (``undone_by`` is added when an
-    undo reverses it); ``digest``: its run.json's sha256."""
-    return {"id": record["id"], "step": record["step"], DIGEST_KEY: digest,
+    undo reverses it), with its record's digest."""
+    return {"id": record["id"], "step": record["step"], DIGEST_KEY: record_digest(record),
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "undoes": record.get("undoes"),
             "moves": len(record["moves"]), "changed": len(record["changed"]),
             "summary": record.get("summary", {}), "folder": f"{RUNS_DIR}/{record['id']}",
@@ -111,11 +120,11 @@ def _read_digest(path: Path) -> str | None:
     return digest
 
 
-def _check_digest(path: Path, data: bytes, expected: str | None, pending: bool) -> None:
-    """A record proves it is the one face-sets wrote: its bytes match ``run.sha256`` beside
-    it and ``expected`` (its runs[] entry's digest). A pending run needs run.sha256; a done
+def _check_digest(path: Path, record: dict, expected: str | None, pending: bool) -> None:
+    """A record proves it is the one face-sets wrote: its digest matches ``run.sha256``
+    beside it and ``expected`` (its runs[] entry's). A pending run needs run.sha256; a done
     run recorded by a face-sets before digests has neither and is taken as it is."""
-    digest = record_digest(data)
+    digest = record_digest(record)
     kept = _read_digest(path.parent / DIGEST_FILE)
     if kept is None and pending:
         raise ManifestError(f"{path}: {DIGEST_FILE} is missing beside it, so this pending "
@@ -123,7 +132,7 @@ def _check_digest(path: Path, data: bytes, expected: str | None, pending: bool) 
                             f"{RUNS_DIR}/ from a backup")
     for what, want in ((DIGEST_FILE, kept), (f"its runs[] entry's {DIGEST_KEY}", expected)):
         if want is not None and want != digest:
-            raise ManifestError(f"{path}: its bytes do not match {what} (the record was "
+            raise ManifestError(f"{path}: its content does not match {what} (the record was "
                                 "edited after face-sets wrote it); restore it from a backup, "
                                 "face-sets will not carry out or undo an edited run")
 
@@ -136,8 +145,6 @@ def load_run(path: str | os.PathLike, expected: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such run record")
-    with open(path, "rb") as fh:
-        data = fh.read()
     m = read_json(path)
     c = _Fields(path)
     if not isinstance(m, dict) or m.get("format") != RUN_RECORD:
@@ -157,8 +164,31 @@ def load_run(path: str | os.PathLike, expected: str | None = None,
         for i, rel in enumerate(c.strs(m, key, "")):
             check_relpath(c, rel, f"{key}[{i}]")
     c.obj(m, "summary", "")
-    _check_digest(path, data, expected, pending)   # well-formed, and the very bytes written
+    _check_digest(path, m, expected, pending)   # well-formed, and the very record written
     return m
+
+
+def report_pending_path(root: str | os.PathLike) -> Path:
+    return Path(root) / RUNS_DIR / REPORT_PENDING
+
+
+def read_report_pending(root: str | os.PathLike) -> str | None:
+    """The run id ``report-pending`` names (None: none, or not a run id: ignored, the
+    report is rewritten anyway by the next command that writes it)."""
+    path = report_pending_path(root)
+    if path.is_symlink() or not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        text = fh.read(64).decode("ascii", "replace").strip()
+    return text if RUN_ID.fullmatch(text) else None
+
+
+def clear_report_pending(root: str | os.PathLike) -> None:
+    """The report of ``root`` was rewritten: no run's report is pending any more."""
+    path = report_pending_path(root)
+    if path.is_file() and not path.is_symlink():
+        path.unlink()
+        fsync_dir(path.parent)
 
 
 def check_runs_section(top: dict, path: str | os.PathLike) -> list[dict]:
