@@ -348,7 +348,7 @@ def _execute(plan: AuditPlan, log: Callable[[str], None]) -> dict:
         if not any(r.get("run") == plan.run_id for r in top.get(SECTION, [])):
             top.setdefault(SECTION, []).append(record)
         if run is not None:
-            runs.add_entry(top, run, runs.record_digest_of(out, plan.run_id))
+            runs.add_entry(top, run)
 
     refresh_listing(out, list(by_faceset), add_record)
     (out / AUDIT_PLAN_FILE).unlink(missing_ok=True)
