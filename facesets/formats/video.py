@@ -69,8 +69,9 @@ class _Check:
             raise self.fail(field, f"{_show(value)} is not a finite number{span}")
 
     def integer(self, value, field: str, low: int = 0):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise self.fail(field, f"{_show(value)} is not an integer >= {low}")
+        # sizes, times in ns, frame counts: all fit 64 bits (a bigger one is no file's)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 1 << 63:
+            raise self.fail(field, f"{_show(value)} is not an integer in {low}..2^63-1")
 
     def string(self, value, field: str, allow_empty: bool = False):
         if not isinstance(value, str) or (not value and not allow_empty):
@@ -259,6 +260,17 @@ def validate_frames_records(records: list[dict], where) -> list[dict]:
                 for v in emb:
                     c.number(v, f"{fa}.embedding")
     return records
+
+
+def load_model(path) -> dict:
+    """faces/model.json: the model the worker's records came from (its ``model_id`` is
+    compared with the model a resumed worker loads)."""
+    c = _Check(path, "use an empty results folder")
+    data = _read(path, c)
+    if not isinstance(data, dict):
+        raise c.fail("file", "is not a JSON object")
+    c.string(data.get("model_id"), "model_id")
+    return data
 
 
 # ---- tracks and segments -----------------------------------------------------------------
