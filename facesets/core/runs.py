@@ -140,7 +140,7 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     atomic_write_json(part / RUN_FILE, run_record(run_id, step, moves, sorted(before),
                                                   list(after), rebuild, summary, undoes))
     # the record's proof, inside the folder that appears whole: a pending run is trusted
-    # only while run.json still has these bytes
+    # only while run.json still says what it said then
     atomic_write_bytes(part / DIGEST_FILE,
                        digest_text(record_digest(read_json(part / RUN_FILE))))
     for d in sorted({p for p in part.rglob("*") if p.is_dir()} | {part}, reverse=True):

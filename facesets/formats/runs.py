@@ -36,7 +36,7 @@ RUN_RECORD = "face-sets/run"
 RUN_VERSION = 1
 RUNS_DIR = ".runs"            # SWAP_READY/.runs/<id>/
 RUN_FILE = "run.json"
-DIGEST_FILE = "run.sha256"    # sha256 of run.json's bytes, beside it
+DIGEST_FILE = "run.sha256"    # the record's digest (record_digest), beside it
 DIGEST_KEY = "record_sha256"  # ... and in the run's runs[] entry
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # .runs/report-pending: the id of the last run whose index.html is not rewritten yet (written
@@ -139,8 +139,8 @@ def _check_digest(path: Path, record: dict, expected: str | None, pending: bool)
 
 def load_run(path: str | os.PathLike, expected: str | None = None,
              pending: bool = True) -> dict:
-    """Read and check a ``run.json``: one error naming the file and the field. Then its
-    bytes must match its digest (``_check_digest``): ``expected`` is the digest in its runs[]
+    """Read and check a ``run.json``: one error naming the file and the field. Then it
+    must match its digest (``_check_digest``): ``expected`` is the digest in its runs[]
     entry (None: not done yet, or done by a face-sets before digests, ``pending=False``)."""
     path = Path(path)
     if not path.is_file():
