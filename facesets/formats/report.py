@@ -31,7 +31,7 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from ..io.fsutil import atomic_write_bytes, remove_temp_files
+from ..io.fsutil import atomic_write_bytes, read_json, remove_temp_files
 from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
@@ -92,9 +92,11 @@ def report_kind(out: Path) -> tuple[str, Path]:
                             f"{REFINE_MANIFEST_FILE}); give an output folder of cluster, "
                             "refine or export-swap")
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: not readable JSON ({exc})") from None
+        head = read_json(path)
+    except ValueError as exc:      # it names the file: not JSON, not UTF-8, nested too deep
+        raise ManifestError(str(exc)) from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: not readable ({exc})") from None
     kind = head.get("format") if isinstance(head, dict) else None
     if kind not in (CLUSTER_MANIFEST, SWAP_MANIFEST):
         raise ManifestError(f"{path}: format {kind!r} is not a cluster or export-swap manifest")
