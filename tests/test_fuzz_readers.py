@@ -5,8 +5,12 @@ on stderr that names the file, no traceback, and nothing written outside the com
 output (the test's tmp folder and the shared inputs are snapshotted before and after).
 
 Table-driven: a case is one line of CASES (file kind, mutation, command). The inputs (a small
-real embed / cluster / refine / export-swap / audit / embed-queue of a few test photos) are
-built once per module; each case works on its own copy.
+real embed / cluster / refine / export-swap / audit / embed-queue of a few test photos, and
+for the newer readers: the capture dates beside the cache, an eras run, a done and a pending
+(killed) run record, the video state of one clip, occlusion scores, an Immich stage state)
+are built once per module; each case works on its own copy. Mutations beyond wrong types:
+text that is not UTF-8, JSON nested 100000 deep, numbers of 400 digits, NaN / Infinity,
+entries removed from a run record (which must then fail its digest).
 """
 from __future__ import annotations
 
