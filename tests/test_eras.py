@@ -397,7 +397,8 @@ def test_kill_during_eras_extend_and_a_rerun_finishes(library, tmp_path):
         return [e["id"] for e in load(w / "swap" / "manifest.json")["runs"]]
 
     def started(w: Path) -> set[str]:       # run folders, finished or being written
-        return {p.name.strip(".").split(".")[0] for p in (w / "swap" / ".runs").iterdir()}
+        return {p.name.strip(".").split(".")[0] for p in (w / "swap" / ".runs").iterdir()
+                if p.is_dir()}   # .runs/report-pending is no run
 
     scenario = Scenario("eras-extend", build,
                         lambda w: ["eras", "extend", w / "c.npz", "faceset_000", "--into",

@@ -5,8 +5,12 @@ on stderr that names the file, no traceback, and nothing written outside the com
 output (the test's tmp folder and the shared inputs are snapshotted before and after).
 
 Table-driven: a case is one line of CASES (file kind, mutation, command). The inputs (a small
-real embed / cluster / refine / export-swap / audit / embed-queue of a few test photos) are
-built once per module; each case works on its own copy.
+real embed / cluster / refine / export-swap / audit / embed-queue of a few test photos, and
+for the newer readers: the capture dates beside the cache, an eras run, a done and a pending
+(killed) run record, the video state of one clip, occlusion scores, an Immich stage state)
+are built once per module; each case works on its own copy. Mutations beyond wrong types:
+text that is not UTF-8, JSON nested 100000 deep, numbers of 400 digits, NaN / Infinity,
+entries removed from a run record (which must then fail its digest).
 """
 from __future__ import annotations
 
@@ -25,17 +29,27 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import FACES, LOW_GATES, PACK, ROOT, TEST_THRESHOLD, run_cli
+from conftest import FACES, LOW_GATES, PACK, ROOT, TEST_THRESHOLD, VIDEO, run_cli
 from facesets.formats.cache import load_cache
+from facesets.formats.immich_state import StateWriter, header, record
+from onnx_models import occlusion_classifier
 
 SORT = ROOT / "sort_faces.py"
 EMBED_WORKER = ROOT / "work" / "embed_worker.py"
 MULTIFACE_WORKER = ROOT / "work" / "multiface_worker.py"
+VIDEO_WORKER = ROOT / "work" / "video_face_worker.py"
 PEOPLE = [p for p in sorted(FACES.iterdir()) if len(list(p.glob("*.jpg"))) >= 10][:3]
 REFINE_ARGS = ["--initial-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
                "--outlier-threshold", TEST_THRESHOLD, *LOW_GATES, "--min-faces", "4"]
 EXPORT_ARGS = ["--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20", *PACK,
                "--no-progress"]
+# eras on the test photos (no EXIF dates: one undated era); testpack_s has no eras thresholds
+ERAS_ARGS = ["--recover-threshold", "1.0", "--tighten-threshold", "0.9", "--split-threshold",
+             "0.65", "--attach-threshold", "0.5", "--min-anchor", "2", "--min-era-faces", "2",
+             "--min-short", "20", "--min-blur", "0", "--min-det-score", "0.5", *PACK,
+             "--no-progress"]
+VIDEO_STAGE = [*PACK, "--fps", "1", "--det-size", "320"]
+VIDEO_GATES = ["--threshold", TEST_THRESHOLD, "--min-face-short", "40"]
 # each case's copy of the inputs lies this deep in its sandbox, so that a traversal
 # ("../../evil") from an output folder still lands in the sandbox, where it is seen
 NEST = ("a", "b", "work")
@@ -74,7 +88,72 @@ def pristine(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(EMBED_WORKER), str(w / "eq.json"), str(w / "eres"),
                     "--no-progress"], check=True, capture_output=True)
     assert len(json.loads((w / "refined" / "refine_manifest.json").read_text())["facesets"]) == 2
+    _build_newer(w)
     return w
+
+
+def _build_newer(w: Path) -> None:
+    """The inputs of the newer readers, each written by the command that writes it:
+    c.npz.dates.json (an eras dry run); swap_eras/ (an eras run: its eras[] record);
+    swap_done/ (a finished drop-faces run) and swap_pend/ (the same run killed right after
+    its run folder appeared: pending); vstate/ (video scenes, stage, worker, track of one
+    clip); oq.json, ores.jsonl, oscores.json (occlusion stage, score, merge with a stand-in
+    classifier); imm/.immich/state.jsonl (an Immich stage state, by its writer)."""
+    run_cli("eras", w / "c.npz", "faceset_000", "--into", w / "swap", *ERAS_ARGS, "--dry-run")
+    assert (w / "c.npz.dates.json").is_file()
+    shutil.copytree(w / "swap", w / "swap_eras", symlinks=True)
+    run_cli("eras", w / "c.npz", "faceset_000", "--into", w / "swap_eras", *ERAS_ARGS)
+    assert json.loads((w / "swap_eras" / "manifest.json").read_text())["eras"]
+
+    best = sorted(json.loads((w / "swap" / "faceset_000" / "manifest.json").read_text())
+                  ["faces"], key=lambda f: f["rank"])[0]["file"]
+    drop = ["drop-faces", None, "faceset_000", best]
+    for name in ("swap_done", "swap_count", "swap_pend"):
+        shutil.copytree(w / "swap", w / name, symlinks=True)
+    run_cli(*[w / "swap_done" if a is None else a for a in drop])
+    log = w / "commits.log"
+    env = dict(os.environ, FACESETS_COMMIT_LOG=str(log))
+    subprocess.run([sys.executable, SORT, *[str(w / "swap_count") if a is None else a
+                                            for a in drop]], env=env, check=True,
+                   capture_output=True)
+    commits = [ln.split("\t", 1)[1] for ln in log.read_text().splitlines()]
+    at_folder = next(i for i, c in enumerate(commits, 1)
+                     if Path(c).parent.name == ".runs" and not c.endswith(".partial"))
+    log.unlink()
+    shutil.rmtree(w / "swap_count")
+    env = dict(os.environ, FACESETS_KILL_AT_COMMIT=str(at_folder))
+    killed = subprocess.run([sys.executable, SORT, *[str(w / "swap_pend") if a is None else a
+                                                     for a in drop]], env=env,
+                            capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    assert len(list((w / "swap_pend" / ".runs").glob("*/run.json"))) == 1
+
+    (w / "videos").mkdir()
+    os.symlink(VIDEO / "video_chunk_6s.mp4", w / "videos" / "clip.mp4")
+    run_cli("video", "scenes", w / "videos", w / "vstate", "--no-progress")
+    run_cli("video", "stage", w / "vstate", *VIDEO_STAGE)
+    subprocess.run([sys.executable, str(VIDEO_WORKER), str(w / "vstate" / "queue.json"),
+                    str(w / "vstate" / "faces"), "--no-progress"], check=True,
+                   capture_output=True)
+    run_cli("video", "track", w / "vstate", *VIDEO_GATES)
+    assert json.loads((w / "vstate" / "tracks.json").read_text())["segments"]
+
+    cls = occlusion_classifier(w / "cls.onnx")
+    run_cli("occlusion", "stage", w / "swap", w / "oq.json")
+    run_cli("occlusion", "score", w / "oq.json", w / "ores.jsonl", "--scorer", f"onnx:{cls}",
+            "--no-progress")
+    run_cli("occlusion", "merge", w / "ores.jsonl", w / "oscores.json")
+
+    writer = StateWriter(w / "imm", header("http://127.0.0.1:9", "fuzz", str(w / "c.npz")))
+    photo = sorted((w / "photos").rglob("*.jpg"))[0]
+    staged = w / "imm" / "2023" / "a.jpg"
+    staged.parent.mkdir(parents=True)
+    shutil.copy2(photo, staged)
+    import hashlib
+    sha = hashlib.sha256(staged.read_bytes()).hexdigest()
+    writer.write(record("asset1", "staged", path="2023/a.jpg", sha256=sha,
+                        size=staged.stat().st_size, faces=1, max_face=120.0))
+    writer.write(record("asset2", "noface"))
 
 
 # ---- mutations: each gets the file (in the case's copy) and the sandbox ------------------
@@ -116,6 +195,79 @@ def jsonl_set(line: int, key: str, value) -> Mutation:
         recs[line][key] = value
         f.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
     return mutate
+
+
+DEEP = "__deep__"   # json_set / jsonl_set this, then ``deepen`` makes it 100000 lists deep
+HUGE = "__huge__"   # ... or a whole number of 400 digits
+
+
+def _raw(text: str) -> str:
+    return (text.replace(f'"{DEEP}"', "[" * 100_000 + "]" * 100_000)
+            .replace(f'"{HUGE}"', "1" + "0" * 400))
+
+
+def raw_json_set(path: str, value) -> Mutation:
+    """json_set, then DEEP / HUGE placeholders replaced by text json.dumps cannot write."""
+    def mutate(f: Path, sandbox: Path) -> None:
+        json_set(path, value)(f, sandbox)
+        f.write_text(_raw(f.read_text(encoding="utf-8")), encoding="utf-8")
+    return mutate
+
+
+def raw_jsonl_set(line: int, key: str, value) -> Mutation:
+    def mutate(f: Path, sandbox: Path) -> None:
+        jsonl_set(line, key, value)(f, sandbox)
+        f.write_text(_raw(f.read_text(encoding="utf-8")), encoding="utf-8")
+    return mutate
+
+
+def not_utf8(f: Path, sandbox: Path) -> None:
+    """A byte that is no UTF-8 inside the first string (a file from another encoding)."""
+    data = f.read_bytes()
+    at = data.index(b'"') + 1
+    f.write_bytes(data[:at] + b"\xff\xfe" + data[at:])
+
+
+def jsonl_edit(line: int, change: Callable[[dict], None]) -> Mutation:
+    def mutate(f: Path, sandbox: Path) -> None:
+        recs = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x]
+        change(recs[line])
+        f.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return mutate
+
+
+def json_edit(change: Callable[[dict], None]) -> Mutation:
+    def mutate(f: Path, sandbox: Path) -> None:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        change(doc)
+        f.write_text(json.dumps(doc), encoding="utf-8")
+    return mutate
+
+
+def first_face(change: Callable[[dict], None]) -> Callable[[dict], None]:
+    """A video worker record's first detected face, changed."""
+    def edit(rec: dict) -> None:
+        face = next(fa for fr in rec["frames"] for fa in fr["faces"])
+        change(face)
+    return edit
+
+
+def _first_with_faces(w: Path) -> int:
+    recs = [json.loads(x) for x in (w / "vstate" / "faces" / "frames.jsonl")
+            .read_text().splitlines() if x]
+    return next(i for i, r in enumerate(recs) if any(fr["faces"] for fr in r["frames"]))
+
+
+def frames_face(change: Callable[[dict], None]) -> Mutation:
+    def mutate(f: Path, sandbox: Path) -> None:
+        jsonl_edit(_first_with_faces(f.parent.parent.parent), first_face(change))(f, sandbox)
+    return mutate
+
+
+def dates_entry(value) -> Mutation:
+    def change(doc: dict) -> None:
+        doc["dates"][next(iter(doc["dates"]))] = value
+    return json_edit(change)
 
 
 def truncate(fraction: float = 0.5) -> Mutation:
@@ -246,11 +398,12 @@ def _segment_beside(cache: str) -> Callable[[Path], Path]:
 class Cmd:
     argv: Callable[[Path], list]       # full argv; W (the case's copy) given
     outputs: tuple[str, ...]           # paths in W (prefixes) the command may write
+    env: dict[str, str] = field(default_factory=dict)
 
 
-def cli(*args, outputs: tuple[str, ...] = ()) -> Cmd:
+def cli(*args, outputs: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Cmd:
     return Cmd(lambda w: [sys.executable, SORT, *[a(w) if callable(a) else a for a in args]],
-               outputs)
+               outputs, env or {})
 
 
 def worker(script: Path, *args, outputs: tuple[str, ...] = ()) -> Cmd:
@@ -283,6 +436,46 @@ MERGE = cli("embed", at("cx.npz"), "--merge-results", at("eres"),
 EMBED_WORKER_RUN = worker(EMBED_WORKER, at("eq.json"), at("wout"), outputs=("wout",))
 MULTIFACE_WORKER_RUN = worker(MULTIFACE_WORKER, at("mq.json"), at("wres.jsonl"),
                               outputs=("wres.jsonl", "wres.failures.jsonl"))
+ERAS_DRY = cli("eras", at("c.npz"), "faceset_000", "--into", at("swap"), *ERAS_ARGS,
+               "--dry-run")
+ERAS_EXTEND = cli("eras", "extend", at("c.npz"), "faceset_000", "--into", at("swap_eras"),
+                  *PACK, "--no-progress", outputs=(".swap_eras.facesets.lock",))
+# a command on a folder with a pending run finishes it first; undo reads the done one
+FINISH_PENDING = cli("rename", at("swap_pend"), "faceset_001", "Somebody",
+                     outputs=(".swap_pend.facesets.lock",))
+UNDO_DONE = cli("undo", at("swap_done"), outputs=(".swap_done.facesets.lock",))
+IMMICH_STAGE = cli("immich", "stage", "--user", "fuzz", "--root", at("imm"),
+                   env={"IMMICH_URL": "http://127.0.0.1:9", "IMMICH_API_KEY": "fuzz-key"})
+VIDEO_STAGE_RUN = cli("video", "stage", at("vstate"), *VIDEO_STAGE,
+                      outputs=("vstate/queue.json",))
+VIDEO_TRACK = cli("video", "track", at("vstate"), *VIDEO_GATES, outputs=("vstate/tracks.json",))
+VIDEO_CUT = cli("video", "cut", at("vstate"), at("vout"), "--no-progress", outputs=("vout",))
+VIDEO_WORKER_RUN = worker(VIDEO_WORKER, at("vstate/queue.json"), at("vstate/faces"),
+                          outputs=("vstate/faces/frames.jsonl", "vstate/faces/failures.jsonl"))
+OCC_APPLY = cli("occlusion", "apply", at("oscores.json"), "--dry-run",
+                outputs=("oscores.json.plan.json",))
+OCC_MERGE = cli("occlusion", "merge", at("ores.jsonl"), at("s2.json"), outputs=("s2.json",))
+
+
+def _pending_record(w: Path) -> Path:
+    return next((w / "swap_pend" / ".runs").glob("*/run.json"))
+
+
+def _done_record(w: Path) -> Path:
+    return next((w / "swap_done" / ".runs").glob("*/run.json"))
+
+
+def _one_shot_to_do(w: Path) -> None:
+    """frames.jsonl without its last record: the worker has a shot to do, so it loads its
+    model and reads model.json."""
+    f = w / "vstate" / "faces" / "frames.jsonl"
+    lines = f.read_text(encoding="utf-8").splitlines(keepends=True)
+    f.write_text("".join(lines[:-1]), encoding="utf-8")
+
+
+def _no_manifest_install(f: Path, sandbox: Path) -> None:
+    """installs[] without manifest.json (after/manifest.json still there)."""
+    json_edit(lambda d: d["installs"].remove("manifest.json"))(f, sandbox)
 
 
 def _drop_result(w: Path) -> Path:
@@ -447,6 +640,160 @@ CASES = [
          accept=("error", "fail")),
     Case("bundle", "member inflating to 200 MiB", "swap/faceset_000/faceset_000_all.fsz",
          fsz_bomb(), VERIFY, accept=("error", "fail")),
+    # the older JSON readers, fed text that is not UTF-8 or nested beyond Python's stack
+    Case("refine manifest", "not UTF-8", "refined/refine_manifest.json", not_utf8, EXPORT),
+    Case("refine manifest", "nested 100000 deep", "refined/refine_manifest.json",
+         raw_json_set("parameters", DEEP), EXPORT),
+    Case("embed queue", "not UTF-8", "eq.json", not_utf8, EMBED_WORKER_RUN),
+    Case("embed queue", "nested 100000 deep", "eq.json", raw_json_set("params", DEEP),
+         EMBED_WORKER_RUN),
+    Case("swap top manifest", "not UTF-8", "swap/manifest.json", not_utf8, STAGE),
+    # capture dates beside the cache, read by eras
+    Case("dates", "truncated", "c.npz.dates.json", truncate(0.5), ERAS_DRY),
+    Case("dates", "not UTF-8", "c.npz.dates.json", not_utf8, ERAS_DRY),
+    Case("dates", "nested 100000 deep", "c.npz.dates.json", raw_json_set("tags", DEEP),
+         ERAS_DRY),
+    Case("dates", "dates is a list", "c.npz.dates.json", json_set("dates", []), ERAS_DRY),
+    Case("dates", "a date that is no date", "c.npz.dates.json", dates_entry("yesterday"),
+         ERAS_DRY),
+    Case("dates", "a date in year 9999", "c.npz.dates.json",
+         dates_entry("9999-01-01T00:00:00"), ERAS_DRY),
+    Case("dates", "a date that is a number", "c.npz.dates.json", dates_entry(1997), ERAS_DRY),
+    Case("dates", "version of 400 digits", "c.npz.dates.json",
+         raw_json_set("version", HUGE), ERAS_DRY),
+    Case("dates", "format missing", "c.npz.dates.json", json_del("format"), ERAS_DRY),
+    # the Immich stage state, read by immich stage (before it asks the server anything)
+    Case("immich state", "header not UTF-8", "imm/.immich/state.jsonl", not_utf8,
+         IMMICH_STAGE),
+    Case("immich state", "record path ../../evil.jpg", "imm/.immich/state.jsonl",
+         jsonl_set(1, "path", "../../evil.jpg"), IMMICH_STAGE),
+    Case("immich state", "record path absolute", "imm/.immich/state.jsonl",
+         jsonl_set(1, "path", "/etc/passwd"), IMMICH_STAGE),
+    Case("immich state", "sha256 is a number", "imm/.immich/state.jsonl",
+         jsonl_set(1, "sha256", 5), IMMICH_STAGE),
+    Case("immich state", "faces negative", "imm/.immich/state.jsonl",
+         jsonl_set(1, "faces", -3), IMMICH_STAGE),
+    Case("immich state", "max_face NaN", "imm/.immich/state.jsonl",
+         jsonl_set(1, "max_face", float("nan")), IMMICH_STAGE),
+    Case("immich state", "max_face Infinity", "imm/.immich/state.jsonl",
+         jsonl_set(1, "max_face", float("inf")), IMMICH_STAGE),
+    Case("immich state", "size of 400 digits", "imm/.immich/state.jsonl",
+         raw_jsonl_set(1, "size", HUGE), IMMICH_STAGE),
+    Case("immich state", "a middle line nested 100000 deep", "imm/.immich/state.jsonl",
+         raw_jsonl_set(1, "reason", DEEP), IMMICH_STAGE),
+    Case("immich state", "server with a password", "imm/.immich/state.jsonl",
+         jsonl_set(0, "server", "http://u:pw@127.0.0.1:9"), IMMICH_STAGE),
+    Case("immich state", "cache missing", "imm/.immich/state.jsonl",
+         jsonl_edit(0, lambda h: h.pop("cache")), IMMICH_STAGE),
+    # video: scenes (read by stage), queue + worker records (track), tracks (cut)
+    Case("video scenes", "truncated", "vstate/scenes/clip.json", truncate(0.5),
+         VIDEO_STAGE_RUN),
+    Case("video scenes", "not UTF-8", "vstate/scenes/clip.json", not_utf8, VIDEO_STAGE_RUN),
+    Case("video scenes", "nested 100000 deep", "vstate/scenes/clip.json",
+         raw_json_set("shots", DEEP), VIDEO_STAGE_RUN),
+    Case("video scenes", "shot start NaN", "vstate/scenes/clip.json",
+         json_set("shots.0.start", float("nan")), VIDEO_STAGE_RUN),
+    Case("video scenes", "shot end before its start", "vstate/scenes/clip.json",
+         json_set("shots.0.end", -1.0), VIDEO_STAGE_RUN),
+    Case("video scenes", "key ../evil", "vstate/scenes/clip.json", json_set("key", "../evil"),
+         VIDEO_STAGE_RUN),
+    Case("video scenes", "frames of 400 digits", "vstate/scenes/clip.json",
+         raw_json_set("frames", HUGE), VIDEO_STAGE_RUN),
+    Case("video queue", "item path outside its root", "vstate/queue.json",
+         json_set("items.0.path", "/etc/passwd"), VIDEO_TRACK),
+    Case("video queue", "fps of 400 digits", "vstate/queue.json",
+         raw_json_set("params.fps", HUGE), VIDEO_TRACK),
+    Case("video queue", "not UTF-8", "vstate/queue.json", not_utf8, VIDEO_TRACK),
+    Case("video frames", "a face without yaw", "vstate/faces/frames.jsonl",
+         frames_face(lambda fa: fa.pop("yaw")), VIDEO_TRACK),
+    Case("video frames", "a face without bbox", "vstate/faces/frames.jsonl",
+         frames_face(lambda fa: fa.pop("bbox")), VIDEO_TRACK),
+    Case("video frames", "embedding NaN", "vstate/faces/frames.jsonl",
+         frames_face(lambda fa: fa["embedding"].__setitem__(0, float("nan"))), VIDEO_TRACK),
+    Case("video frames", "det_score 7", "vstate/faces/frames.jsonl",
+         frames_face(lambda fa: fa.__setitem__("det_score", 7)), VIDEO_TRACK),
+    Case("video frames", "embedding of 3 values", "vstate/faces/frames.jsonl",
+         frames_face(lambda fa: fa.__setitem__("embedding", [0.1, 0.2, 0.3])), VIDEO_TRACK),
+    Case("video model", "truncated", "vstate/faces/model.json", truncate(0.5),
+         VIDEO_WORKER_RUN, prepare=_one_shot_to_do),
+    Case("video model", "a list", "vstate/faces/model.json",
+         lambda f, s: f.write_text("[1, 2]"), VIDEO_WORKER_RUN, prepare=_one_shot_to_do),
+    Case("video model", "model_id is a number", "vstate/faces/model.json",
+         json_set("model_id", 5), VIDEO_WORKER_RUN, prepare=_one_shot_to_do),
+    Case("video tracks", "a segment without shot", "vstate/tracks.json",
+         json_del("segments.0.shot"), VIDEO_CUT),
+    Case("video tracks", "segment start NaN", "vstate/tracks.json",
+         json_set("segments.0.start", float("nan")), VIDEO_CUT),
+    Case("video tracks", "segment key ../evil", "vstate/tracks.json",
+         json_set("segments.0.key", "../evil"), VIDEO_CUT),
+    Case("video tracks", "a segment of no track", "vstate/tracks.json",
+         json_set("segments.0.track", "nobody#0#0"), VIDEO_CUT),
+    Case("video tracks", "not UTF-8", "vstate/tracks.json", not_utf8, VIDEO_CUT),
+    Case("video tracks", "nested 100000 deep", "vstate/tracks.json",
+         raw_json_set("params", DEEP), VIDEO_CUT),
+    # occlusion: scores (read by apply), worker results and their queue copy (merge)
+    Case("occlusion scores", "truncated", "oscores.json", truncate(0.5), OCC_APPLY),
+    Case("occlusion scores", "not UTF-8", "oscores.json", not_utf8, OCC_APPLY),
+    Case("occlusion scores", "nested 100000 deep", "oscores.json",
+         raw_json_set("errors", DEEP), OCC_APPLY),
+    Case("occlusion scores", "face file ../../evil.png", "oscores.json",
+         json_set("facesets.faceset_000.0.file", "../../evil.png"), OCC_APPLY),
+    Case("occlusion scores", "a score NaN", "oscores.json",
+         json_edit(lambda d: d["facesets"]["faceset_000"][0]["scores"].update(
+             {k: float("nan") for k in d["facesets"]["faceset_000"][0]["scores"]})),
+         OCC_APPLY),
+    Case("occlusion scores", "export relative", "oscores.json", json_set("export", "swap"),
+         OCC_APPLY),
+    Case("occlusion scores", "version of 400 digits", "oscores.json",
+         raw_json_set("version", HUGE), OCC_APPLY),
+    Case("occlusion results", "a score of 3", "ores.jsonl",
+         jsonl_edit(0, lambda r: r["scores"].update({k: 3 for k in r["scores"]})), OCC_MERGE),
+    Case("occlusion results", "path outside the export", "ores.jsonl",
+         jsonl_set(0, "path", "/etc/passwd"), OCC_MERGE),
+    Case("occlusion results", "queue copy: item path outside", "ores.jsonl.queue.json",
+         json_set("items.0.path", "/etc/passwd"), OCC_MERGE),
+    Case("occlusion results", "queue copy: not UTF-8", "ores.jsonl.queue.json", not_utf8,
+         OCC_MERGE),
+    # eras[] of the top manifest, read by eras extend (it runs with the recorded parameters)
+    Case("eras record", "split -1", "swap_eras/manifest.json",
+         json_set("eras.0.parameters.split", -1), ERAS_EXTEND),
+    Case("eras record", "min_anchor of 41 digits", "swap_eras/manifest.json",
+         json_set("eras.0.parameters.min_anchor", 10 ** 40), ERAS_EXTEND),
+    Case("eras record", "min_anchor 1e40", "swap_eras/manifest.json",
+         json_set("eras.0.parameters.min_anchor", 1e40), ERAS_EXTEND),
+    Case("eras record", "year_window negative", "swap_eras/manifest.json",
+         json_set("eras.0.parameters.year_window", -5), ERAS_EXTEND),
+    Case("eras record", "era folder ../evil", "swap_eras/manifest.json",
+         json_set("eras.0.eras.0.folder", "../evil"), ERAS_EXTEND),
+    Case("eras record", "centroid NaN", "swap_eras/manifest.json",
+         json_set("eras.0.centroid.0", float("nan")), ERAS_EXTEND),
+    Case("eras record", "source ../..", "swap_eras/manifest.json",
+         json_set("eras.0.source", "../.."), ERAS_EXTEND),
+    # run records: a pending one (finished by the next command) and a done one (undo)
+    Case("pending run", "moves[0] removed", _pending_record, json_del("moves.0"),
+         FINISH_PENDING),
+    Case("pending run", "installs[0] removed", _pending_record, json_del("installs.0"),
+         FINISH_PENDING),
+    Case("pending run", "installs without manifest.json", _pending_record,
+         _no_manifest_install, FINISH_PENDING),
+    Case("pending run", "rebuild[0] removed", _pending_record, json_del("rebuild.0"),
+         FINISH_PENDING),
+    Case("pending run", "moves[0].to ../../evil.png", _pending_record,
+         json_set("moves.0.to", "../../evil.png"), FINISH_PENDING),
+    Case("pending run", "truncated", _pending_record, truncate(0.5), FINISH_PENDING),
+    Case("pending run", "not UTF-8", _pending_record, not_utf8, FINISH_PENDING),
+    Case("pending run", "nested 100000 deep", _pending_record,
+         raw_json_set("summary", DEEP), FINISH_PENDING),
+    Case("pending run", "a summary count NaN", _pending_record,
+         json_set("summary.dropped", float("nan")), FINISH_PENDING),
+    Case("pending run", "version of 400 digits", _pending_record,
+         raw_json_set("version", HUGE), FINISH_PENDING),
+    Case("pending run", "its run.sha256 removed", _pending_record,
+         lambda f, s: (f.parent / "run.sha256").unlink(), FINISH_PENDING),
+    Case("done run", "moves[0] removed", _done_record, json_del("moves.0"), UNDO_DONE),
+    Case("done run", "installs[0] removed", _done_record, json_del("installs.0"), UNDO_DONE),
+    Case("done run", "rebuild[0] removed", _done_record, json_del("rebuild.0"), UNDO_DONE),
+    Case("done run", "changed[0] removed", _done_record, json_del("changed.0"), UNDO_DONE),
 ]
 
 
@@ -513,7 +860,8 @@ def test_a_mutated_file_gives_one_error_line_and_writes_nothing_outside(case, pr
     allowed = _may_write(w, case.cmd)
     before = _files(sandbox, allowed), _files(pristine, _never)
     proc = subprocess.run([str(a) for a in case.cmd.argv(w)], cwd=w, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                          text=True, timeout=300,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", **case.cmd.env))
     after = _files(sandbox, allowed), _files(pristine, _never)
     report = (f"\n--- exit {proc.returncode}\nstdout:\n{proc.stdout[-1500:]}\nstderr:\n"
               f"{proc.stderr[-2500:]}")

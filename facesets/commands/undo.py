@@ -27,7 +27,11 @@ def run(args) -> int:
     log = lambda m: say(f"  {m}")  # noqa: E731
     with output_lock(root):
         if not args.dry_run:
-            for run_id in runs.finish_pending(root, log):
+            finished = runs.finish_pending(root, log)
+            # a run committed before a kill whose report is still to rewrite: when it is
+            # this undo, after_run's report rewrite is what is left to do
+            stale = runs.report_pending(root)
+            for run_id in finished + ([stale] if stale and stale not in finished else []):
                 undone = runs.record_of(root, run_id).get("undoes")
                 if undone and args.run_id in (None, undone):
                     # this undo was killed before it finished: finishing it was the job

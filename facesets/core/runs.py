@@ -26,12 +26,14 @@ from typing import Callable
 
 from ..formats.manifest import (AUDIT_PLAN_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST,
                                 ManifestError, load_manifest, safe_member_path, write_manifest)
-from ..formats.runs import (AFTER_DIR, BEFORE_DIR, PARTIAL_SUFFIX, PRUNED_FILE, RUN_FILE,
-                            RUNS_DIR, RUNS_SECTION, SELF_FINISHING, check_runs_section,
-                            load_run, new_run_id, run_record, runs_entry)
+from ..formats.runs import (AFTER_DIR, BEFORE_DIR, DIGEST_FILE, DIGEST_KEY, PARTIAL_SUFFIX,
+                            PRUNED_FILE, RUN_FILE, RUNS_DIR, RUNS_SECTION, SELF_FINISHING,
+                            check_runs_section, digest_text, load_run, new_run_id,
+                            read_report_pending, record_digest, report_pending_path, run_record,
+                            runs_entry)
 from ..formats.swapset import MANIFEST_NAME, remove_faceset_temps, write_bundles
 from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_point, fsync_dir,
-                         remove_temp_files)
+                         read_json, remove_temp_files)
 
 UNDO = "undo"
 THIS_RUN = "(this run)"   # stands for the run's id in the new manifests until it is known
@@ -155,6 +157,10 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
                          (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
     atomic_write_json(part / RUN_FILE, run_record(run_id, step, moves, sorted(before),
                                                   list(after), rebuild, summary, undoes))
+    # the record's proof, inside the folder that appears whole: a pending run is trusted
+    # only while run.json still says what it said then
+    atomic_write_bytes(part / DIGEST_FILE,
+                       digest_text(record_digest(read_json(part / RUN_FILE))))
     for d in sorted({p for p in part.rglob("*") if p.is_dir()} | {part}, reverse=True):
         fsync_dir(d)
     os.replace(part, final)
@@ -184,8 +190,8 @@ def _fill(obj, run_id: str) -> None:
 
 
 def add_entry(top: dict, record: dict) -> None:
-    """Name a finished run in the top-level manifest (once); an undo marks the run it
-    reverses."""
+    """Name a finished run in the top-level manifest (once), with its record's digest; an
+    undo marks the run it reverses."""
     runs = top.setdefault(RUNS_SECTION, [])
     if any(e.get("id") == record["id"] for e in runs):
         return
@@ -196,20 +202,31 @@ def add_entry(top: dict, record: dict) -> None:
                 e["undone_by"] = record["id"]
 
 
-def record_of(root: Path, run_id: str) -> dict | None:
-    """The run record of ``run_id`` in ``root`` (None when it has no run folder)."""
+def record_of(root: Path, run_id: str, top: dict | None = None) -> dict | None:
+    """The run record of ``run_id`` in ``root`` (None when it has no run folder), proven
+    by its digest: the one in its ``runs[]`` entry once the run is done, else the
+    ``run.sha256`` beside it (``top``: the top-level manifest, when read already)."""
     path = run_dir(root, run_id) / RUN_FILE
-    return load_run(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    entries = (load_top(root) if top is None else top).get(RUNS_SECTION, [])
+    entry = next((e for e in entries if e.get("id") == run_id), None)
+    return load_run(path, expected=entry.get(DIGEST_KEY) if entry else None,
+                    pending=entry is None)
 
 
 def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict:
     """Carry out (or finish) a prepared run; returns its ``runs[]`` entry."""
     root = Path(root)
     folder = run_dir(root, run_id)
-    rec = load_run(folder / RUN_FILE)
-    done = next((e for e in load_top(root).get(RUNS_SECTION, []) if e["id"] == run_id), None)
+    top_now = load_top(root)
+    rec = record_of(root, run_id, top_now)
+    if rec is None:
+        raise ManifestError(f"{folder / RUN_FILE}: no such run record")
+    done = next((e for e in top_now.get(RUNS_SECTION, []) if e["id"] == run_id), None)
     if done is not None:
         return done
+    _check_kept_files(folder, rec)
     # every manifest it installs is checked like any manifest before anything moves
     bodies = {rel: load_manifest(folder / AFTER_DIR / rel, SWAP_MANIFEST if rel == MANIFEST_NAME
                                  else SWAP_FACESET_MANIFEST)
@@ -233,17 +250,26 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
                 write_manifest(dest, body)
                 continue
         atomic_write_bytes(dest, src.read_bytes())   # a manifest or bundle as it was
-    top_after = folder / AFTER_DIR / MANIFEST_NAME
-    if top_after.is_file():
+    if MANIFEST_NAME in bodies:
         top = bodies[MANIFEST_NAME]
         top[RUNS_SECTION] = load_top(root).get(RUNS_SECTION, [])
     else:
         top = load_top(root)
     add_entry(top, rec)
+    atomic_write_bytes(report_pending_path(root), f"{run_id}\n".encode())
     write_manifest(root / MANIFEST_NAME, top)
     log(f"run {run_id} ({rec['step']}): {moved} moves, {len(rec['installs'])} manifests "
         "written")
     return next(e for e in top[RUNS_SECTION] if e["id"] == run_id)
+
+
+def _check_kept_files(folder: Path, rec: dict) -> None:
+    """Every file the record names in after/ is there, before anything moves (one error
+    naming the record and the field, not a half-carried-out run)."""
+    for i, rel in enumerate(rec["installs"]):
+        if not (folder / AFTER_DIR / rel).is_file():
+            raise ManifestError(f"{folder / RUN_FILE}: installs[{i}] {rel!r} has no file in "
+                                f"{AFTER_DIR}/; restore the run folder from a backup")
 
 
 def pending(root: Path) -> list[str]:
@@ -256,13 +282,22 @@ def pending(root: Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and p.name not in named)
 
 
+def report_pending(root: Path) -> str | None:
+    """The last run of ``root`` when a kill came after its commit and before its report
+    was rewritten (``report-pending`` names it and it is the newest ``runs[]`` entry): the
+    re-run of that command finishes by rewriting the report."""
+    run_id = read_report_pending(root)
+    entries = load_top(root).get(RUNS_SECTION, []) if run_id else []
+    return run_id if entries and entries[-1]["id"] == run_id else None
+
+
 def finish_pending(root: Path, log: Callable[[str], None] = print) -> list[str]:
     """Finish every run a kill interrupted in ``root`` (in order); their ids."""
     root = Path(root)
     _clean(root)
     done = []
     for run_id in pending(root):
-        rec = load_run(run_dir(root, run_id) / RUN_FILE)
+        rec = load_run(run_dir(root, run_id) / RUN_FILE, pending=True)
         if rec["step"] in SELF_FINISHING:
             if (root / AUDIT_PLAN_FILE).is_file():
                 raise ManifestError(f"{root}: the {rec['step']} run {run_id} was interrupted; "

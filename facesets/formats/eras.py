@@ -38,6 +38,13 @@ THIN_DIR = "_thin"                      # SWAP_READY/_thin/: eras too small to u
 ERAS_SECTION = "eras"                   # the top-level manifest's eras runs
 THIN_SECTION = "thin_eras"              # ... and the eras moved to _thin/
 UNDATED = "undated"
+# what an eras run's recorded parameters may be (``eras extend`` runs with them): cosine
+# distances, the quality gates, faces and years; (low, high, whole number)
+PARAMETER_RANGES = {"recover": (0.0, 2.0, False), "tighten": (0.0, 2.0, False),
+                    "split": (0.0, 2.0, False), "attach": (0.0, 2.0, False),
+                    "min_short": (0.0, 100_000.0, False), "min_blur": (0.0, 1e9, False),
+                    "min_det_score": (0.0, 1.0, False), "min_anchor": (1, 10_000_000, True),
+                    "min_era_faces": (0, 10_000_000, True), "year_window": (0, 1000, True)}
 # an era faceset: its source faceset's name, its years (or "undated"), _2, _3... on a clash
 ERA_NAME = re.compile(rf"(?P<source>{FACESET_BASE})_"
                       r"(?P<years>[0-9]{4}-[0-9]{4}|undated)(?:_(?P<n>[0-9]+))?")
@@ -165,11 +172,10 @@ def check_eras_sections(top: dict, path: str | os.PathLike) -> list[dict]:
         source = c.name(rec, "source", f, FACESET_NAME, "a faceset name (faceset_NNN)")
         _unit_vector(c, rec, "centroid", f)
         params = c.obj(rec, "parameters", f)
-        for k in ("recover", "tighten", "split", "attach", "min_short", "min_blur",
-                  "min_det_score"):
-            c.num(params, k, f"{f}.parameters", required=False)
-        for k in ("min_anchor", "min_era_faces", "year_window"):
-            c.int(params, k, f"{f}.parameters", required=False)
+        for k, (low, high, whole) in PARAMETER_RANGES.items():
+            value = (c.int if whole else c.num)(params, k, f"{f}.parameters", required=False)
+            if value is not None and not low <= value <= high:
+                c.fail(f"{f}.parameters.{k}", f"{value!r} is not in {low}..{high}")
         for g, era in c.items(rec, "eras", f):
             name = c.name(era, "name", g, ERA_NAME, "an era name (faceset_NNN_YYYY-YYYY)")
             if ERA_NAME.fullmatch(name)["source"] != source:

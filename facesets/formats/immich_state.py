@@ -118,8 +118,9 @@ def _check_record(r: dict, n: int, root: Path, where: Path) -> dict:
         if not isinstance(r.get("sha256"), str) or not _SHA256.fullmatch(r["sha256"]):
             raise bad("sha256", "is not a sha256 hex digest")
     for k in ("size", "faces"):
-        if k in r and (not isinstance(r[k], int) or isinstance(r[k], bool) or r[k] < 0):
-            raise bad(k, "is not a non-negative integer")
+        if k in r and (not isinstance(r[k], int) or isinstance(r[k], bool)
+                       or not 0 <= r[k] < 1 << 63):
+            raise bad(k, "is not a non-negative 64-bit integer")
     if "max_face" in r and (not isinstance(r["max_face"], (int, float))
                             or isinstance(r["max_face"], bool) or not r["max_face"] >= 0
                             or not math.isfinite(r["max_face"])):

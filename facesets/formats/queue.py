@@ -454,7 +454,7 @@ def read_jsonl(path: str | os.PathLike, strict: bool = False) -> tuple[list[dict
                                      "worker into a fresh results file")
                 try:
                     rec = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError):
+                except (ValueError, RecursionError):   # not UTF-8, not JSON, too deep
                     rec = None
                 if isinstance(rec, dict):
                     records.append(rec)

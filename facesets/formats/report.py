@@ -31,11 +31,12 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from ..io.fsutil import atomic_write_bytes, remove_temp_files
+from ..io.fsutil import atomic_write_bytes, read_json, remove_temp_files
 from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
+from .runs import clear_report_pending
 from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE, dropped_counts
 
 REPORT_FILE = "index.html"
@@ -94,9 +95,11 @@ def report_kind(out: Path) -> tuple[str, Path]:
                             f"{REFINE_MANIFEST_FILE}); give an output folder of cluster, "
                             "refine or export-swap")
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: not readable JSON ({exc})") from None
+        head = read_json(path)
+    except ValueError as exc:      # it names the file: not JSON, not UTF-8, nested too deep
+        raise ManifestError(str(exc)) from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: not readable ({exc})") from None
     kind = head.get("format") if isinstance(head, dict) else None
     if kind not in (CLUSTER_MANIFEST, SWAP_MANIFEST):
         raise ManifestError(f"{path}: format {kind!r} is not a cluster or export-swap manifest")
@@ -550,6 +553,7 @@ def write_report(out: str | os.PathLike, progress: bool = False,
     dest = out / REPORT_FILE
     atomic_write_bytes(dest, render_html(kind, cards, head, out.name).encode("utf-8"))
     prune_sheets(out, used)
+    clear_report_pending(out)    # a run's report a kill left to rewrite: rewritten now
     if model is not None:
         model[:] = [kind, cards, head]
     return dest

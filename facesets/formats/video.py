@@ -72,8 +72,9 @@ class _Check:
             raise self.fail(field, f"{_show(value)} is not a finite number{span}")
 
     def integer(self, value, field: str, low: int = 0):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise self.fail(field, f"{_show(value)} is not an integer >= {low}")
+        # sizes, times in ns, frame counts: all fit 64 bits (a bigger one is no file's)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 1 << 63:
+            raise self.fail(field, f"{_show(value)} is not an integer in {low}..2^63-1")
 
     def string(self, value, field: str, allow_empty: bool = False):
         if not isinstance(value, str) or (not value and not allow_empty):
@@ -262,6 +263,8 @@ def validate_frames_records(records: list[dict], where) -> list[dict]:
                 c.number(face.get("det_score"), f"{fa}.det_score", 0, 1)
                 c.number(face.get("face_short"), f"{fa}.face_short", 0)
                 c.number(face.get("blur"), f"{fa}.blur", 0)
+                if "yaw" not in face:   # null when the pack has no pose model, never absent
+                    raise c.fail(f"{fa}.yaw", "is missing (null when unknown)")
                 c.number(face.get("yaw"), f"{fa}.yaw", -180, 180, optional=True)
                 emb = face.get("embedding")
                 if not isinstance(emb, list) or not 0 < len(emb) <= MAX_EMBEDDING_DIM \
@@ -272,6 +275,17 @@ def validate_frames_records(records: list[dict], where) -> list[dict]:
                 for v in emb:
                     c.number(v, f"{fa}.embedding")
     return records
+
+
+def load_model(path) -> dict:
+    """faces/model.json: the model the worker's records came from (its ``model_id`` is
+    compared with the model a resumed worker loads)."""
+    c = _Check(path, "use an empty results folder")
+    data = _read(path, c)
+    if not isinstance(data, dict):
+        raise c.fail("file", "is not a JSON object")
+    c.string(data.get("model_id"), "model_id")
+    return data
 
 
 # ---- tracks and segments -----------------------------------------------------------------
@@ -307,6 +321,7 @@ def validate_tracks(data, where) -> dict:
         if s.get("track") not in ids:
             raise c.fail(f"{f}.track", f"{_show(s.get('track'))} is not a track of this file")
         c.key(s.get("key"), f"{f}.key")
+        c.integer(s.get("shot"), f"{f}.shot")
         c.string(s.get("video"), f"{f}.video")
         c.number(s.get("start"), f"{f}.start", 0)
         c.number(s.get("end"), f"{f}.end", s["start"])

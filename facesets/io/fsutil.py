@@ -113,6 +113,12 @@ def read_json(path: str | os.PathLike) -> Any:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); restore it or re-run the step "
                          "that writes it") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); restore it or re-run "
+                         "the step that writes it") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a file face-sets wrote; restore it "
+                         "or re-run the step that writes it") from None
 
 
 def _pid_alive(pid: int) -> bool:

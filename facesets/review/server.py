@@ -8,7 +8,9 @@ Safety: bound to 127.0.0.1 only (never 0.0.0.0); a random token is part of the U
 and every request for data or thumbnails (``?token=``) and every POST (header
 ``X-Review-Token``) must carry it, so a page of another site or another local user cannot
 read the library or post to it; the Host header must name 127.0.0.1 or localhost (no DNS
-rebinding); bodies are JSON of at most 1 MiB. The page never writes files: every action
+rebinding); an Origin header, when a browser sends one, must be this server's own (a page of
+another site is refused even with the token); bodies are JSON objects of at most 1 MiB, a
+body nested too deeply or not UTF-8 is a 400 like any malformed one. The page never writes files: every action
 calls a library function (steps/curate.py, steps/consolidate.py, the split of the identity
 operations when present), each a recorded, undoable run, and index.html is rewritten after.
 """
@@ -186,6 +188,19 @@ def _files(b: dict) -> list[str]:
     return files
 
 
+def _json_body(data: bytes) -> dict:
+    """A POST body: a JSON object (ValueError, a 400, for anything else)."""
+    try:
+        body = json.loads(data or b"{}")
+    except RecursionError:
+        raise ValueError("the body is nested too deeply") from None
+    except ValueError as exc:   # not JSON, not UTF-8
+        raise ValueError(f"the body is not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
 def make_handler(lib: Library, token: str, port_ref: list):
     class Handler(BaseHTTPRequestHandler):
         server_version = "face-sets-review"
@@ -216,6 +231,12 @@ def make_handler(lib: Library, token: str, port_ref: list):
             host = (self.headers.get("Host") or "").lower()
             return host in {f"127.0.0.1:{port_ref[0]}", f"localhost:{port_ref[0]}"}
 
+        def _origin_ok(self) -> bool:
+            """No Origin (curl, the page's own GETs) or this server's own."""
+            origin = self.headers.get("Origin")
+            return origin is None or origin.lower() in {
+                f"http://127.0.0.1:{port_ref[0]}", f"http://localhost:{port_ref[0]}"}
+
         def _token_ok(self, given: str | None) -> bool:
             return isinstance(given, str) and hmac.compare_digest(given.encode(),
                                                                   token.encode())
@@ -224,6 +245,8 @@ def make_handler(lib: Library, token: str, port_ref: list):
             url = urlsplit(self.path)
             if not self._host_ok():
                 return self._error(421, "wrong Host")
+            if not self._origin_ok():
+                return self._error(403, "foreign Origin")
             query = parse_qs(url.query)
             path = url.path
             if path == "/":
@@ -250,6 +273,8 @@ def make_handler(lib: Library, token: str, port_ref: list):
             url = urlsplit(self.path)
             if not self._host_ok():
                 return self._error(421, "wrong Host")
+            if not self._origin_ok():
+                return self._error(403, "foreign Origin")
             if not self._token_ok(self.headers.get(TOKEN_HEADER)):
                 return self._error(403, "missing or wrong token")
             if not url.path.startswith("/api/"):
@@ -261,9 +286,7 @@ def make_handler(lib: Library, token: str, port_ref: list):
             if length < 0 or length > MAX_BODY:
                 return self._error(413, "body too large")
             try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("the body must be a JSON object")
+                body = _json_body(self.rfile.read(length))
                 result = lib.act(url.path[len("/api/"):], body)
             except LookupError:
                 return self._error(404, "no such action")

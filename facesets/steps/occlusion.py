@@ -285,11 +285,18 @@ class FilterPlan:
     scorers: list[str]
     facesets: list[FacesetVerdict] = field(default_factory=list)
     not_in_export: list[str] = field(default_factory=list)   # scored, no longer listed
+    # the run that applied these scores with these thresholds, still in effect: a re-run
+    # (after a kill, or twice) changes nothing and keeps that run's plan file
+    applied: str | None = None
 
     def by(self, verdict: str) -> list[FacesetVerdict]:
         return [f for f in self.facesets if f.verdict == verdict]
 
     def lines(self) -> list[str]:
+        if self.applied:
+            return [f"these scores were applied with these thresholds as run {self.applied} "
+                    f"(still in effect; undo it to apply them again); its plan "
+                    f"{plan_path(self.scores_path)} is kept"]
         out = []
         for f in self.facesets:
             if f.verdict == "keep":
@@ -303,6 +310,8 @@ class FilterPlan:
         return out
 
     def line(self) -> str:
+        if self.applied:
+            return f"applied already as run {self.applied}"
         pruned = sum(len(f.flagged) for f in self.facesets if f.verdict in ("prune", "thin"))
         return (f"{len(self.facesets)} facesets: {len(self.by('prune'))} pruned, "
                 f"{len(self.by('masked'))} to {MASKED_DIR}/, {len(self.by('thin'))} to "
@@ -329,6 +338,9 @@ def plan_filter(scores_path: str, image_threshold: float = IMAGE_THRESHOLD,
     plan = FilterPlan(root, os.path.abspath(scores_path),
                       {"image": image_threshold, "faceset_share": faceset_share,
                        "min_survivors": min_survivors}, doc["scorers"])
+    plan.applied = _applied_run(top, plan)
+    if plan.applied:
+        return plan
     listed = {e["name"] for e in top.get("facesets", [])}
     plan.not_in_export = sorted(set(doc["facesets"]) - listed)
     for entry in top.get("facesets", []):
@@ -354,8 +366,23 @@ def plan_filter(scores_path: str, image_threshold: float = IMAGE_THRESHOLD,
     return plan
 
 
+def _applied_run(top: dict, plan: FilterPlan) -> str | None:
+    """The run of the top manifest's last filter record when it applied these very scores
+    with these thresholds and is not undone (None otherwise)."""
+    last = top.get(RUN_SECTION)
+    if not isinstance(last, dict) or last.get("scores") != plan.scores_path \
+            or last.get("thresholds") != plan.thresholds:
+        return None
+    entry = next((e for e in top.get("runs", []) if e.get("id") == last.get("run")), None)
+    return entry["id"] if entry is not None and not entry.get("undone_by") else None
+
+
 def write_plan(plan: FilterPlan, dry_run: bool) -> Path:
+    """SCORES.plan.json; kept as it is when the plan was applied already (it is that run's
+    plan: a re-run after a kill must not overwrite it with an empty one)."""
     path = plan_path(plan.scores_path)
+    if plan.applied and path.is_file():
+        return path
     atomic_write_json(path, plan.to_json(dry_run))
     return path
 
@@ -380,7 +407,7 @@ def apply_filter(plan: FilterPlan, log=print) -> dict | None:
     Call under the folder's lock, after ``runs.finish_pending``."""
     root = plan.root
     todo = [v for v in plan.facesets if v.verdict != "keep"]
-    if not todo:
+    if not todo or plan.applied:
         return None
     top = runs.load_top(root)
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")

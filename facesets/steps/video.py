@@ -38,7 +38,7 @@ from ..backends.base import DEFAULT_DET_SIZE
 from ..formats import video as vf
 from ..formats.queue import FAILURES_LOG, KIND_VIDEO, JsonlAppender, load_queue, new_queue, \
     read_jsonl, write_queue
-from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, output_lock, read_json, \
+from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, output_lock, \
     remove_temp_files
 from ..runtime.jobs import ERROR, NOFACE, OK
 from ..runtime.worker import WorkerJob, WorkItem, map_param_path
@@ -220,8 +220,8 @@ class VideoFaceJob(WorkerJob):
         meta = dict(self.backend.describe(), providers=",".join(self.backend.providers))
         model_file = self.out / vf.MODEL_FILE
         if model_file.is_file():
-            held = read_json(model_file)
-            if isinstance(held, dict) and held.get("model_id") != meta["model_id"]:
+            held = vf.load_model(model_file)
+            if held["model_id"] != meta["model_id"]:
                 raise ValueError(f"{self.out}: holds results of model {held.get('model_id')}, "
                                  f"not {meta['model_id']}; use an empty results folder")
         else:
