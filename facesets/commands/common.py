@@ -24,29 +24,6 @@ def defaults(fn) -> dict:
 CACHE_HELP = "face-sets cache file (.npz) that `embed` made"
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                    argparse.ArgumentDefaultsHelpFormatter):
-    """Every command's help: descriptions as written, and every option's default shown
-    (appended unless the help text already says it; not for flags or None defaults)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (not action.option_strings or action.nargs == 0 or action.default is None
-                or action.default is argparse.SUPPRESS
-                or any(w in text for w in ("(default", "default:", "model default"))):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def use_help_formatter(parser: argparse.ArgumentParser) -> None:
-    """Give ``parser`` and every sub-command under it the HelpFormatter."""
-    parser.formatter_class = HelpFormatter
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                use_help_formatter(sub)
-
-
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=BACKEND.DEFAULT_MODEL,

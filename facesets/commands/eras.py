@@ -26,8 +26,7 @@ THRESHOLDS = {"eras_recover": "recover", "eras_tighten": "tighten", "eras_split"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eras", help="split a faceset into facesets by era (EXIF years; "
-                       "undoable)", description=__doc__,
+    p = sub.add_parser("eras", description=__doc__,
                        usage="%(prog)s [extend] CACHE FACESET --into SWAP_READY [--dry-run] "
                              "[options]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,8 +8,7 @@ from .common import say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("history", help="list the recorded runs of a swap-ready folder",
-                       description=__doc__)
+    p = sub.add_parser("history", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.set_defaults(func=run)
 

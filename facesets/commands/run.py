@@ -26,8 +26,7 @@ from .options import DEFAULT_MODEL, add_export_options, add_refine_options, mode
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="the whole pipeline from a photo folder to .fsz bundles",
-                       description=__doc__, epilog=thresholds_epilog())
+    p = sub.add_parser("run", description=__doc__, epilog=thresholds_epilog())
     p.add_argument("src", help="folder of photos (scanned recursively)")
     p.add_argument("out", help="output folder: raw/, facesets/, swap_ready/, run_state.json")
     p.add_argument("--cache", default=None,
