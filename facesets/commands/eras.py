@@ -157,6 +157,8 @@ def run(args) -> int:
         plan = plan_and_print()
         entry = (step.apply_extend if extend else step.apply_eras)(
             plan, detector, args.progress, log)
+    for line in [] if extend else plan.export_lines():
+        say(line)
     say(f"{what}: {plan.done_line()}" + (f"; run {entry['id']} (undo: `undo {root} "
                                          f"{entry['id']}`)" if entry else "; nothing changed"))
     return 0
