@@ -109,11 +109,18 @@ class _HelpFromTable:
         return self._sub.add_parser(name, help=COMMANDS[name][0], **kwargs)
 
 
+def program_name() -> str:
+    """What the user typed: `face-sets` (the installed command, the launcher) or
+    sort_faces.py."""
+    name = os.path.basename(sys.argv[0] if sys.argv else "")
+    return "face-sets" if name.startswith("face-sets") else "sort_faces.py"
+
+
 def build_parser(commands=None) -> argparse.ArgumentParser:
     """The parser, with the full parsers of ``commands`` (None: all of them); every other
     command is a stub that only names it, so that its module is not imported."""
     parser = argparse.ArgumentParser(
-        prog="sort_faces.py",
+        prog=program_name(),
         description="Sort a photo library by person and build face sets for face-swap tools.",
         epilog=_command_list())
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
