@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.fsutil import sha256_file
+from . import onnx_pack
 from .base import DEFAULT_DET_SIZE, BackendError, DetectedFace, FaceBackend
 
 DEFAULT_MODEL = "buffalo_l"
@@ -147,37 +148,46 @@ class InsightFaceBackend(FaceBackend):
                  providers: str | list[str] | None = None, det_size: int = DEFAULT_DET_SIZE,
                  det_thresh: float = 0.5, with_recognition: bool = True,
                  intra_threads: int | None = None):
-        try:
-            from insightface.app import FaceAnalysis
-        except ImportError as exc:
-            raise BackendError(f"InsightFace is not installed ({exc}); "
-                               "pip install -r requirements.txt") from None
         pack = resolve_pack_dir(model, model_root)
         self.providers = best_providers(providers)
         allowed = None if with_recognition else ["detection", "landmark_2d_106",
                                                  "landmark_3d_68"]
+        opts = session_options(self.providers, intra_threads)
         try:
-            app = FaceAnalysis(name=str(pack), root=model_root or DEFAULT_MODEL_ROOT,
-                               providers=self.providers, allowed_modules=allowed,
-                               sess_options=session_options(self.providers, intra_threads))
-            ctx = 0 if self.providers[0] != "CPUExecutionProvider" else -1
-            app.prepare(ctx_id=ctx, det_thresh=det_thresh, det_size=(det_size, det_size))
+            # the insightface package when installed (by hand: it asks for the GUI OpenCV),
+            # else the pack's detection and recognition models run by onnx_pack (the same
+            # numbers; no landmark models)
+            from insightface.app import FaceAnalysis
+        except ImportError:
+            FaceAnalysis = None
+        try:
+            if FaceAnalysis is None:
+                models = onnx_pack.load_models(pack, self.providers, opts, allowed)
+                assert "detection" in models
+                models["detection"].prepare((det_size, det_size), det_thresh, self.providers,
+                                            opts)
+            else:
+                app = FaceAnalysis(name=str(pack), root=model_root or DEFAULT_MODEL_ROOT,
+                                   providers=self.providers, allowed_modules=allowed,
+                                   sess_options=opts)
+                ctx = 0 if self.providers[0] != "CPUExecutionProvider" else -1
+                app.prepare(ctx_id=ctx, det_thresh=det_thresh, det_size=(det_size, det_size))
+                models = app.models
         except AssertionError:
             raise BackendError(f"model pack {pack} has no face detection model; "
                                "point --model at a complete InsightFace pack") from None
         except Exception as exc:
             raise BackendError(f"model pack {pack} could not be loaded: {exc}") from None
-        self.app = app
+        self.runner = "insightface" if FaceAnalysis is not None else "onnx_pack"
         self.pack_dir = pack
         self.name = pack.name if Path(model).expanduser().is_dir() else model
         self.det_size = det_size
-        self.det = app.models["detection"]
-        self.rec = app.models.get("recognition")
+        self.det = models["detection"]
+        self.rec = models.get("recognition")
         if with_recognition and self.rec is None:
             raise BackendError(f"model pack {pack} has no recognition model; "
                                "point --model at a complete InsightFace pack")
-        self.landmark_models = [m for t, m in app.models.items()
-                                if t.startswith("landmark")]
+        self.landmark_models = [m for t, m in models.items() if t.startswith("landmark")]
         self.has_landmarks = bool(self.landmark_models)
         if self.rec is not None:
             self.embedding_dim = int(self.rec.output_shape[1])
@@ -205,15 +215,15 @@ class InsightFaceBackend(FaceBackend):
     def embed(self, image, faces):
         if not faces:
             return
-        from insightface.utils import face_align
-
         size = self.rec.input_size[0]
-        crops = [face_align.norm_crop(image, landmark=f.kps, image_size=size) for f in faces]
+        crops = [onnx_pack.norm_crop(image, f.kps, size) for f in faces]
         feats = self.rec.get_feat(crops)  # one batched forward pass for all faces
         for f, e in zip(faces, feats):
             f.embedding = np.asarray(e, dtype=np.float32).reshape(-1)
 
     def landmarks(self, image, faces):
+        if not self.landmark_models:    # a pack without them, or run by onnx_pack
+            return
         from insightface.app.common import Face
 
         for f in faces:

@@ -1,0 +1,91 @@
+"""backends/onnx_pack.py runs a pack's ONNX models without the insightface package and gives
+its numbers: boxes, keypoints and embeddings compared with the package's on real photos; and
+`embed` in a process where insightface cannot be imported makes the same cache."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import FACES, GROUP, PACK, SHARED, needs_shared, run_cli
+
+TOL = 1e-4
+PACK_DIR = SHARED / "insightface" / "models" / "testpack_s"
+
+
+def _photos() -> list:
+    return sorted(GROUP.glob("*.jpg")) + [sorted(d.iterdir())[0] for d in sorted(FACES.iterdir())
+                                          if d.is_dir()][:8]
+
+
+@pytest.mark.parametrize("det_size", [640, 320])
+def test_onnx_pack_gives_insightfaces_boxes_keypoints_and_embeddings(det_size):
+    needs_shared()
+    import cv2
+    from insightface.app import FaceAnalysis
+    from insightface.utils import face_align
+
+    from facesets.backends import onnx_pack
+    from facesets.backends.insightface_backend import session_options
+
+    providers = ["CPUExecutionProvider"]
+    opts = session_options(providers)
+    app = FaceAnalysis(name=str(PACK_DIR), providers=providers, sess_options=opts)
+    app.prepare(ctx_id=-1, det_thresh=0.5, det_size=(det_size, det_size))
+    models = onnx_pack.load_models(PACK_DIR, providers, opts)
+    assert sorted(models) == ["detection", "recognition"]
+    models["detection"].prepare((det_size, det_size), 0.5, providers, opts)
+    faces = 0
+    for photo in _photos():
+        image = cv2.imread(str(photo))
+        boxes, kps = app.models["detection"].detect(image, max_num=0)
+        got_boxes, got_kps = models["detection"].detect(image)
+        assert got_boxes.shape == boxes.shape, photo
+        if not len(boxes):
+            continue
+        faces += len(boxes)
+        assert np.abs(got_boxes - boxes).max() <= TOL and np.abs(got_kps - kps).max() <= TOL
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # scikit-image's deprecated estimate()
+            want = app.models["recognition"].get_feat(
+                [face_align.norm_crop(image, landmark=k, image_size=112) for k in kps])
+        got = models["recognition"].get_feat([onnx_pack.norm_crop(image, k, 112)
+                                              for k in got_kps])
+        assert got.shape == want.shape and np.abs(got - want).max() <= TOL, photo
+    assert faces >= 20
+
+
+def test_embed_without_the_insightface_package_makes_the_same_cache(tmp_path):
+    needs_shared()
+    from facesets.formats.cache import load_cache
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in _photos()[:6]:
+        shutil.copy(f, photos / f.name)
+    # a package named insightface that cannot be imported, first on the path
+    hidden = tmp_path / "hide" / "insightface"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('insightface hidden by the test')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(hidden.parent),
+                                          os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)}
+    # that process loads the pack through onnx_pack
+    code = ("import facesets.backends as b; print(b.load_backend('testpack_s', "
+            f"{str(SHARED / 'insightface')!r}).runner)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, **env), timeout=120)
+    assert r.stdout.split() == ["onnx_pack"], r.stderr[-2000:]
+    with_pkg, without = tmp_path / "a.npz", tmp_path / "b.npz"
+    run_cli("embed", photos, with_pkg, *PACK, "--no-progress")
+    run_cli("embed", photos, without, *PACK, "--no-progress", env=env)
+    a, b = load_cache(with_pkg), load_cache(without)
+    assert a.meta["model_id"] == b.meta["model_id"] and a.n_faces == b.n_faces > 5
+    order_a, order_b = np.argsort(a.face_keys()), np.argsort(b.face_keys())
+    assert (a.face_keys()[order_a] == b.face_keys()[order_b]).all()
+    for column in ("embedding", "bbox", "kps", "det_score"):
+        assert np.abs(a.faces[column][order_a] - b.faces[column][order_b]).max() <= TOL, column
