@@ -60,6 +60,30 @@ def test_onnx_pack_gives_insightfaces_boxes_keypoints_and_embeddings(det_size):
     assert faces >= 20
 
 
+def _without_insightface(tmp_path) -> dict:
+    """The environment of a process where insightface cannot be imported: a package of that
+    name that raises ImportError, first on the path."""
+    hidden = tmp_path / "hide" / "insightface"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('insightface hidden by the test')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(hidden.parent),
+                                           os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)}
+
+
+def test_a_zoo_pack_missing_without_insightface_says_how_to_get_it(tmp_path):
+    needs_shared()
+    root = tmp_path / "models_root"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(_photos()[0], photos / "a.jpg")
+    r = run_cli("embed", photos, tmp_path / "c.npz", "--model", "buffalo_sc", "--model-root",
+                root, "--no-progress", check=False, env=_without_insightface(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
+    assert f"unzip it to {root / 'models' / 'buffalo_sc'}" in r.stderr
+    assert "insightface package, which is not installed" in r.stderr
+    assert not root.exists() and not (tmp_path / "c.npz").exists()
+
+
 def test_embed_without_the_insightface_package_makes_the_same_cache(tmp_path):
     needs_shared()
     from facesets.formats.cache import load_cache
@@ -68,12 +92,7 @@ def test_embed_without_the_insightface_package_makes_the_same_cache(tmp_path):
     photos.mkdir()
     for f in _photos()[:6]:
         shutil.copy(f, photos / f.name)
-    # a package named insightface that cannot be imported, first on the path
-    hidden = tmp_path / "hide" / "insightface"
-    hidden.mkdir(parents=True)
-    (hidden / "__init__.py").write_text("raise ImportError('insightface hidden by the test')\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(hidden.parent),
-                                          os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)}
+    env = _without_insightface(tmp_path)
     # that process loads the pack through onnx_pack
     code = ("import facesets.backends as b; print(b.load_backend('testpack_s', "
             f"{str(SHARED / 'insightface')!r}).runner)")

@@ -127,6 +127,12 @@ def resolve_pack_dir(name: str, root: str | None) -> Path:
         _remove_new_empty_dirs(before, top)
     try:
         from insightface.utils import ensure_available
+    except ImportError:   # onnx_pack runs packs; fetching one is the insightface package's
+        clean()
+        raise BackendError(f"{hint} (face-sets downloads packs through the insightface "
+                           "package, which is not installed: pip install --no-deps -r "
+                           "requirements-insightface.txt)") from None
+    try:
         got = Path(ensure_available("models", name, root=root))
     except Exception as exc:  # offline: requests' ConnectionError, or a bad zip
         clean()
