@@ -4,9 +4,10 @@ A command module has ``register(subparsers)``, which adds its parser and sets ``
 ``func(args)`` returns the exit code. Known failures (bad input, missing model, a held
 lock...) become one ``error:`` line and a non-zero exit; FACESETS_DEBUG=1 shows tracebacks.
 
-Only the command that runs is imported (COMMANDS lists the others' help lines), and a
-command module imports its steps inside its run function: `--help` and `COMMAND --help`
-load no numpy, OpenCV or ONNX Runtime (tests/test_cli_lazy.py).
+COMMANDS holds every command's help line: only the module of the command that runs is
+imported. It reads its defaults from its step, so the step's modules are imported too, but
+they import OpenCV, ONNX Runtime and torch only inside the functions that use them:
+`COMMAND --help` loads none of those, `--help` not even numpy (tests/test_cli_lazy.py).
 """
 from __future__ import annotations
 
@@ -98,17 +99,6 @@ def _command_list() -> str:
     return "\n".join(lines)
 
 
-class _HelpFromTable:
-    """The subparsers action as a command module sees it: its parser gets the table's help
-    line (COMMANDS is the one place that says it)."""
-
-    def __init__(self, sub):
-        self._sub = sub
-
-    def add_parser(self, name, **kwargs):
-        return self._sub.add_parser(name, help=COMMANDS[name][0], **kwargs)
-
-
 def program_name() -> str:
     """What the user typed: `face-sets` (the installed command, the launcher) or
     sort_faces.py."""
@@ -124,16 +114,15 @@ def build_parser(commands=None) -> argparse.ArgumentParser:
         description="Sort a photo library by person and build face sets for face-swap tools.",
         epilog=_command_list())
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # the commands are listed by the epilog, by group: their parsers are added without help
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 help="the command to run (listed below)")
     sub.required = True
     for name in COMMANDS:
         if commands is None or name in commands:
-            importlib.import_module(command_module(name)).register(_HelpFromTable(sub))
+            importlib.import_module(command_module(name)).register(sub)
         else:
             sub.add_parser(name, add_help=False)
-    # stubs (added without help) list nothing; the epilog lists the commands by group
-    sub._choices_actions[:] = [a for a in sub._choices_actions if a.help]
     use_help_formatter(parser)   # every default shown, descriptions as written
     return parser
 
@@ -150,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser({chosen_command(argv)}).parse_args(argv)
     from .backends.base import BackendError
-    from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
     from .core.thresholds import ThresholdError
     from .formats.cache import CacheError
     from .formats.manifest import ManifestError
     from .io.fsutil import LockError
+    from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 
     known = (BackendError, CacheError, LockError, ManifestError, ThresholdError,
              FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,

@@ -49,8 +49,7 @@ def test_every_command_help_imports_no_opencv_onnxruntime_or_torch():
 def test_the_table_is_the_one_source_of_each_commands_help_line():
     sub = build_parser()._subparsers._group_actions[0]
     assert list(sub.choices) == list(COMMANDS)
-    assert {a.dest: a.help for a in sub._choices_actions} == \
-        {name: text for name, (text, _) in COMMANDS.items()}
+    assert sub._choices_actions == [], "a command module gave its parser a help line"
 
 
 @pytest.mark.unit
