@@ -42,10 +42,11 @@ def test_pip_install_gives_the_face_sets_command(tmp_path):
     r = _run(py, "-c", "import facesets, importlib.resources as r; "
              "from facesets.runtime.pipeline import work_dir; print(facesets.__file__); "
              "print(r.files('facesets.review').joinpath('static/index.html').is_file(), "
-             "r.files('facesets.scorers').joinpath('occlusion_prompts.json').is_file()); "
+             "r.files('facesets.scorers').joinpath('occlusion_prompts.json').is_file(), "
+             "r.files('facesets.backends').joinpath('meanshape_68.json').is_file()); "
              "print(work_dir())", cwd=elsewhere, env=env)
     where, data, work = r.stdout.splitlines()
-    assert Path(where).is_relative_to(venv) and data == "True True"
+    assert Path(where).is_relative_to(venv) and data == "True True True"
     assert Path(work) == home / ".face-sets" / "work"
     # a real command from the installed package
     photos = elsewhere / "photos"

@@ -60,6 +60,41 @@ def test_onnx_pack_gives_insightfaces_boxes_keypoints_and_embeddings(det_size):
     assert faces >= 20
 
 
+def test_onnx_pack_gives_insightfaces_landmarks_and_pose(tmp_path):
+    """On stand-ins of buffalo_l's 2d106 and 3d68 models (tests/onnx_models.py)."""
+    needs_shared()
+    import cv2
+    from insightface.app import FaceAnalysis
+    from onnx_models import pack_with_landmarks
+
+    from facesets.backends import onnx_pack
+    from facesets.backends.insightface_backend import session_options
+
+    pack = pack_with_landmarks(PACK_DIR, tmp_path / "pack")
+    providers = ["CPUExecutionProvider"]
+    opts = session_options(providers)
+    app = FaceAnalysis(name=str(pack), providers=providers, sess_options=opts)
+    app.prepare(ctx_id=-1, det_thresh=0.5, det_size=(640, 640))
+    models = onnx_pack.load_models(pack, providers, opts)
+    assert sorted(models) == ["detection", "landmark_2d_106", "landmark_3d_68", "recognition"]
+    assert sorted(onnx_pack.load_models(pack, providers, opts, ["detection",
+                                                                 "landmark_3d_68"])) == \
+        ["detection", "landmark_3d_68"]
+    faces = 0
+    for photo in _photos()[:10]:
+        image = cv2.imread(str(photo))
+        for face in app.get(image):
+            faces += 1
+            points, none = models["landmark_2d_106"].get(image, face.bbox)
+            assert none is None and points.shape == (106, 2)
+            assert np.abs(points - face["landmark_2d_106"]).max() <= TOL
+            points, pose = models["landmark_3d_68"].get(image, face.bbox)
+            assert points.shape == (68, 3)
+            assert np.abs(points - face["landmark_3d_68"]).max() <= TOL
+            assert np.abs(pose - face["pose"]).max() <= TOL
+    assert faces >= 10
+
+
 def _without_insightface(tmp_path) -> dict:
     """The environment of a process where insightface cannot be imported: a package of that
     name that raises ImportError, first on the path."""
@@ -99,12 +134,17 @@ def test_embed_without_the_insightface_package_makes_the_same_cache(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, **env), timeout=120)
     assert r.stdout.split() == ["onnx_pack"], r.stderr[-2000:]
+    # the test pack with landmark stand-ins: embed takes the pose from the 3d68 model
+    from onnx_models import pack_with_landmarks
+
+    pack = ["--model", pack_with_landmarks(PACK_DIR, tmp_path / "pack")]
     with_pkg, without = tmp_path / "a.npz", tmp_path / "b.npz"
-    run_cli("embed", photos, with_pkg, *PACK, "--no-progress")
-    run_cli("embed", photos, without, *PACK, "--no-progress", env=env)
+    run_cli("embed", photos, with_pkg, *pack, "--no-progress")
+    run_cli("embed", photos, without, *pack, "--no-progress", env=env)
     a, b = load_cache(with_pkg), load_cache(without)
     assert a.meta["model_id"] == b.meta["model_id"] and a.n_faces == b.n_faces > 5
     order_a, order_b = np.argsort(a.face_keys()), np.argsort(b.face_keys())
     assert (a.face_keys()[order_a] == b.face_keys()[order_b]).all()
-    for column in ("embedding", "bbox", "kps", "det_score"):
+    assert set(b.faces["pose_method"].tolist()) == {"3d68"}
+    for column in ("embedding", "bbox", "kps", "det_score", "pose"):
         assert np.abs(a.faces[column][order_a] - b.faces[column][order_b]).max() <= TOL, column

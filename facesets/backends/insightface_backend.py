@@ -161,8 +161,7 @@ class InsightFaceBackend(FaceBackend):
         opts = session_options(self.providers, intra_threads)
         try:
             # the insightface package when installed (by hand: it asks for the GUI OpenCV),
-            # else the pack's detection and recognition models run by onnx_pack (the same
-            # numbers; no landmark models)
+            # else the pack's models run by onnx_pack (the same numbers)
             from insightface.app import FaceAnalysis
         except ImportError:
             FaceAnalysis = None
@@ -193,7 +192,10 @@ class InsightFaceBackend(FaceBackend):
         if with_recognition and self.rec is None:
             raise BackendError(f"model pack {pack} has no recognition model; "
                                "point --model at a complete InsightFace pack")
-        self.landmark_models = [m for t, m in models.items() if t.startswith("landmark")]
+        # run by onnx_pack either way (InsightFace's Landmark model, on the same session)
+        self.landmark_models = [m if isinstance(m, onnx_pack.Landmarks)
+                                else onnx_pack.Landmarks(m.session, m.model_file)
+                                for t, m in models.items() if t.startswith("landmark")]
         self.has_landmarks = bool(self.landmark_models)
         if self.rec is not None:
             self.embedding_dim = int(self.rec.output_shape[1])
@@ -228,17 +230,10 @@ class InsightFaceBackend(FaceBackend):
             f.embedding = np.asarray(e, dtype=np.float32).reshape(-1)
 
     def landmarks(self, image, faces):
-        if not self.landmark_models:    # a pack without them, or run by onnx_pack
-            return
-        from insightface.app.common import Face
-
         for f in faces:
-            face = Face(bbox=f.bbox, kps=f.kps, det_score=f.det_score)
             for m in self.landmark_models:
-                m.get(image, face)
-            if face.get("landmark_2d_106") is not None:
-                f.landmark_2d_106 = np.asarray(face["landmark_2d_106"], np.float32)
-            if face.get("landmark_3d_68") is not None:
-                f.landmark_3d_68 = np.asarray(face["landmark_3d_68"], np.float32)
-            if face.get("pose") is not None:
-                f.pose = np.asarray(face["pose"], np.float32)
+                points, pose = m.get(image, f.bbox)
+                if m.taskname in ("landmark_2d_106", "landmark_3d_68"):  # DetectedFace's
+                    setattr(f, m.taskname, np.asarray(points, np.float32))
+                if pose is not None:
+                    f.pose = pose

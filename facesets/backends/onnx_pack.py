@@ -13,8 +13,9 @@ giving the same numbers (tests/test_onnx_pack.py compares them with the package'
 * ArcFace recognition: the 5 keypoints aligned onto ArcFace's template (a similarity
   transform, scikit-image's estimate), the crops through the network in one batch.
 
-Landmark models (2d106, 3d68 and its head pose) are not run here: a pack loaded through this
-module reports none, and enrich takes the pose from the 5 keypoints (pose_method kps5).
+* landmark models: the face box's square (1.5 x its long side) cut to the model's input, the
+  points mapped back; a 3d68 model's head pose from the affine fit of InsightFace's mean
+  68-point shape (meanshape_68.json, copied from the package: MIT licence) to its points.
 """
 from __future__ import annotations
 
@@ -27,6 +28,33 @@ DET_MEAN, DET_STD = 127.5, 128.0
 # ArcFace's five-point template for a 112 x 112 crop (eyes, nose, mouth corners)
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+
+
+def _normalizes_itself(model_file: str, bn_data: bool = False) -> bool:
+    """Whether a graph subtracts and scales its input itself (then it takes raw pixels): a Sub
+    and a Mul among its first 8 nodes (model_zoo's test; landmark models: or a bn_data)."""
+    import onnx
+
+    nodes = onnx.load(model_file).graph.node[:8]
+    if bn_data and any(n.name == "bn_data" for n in nodes[:3]):
+        return True
+    return (any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+            and any(n.name.startswith(("Mul", "_mul")) for n in nodes))
+
+
+def matrix_to_angles(r: np.ndarray) -> tuple[float, float, float]:
+    """(pitch, yaw, roll) in degrees of a rotation matrix, InsightFace's decomposition."""
+    import math
+
+    sy = math.hypot(r[0, 0], r[1, 0])
+    if sy > 1e-6:
+        x = math.atan2(r[2, 1], r[2, 2])
+        z = math.atan2(r[1, 0], r[0, 0])
+    else:
+        x = math.atan2(-r[1, 2], r[1, 1])
+        z = 0.0
+    y = math.atan2(-r[2, 0], sy)
+    return math.degrees(x), math.degrees(y), math.degrees(z)
 
 
 def task_of(session) -> str | None:
@@ -222,15 +250,10 @@ class Recognizer:
     """An ArcFace recognizer: ``get_feat(crops)`` -> one embedding row per aligned crop."""
 
     def __init__(self, session, model_file: str):
-        import onnx
-
         self.session, self.model_file = session, model_file
         self.taskname = "recognition"
-        # a graph that subtracts and scales its input itself takes raw pixels (model_zoo)
-        nodes = onnx.load(model_file).graph.node[:8]
-        normalizes = (any(n.name.startswith(("Sub", "_minus")) for n in nodes)
-                      and any(n.name.startswith(("Mul", "_mul")) for n in nodes))
-        self.input_mean, self.input_std = (0.0, 1.0) if normalizes else (127.5, 127.5)
+        self.input_mean, self.input_std = ((0.0, 1.0) if _normalizes_itself(model_file)
+                                           else (127.5, 127.5))
         inp = session.get_inputs()[0]
         self.input_name = inp.name
         self.input_size = tuple(inp.shape[2:4][::-1])
@@ -249,18 +272,91 @@ class Recognizer:
                                 {self.input_name: np.ascontiguousarray(blob, np.float32)})[0]
 
 
+class Landmarks:
+    """A landmark model (landmark_2d_106, landmark_3d_68): ``get(image, bbox)`` -> (points,
+    pose or None), points in ``image``'s pixels; pose (pitch, yaw, roll) for 3d68."""
+
+    def __init__(self, session, model_file: str):
+        self.session, self.model_file = session, model_file
+        self.input_mean, self.input_std = ((0.0, 1.0) if _normalizes_itself(model_file, True)
+                                           else (127.5, 128.0))
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_size = tuple(inp.shape[2:4][::-1])
+        outputs = session.get_outputs()
+        if len(outputs) != 1:
+            raise ValueError(f"{model_file}: {len(outputs)} outputs, not a landmark model's one")
+        self.output_names = [outputs[0].name]
+        width = outputs[0].shape[1]
+        self.with_pose = width == 3309
+        self.dim, self.count = (3, 68) if self.with_pose else (2, width // 2)
+        self.taskname = f"landmark_{self.dim}d_{self.count}"
+
+    def get(self, image: np.ndarray, bbox) -> tuple[np.ndarray, np.ndarray | None]:
+        import cv2
+        from skimage.transform import SimilarityTransform
+
+        size = self.input_size[0]
+        w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
+        scale = size / (max(w, h) * 1.5)
+        cx, cy = (bbox[2] + bbox[0]) / 2 * scale, (bbox[3] + bbox[1]) / 2 * scale
+        # InsightFace's face_align.transform with no rotation: scale, centre, shift
+        t = (SimilarityTransform(scale=scale) + SimilarityTransform(translation=(-cx, -cy))
+             + SimilarityTransform(rotation=0.0)
+             + SimilarityTransform(translation=(size / 2, size / 2)))
+        m = t.params[0:2]
+        crop = cv2.warpAffine(image, m, (size, size), borderValue=0.0)
+        blob = cv2.dnn.blobFromImage(crop, 1.0 / self.input_std, (size, size),
+                                     (self.input_mean,) * 3, swapRB=True)
+        pred = self.session.run(self.output_names, {self.input_name: blob})[0][0]
+        pred = pred.reshape((-1, 3) if pred.shape[0] >= 3000 else (-1, 2))
+        if self.count < pred.shape[0]:
+            pred = pred[-self.count:, :]
+        pred[:, 0:2] += 1
+        pred[:, 0:2] *= size // 2
+        if pred.shape[1] == 3:
+            pred[:, 2] *= size // 2
+        back = cv2.invertAffineTransform(m)
+        # InsightFace's trans_points: x, y through the inverse in float32; z scaled
+        pts = np.zeros(pred.shape, dtype=np.float32)
+        for i, p in enumerate(pred):
+            pts[i, 0:2] = np.dot(back, np.array([p[0], p[1], 1.0], dtype=np.float32))[0:2]
+        if pred.shape[1] == 3:
+            pts[:, 2] = pred[:, 2] * np.sqrt(back[0][0] ** 2 + back[0][1] ** 2)
+        if not self.with_pose:
+            return pts, None
+        mean = _mean_shape()
+        affine = np.linalg.lstsq(np.hstack((mean, np.ones([mean.shape[0], 1]))), pts,
+                                 rcond=None)[0].T
+        r1, r2 = affine[0:1, :3], affine[1:2, :3]
+        r1, r2 = r1 / np.linalg.norm(r1), r2 / np.linalg.norm(r2)
+        rotation = np.concatenate((r1, r2, np.cross(r1, r2)), 0)
+        return pts, np.array(matrix_to_angles(rotation), dtype=np.float32)
+
+
+def _mean_shape() -> np.ndarray:
+    """InsightFace's mean 68-point 3D face (68 x 3), the 3d68 model's pose reference."""
+    import json
+
+    with open(Path(__file__).with_name("meanshape_68.json"), encoding="utf-8") as fh:
+        return np.array(json.load(fh)["meanshape_68"], dtype=np.float32)
+
+
 def load_models(pack: str | Path, providers: list[str], sess_options, allowed=None) -> dict:
     """Task -> model of the pack's ONNX files (the first file of each task, names sorted),
-    as InsightFace's FaceAnalysis picks them; only detection and recognition are run."""
+    as InsightFace's FaceAnalysis picks them: detection, recognition, landmark_2d_106,
+    landmark_3d_68 (``allowed``: only these tasks)."""
     import onnxruntime
 
+    kinds = {"detection": Detector, "recognition": Recognizer, "landmark": Landmarks}
     models: dict = {}
     for path in sorted(Path(pack).glob("*.onnx")):
         session = onnxruntime.InferenceSession(str(path), sess_options=sess_options,
                                                providers=providers)
-        task = task_of(session)
-        if task not in ("detection", "recognition") or task in models \
-                or (allowed is not None and task not in allowed):
+        kind = kinds.get(task_of(session))
+        if kind is None:
             continue
-        models[task] = (Detector if task == "detection" else Recognizer)(session, str(path))
+        model = kind(session, str(path))
+        if model.taskname not in models and (allowed is None or model.taskname in allowed):
+            models[model.taskname] = model
     return models
