@@ -13,6 +13,9 @@ from facesets.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("cv2", "numpy", "onnxruntime", "torch", "insightface", "sklearn")
+# commands with neither model nor engine options (nor a step's defaults): not even numpy
+LIGHT = ("consolidate", "dedup-optimize", "rename", "drop-faces", "move-face", "quarantine",
+         "history", "undo", "report", "review")
 
 
 def _help(*words: str) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -43,6 +46,7 @@ def test_every_command_help_imports_no_opencv_onnxruntime_or_torch():
         assert r.returncode == 0, (name, r.stderr[-2000:])
         assert f"usage: sort_faces.py {name}" in r.stdout
         assert not imported & {"cv2", "onnxruntime", "torch", "insightface"}, (name, imported)
+        assert name not in LIGHT or "numpy" not in imported, name
 
 
 @pytest.mark.unit
