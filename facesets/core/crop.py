@@ -74,7 +74,7 @@ def _split(faces, own_box) -> tuple[object | None, list]:
 
 def _blank(crop: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
     """Paint grown face boxes with the crop's mean colour."""
-    import cv2  # here, not at module import: `--help` loads no OpenCV
+    import cv2
     out = crop.copy()
     fill = tuple(int(v) for v in crop.reshape(-1, 3).mean(axis=0))
     n = crop.shape[0]

@@ -231,7 +231,7 @@ def finish_folder(stage: Path, plans: list[Planned]) -> tuple[list[dict], list[d
 
 def contact_sheet_bytes(pngs: list[Path], thumb: int = 128, columns: int = 6) -> bytes:
     """previews/top_grid.jpg's bytes: the crops as a grid of thumbnails, rank order."""
-    import cv2  # here, not at module import: `--help` loads no OpenCV
+    import cv2
     rows = max(1, -(-len(pngs) // columns))
     sheet = np.full((rows * thumb, columns * thumb, 3), 32, dtype=np.uint8)
     for k, png in enumerate(pngs):
