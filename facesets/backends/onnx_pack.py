@@ -88,9 +88,15 @@ def norm_crop(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray
         shift = 8.0 * ratio
     dst = ARCFACE_TEMPLATE * ratio
     dst[:, 0] += shift
-    tform = SimilarityTransform()
-    tform.estimate(np.asarray(kps), dst)
-    return cv2.warpAffine(image, tform.params[0:2, :], (size, size), borderValue=0.0)
+    src = np.asarray(kps)
+    if hasattr(SimilarityTransform, "from_estimate"):   # scikit-image 0.26+: estimate() warns
+        tform = SimilarityTransform.from_estimate(src, dst)
+        m = tform.params[0:2, :] if tform else np.full((2, 3), np.nan)   # as estimate() fails
+    else:
+        tform = SimilarityTransform()
+        tform.estimate(src, dst)
+        m = tform.params[0:2, :]
+    return cv2.warpAffine(image, m, (size, size), borderValue=0.0)
 
 
 class Detector:
