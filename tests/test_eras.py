@@ -310,6 +310,20 @@ def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(libr
     assert not (out / "_thin").exists()
 
 
+def test_eras_says_why_no_era_was_exported(library, tmp_path):
+    lib = dict(library, cache=copy_cache(library["cache"], tmp_path))
+    out = tmp_path / "swap"
+    shutil.copytree(library["swap"], out, symlinks=True)
+    r = eras_run(lib, out, "--min-era-faces", "11")
+    assert "eras: 0 eras exported: none; 3 to _thin/" in r.stdout
+    # the reason of each, printed (not only in the manifest): what passed the export's gates
+    for era, faces in [("faceset_000_1994-1998", 7), ("faceset_000_2011-2015", 10),
+                       ("faceset_000_2003-2003", 3)]:
+        assert f"era {era}: {faces} of its {faces} faces passed the export's gates, under " \
+            "--min-era-faces 11 -> _thin/" in r.stdout, r.stdout
+    assert r.stdout.index("passed the export's gates") < r.stdout.index("0 eras exported")
+
+
 def test_eras_extend_slots_later_photos_into_their_era_by_distance_and_year(library,
                                                                           tmp_path):
     from library_check import check_library

@@ -200,6 +200,41 @@ def test_run_warns_about_thin_facesets_and_ends_with_a_table_and_next_steps(ran)
     assert "run: facesets" in ran["again"].stdout      # shown after a skipped export too
 
 
+def test_run_ends_with_the_overview_page_and_review_as_next_steps(ran):
+    out = ran["first"].stdout
+    nxt = out[out.index("next:"):]
+    page = ran["out"] / "swap_ready" / "index.html"
+    assert f"open {page} in a browser" in nxt and page.is_file()
+    assert f"sort_faces.py review {ran['out'] / 'swap_ready'}" in nxt
+    assert nxt.index("index.html") < nxt.index("review") < nxt.index("verify-fsz")
+
+
+def test_export_swap_given_a_photo_for_the_manifest_names_it(ran, tmp_path):
+    photo = sorted(ran["src"].rglob("*.jpg"))[0]
+    r = run_cli("export-swap", ran["cache"], photo, tmp_path / "swap",
+                "--swap-outlier-threshold", T, check=False)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
+    assert f"error: {photo}: not a face-sets/refine manifest (binary data" in r.stderr
+    assert "codec" not in r.stderr and not (tmp_path / "swap").exists()
+
+
+def test_discover_on_a_folder_the_cache_never_saw_says_embed_it_first(ran, tmp_path):
+    swap = tmp_path / "swap"
+    shutil.copytree(ran["out"] / "swap_ready", swap, symlinks=True)
+    before = sorted(p.relative_to(swap) for p in swap.rglob("*"))
+    fresh = tmp_path / "new_people"
+    shutil.copytree(sorted(d for d in FACES.iterdir() if d.is_dir())[PEOPLE], fresh)
+    args = ["--into", swap, "--near-threshold", "0.5", *THRESHOLDS[2:], *LOW_GATES]
+    r = run_cli("discover", ran["cache"], fresh, *args, check=False)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
+    assert f"error: {fresh.resolve()}: none of its photos is in {ran['cache']}; embed it " \
+        f"first: `sort_faces.py embed {fresh.resolve()} {ran['cache']}`" in r.stderr
+    assert sorted(p.relative_to(swap) for p in swap.rglob("*")) == before
+    # a folder the cache holds is planned as before (its faces are in facesets already)
+    r = run_cli("discover", ran["cache"], ran["src"], *args, "--dry-run")
+    assert "in facesets already" in r.stdout and "error" not in r.stderr
+
+
 def test_a_no_op_embed_says_nothing_new(ran):
     r = run_cli("embed", ran["src"], ran["cache"], *PACK, "--no-progress")
     assert "nothing new" in r.stdout and "img/s" not in r.stdout

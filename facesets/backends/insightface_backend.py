@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.fsutil import sha256_file
+from . import onnx_pack
 from .base import (DEFAULT_DET_SIZE, BackendError, DetectedFace, FaceBackend,
                    inference_lock)
 
@@ -127,6 +128,12 @@ def resolve_pack_dir(name: str, root: str | None) -> Path:
         _remove_new_empty_dirs(before, top)
     try:
         from insightface.utils import ensure_available
+    except ImportError:   # onnx_pack runs packs; fetching one is the insightface package's
+        clean()
+        raise BackendError(f"{hint} (face-sets downloads packs through the insightface "
+                           "package, which is not installed: pip install --no-deps -r "
+                           "requirements-insightface.txt)") from None
+    try:
         got = Path(ensure_available("models", name, root=root))
     except Exception as exc:  # offline: requests' ConnectionError, or a bad zip
         clean()
@@ -148,37 +155,48 @@ class InsightFaceBackend(FaceBackend):
                  providers: str | list[str] | None = None, det_size: int = DEFAULT_DET_SIZE,
                  det_thresh: float = 0.5, with_recognition: bool = True,
                  intra_threads: int | None = None):
-        try:
-            from insightface.app import FaceAnalysis
-        except ImportError as exc:
-            raise BackendError(f"InsightFace is not installed ({exc}); "
-                               "pip install -r requirements.txt") from None
         pack = resolve_pack_dir(model, model_root)
         self.providers = best_providers(providers)
         allowed = None if with_recognition else ["detection", "landmark_2d_106",
                                                  "landmark_3d_68"]
+        opts = session_options(self.providers, intra_threads)
         try:
-            app = FaceAnalysis(name=str(pack), root=model_root or DEFAULT_MODEL_ROOT,
-                               providers=self.providers, allowed_modules=allowed,
-                               sess_options=session_options(self.providers, intra_threads))
-            ctx = 0 if self.providers[0] != "CPUExecutionProvider" else -1
-            app.prepare(ctx_id=ctx, det_thresh=det_thresh, det_size=(det_size, det_size))
+            # the insightface package when installed (by hand: it asks for the GUI OpenCV),
+            # else the pack's models run by onnx_pack (the same numbers)
+            from insightface.app import FaceAnalysis
+        except ImportError:
+            FaceAnalysis = None
+        try:
+            if FaceAnalysis is None:
+                models = onnx_pack.load_models(pack, self.providers, opts, allowed)
+                assert "detection" in models
+                models["detection"].prepare((det_size, det_size), det_thresh, self.providers,
+                                            opts)
+            else:
+                app = FaceAnalysis(name=str(pack), root=model_root or DEFAULT_MODEL_ROOT,
+                                   providers=self.providers, allowed_modules=allowed,
+                                   sess_options=opts)
+                ctx = 0 if self.providers[0] != "CPUExecutionProvider" else -1
+                app.prepare(ctx_id=ctx, det_thresh=det_thresh, det_size=(det_size, det_size))
+                models = app.models
         except AssertionError:
             raise BackendError(f"model pack {pack} has no face detection model; "
                                "point --model at a complete InsightFace pack") from None
         except Exception as exc:
             raise BackendError(f"model pack {pack} could not be loaded: {exc}") from None
-        self.app = app
+        self.runner = "insightface" if FaceAnalysis is not None else "onnx_pack"
         self.pack_dir = pack
         self.name = pack.name if Path(model).expanduser().is_dir() else model
         self.det_size = det_size
-        self.det = app.models["detection"]
-        self.rec = app.models.get("recognition")
+        self.det = models["detection"]
+        self.rec = models.get("recognition")
         if with_recognition and self.rec is None:
             raise BackendError(f"model pack {pack} has no recognition model; "
                                "point --model at a complete InsightFace pack")
-        self.landmark_models = [m for t, m in app.models.items()
-                                if t.startswith("landmark")]
+        # run by onnx_pack either way (InsightFace's Landmark model, on the same session)
+        self.landmark_models = [m if isinstance(m, onnx_pack.Landmarks)
+                                else onnx_pack.Landmarks(m.session, m.model_file)
+                                for t, m in models.items() if t.startswith("landmark")]
         self.has_landmarks = bool(self.landmark_models)
         if self.rec is not None:
             self.embedding_dim = int(self.rec.output_shape[1])
@@ -216,10 +234,8 @@ class InsightFaceBackend(FaceBackend):
     def embed(self, image, faces):
         if not faces:
             return
-        from insightface.utils import face_align
-
         size = self.rec.input_size[0]
-        crops = [face_align.norm_crop(image, landmark=f.kps, image_size=size) for f in faces]
+        crops = [onnx_pack.norm_crop(image, f.kps, size) for f in faces]
         lock = inference_lock(self.providers)
         if self.providers[0] == "DmlExecutionProvider":
             # DirectML re-plans for every new batch shape: one face per run, one shape
@@ -232,16 +248,11 @@ class InsightFaceBackend(FaceBackend):
             f.embedding = np.asarray(e, dtype=np.float32).reshape(-1)
 
     def landmarks(self, image, faces):
-        from insightface.app.common import Face
-
         for f in faces:
-            face = Face(bbox=f.bbox, kps=f.kps, det_score=f.det_score)
             for m in self.landmark_models:
                 with inference_lock(self.providers):
-                    m.get(image, face)
-            if face.get("landmark_2d_106") is not None:
-                f.landmark_2d_106 = np.asarray(face["landmark_2d_106"], np.float32)
-            if face.get("landmark_3d_68") is not None:
-                f.landmark_3d_68 = np.asarray(face["landmark_3d_68"], np.float32)
-            if face.get("pose") is not None:
-                f.pose = np.asarray(face["pose"], np.float32)
+                    points, pose = m.get(image, f.bbox)
+                if m.taskname in ("landmark_2d_106", "landmark_3d_68"):  # DetectedFace's
+                    setattr(f, m.taskname, np.asarray(points, np.float32))
+                if pose is not None:
+                    f.pose = pose

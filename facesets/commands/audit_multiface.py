@@ -13,8 +13,7 @@ from .common import add_model_options, refresh_report, say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("audit-multiface", help="drop exported face PNGs that do not show "
-                       "exactly one face (via a worker queue)", description=__doc__,
+    p = sub.add_parser("audit-multiface", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = p.add_subparsers(dest="step", metavar="STEP")
     steps.required = True

@@ -27,8 +27,7 @@ from .common import CACHE_HELP, add_engine_option, add_merge_ratio_option, say, 
 
 
 def register(sub) -> None:
-    p = sub.add_parser("calibrate", help="measure thresholds on hand-sorted person folders",
-                       description=__doc__)
+    p = sub.add_parser("calibrate", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("truth_root", nargs="?", default=None,
                    help="folder with one sub-folder of photos per person (not with --estimate)")

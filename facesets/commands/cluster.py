@@ -15,8 +15,7 @@ from .options import DEFAULT_MODEL, model_threshold
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cluster", help="group cached faces into person folders",
-                       description=__doc__)
+    p = sub.add_parser("cluster", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("out", help="output folder (replaced whole if made by face-sets)")
     p.add_argument("--threshold", type=float, default=None,

@@ -6,11 +6,16 @@ import inspect
 import sys
 from pathlib import Path
 
-from ..backends import DEFAULT_DET_SIZE, backend_class
-from ..engine import ENGINES, cluster_faces
 from ..io.materialize import LINK_MODES, place
 
-BACKEND = backend_class()   # the default backend: its model pack and model folder
+
+def default_backend():
+    """The default backend's class: its model pack and model folder. (Imported when a
+    command adds its model options, not with this module: a command whose parser has none
+    loads no numpy for its --help.)"""
+    from ..backends import backend_class
+
+    return backend_class()
 
 
 def defaults(fn) -> dict:
@@ -24,36 +29,16 @@ def defaults(fn) -> dict:
 CACHE_HELP = "face-sets cache file (.npz) that `embed` made"
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                    argparse.ArgumentDefaultsHelpFormatter):
-    """Every command's help: descriptions as written, and every option's default shown
-    (appended unless the help text already says it; not for flags or None defaults)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (not action.option_strings or action.nargs == 0 or action.default is None
-                or action.default is argparse.SUPPRESS
-                or any(w in text for w in ("(default", "default:", "model default"))):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def use_help_formatter(parser: argparse.ArgumentParser) -> None:
-    """Give ``parser`` and every sub-command under it the HelpFormatter."""
-    parser.formatter_class = HelpFormatter
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                use_help_formatter(sub)
-
-
 def add_model_options(p: argparse.ArgumentParser) -> None:
+    from ..backends import DEFAULT_DET_SIZE
+
+    backend = default_backend()
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=BACKEND.DEFAULT_MODEL,
+    g.add_argument("--model", default=backend.DEFAULT_MODEL,
                    help="InsightFace model pack name, or a folder of its ONNX files "
-                        f"(default {BACKEND.DEFAULT_MODEL})")
+                        f"(default {backend.DEFAULT_MODEL})")
     g.add_argument("--model-root", default=None,
-                   help=f"folder holding models/<name>/ (default {BACKEND.DEFAULT_MODEL_ROOT})")
+                   help=f"folder holding models/<name>/ (default {backend.DEFAULT_MODEL_ROOT})")
     g.add_argument("--providers", default=None,
                    help="ONNX Runtime providers, comma-separated (default: the best "
                         "available of DirectML, CUDA, CoreML, CPU)")
@@ -81,8 +66,9 @@ def cache_model(args, meta: dict, where: str) -> tuple[str, str | None, str]:
         return args.model, args.model_root, ""
     name = meta.get("model") if isinstance(meta.get("model"), str) else None
     if not name:
-        return BACKEND.DEFAULT_MODEL, args.model_root, (
-            f"{where}: no model recorded, so the default pack {BACKEND.DEFAULT_MODEL} was "
+        default = default_backend().DEFAULT_MODEL
+        return default, args.model_root, (
+            f"{where}: no model recorded, so the default pack {default} was "
             "tried (pass --model)")
     pack_dir = meta.get("pack_dir")
     if isinstance(pack_dir, str) and args.model_root is None:
@@ -114,6 +100,8 @@ def backend_loader(args):
 
 
 def add_engine_option(p: argparse.ArgumentParser) -> None:
+    from ..engine import ENGINES, cluster_faces
+
     p.add_argument("--engine", default=defaults(cluster_faces)["engine"],
                    choices=["auto"] + sorted(ENGINES),
                    help="clustering engine (auto: by number of faces)")

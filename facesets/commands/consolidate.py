@@ -13,8 +13,7 @@ from .common import recorded_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
-    p = sub.add_parser("consolidate", help="merge facesets that are one person (undoable)",
-                       description=__doc__,
+    p = sub.add_parser("consolidate", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("--group-threshold", type=float, default=None,

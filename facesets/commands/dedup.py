@@ -9,8 +9,7 @@ DEDUP = defaults(run_dedup)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("dedup", help="find byte-identical and visually near-duplicate photos",
-                       description=__doc__)
+    p = sub.add_parser("dedup", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("--max-distance", type=float, default=DEDUP["max_distance"],
                    help="cosine distance of two faces of one photo re-encoded or resized")

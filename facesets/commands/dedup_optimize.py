@@ -8,8 +8,7 @@ from .common import add_progress_option, recorded_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
-    p = sub.add_parser("dedup-optimize", help="drop duplicate face PNGs of a swap-ready "
-                       "folder (undoable)", description=__doc__)
+    p = sub.add_parser("dedup-optimize", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("--near-threshold", type=float, default=None,
                    help="cosine distance of near duplicates within a faceset (default: the "

@@ -16,8 +16,7 @@ from .options import add_export_options, add_refine_options, export_params, refi
 
 
 def register(sub) -> None:
-    p = sub.add_parser("discover", help="new identities in a mixed folder -> new facesets "
-                       "(undoable)", description=__doc__)
+    p = sub.add_parser("discover", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("src_root", metavar="SRC_ROOT", help="mixed folder (its photos in CACHE)")
     p.add_argument("--into", required=True, metavar="SWAP_READY",

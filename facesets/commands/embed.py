@@ -16,8 +16,7 @@ from .common import add_model_options, add_progress_option, backend_loader, defa
 
 
 def register(sub) -> None:
-    p = sub.add_parser("embed", help="detect and embed faces of a photo folder into a cache",
-                       description=__doc__,
+    p = sub.add_parser("embed", description=__doc__,
                        usage="%(prog)s [options] SRC CACHE | SRC CACHE --stage-queue QUEUE | "
                              "CACHE --merge-results OUT")
     p.add_argument("src", metavar="SRC", help="folder of photos (scanned recursively)")

@@ -13,8 +13,7 @@ from .common import CACHE_HELP, add_cache_model_options, add_progress_option, lo
 
 
 def register(sub) -> None:
-    p = sub.add_parser("enrich", help="add landmarks and head pose to every cached face",
-                       description=__doc__)
+    p = sub.add_parser("enrich", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     add_cache_model_options(p)
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,

@@ -26,8 +26,7 @@ THRESHOLDS = {"eras_recover": "recover", "eras_tighten": "tighten", "eras_split"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eras", help="split a faceset into facesets by era (EXIF years; "
-                       "undoable)", description=__doc__,
+    p = sub.add_parser("eras", description=__doc__,
                        usage="%(prog)s [extend] CACHE FACESET --into SWAP_READY [--dry-run] "
                              "[options]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +157,8 @@ def run(args) -> int:
         plan = plan_and_print()
         entry = (step.apply_extend if extend else step.apply_eras)(
             plan, detector, args.progress, log)
+    for line in [] if extend else plan.export_lines():
+        say(line)
     say(f"{what}: {plan.done_line()}" + (f"; run {entry['id']} (undo: `undo {root} "
                                          f"{entry['id']}`)" if entry else "; nothing changed"))
     return 0

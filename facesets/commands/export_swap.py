@@ -11,8 +11,7 @@ from .options import add_export_options, export_params
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export-swap", help="swap-ready crops and .fsz bundles per faceset",
-                       description=__doc__)
+    p = sub.add_parser("export-swap", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("refine_manifest", help="refine_manifest.json written by `refine`")
     p.add_argument("out", help="output folder (facesets replaced whole if made by face-sets)")

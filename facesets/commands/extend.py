@@ -12,8 +12,7 @@ from .common import CACHE_HELP, add_engine_option, after_run, say, warn
 
 
 def register(sub) -> None:
-    p = sub.add_parser("extend", help="add newly embedded faces to existing person folders "
-                                      "and facesets", description=__doc__)
+    p = sub.add_parser("extend", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("raw_out", help="the output folder of `cluster` (its manifest.json)")
     p.add_argument("--refine-out", default=None,

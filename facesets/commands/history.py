@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 
-from .common import after_run, say
+from .common import say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("history", help="list the recorded runs of a swap-ready folder "
-                       "(--keep N: prune older runs' parked copies)", description=__doc__)
+    p = sub.add_parser("history", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("--keep", type=int, default=None, metavar="N",
                    help="remove the parked copies of all but the newest N runs (they can no "

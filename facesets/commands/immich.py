@@ -41,8 +41,7 @@ STEPS_WORKER = ("stage", "worker", "merge", "match", "export", "discover")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("immich", help="import an Immich library (stage, finalize, push)",
-                       description=__doc__)
+    p = sub.add_parser("immich", description=__doc__)
     cmds = p.add_subparsers(dest="immich_command", metavar="{stage,finalize,push}")
     cmds.required = True
 

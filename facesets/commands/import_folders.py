@@ -21,8 +21,7 @@ from .options import add_export_options, export_params
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import-folders", help="hand-sorted person folders -> new facesets of a "
-                       "swap-ready library (undoable)", description=__doc__)
+    p = sub.add_parser("import-folders", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("roots", nargs="+", metavar="ROOT",
                    help="folder of person folders (or one person folder)")

@@ -7,8 +7,7 @@ from .common import after_run, say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("move-face", help="move faces into another faceset (undoable)",
-                       description=__doc__)
+    p = sub.add_parser("move-face", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("faceset", metavar="FROM", help="faceset_NNN the faces are in")
     p.add_argument("files", metavar="FACE", nargs="+", help="faces/NNN.png (as in its manifest)")

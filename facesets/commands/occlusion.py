@@ -40,9 +40,7 @@ def register(sub) -> None:
     from ..scorers.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
     from ..steps.occlusion import clip_args, scorer_args
 
-    p = sub.add_parser("occlusion", help="filter occluded faces (masks, sunglasses, hands) "
-                                         "out of an export (undoable)",
-                       description=__doc__,
+    p = sub.add_parser("occlusion", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ops = p.add_subparsers(dest="op", metavar="OP")
     ops.required = True

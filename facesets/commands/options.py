@@ -9,10 +9,10 @@ from ..core.refinement import RefineParams
 from ..core.thresholds import (MODEL_THRESHOLDS, ThresholdError, missing_message,
                                missing_thresholds, resolve_threshold)
 from ..steps.export import ExportParams
-from .common import BACKEND, defaults, warn
+from .common import default_backend, defaults, warn
 
 # thresholds shown in help texts: those of the default model pack
-DEFAULT_MODEL = BACKEND.DEFAULT_MODEL
+DEFAULT_MODEL = default_backend().DEFAULT_MODEL
 
 
 def model_threshold(name: str) -> str:

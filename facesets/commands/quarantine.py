@@ -7,8 +7,7 @@ from .common import after_run, say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("quarantine", help="move a faceset to _quarantine/ (undoable)",
-                       description=__doc__)
+    p = sub.add_parser("quarantine", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("faceset", metavar="FACESET", help="faceset_NNN")
     p.set_defaults(func=after_run(run, lambda a: a.swap_ready))

@@ -20,8 +20,7 @@ from .options import add_refine_options, refine_params
 
 
 def register(sub) -> None:
-    p = sub.add_parser("refine", help="build clean facesets from the cache",
-                       description=__doc__)
+    p = sub.add_parser("refine", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("out", help="output folder (replaced whole if made by face-sets)")
     add_refine_options(p)

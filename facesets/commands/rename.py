@@ -6,7 +6,7 @@ from .common import after_run, say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("rename", help="name a faceset (NAME.txt; undoable)", description=__doc__)
+    p = sub.add_parser("rename", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("faceset", metavar="FACESET", help="faceset_NNN")
     p.add_argument("name", metavar="NAME", help="the person's name")

@@ -9,8 +9,7 @@ from .common import add_progress_option, say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="write OUT/index.html, an overview page of an output",
-                       description=__doc__)
+    p = sub.add_parser("report", description=__doc__)
     p.add_argument("out", metavar="OUT", help="output folder of cluster, refine or export-swap")
     add_progress_option(p)
     p.set_defaults(func=run)

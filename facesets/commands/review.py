@@ -9,8 +9,7 @@ from .common import say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("review", help="review and fix a swap-ready folder in the browser",
-                       description=__doc__)
+    p = sub.add_parser("review", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="print the URL only")

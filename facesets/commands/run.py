@@ -16,6 +16,7 @@ from ..core.thresholds import (FLAGS, MODEL_THRESHOLDS, ThresholdError, missing_
                                missing_thresholds)
 from ..formats.cache import cache_exists, load_cache, update_meta
 from ..formats.manifest import SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, load_manifest
+from ..formats.report import REPORT_FILE
 from ..formats.swapset import NAME_FILE
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
@@ -26,8 +27,7 @@ from .options import DEFAULT_MODEL, add_export_options, add_refine_options, mode
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="the whole pipeline from a photo folder to .fsz bundles",
-                       description=__doc__, epilog=thresholds_epilog())
+    p = sub.add_parser("run", description=__doc__, epilog=thresholds_epilog())
     p.add_argument("src", help="folder of photos (scanned recursively)")
     p.add_argument("out", help="output folder: raw/, facesets/, swap_ready/, run_state.json")
     p.add_argument("--cache", default=None,
@@ -225,9 +225,13 @@ def result_table(layout: pipeline.RunLayout) -> list[str]:
     first = top["facesets"][0]
     return lines + [
         "next:",
-        f"  1. sort_faces.py verify-fsz {layout.swap_ready}   (one face per PNG, as "
+        f"  1. look at them: open {layout.swap_ready / REPORT_FILE} in a browser (one card "
+        "per faceset)",
+        f"  2. fix them: sort_faces.py review {layout.swap_ready}   (rename, merge, split, "
+        "drop faces in the browser; undoable)",
+        f"  3. sort_faces.py verify-fsz {layout.swap_ready}   (one face per PNG, as "
         "roop-unleashed reads them)",
-        f"  2. write each person's name in {layout.swap_ready / first['name'] / NAME_FILE} "
-        "(and the other facesets'); kept across re-runs",
-        f"  3. in roop-unleashed, load {layout.swap_ready / first['top_bundle']} (or _all) as "
+        f"  4. write each person's name in {layout.swap_ready / first['name'] / NAME_FILE} "
+        "(or with review's rename); kept across re-runs",
+        f"  5. in roop-unleashed, load {layout.swap_ready / first['top_bundle']} (or _all) as "
         "the source face set"]

@@ -15,8 +15,7 @@ from .common import defaults, recorded_run, say, swap_ready_meta
 
 
 def register(sub) -> None:
-    p = sub.add_parser("split", help="split a faceset that holds more than one person "
-                       "(undoable)", description=__doc__)
+    p = sub.add_parser("split", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="swap-ready library")
     p.add_argument("faceset", metavar="FACESET", help="the faceset to split (faceset_NNN)")
     p.add_argument("--threshold", type=float, default=None,

@@ -7,7 +7,7 @@ from .common import after_run, say
 
 
 def register(sub) -> None:
-    p = sub.add_parser("undo", help="reverse a recorded run (see history)", description=__doc__)
+    p = sub.add_parser("undo", description=__doc__)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
     p.add_argument("run_id", metavar="RUN_ID", nargs="?", default=None,
                    help="the run to undo (default: the last run not undone)")

@@ -16,8 +16,7 @@ EXIT_FAILED = 1
 
 
 def register(sub) -> None:
-    p = sub.add_parser("verify-fsz", help="check that every PNG of a bundle has one face",
-                       description=__doc__)
+    p = sub.add_parser("verify-fsz", description=__doc__)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help=".fsz files, or folders searched for them")
     add_cache_model_options(p, "the faceset (its manifest beside the bundle)")

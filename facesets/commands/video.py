@@ -21,8 +21,7 @@ STATE_HELP = "state folder of this video batch (scenes, queue, worker results, t
 
 
 def register(sub) -> None:
-    p = sub.add_parser("video", help="video targets: shots, faces, tracks, clean clips",
-                       description=__doc__)
+    p = sub.add_parser("video", description=__doc__)
     vsub = p.add_subparsers(dest="video_command", metavar="STEP")
     vsub.required = True
 

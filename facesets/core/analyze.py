@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-import cv2
 import numpy as np
 
 from ..backends.base import DetectedFace, FaceBackend
@@ -49,6 +48,7 @@ def detector_input(image: np.ndarray, det_size: int) -> np.ndarray:
     """The decode shrunk to the detector's input size, without aliasing (Gaussian halvings,
     then area averaging: 3x cheaper than area averaging from the start). The detector
     would shrink it to det_size anyway, with a plain bilinear resize."""
+    import cv2  # here, not at module import: `--help` loads no OpenCV
     while max(image.shape[:2]) >= 2 * det_size:
         image = cv2.pyrDown(image)
     long_side = max(image.shape[:2])

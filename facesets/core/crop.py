@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import cv2
 import numpy as np
 
 # padding ratios tried in turn (the first is the requested one, the rest only when needed)
@@ -43,6 +42,7 @@ def cut(image: np.ndarray, scale: float, box: np.ndarray, out_size: int) -> np.n
     """Resample ``box`` (full-size pixels) of ``image`` (decoded at 1/``scale``) to
     out_size x out_size; outside the photo is black (never mirrored: a mirror could add a
     face)."""
+    import cv2  # here, not at module import: `--help` loads no OpenCV
     b = box / scale
     x1, y1 = int(np.floor(b[0])), int(np.floor(b[1]))
     side = max(1, int(round(b[2] - b[0])))
@@ -74,6 +74,7 @@ def _split(faces, own_box) -> tuple[object | None, list]:
 
 def _blank(crop: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
     """Paint grown face boxes with the crop's mean colour."""
+    import cv2
     out = crop.copy()
     fill = tuple(int(v) for v in crop.reshape(-1, 3).mean(axis=0))
     n = crop.shape[0]

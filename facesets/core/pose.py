@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from ..backends.onnx_pack import matrix_to_angles  # InsightFace's decomposition
+
 POSE_METHOD_KPS = "kps5"
 POSE_METHOD_3D = "3d68"
 
@@ -43,19 +45,6 @@ MODEL_5 = np.array([
 _FOCAL_SPREADS = 30.0
 # OpenCV's camera frame has z away from the viewer: flip z to go between the two frames
 _FLIP_Z = np.diag([1.0, 1.0, -1.0])
-
-
-def matrix_to_angles(r: np.ndarray) -> tuple[float, float, float]:
-    """(pitch, yaw, roll) in degrees of a rotation matrix, InsightFace's decomposition."""
-    sy = math.hypot(r[0, 0], r[1, 0])
-    if sy > 1e-6:
-        x = math.atan2(r[2, 1], r[2, 2])
-        z = math.atan2(r[1, 0], r[0, 0])
-    else:
-        x = math.atan2(-r[1, 2], r[1, 1])
-        z = 0.0
-    y = math.atan2(-r[2, 0], sy)
-    return math.degrees(x), math.degrees(y), math.degrees(z)
 
 
 def angles_to_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -162,6 +161,7 @@ def crop_all(cache: FaceCache, sel: FaceSelection, plans: list[Planned], detect,
     """Crop every planned face into its staging folder as ``faces/tmp_<n>.png``; sets
     ``plan.crop``. Faces are grouped by source so each file is decoded once (threads decode
     ahead while the main thread detects). Returns the number of sources decoded."""
+    import cv2  # here, not at module import: `--help` loads no OpenCV
     by_sha: dict[str, list[int]] = {}
     for n, plan in enumerate(plans):
         by_sha.setdefault(plan.sha256, []).append(n)
@@ -239,6 +239,7 @@ def finish_folder(stage: Path, plans: list[Planned]) -> tuple[list[dict], list[d
 
 def contact_sheet_bytes(pngs: list[Path], thumb: int = 128, columns: int = 6) -> bytes:
     """previews/top_grid.jpg's bytes: the crops as a grid of thumbnails, rank order."""
+    import cv2
     rows = max(1, -(-len(pngs) // columns))
     sheet = np.full((rows * thumb, columns * thumb, 3), 32, dtype=np.uint8)
     for k, png in enumerate(pngs):

@@ -199,7 +199,11 @@ def load_manifest(path: str | os.PathLike, kind: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest; run the step that writes it first")
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except UnicodeDecodeError:   # a photo or another binary file given in its place
+        raise ManifestError(f"{path}: not a {kind} manifest (binary data, not JSON text); "
+                            "pass the right file") from None
     if not isinstance(data, dict) or data.get("format") != kind:
         raise ManifestError(f"{path}: not a {kind} manifest (format "
                             f"{data.get('format') if isinstance(data, dict) else '?'}); "

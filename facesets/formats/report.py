@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-import cv2
 import numpy as np
 
 from ..io.fsutil import atomic_write_bytes, read_json, remove_temp_files
@@ -339,6 +338,7 @@ def _intersects(a, b) -> bool:
 
 
 def _blank(text: bool = True) -> np.ndarray:
+    import cv2  # here, not at module import: `--help` loads no OpenCV
     img = np.full((TILE, TILE, 3), 48, np.uint8)
     if text:
         cv2.line(img, (20, 20), (TILE - 20, TILE - 20), (90, 90, 90), 2)
@@ -347,12 +347,14 @@ def _blank(text: bool = True) -> np.ndarray:
 
 
 def _square(img: np.ndarray) -> np.ndarray:
+    import cv2
     return cv2.resize(img, (TILE, TILE), interpolation=cv2.INTER_AREA)
 
 
 def render_tile(t: Tile) -> np.ndarray:
     """A tile's pixels: the PNG scaled down, or the face's square crop of its photo (the face
     outlined when another face of the photo shows in the crop). Unreadable: a crossed tile."""
+    import cv2
     try:
         if t.png is not None:
             img = cv2.imdecode(np.fromfile(str(t.png), np.uint8), cv2.IMREAD_COLOR)
@@ -394,6 +396,7 @@ def sheet_name(tiles: list[Tile]) -> str:
 
 
 def write_sheet(dest: Path, tiles: list[Tile]) -> None:
+    import cv2
     rows = max(1, -(-len(tiles) // COLUMNS))
     sheet = np.full((rows * TILE, min(COLUMNS, max(1, len(tiles))) * TILE, 3), 24, np.uint8)
     for k, t in enumerate(tiles):

@@ -15,15 +15,16 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff",
                     ".heic", ".heif", ".avif", ".gif"}
 DEFAULT_MAX_PIXELS = 180_000_000  # beyond this a file is treated as a decompression bomb
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# OpenCV's imread flag per decode factor (OpenCV is imported when an image is decoded, not
+# with this module: `--help` stays fast)
+_REDUCED = {1: "IMREAD_COLOR", 2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4",
+            8: "IMREAD_REDUCED_COLOR_8"}
 BLUR_SIZE = 64  # blur is measured on the face crop resampled to BLUR_SIZE x BLUR_SIZE
 # formats OpenCV decodes (Pillow's names; MPO is a JPEG with extra pictures after it)
 _OPENCV_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"}
@@ -150,6 +151,7 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
 
 def _pillow_bgr(im: Image.Image) -> np.ndarray:
     """The first frame as BGR uint8 (16-bit and float modes scaled down, alpha dropped)."""
+    import cv2
     im.seek(0)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         gray = np.asarray(im, dtype=np.float64)
@@ -164,6 +166,8 @@ def _pillow_bgr(im: Image.Image) -> np.ndarray:
 def decode(data: bytes, factor: int = 1) -> np.ndarray:
     """Decode to BGR uint8 at 1/factor scale (EXIF orientation applied; the first frame of
     an animation)."""
+    import cv2
+
     def fits(image: np.ndarray) -> bool:
         # every coordinate is mapped back with width / decoded width: the two must agree
         return (abs(image.shape[1] * factor - w) <= factor
@@ -174,7 +178,8 @@ def decode(data: bytes, factor: int = 1) -> np.ndarray:
         w, h, orientation = _oriented_size(im)
         if fmt in _OPENCV_FORMATS:
             buf = np.frombuffer(data, dtype=np.uint8)
-            img = cv2.imdecode(buf, _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+            flags = getattr(cv2, _REDUCED[factor]) | cv2.IMREAD_IGNORE_ORIENTATION
+            img = cv2.imdecode(buf, flags)
             if img is not None:
                 img = orient(img, orientation)
                 if fits(img):
@@ -203,6 +208,8 @@ def face_blur(image: np.ndarray, bbox) -> float:
     at (as long as the face spans at least BLUR_SIZE px there, which embed guarantees when
     the original has it) and comparable between small and large faces.
     """
+    import cv2
+
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (int(round(v)) for v in bbox)
     x1, y1 = max(0, x1), max(0, y1)

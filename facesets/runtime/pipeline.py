@@ -68,12 +68,17 @@ class RunLayout:
         return self.swap_ready / MANIFEST_FILE
 
 
-# the project's work/ folder: default home of caches, logs and outputs (kept out of git)
-WORK_DIR = Path(__file__).resolve().parent.parent.parent / "work"
+# default home of caches, logs and outputs: the project's work/ folder (kept out of git) in a
+# checkout; an installed face-sets (`pip install .`: the package in site-packages, no
+# sort_faces.py beside it) uses ~/.face-sets/work
+_CHECKOUT = Path(__file__).resolve().parent.parent.parent
+WORK_DIR = (_CHECKOUT / "work" if (_CHECKOUT / "sort_faces.py").is_file()
+            else Path.home() / ".face-sets" / "work")
 
 
 def work_dir() -> Path:
-    """The project's work/ folder, or $FACESETS_WORK_DIR when set."""
+    """The project's work/ folder (~/.face-sets/work when installed), or $FACESETS_WORK_DIR
+    when set."""
     return Path(os.environ.get("FACESETS_WORK_DIR") or WORK_DIR)
 
 

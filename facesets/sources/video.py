@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from .base import PhotoSource, SourceItem
@@ -47,6 +46,7 @@ def sample_times(start: float, end: float, fps: float) -> list[float]:
 
 
 def open_capture(path: str) -> cv2.VideoCapture:
+    import cv2  # here, not at module import: `--help` loads no OpenCV
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
@@ -58,6 +58,7 @@ def iter_frames(path: str, times: list[float]) -> Iterator[tuple[float, float, n
     """``(t wanted, t of the frame, BGR frame)`` for each of the sorted ``times``: one forward
     decode from just before the first (only frames at or before a wanted time are decoded
     to pixels). Raises OSError when the video cannot be opened."""
+    import cv2
     if not times:
         return
     cap = open_capture(path)
@@ -109,6 +110,7 @@ class VideoSource(PhotoSource):
 
     def __init__(self, location: str, shots: list[tuple[float, float]] | None = None,
                  fps: float = 2.0):
+        import cv2
         self.video = os.path.abspath(location)
         self.fps = float(fps)
         if shots is None:
@@ -132,6 +134,7 @@ class VideoSource(PhotoSource):
                           provenance={"video": video, "t": t})
 
     def read_bytes(self, item_id: str) -> bytes:
+        import cv2
         video, t = parse_frame_id(item_id)
         if not os.path.exists(video):
             raise FileNotFoundError(video)

@@ -68,6 +68,12 @@ class DiscoverPlan:
                 f"{self.unclustered} left out by refine's gates")
 
 
+def _recorded_under(cache: FaceCache, folder: Path) -> bool:
+    """Whether ``cache`` recorded any file under ``folder`` (with a face or without)."""
+    prefix = os.path.join(os.fspath(folder), "")
+    return any(p.startswith(prefix) for p in cache.paths["path"].tolist())
+
+
 def plan_discover(root: str | os.PathLike, cache_path: str | os.PathLike,
                   src_root: str | os.PathLike, near: float, refine: RefineParams,
                   cache: FaceCache | None = None) -> DiscoverPlan:
@@ -80,6 +86,11 @@ def plan_discover(root: str | os.PathLike, cache_path: str | os.PathLike,
     sel = select_faces(cache)
     plan = DiscoverPlan(root, os.fspath(cache_path), str(src), near, refine, cache=cache)
     idx = faces_under(sel, src)
+    if not len(idx) and not _recorded_under(cache, src):
+        # no photo of SRC_ROOT was ever embedded: "0 faces" would read as "nothing new"
+        raise ValueError(f"{src}: none of its photos is in {cache_path}; embed it first: "
+                         f"`sort_faces.py embed {src} {cache_path}` (the cache's model), "
+                         "then run discover again")
     plan.faces = len(idx)
     named = set()
     names, cents = faceset_centroids(root)

@@ -209,6 +209,8 @@ class ErasPlan:
     sel: FaceSelection | None = None
     result: list[dict] = field(default_factory=list)   # the eras[] entries, once exported
     skipped: list[str] = field(default_factory=list)  # eras the export's gates emptied
+    # era -> {reason: faces} the export's gates dropped (said when an era ends thin)
+    export_dropped: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def done_line(self) -> str:
         thin = [e["name"] for e in self.result if e["thin"]]
@@ -217,6 +219,25 @@ class ErasPlan:
                 f"{THIN_DIR}/" + (f" ({', '.join(thin)})" if thin else "")
                 + (f"; {len(self.skipped)} left without a face by the export's gates"
                    if self.skipped else ""))
+
+    def export_lines(self) -> list[str]:
+        """Why each era that is not exported as a faceset went to _thin/ or nowhere: the
+        faces the export's gates kept of those planned, and the gates' reasons."""
+        planned = {e.name: e.faces for e in self.eras}
+        out = []
+        for e in self.result:
+            if not e["thin"]:
+                continue
+            dropped = self.export_dropped.get(e["name"], {})
+            why = ", ".join(f"{r} {n}" for r, n in sorted(dropped.items()))
+            out.append(f"  era {e['name']}: {e['faces']} of its {planned.get(e['name'], '?')} "
+                       "faces passed the export's gates" + (f" (dropped: {why})" if why else "")
+                       + f", under --min-era-faces {self.params.min_era_faces} -> "
+                       f"{THIN_DIR}/")
+        out += [f"  era {name}: none of its {planned.get(name, '?')} faces passed the export's "
+                "gates (export-swap's --min-face-short, --swap-outlier-threshold of the "
+                "source faceset)" for name in self.skipped]
+        return out
 
     def lines(self) -> list[str]:
         c = self.counts
@@ -466,6 +487,8 @@ def apply_eras(plan: ErasPlan, load_detector, progress: bool = True, log=print) 
         entries = []
         for name, (folder, m) in placed.items():
             e = by_name[name]
+            plan.export_dropped[name] = dict(Counter(d.get("reason", "unknown")
+                                                     for d in m["dropped"]))
             entries.append(era_entry(name, folder, len(m["faces"]), e.years, e.dominant,
                                      e.undated, e.anchor, e.fragments, m["centroid"],
                                      folder != name))
@@ -502,6 +525,25 @@ class ExtendPlan:
     sel: FaceSelection | None = None
     added: dict[str, int] = field(default_factory=dict)     # era -> faces added (after apply)
     gated: dict[str, int] = field(default_factory=dict)     # era -> faces the export dropped
+
+    def export_lines(self) -> list[str]:
+        """Why each era that is not exported as a faceset went to _thin/ or nowhere: the
+        faces the export's gates kept of those planned, and the gates' reasons."""
+        planned = {e.name: e.faces for e in self.eras}
+        out = []
+        for e in self.result:
+            if not e["thin"]:
+                continue
+            dropped = self.export_dropped.get(e["name"], {})
+            why = ", ".join(f"{r} {n}" for r, n in sorted(dropped.items()))
+            out.append(f"  era {e['name']}: {e['faces']} of its {planned.get(e['name'], '?')} "
+                       "faces passed the export's gates" + (f" (dropped: {why})" if why else "")
+                       + f", under --min-era-faces {self.params.min_era_faces} -> "
+                       f"{THIN_DIR}/")
+        out += [f"  era {name}: none of its {planned.get(name, '?')} faces passed the export's "
+                "gates (export-swap's --min-face-short, --swap-outlier-threshold of the "
+                "source faceset)" for name in self.skipped]
+        return out
 
     def lines(self) -> list[str]:
         c = self.counts
