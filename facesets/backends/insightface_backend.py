@@ -188,6 +188,7 @@ class InsightFaceBackend(FaceBackend):
         self.pack_dir = pack
         self.name = pack.name if Path(model).expanduser().is_dir() else model
         self.det_size = det_size
+        self.models = models      # task -> model: every session, for active_providers
         self.det = models["detection"]
         self.rec = models.get("recognition")
         if with_recognition and self.rec is None:
@@ -207,7 +208,7 @@ class InsightFaceBackend(FaceBackend):
 
     def active_providers(self) -> list[str]:
         seen: list[str] = []
-        for model in self.app.models.values():
+        for model in self.models.values():
             session = getattr(model, "session", None)
             for p in (session.get_providers() if session is not None else []):
                 if p not in seen:
