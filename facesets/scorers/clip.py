@@ -246,6 +246,6 @@ class ClipScorer(FaceScorer):
                 "logit_scale": self.logit_scale, "prompts": self.prompts,
                 "prompts_digest": prompts_digest(self.prompts)}
         entry = model.metadata_props.add()
-        entry.key, entry.value = META_KEY, json.dumps(meta)
+        entry.key, entry.value = META_KEY, json.dumps(meta, allow_nan=False)
         atomic_write_bytes(path, model.SerializeToString())
         return meta
