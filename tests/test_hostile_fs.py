@@ -328,12 +328,17 @@ def test_a_full_disk_is_one_line_and_a_rerun_equals_a_clean_run(request, tmp_pat
     if isinstance(scenario, tuple):
         library = request.getfixturevalue("split_dir")
         argv = scenario[1](library)
-        scenario = Scenario(name, lambda w: shutil.copytree(library, w / "swap"),
-                            lambda w: argv)
+
+        def build(w: Path) -> None:
+            shutil.copytree(library, w / "swap")
+            if name == "report":   # a page and sheets to write
+                shutil.rmtree(w / "swap" / "_thumbs")
+                (w / "swap" / "index.html").unlink()
+        scenario = Scenario(name, build, lambda w: argv)
     h = KillHarness(scenario, tmp_path)
     h.prepare()
     n = h.run_reference()
-    for k in sorted({1, max(2, n // 2)}):
+    for k in sorted({1, (n + 1) // 2}):   # the first write, one half way
         _fail_at_write_then_rerun(h, k)
 
 
@@ -379,3 +384,23 @@ def test_a_real_full_tmpfs_is_one_line_and_a_rerun_with_space_equals_a_clean_run
         assert not diffs, "\n".join(diffs[:12])
     finally:
         subprocess.run(["umount", str(h.w)], capture_output=True)
+
+
+def test_immich_stage_never_writes_through_a_symlinked_staging_subfolder(tmp_path):
+    from conftest import needs_shared
+    needs_shared()
+    from test_immich import FakeImmich, library, stage
+
+    fake = FakeImmich(library()).start()
+    try:
+        root = tmp_path / "alice"
+        root.mkdir()
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (root / "trip").symlink_to(outside)          # where trip/IMG_0001.jpg would go
+        proc = stage(fake, root, "--skip-thumbs", check=False)
+    finally:
+        fake.stop()
+    assert _files(outside) == []
+    line = _one_error_line(proc)
+    assert line.startswith(f"error: {root / 'trip'}: is a symlink;"), line

@@ -41,11 +41,11 @@ def _current_umask() -> int:
     return mask
 
 
-# The process umask, read once at import (os.umask can only be read by setting it): files and
-# folders face-sets makes get the modes plain open()/mkdir() would give them.
+# The process umask, read once at import (os.umask can only be read by setting it): the files
+# atomic_write makes get the mode plain open() would give them (mkstemp's is 0600); folders
+# are made with mkdir, which applies the umask itself.
 UMASK = _current_umask()
 FILE_MODE = 0o666 & ~UMASK
-DIR_MODE = 0o777 & ~UMASK
 
 # errno values of a full disk or an exhausted quota
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e)
@@ -61,9 +61,9 @@ def disk_full(path: str | os.PathLike) -> OSError:
 
 
 def error_line(exc: BaseException) -> str | None:
-    """The one line (without "error: ") for an OSError of a full disk, a quota, or a failed
-    image write; None for any other error. Names the file written: shutil's copies name the
-    source first and the destination second."""
+    """The one line (without "error: ") for an OSError of a full disk or an exhausted quota;
+    None for any other error. Names the file written: shutil's copies name the source first
+    and the destination second."""
     if not isinstance(exc, OSError) or exc.errno not in DISK_FULL_ERRNOS:
         return None
     path = exc.filename2 if exc.filename2 is not None else exc.filename
