@@ -404,3 +404,24 @@ def test_immich_stage_never_writes_through_a_symlinked_staging_subfolder(tmp_pat
     assert _files(outside) == []
     line = _one_error_line(proc)
     assert line.startswith(f"error: {root / 'trip'}: is a symlink;"), line
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755),
+                                                      (0o002, 0o664, 0o775)])
+def test_commands_write_files_and_folders_with_the_umask_mode(split_dir, tmp_path, umask,
+                                                             file_mode, dir_mode):
+    """rename (a recorded run: .runs/, manifests, bundles, NAME.txt) and report (the page,
+    _thumbs/) as the user runs them under a umask."""
+    lib = tmp_path / "swap"
+    shutil.copytree(split_dir, lib)
+    shutil.rmtree(lib / "_thumbs")
+    for p in [lib, *lib.rglob("*")]:      # so that what the commands write stands out
+        p.chmod(0o700 if p.is_dir() else 0o600)
+    for args in (["rename", lib, "faceset_001", "Somebody"], ["report", lib]):
+        run_cli(*args, preexec_fn=lambda: os.umask(umask))
+    written = {p.relative_to(lib).as_posix(): p.stat().st_mode & 0o777
+               for p in lib.rglob("*") if p.stat().st_mode & 0o077}
+    assert any(rel.startswith(".runs/") for rel in written), sorted(written)
+    assert {"index.html", "_thumbs", "faceset_001/NAME.txt"} <= set(written), sorted(written)
+    assert {rel: m for rel, m in written.items()
+            if m != (dir_mode if (lib / rel).is_dir() else file_mode)} == {}
