@@ -142,14 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     from .core.thresholds import ThresholdError
     from .formats.cache import CacheError
     from .formats.manifest import ManifestError
-    from .io.fsutil import LockError
+    from .io.fsutil import LockError, discard_unfinished, error_line
     from .runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 
     known = (BackendError, CacheError, LockError, ManifestError, ThresholdError,
              FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
              ValueError)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except BaseException:
+            discard_unfinished()   # a failed command leaves no half-built folder behind
+            raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -157,4 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("FACESETS_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:   # a full disk: one line naming the file; any other: a traceback
+        line = error_line(exc)
+        if line is None or os.environ.get("FACESETS_DEBUG"):
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return EXIT_ERROR

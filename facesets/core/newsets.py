@@ -46,7 +46,7 @@ from ..formats.runs import MERGED_DIR
 from ..formats.swapset import (ADDED_DIR, ADDED_SECTION, MANIFEST_NAME, NAME_TEMPLATE,
                                SPLIT_DIR, bundle_stem, bundles_entry, faceset_listing,
                                label_stem, swap_manifest)
-from ..io.fsutil import fsync_dir
+from ..io.fsutil import fsync_dir, internal_dir, remove_on_error
 from . import runs
 from .quality import cache_row, face_quality
 from .selection import FaceSelection, select_faces
@@ -125,7 +125,7 @@ def _tag(step: str, plan: list[tuple[str, NewFaceset]], params: ExportParams, ro
 
 def clean_partials(root: Path, under: str = ADDED_DIR) -> None:
     """Half-built ``<under>/.<tag>.partial/`` folders a kill left (nothing refers to them)."""
-    d = root / under
+    d = internal_dir(root, under, create=False)   # never a symlink out of the library
     if d.is_dir():
         for p in d.iterdir():
             if p.name.startswith(".") and p.name.endswith(".partial") and p.is_dir() \
@@ -241,7 +241,7 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
         if built.exists():
             raise ManifestError(f"{built}: exists but does not hold {', '.join(names)}; move "
                                 "it away by hand")
-        part = root / ADDED_DIR / f".{tag}.partial"
+        part = remove_on_error(internal_dir(root, ADDED_DIR) / f".{tag}.partial")
         stage_of = {n: part / n for n in names}
         crop_all(cache, sel, planned, load_detector().detect, params, stage_of, progress, step)
         by_target: dict[str, list[Planned]] = {}

@@ -17,7 +17,6 @@ formats/runs.py.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -31,9 +30,11 @@ from ..formats.runs import (AFTER_DIR, BEFORE_DIR, DIGEST_FILE, DIGEST_KEY, PART
                             check_runs_section, digest_text, load_run, new_run_id,
                             read_report_pending, record_digest, report_pending_path, run_record,
                             runs_entry)
-from ..formats.swapset import MANIFEST_NAME, remove_faceset_temps, write_bundles
+from ..formats.swapset import (DROPPED_DIR, FACES_DIR, MANIFEST_NAME, PREVIEW,
+                               remove_faceset_temps, write_bundles)
 from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_point, fsync_dir,
-                         read_json, remove_temp_files)
+                         internal_dir, json_bytes, read_json, remove_on_error, remove_temp_files,
+                         write_new_file)
 
 UNDO = "undo"
 THIS_RUN = "(this run)"   # stands for the run's id in the new manifests until it is known
@@ -53,7 +54,7 @@ def move_once(root: Path, src_rel: str, dest_rel: str,
     src = safe_member_path(root, src_rel, fields[0])
     dest = safe_member_path(root, dest_rel, fields[1])
     if src.exists() and not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        internal_dir(root, dest.parent.relative_to(root))   # no symlink on the way
         os.replace(src, dest)
         fsync_dir(dest.parent)
         fsync_dir(src.parent)
@@ -126,6 +127,19 @@ def plan_id(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     return new_run_id(len(load_top(root).get(RUNS_SECTION, [])) + 1, content)
 
 
+def _refuse_symlinks(root: Path, moves: list[tuple[str, str]], after: dict,
+                     rebuild: list[str]) -> None:
+    """Before anything is recorded: no folder the run will write in (``.runs``, where moves
+    land, where manifests go, a rebuilt faceset's faces/, faces/_dropped/, previews/) is a
+    symlink: a refused run leaves nothing to finish."""
+    folders = {Path(RUNS_DIR)} | {Path(dest).parent for _, dest in moves} \
+        | {Path(rel).parent for rel in after}
+    for d in rebuild:
+        folders |= {Path(d) / FACES_DIR / DROPPED_DIR, Path(d) / PREVIEW}
+    for folder in folders:
+        internal_dir(root, folder, create=False)
+
+
 def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[str],
             after: dict[str, dict | bytes], rebuild: list[str], summary: dict,
             undoes: str | None = None, run_id: str | None = None,
@@ -135,6 +149,7 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     current bytes of ``changed`` (undo keeps none). The id is ``run_id`` or derived from the
     plan, so a re-run after a kill that came before this point gets the same id."""
     root = Path(root)
+    _refuse_symlinks(root, moves, after, rebuild)
     _clean(root)
     if before is None:
         before = _before(root, changed)
@@ -143,18 +158,14 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     final = run_dir(root, run_id)
     if final.exists():
         return run_id   # written already by a run a kill interrupted: same plan, same id
-    part = root / RUNS_DIR / f".{run_id}{PARTIAL_SUFFIX}"
+    part = remove_on_error(internal_dir(root, RUNS_DIR) / f".{run_id}{PARTIAL_SUFFIX}")
     if part.exists():
         shutil.rmtree(part)
     for rel, data in before.items():
-        dest = part / BEFORE_DIR / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+        write_new_file(part / BEFORE_DIR / rel, data)
     for rel, body in after.items():
-        dest = part / AFTER_DIR / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(body if isinstance(body, bytes) else
-                         (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+        write_new_file(part / AFTER_DIR / rel,
+                       body if isinstance(body, bytes) else json_bytes(body) + b"\n")
     atomic_write_json(part / RUN_FILE, run_record(run_id, step, moves, sorted(before),
                                                   list(after), rebuild, summary, undoes))
     # the record's proof, inside the folder that appears whole: a pending run is trusted

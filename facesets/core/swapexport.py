@@ -22,7 +22,7 @@ from ..formats.cache import FaceCache
 from ..formats.manifest import dropped_entry, write_manifest
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, NAME_TEMPLATE, PREVIEW,
                                faceset_manifest, write_bundles)
-from ..io.fsutil import atomic_write_bytes
+from ..io.fsutil import atomic_write_bytes, internal_dir, write_image
 from ..io.imageio import ImageError, decode, read_header, scale_for
 from .crop import Crop, single_face_crop
 from .near import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, near_pairs,
@@ -203,9 +203,7 @@ def crop_all(cache: FaceCache, sel: FaceSelection, plans: list[Planned], detect,
                                                  p.out_size, p.pad_ratio)
                     if plan.crop.image is not None:
                         dest = stage_of[plan.target] / FACES_DIR / f"tmp_{n}.png"
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        if not cv2.imwrite(str(dest), plan.crop.image):
-                            raise OSError(f"{dest}: could not write the crop")
+                        write_image(dest, plan.crop.image)
                         plan.crop.image = None   # on disk now; keep memory flat
                         plan.entry["tmp"] = str(dest)
                 bar.update(1)
@@ -261,8 +259,7 @@ def contact_sheet(pngs: list[Path], dest: Path, thumb: int = 128, columns: int =
         data = contact_sheet_bytes(pngs, thumb, columns)
     except OSError:
         raise OSError(f"{dest}: could not encode the preview") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dest, data)
+    atomic_write_bytes(dest, data, root=dest.parent.parent)   # FACESET/previews/: no symlink
 
 
 
@@ -290,7 +287,7 @@ def finish_faceset(stage: Path, head: dict, name: str, source_faceset: str, run:
     m = faceset_manifest(head, name, source_faceset, run, top_n, centroid, kept,
                          dropped + crop_dropped + carried, faces_in, [e["key"] for e in carried])
     m.update(extra or {})
-    (stage / FACES_DIR).mkdir(parents=True, exist_ok=True)
+    internal_dir(stage, FACES_DIR)
     if write:
         write_bundles(stage, m)
     contact_sheet([stage / e["file"] for e in kept[:top_n]], stage / PREVIEW)

@@ -244,7 +244,7 @@ def cache_exists(cache_path: str | os.PathLike) -> bool:
 
 
 def _to_arrays(meta: dict, paths: dict, files: dict, faces: dict) -> dict[str, np.ndarray]:
-    arrays = {"meta": np.array(json.dumps(meta, sort_keys=True))}
+    arrays = {"meta": np.array(json.dumps(meta, sort_keys=True, allow_nan=False))}
     for tname, table in (("paths", paths), ("files", files), ("faces", faces)):
         for col, arr in table.items():
             arr = np.asarray(arr)

@@ -30,7 +30,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..io.fsutil import atomic_write_json, fsync_dir, read_json
+from ..io.fsutil import (DISK_FULL_ERRNOS, atomic_write_json, disk_full, fsync_dir, read_json,
+                         write_point)
 
 QUEUE_FORMAT = "face-sets/queue"
 QUEUE_VERSION = 1
@@ -503,7 +504,7 @@ class JsonlAppender:
         self.pending: list[str] = []
 
     def add(self, record: dict) -> None:
-        self.pending.append(json.dumps(record, ensure_ascii=False))
+        self.pending.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
 
     def extend(self, records: Iterable[dict]) -> None:
         for r in records:
@@ -513,10 +514,16 @@ class JsonlAppender:
         if not self.pending:
             return
         new = not self.path.exists()
-        with open(self.path, "ab") as fh:
-            fh.write(("\n".join(self.pending) + "\n").encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_point(self.path)
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write(("\n".join(self.pending) + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:   # a full disk names this file (a write() error names none)
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise disk_full(self.path) from None
+            raise
         if new:
             fsync_dir(self.path.parent)
         self.pending = []

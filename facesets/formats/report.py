@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..io.fsutil import atomic_write_bytes, read_json, remove_temp_files
+from ..io.fsutil import atomic_write_bytes, internal_dir, read_json, remove_temp_files
 from ..io.imageio import ImageError, decode, read_header, scale_for
 from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
@@ -405,14 +405,13 @@ def write_sheet(dest: Path, tiles: list[Tile]) -> None:
     ok, buf = cv2.imencode(".jpg", sheet, [cv2.IMWRITE_JPEG_QUALITY, 82])
     if not ok:
         raise OSError(f"{dest}: could not encode the thumbnail sheet")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dest, buf.tobytes())
+    atomic_write_bytes(dest, buf.tobytes(), root=dest.parent.parent)   # OUT/_thumbs/x.jpg
 
 
 def place_tiles(out: Path, cards: list[dict], progress: bool = False) -> set[str]:
     """Give every tile its sheet and position (``sheet``, ``x``, ``y``), writing the sheets
     that do not exist yet; returns the sheet names in use."""
-    thumbs = out / THUMBS_DIR
+    thumbs = internal_dir(out, THUMBS_DIR, create=False)   # never a symlink out of OUT
     todo, used = [], set()
     groups = [(card, card["tiles"]) for card in cards]
     groups += [(card, card["dropped_tiles"]) for card in cards if card.get("dropped_tiles")]

@@ -7,6 +7,7 @@ A reader therefore sees the old file or the new one, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -28,6 +29,57 @@ _KILL_AT_COMMIT = int(os.environ.get("FACESETS_KILL_AT_COMMIT") or 0)
 _COMMIT_LOG = os.environ.get("FACESETS_COMMIT_LOG") or ""
 _FAULT_INJECTION = bool(_KILL_AT_COMMIT or _COMMIT_LOG)
 _commits = 0
+# ... and a full disk: the N-th write (``write_point``) and every later one raise ENOSPC
+# (FACESETS_FAIL_AT_WRITE), as a disk that filled up at that moment would
+_FAIL_AT_WRITE = int(os.environ.get("FACESETS_FAIL_AT_WRITE") or 0)
+_writes = 0
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+# The process umask, read once at import (os.umask can only be read by setting it): the files
+# atomic_write makes get the mode plain open() would give them (mkstemp's is 0600); folders
+# are made with mkdir, which applies the umask itself.
+UMASK = _current_umask()
+FILE_MODE = 0o666 & ~UMASK
+
+# errno values of a full disk or an exhausted quota
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e)
+
+
+class UnsafePathError(ValueError):
+    """A folder face-sets would write in is a symlink it did not make."""
+
+
+def disk_full(path: str | os.PathLike) -> OSError:
+    """The error of a full disk while writing ``path`` (cli prints it as one line)."""
+    return OSError(errno.ENOSPC, "no space left on device", os.fspath(path))
+
+
+def error_line(exc: BaseException) -> str | None:
+    """The one line (without "error: ") for an OSError of a full disk or an exhausted quota;
+    None for any other error. Names the file written: shutil's copies name the source first
+    and the destination second."""
+    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL_ERRNOS:
+        return None
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    return f"{os.fsdecode(path) if path is not None else '(a file being written)'}: " \
+           "no space left on device"
+
+
+def write_point(what: str | os.PathLike) -> None:
+    """Called before each file or folder face-sets writes: the fault-injection hook of a full
+    disk (``FACESETS_FAIL_AT_WRITE``; unset, one flag check)."""
+    if not _FAIL_AT_WRITE:
+        return
+    global _writes
+    _writes += 1
+    if _writes >= _FAIL_AT_WRITE:
+        raise disk_full(what)
 
 
 def commit_point(what: str) -> None:
@@ -67,42 +119,145 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _refuse_symlink(p: Path) -> None:
+    if p.is_symlink():
+        raise UnsafePathError(f"{p}: is a symlink; face-sets never writes through a symlink it "
+                              "did not make: remove it, or choose another output folder")
+
+
+def internal_dir(root: str | os.PathLike, rel: str | os.PathLike = "",
+                 create: bool = True) -> Path:
+    """Make (or, ``create=False``, only check what exists of) ``root/rel``, a folder
+    face-sets keeps inside an output (``_thumbs``, ``.runs``, ``_split``, ``faces/_dropped``
+    ...), and return it. Refused (UnsafePathError) when it or any folder between ``root`` and
+    it is a symlink: writes never follow a link out of the output. ``root`` itself, the
+    folder the user chose, may be a symlink."""
+    root = Path(root)
+    rel = Path(rel)
+    if rel.is_absolute():
+        rel = rel.relative_to(root)
+    if create and not root.is_dir():
+        write_point(root)
+        root.mkdir(parents=True, exist_ok=True)
+    here = root
+    for part in rel.parts:
+        if part in ("", "."):
+            continue
+        here = here / part
+        _refuse_symlink(here)
+        if create and not here.is_dir():
+            write_point(here)
+            here.mkdir(exist_ok=True)
+            _refuse_symlink(here)   # raced in by another process meanwhile
+    return here
+
+
+def _disk_full_as_oserror(exc: BaseException, path: Path) -> BaseException:
+    """A full disk while writing ``path`` as an OSError naming it (a write() error names no
+    file)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS and exc.filename is None:
+        return disk_full(path)
+    return exc
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temp file beside ``path``; on success fsync it and replace ``path`` with it."""
+def atomic_write(path: str | os.PathLike, mode: str = "wb",
+                 root: str | os.PathLike | None = None) -> Iterator[Any]:
+    """Open a temp file beside ``path``; on success fsync it and replace ``path`` with it.
+
+    The file gets the umask's mode (mkstemp's would be 0600). With ``root`` (the output
+    folder), the folders between it and ``path`` are made with ``internal_dir``: a symlink
+    among them is refused."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if root is not None:
+        internal_dir(root, path.parent.relative_to(root))
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        write_point(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _disk_full_as_oserror(exc, path) from None
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        mapped = _disk_full_as_oserror(exc, path)
+        if mapped is not exc:
+            raise mapped from None
         raise
     commit_point(os.fspath(path))
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_write(path, "wb") as fh:
+def write_new_file(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file inside a folder being built (a staging or ``.partial`` folder nothing
+    reads before it is renamed into place): a plain write, a full disk named on ``path``."""
+    path = Path(path)
+    write_point(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise _disk_full_as_oserror(exc, path) from None
+
+
+def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """shutil.copy2 with a full disk reported on ``dest`` (and the fault-injection hook)."""
+    write_point(dest)
+    try:
+        shutil.copy2(src, dest)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise disk_full(dest) from None
+        raise
+
+
+def write_image(path: str | os.PathLike, image, ext: str = ".png", params=(),
+                root: str | os.PathLike | None = None) -> None:
+    """Encode ``image`` (cv2) and write it atomically: a failed write is an OSError naming
+    the file (cv2.imwrite only returns False and prints a libpng error)."""
+    import cv2
+
+    ok, buf = cv2.imencode(ext, image, list(params))
+    if not ok:
+        raise OSError(f"{path}: could not encode the image")
+    with atomic_write(path, "wb", root=root) as fh:
+        fh.write(buf.tobytes())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes,
+                       root: str | os.PathLike | None = None) -> None:
+    with atomic_write(path, "wb", root=root) as fh:
         fh.write(data)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (UTF-8, indented, keys in insertion order).
+def json_bytes(obj: Any, indent: int | None = 2) -> bytes:
+    """The one JSON encoding of a file face-sets writes: UTF-8, keys in insertion order, and
+    never NaN or Infinity (a ValueError: JSON has no such numbers, readers reject them).
 
     A path with bytes that are not UTF-8 reaches Python as lone surrogates ("\\udce9"):
     such a document is written with \\u escapes, which read back to the same path."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False)
     try:
-        data = text.encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:
-        data = json.dumps(obj, indent=2, ensure_ascii=True).encode("ascii")
-    atomic_write_bytes(path, data + b"\n")
+        return json.dumps(obj, indent=indent, ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any,
+                      root: str | os.PathLike | None = None) -> None:
+    """Write JSON atomically (``json_bytes``, indented, a final newline)."""
+    atomic_write_bytes(path, json_bytes(obj) + b"\n", root=root)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -239,13 +394,13 @@ class FileLock:
                 self.log(f"note: took over the lock {self.path}: {why}")
                 continue
             try:
-                os.write(fd, json.dumps(info).encode())
+                os.write(fd, json.dumps(info, allow_nan=False).encode())
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as exc:
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
-                raise
+                raise _disk_full_as_oserror(exc, self.path) from None
             self._fd = fd
             self.held = True
             return self
@@ -322,6 +477,7 @@ def reversible_move(src: str | os.PathLike, holding_dir: str | os.PathLike) -> P
     """
     src = Path(src)
     holding = Path(holding_dir)
+    _refuse_symlink(holding)   # a holding folder is always face-sets' own
     holding.mkdir(parents=True, exist_ok=True)
     dest = holding / src.name
     n = 1
@@ -343,11 +499,42 @@ def _owned_dir(final: Path, role: str) -> Path:
     """A fresh hidden folder beside ``final`` that carries face-sets' ownership marker
     (``role``: "staging" for a new output being built, "aside" for the old one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    write_point(final)
     holder = Path(tempfile.mkdtemp(prefix=f".{final.name}{OWNED_PREFIX}", dir=final.parent))
+    if role == "staging":
+        _unfinished.add(holder)   # never "aside": that one holds the old output
     info = {"pid": os.getpid(), "host": socket.gethostname(), "for": final.name, "role": role,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (holder / OWNED_MARKER).write_text(json.dumps(info), encoding="utf-8")
+    try:
+        (holder / OWNED_MARKER).write_text(json.dumps(info, allow_nan=False), encoding="utf-8")
+    except OSError as exc:
+        shutil.rmtree(holder, ignore_errors=True)
+        raise _disk_full_as_oserror(exc, holder / OWNED_MARKER) from None
     return holder
+
+
+# Folders this process is building (staging folders, ``.partial`` folders) that a command
+# failing half-way removes (``discard_unfinished``, called by cli.main): a re-run then
+# starts as clean as a first run. A folder renamed into place is simply no longer there.
+_unfinished: set[Path] = set()
+
+
+def remove_on_error(folder: str | os.PathLike) -> Path:
+    """Note a folder this process is about to build and renames into place when done
+    (``X.partial``): ``discard_unfinished`` removes it if the command fails before."""
+    folder = Path(folder)
+    _unfinished.add(folder)
+    return folder
+
+
+def discard_unfinished() -> None:
+    """Remove what ``remove_on_error`` and ``make_staging`` noted and is still there (a
+    failed command's half-built folders; never a symlink, never a folder renamed into
+    place)."""
+    for folder in sorted(_unfinished, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+    _unfinished.clear()
 
 
 def _owner(holder: Path) -> dict | None:

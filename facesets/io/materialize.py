@@ -8,7 +8,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from .fsutil import commit_point
+from .fsutil import DISK_FULL_ERRNOS, commit_point, disk_full, write_point
 
 LINK_MODES = ("copy", "hardlink", "symlink")
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
@@ -41,6 +41,7 @@ def place(src: str, dest: Path, link: str = "copy") -> None:
     tmp = dest.with_name(f".{dest.name}."
                          + "".join(secrets.choice(_TEMP_CHARS) for _ in range(8)) + ".tmp")
     try:
+        write_point(dest)
         if link == "copy":
             shutil.copy2(src, tmp)
         elif link == "hardlink":
@@ -54,9 +55,11 @@ def place(src: str, dest: Path, link: str = "copy") -> None:
             os.symlink(os.path.abspath(src), tmp)
         os.replace(tmp, dest)
         commit_point(os.fspath(dest))
-    except BaseException:
+    except BaseException as exc:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full(dest) from None   # named on the file placed, not its temp name
         raise
 
 

@@ -366,6 +366,6 @@ class ClipScorer(FaceScorer):
                 "prompts_digest": prompts_digest(self.prompts),
                 "precision": "fp16" if fp16 else "fp32"}
         entry = model.metadata_props.add()
-        entry.key, entry.value = META_KEY, json.dumps(meta)
+        entry.key, entry.value = META_KEY, json.dumps(meta, allow_nan=False)
         atomic_write_bytes(path, model.SerializeToString())
         return meta

@@ -67,7 +67,7 @@ from ..formats.manifest import (FACESET_BASE, SWAP_FACESET_MANIFEST, ManifestErr
                                 centroid_of, load_manifest, new_manifest)
 from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, bundle_stem,
                                bundles_entry, faceset_listing)
-from ..io.fsutil import fsync_dir
+from ..io.fsutil import fsync_dir, internal_dir, remove_on_error
 
 STEP = "eras"
 STEP_EXTEND = "eras-extend"
@@ -702,7 +702,7 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
         if built.exists():
             raise ManifestError(f"{built}: exists but does not hold {', '.join(by_era)}; "
                                 "move it away by hand")
-        part = root / ADDED_DIR / f".{tag}.partial"
+        part = remove_on_error(internal_dir(root, ADDED_DIR) / f".{tag}.partial")
         if part.exists():
             shutil.rmtree(part)     # a build a kill interrupted: nothing refers to it
         detect = load_detector().detect

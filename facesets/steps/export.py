@@ -29,7 +29,7 @@ from ..formats.swapset import (ADDED_SECTION, CANDIDATES_DIR, DROPPED_DIR, FACES
                                candidates_manifest, faceset_listing, maintenance_sections,
                                swap_manifest)
 from ..formats.report import write_report
-from ..io.fsutil import replace_dir
+from ..io.fsutil import copy_file, replace_dir
 
 def previous_names(out: Path) -> list[tuple[set[str], str]]:
     """(face keys, NAME.txt text) of every faceset a previous export left in OUT."""
@@ -74,7 +74,7 @@ def carry_dropped(stage: Path, audited: list[tuple[Path, dict]], old_dir: Path,
         while dest.exists():
             dest = holding / f"{src.stem}.{n}{src.suffix}"
             n += 1
-        shutil.copy2(src, dest)
+        copy_file(src, dest)
         return dest.relative_to(stage).as_posix()
 
     for folder, e in audited:

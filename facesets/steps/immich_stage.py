@@ -37,7 +37,7 @@ from ..formats.cache import load_cache
 from ..formats.immich_state import (ALIAS, ERROR, KNOWN, NOFACE, PARTIAL_DIR, SMALL, STAGED,
                                     STATE_DIR, THUMB, UNSUPPORTED, DONE, StateError,
                                     StateWriter, check_label, header, load_state, record)
-from ..io.fsutil import fsync_dir, output_lock
+from ..io.fsutil import fsync_dir, internal_dir, output_lock
 from ..io.imageio import IMAGE_EXTENSIONS
 from ..runtime.pipeline import work_dir
 from ..sources.immich import (ImmichClient, ImmichRefused, RequestFailed, ServerDown,
@@ -145,7 +145,7 @@ class _Run:
             self.taken[rel] = asset_id
             self.by_sha[sha] = rel
         dest = self.root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        internal_dir(self.root, dest.parent.relative_to(self.root))   # no symlink out
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
         return STAGED, rel

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestErr
                                 load_manifest, safe_member_path, write_manifest)
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, PREVIEW, SPLIT_DIR,
                                SPLIT_SECTION, faceset_manifest, write_bundles)
-from ..io.fsutil import atomic_write_bytes, fsync_dir
+from ..io.fsutil import atomic_write_bytes, copy_file, fsync_dir, internal_dir, remove_on_error
 
 STEP = "split"
 
@@ -198,8 +197,8 @@ def _build_part(src: Path, stage: Path, orig: dict, name: str, part: list[dict],
     for rank, f in enumerate(part):
         dest = f"{FACES_DIR}/{rank:03d}.png"
         (stage / FACES_DIR).mkdir(exist_ok=True)
-        shutil.copy2(safe_member_path(src, f["file"], "faces[].file", src / MANIFEST_NAME),
-                     stage / dest)
+        copy_file(safe_member_path(src, f["file"], "faces[].file", src / MANIFEST_NAME),
+                  stage / dest)
         kept.append(dict(f, rank=rank, file=dest, split_from={"faceset": orig["name"],
                                                                "file": f["file"]}))
     head = {k: orig[k] for k in ("format", "version", "tool_version", "created", "cache",
@@ -231,7 +230,7 @@ def apply_split(plan: SplitPlan, log=print) -> dict | None:
         if built.exists():
             raise ManifestError(f"{built}: exists but does not hold {', '.join(plan.names)}; "
                                 "move it away by hand")
-        part_dir = root / SPLIT_DIR / f".{tag}.partial"
+        part_dir = remove_on_error(internal_dir(root, SPLIT_DIR) / f".{tag}.partial")
         for n, part in zip(plan.names, plan.parts):
             x = np.stack([plan.embeddings[f["key"]] for f in part])
             _build_part(src, part_dir / n, orig, n, part,
