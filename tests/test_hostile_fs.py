@@ -61,8 +61,8 @@ NOT_WRITTEN = {
     "facesets/scorers/clip.py": 1,          # prompts digest
     "facesets/runtime/pipeline.py": 1,      # inputs digest
     "facesets/formats/report.py": 1,        # sheet name digest
-    "facesets/formats/runs.py": 1,          # run id digest
-    "facesets/formats/cache.py": 4,         # error messages quoting a bad value
+    "facesets/formats/runs.py": 2,          # run id digest, record digest
+    "facesets/formats/cache.py": 6,         # error messages quoting a bad value
     "facesets/steps/split.py": 1,           # split tag digest
     "facesets/steps/video.py": 1,           # clip uuid digest
     "facesets/steps/eras.py": 1,            # extend tag digest
