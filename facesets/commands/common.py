@@ -94,6 +94,30 @@ def cache_model(args, meta: dict, where: str) -> tuple[str, str | None, str]:
     return name, args.model_root, f"{where} was made with model '{name}'"
 
 
+def recorded_model(args, records: list[tuple[dict, str]]) -> str:
+    """Fill ``args.model`` / ``args.model_root`` of a command whose --model was not given
+    from the first record (meta with ``model`` and ``pack_dir``, and what it is: a cache,
+    a library) that names a model: its name, under the folder it was loaded from when that
+    still holds the pack (--model-root, when given, wins over the recorded folder); else
+    the default pack. Returns a note for the summary ("" when the flag was given)."""
+    if args.model is not None:
+        return ""
+    for meta, where in records:
+        name = meta.get("model")
+        if not isinstance(name, str) or not name:
+            continue
+        args.model = name
+        pack_dir = meta.get("pack_dir")
+        if args.model_root is None and isinstance(pack_dir, str):
+            d = Path(pack_dir)
+            if d.name == name and d.parent.name == "models" and any(d.glob("*.onnx")):
+                args.model_root = str(d.parent.parent)
+        return (f"model {name}" + (f" from {args.model_root}" if args.model_root else "")
+                + f" (recorded by {where})")
+    args.model = BACKEND.DEFAULT_MODEL
+    return ""
+
+
 def load_for(args, meta: dict, where: str, **kw):
     """load_backend for the pack ``cache_model`` picks; a failure names what was recorded."""
     from ..backends import BackendError, load_backend

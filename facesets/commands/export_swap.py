@@ -71,12 +71,36 @@ def thin_warnings(top: dict, refine_manifest) -> list[str]:
     return lines
 
 
+# export-swap's thresholds a library may have chosen (name -> argparse dest)
+EXPORT_THRESHOLDS = {"swap_outlier": "swap_outlier_threshold",
+                     "candidate_match": "candidate_match_threshold"}
+
+
+def library_settings_of(args, meta: dict, params, refine_manifest, resolved) -> dict:
+    """The ``settings`` this export records in its library (core/settings.py)."""
+    from ..core.settings import export_settings
+    from ..core.thresholds import threshold_source
+
+    refine = load_manifest(refine_manifest, REFINE_MANIFEST)
+    parameters = refine["parameters"] if isinstance(refine.get("parameters"), dict) else {}
+    given = {n: getattr(args, d) for n, d in EXPORT_THRESHOLDS.items()}
+    return export_settings(meta, params, parameters, resolved,
+                           {n: threshold_source(n, meta, v) for n, v in given.items()},
+                           getattr(args, "threshold", None))
+
+
 def run(args) -> int:
+    from ..core.settings import library_settings, resolve_settings
+
     if args.candidates and not args.raw_manifest:
         raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
+    resolved = resolve_settings(args, library_settings(args.out), EXPORT_THRESHOLDS)
+    for note in resolved.notes:
+        say(f"export-swap: {note}")
     params = export_params(args, cache.meta, args.candidates, args.cache)
+    settings = library_settings_of(args, cache.meta, params, args.refine_manifest, resolved)
     from ..core.occlusion import scores_for_export
     scores, params.occlusion = scores_for_export(args.out, args.occlusion_scores)
     params.max_occlusion = args.max_occlusion
@@ -86,7 +110,7 @@ def run(args) -> int:
     with output_lock(args.out):
         top = run_export(args.cache, args.refine_manifest, args.out, params,
                          detector_loader(args, cache.meta, args.cache), args.raw_manifest,
-                         args.progress)
+                         args.progress, settings=settings)
     say(summary_line(top, args.out))
     for line in thin_warnings(top, args.refine_manifest):
         warn(line)
@@ -101,9 +125,11 @@ def pipeline_step(args, layout: RunLayout) -> Step:
         cache = load_cache(str(layout.cache))
         params = export_params(args, cache.meta, args.candidates,
                                str(layout.cache))
+        settings = library_settings_of(args, cache.meta, params, layout.refine_manifest,
+                                       getattr(args, "settings_resolved", None))
         top = run_export(str(layout.cache), layout.refine_manifest, layout.swap_ready, params,
                          detector_loader(args, cache.meta, str(layout.cache)),
-                         layout.raw_manifest, args.progress)
+                         layout.raw_manifest, args.progress, settings=settings)
         say(summary_line(top, layout.swap_ready))
         for line in thin_warnings(top, layout.refine_manifest):
             warn(line)
