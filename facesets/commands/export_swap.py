@@ -76,9 +76,9 @@ EXPORT_THRESHOLDS = {"swap_outlier": "swap_outlier_threshold",
                      "candidate_match": "candidate_match_threshold"}
 
 
-def library_settings_of(args, meta: dict, params, refine_manifest, resolved) -> dict:
-    """The ``settings`` this export records in its library (core/settings.py)."""
-    from ..core.settings import export_settings
+def library_settings_of(args, meta: dict, params, refine_manifest, resolved, out) -> dict:
+    """The ``settings`` this export records in its library ``out`` (core/settings.py)."""
+    from ..core.settings import export_settings, library_settings
     from ..core.thresholds import threshold_source
 
     refine = load_manifest(refine_manifest, REFINE_MANIFEST)
@@ -86,7 +86,8 @@ def library_settings_of(args, meta: dict, params, refine_manifest, resolved) -> 
     given = {n: getattr(args, d) for n, d in EXPORT_THRESHOLDS.items()}
     return export_settings(meta, params, parameters, resolved,
                            {n: threshold_source(n, meta, v) for n, v in given.items()},
-                           getattr(args, "threshold", None))
+                           getattr(args, "threshold", None),
+                           library_settings(out, on_error=lambda m: None))
 
 
 def run(args) -> int:
@@ -96,11 +97,13 @@ def run(args) -> int:
         raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
-    resolved = resolve_settings(args, library_settings(args.out), EXPORT_THRESHOLDS)
+    resolved = resolve_settings(args, library_settings(args.out, on_error=warn),
+                                EXPORT_THRESHOLDS)
     for note in resolved.notes:
         say(f"export-swap: {note}")
     params = export_params(args, cache.meta, args.candidates, args.cache)
-    settings = library_settings_of(args, cache.meta, params, args.refine_manifest, resolved)
+    settings = library_settings_of(args, cache.meta, params, args.refine_manifest, resolved,
+                                   args.out)
     from ..core.occlusion import scores_for_export
     scores, params.occlusion = scores_for_export(args.out, args.occlusion_scores)
     params.max_occlusion = args.max_occlusion
@@ -126,7 +129,8 @@ def pipeline_step(args, layout: RunLayout) -> Step:
         params = export_params(args, cache.meta, args.candidates,
                                str(layout.cache))
         settings = library_settings_of(args, cache.meta, params, layout.refine_manifest,
-                                       getattr(args, "settings_resolved", None))
+                                       getattr(args, "settings_resolved", None),
+                                       layout.swap_ready)
         top = run_export(str(layout.cache), layout.refine_manifest, layout.swap_ready, params,
                          detector_loader(args, cache.meta, str(layout.cache)),
                          layout.raw_manifest, args.progress, settings=settings)

@@ -21,7 +21,7 @@ from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, EXIT_INTERRUPTED
 from .common import (add_cache_model_options, add_engine_option, add_link_option,
-                     add_progress_option, recorded_model, say)
+                     add_progress_option, recorded_model, say, warn)
 from .common import add_merge_ratio_option
 from .options import DEFAULT_MODEL, add_export_options, add_refine_options, model_threshold
 
@@ -134,7 +134,7 @@ def use_library_settings(args, layout: pipeline.RunLayout) -> None:
     (core/settings.py); a flag overrides them and is recorded by the export."""
     from ..core.settings import library_settings, resolve_settings
 
-    lib = library_settings(layout.swap_ready)
+    lib = library_settings(layout.swap_ready, on_error=warn)
     records = [(load_cache(layout.cache).meta, os.fspath(layout.cache))] \
         if cache_exists(layout.cache) else []
     if lib.model:

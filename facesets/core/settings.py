@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..formats.manifest import SWAP_MANIFEST, load_manifest
+from ..formats.manifest import SWAP_MANIFEST, ManifestError, load_manifest
 from ..formats.swapset import MANIFEST_NAME, SETTINGS_GATES, read_settings, settings_section
 from .refinement import RefineParams
 from .thresholds import (DERIVED_FROM_CLUSTER, FLAGS, MODEL_THRESHOLDS, derived, resolve_with_source,
@@ -58,17 +58,25 @@ class LibrarySettings:
     sources: dict = field(default_factory=dict)
 
 
-def library_settings(root: str | os.PathLike | None) -> LibrarySettings:
+def library_settings(root: str | os.PathLike | None, on_error=None) -> LibrarySettings:
     """The settings the swap-ready library ``root`` recorded. A library exported before
     face-sets recorded them gives the export parameters its manifest holds; a folder without
-    a top-level manifest gives none. A damaged manifest raises ManifestError."""
+    a top-level manifest gives none. A damaged manifest raises ManifestError, unless
+    ``on_error`` is given (a re-export, which writes them again): it is called with the
+    message and no settings are used."""
     if root is None:
         return LibrarySettings()
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         return LibrarySettings()
-    top = load_manifest(path, SWAP_MANIFEST)
-    s = read_settings(top, path)
+    try:
+        top = load_manifest(path, SWAP_MANIFEST)
+        s = read_settings(top, path)
+    except (ManifestError, ValueError) as exc:
+        if on_error is None:
+            raise
+        on_error(f"{exc} (its settings are not used; this export writes them again)")
+        return LibrarySettings()
     if s is not None:
         return LibrarySettings(path, s["model"], s["pack_dir"], s["gates"], s["thresholds"],
                                s["sources"])
@@ -167,12 +175,16 @@ def library_threshold(name: str, meta: dict, flag: float | None, lib: LibrarySet
 
 def export_settings(meta: dict, params, refine_parameters: dict,
                     resolved: Resolved | None, threshold_sources: dict[str, str],
-                    cluster: float | None = None) -> dict:
+                    cluster: float | None = None,
+                    lib: LibrarySettings | None = None) -> dict:
     """The ``settings`` section export-swap writes: the model and pack folder of the cache
     (``meta``), export's gates (``params``, an ExportParams) and refine's (the refine
     manifest's ``parameters``), the thresholds both used, and where each came from
     (``resolved``: what this command resolved; else "refine manifest"); ``cluster``: the
-    clustering distance of `run` when it was chosen (a flag, or the library's)."""
+    clustering distance of `run` when it was chosen (a flag, or the library's). A threshold
+    the library ``lib`` had chosen stays chosen: kept as "library" when this export used the
+    same value, and carried over when this export does not know it (export-swap alone does
+    not see `run`'s clustering distance)."""
     known = (resolved.sources if resolved else {})
     gates, sources, thresholds = {}, {}, {}
     for name in SETTINGS_GATES:
@@ -200,6 +212,15 @@ def export_settings(meta: dict, params, refine_parameters: dict,
         if name in thresholds:
             sources[f"threshold:{name}"] = known.get(f"threshold:{name}",
                                                      threshold_sources.get(name, "default"))
+    for name, value in (lib.thresholds.items() if lib else ()):
+        if lib.sources.get(f"threshold:{name}") not in CHOSEN:
+            continue
+        if name not in thresholds:
+            thresholds[name] = value
+            sources[f"threshold:{name}"] = "library"
+        elif sources[f"threshold:{name}"] not in CHOSEN and \
+                float(thresholds[name]) == float(value):
+            sources[f"threshold:{name}"] = "library"
     pack_dir = meta.get("pack_dir") if isinstance(meta.get("pack_dir"), str) else None
     model = meta.get("model") if isinstance(meta.get("model"), str) else None
     return settings_section(model, pack_dir, gates, thresholds, sources)
