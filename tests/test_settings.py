@@ -102,18 +102,17 @@ def test_commands_after_run_keep_its_settings_without_them_being_passed_again(tm
     assert s["sources"]["threshold:cluster"] == "flag"
     assert sorted(faces_of(swap).values()) == [10, 10, 10, 10]
 
-    # the same run, no setting passed again: the cache's pack and the library's settings;
-    # clustering and refine see the same inputs and are skipped (no threshold is asked for
-    # or estimated), and the library comes out the same
+    # the same run, no setting passed again: the cache's pack and the library's settings
+    # resolve to the same inputs, so every step is skipped (no threshold is asked for or
+    # estimated) and the library stays as it is
     again = run_cli("run", a, out, "--cache", cache, "--engine", "exact", "--no-progress")
     assert "model testpack_s" in again.stdout and "ESTIMATED" not in again.stdout
     assert "settings from the library" in again.stdout
-    assert "skipped cluster, refine, dedup" in again.stdout, again.stdout
+    assert "ran nothing; skipped embed, cluster, refine, dedup, enrich, export-swap" \
+        in again.stdout, again.stdout
     assert sorted(faces_of(swap).values()) == [10, 10, 10, 10]
     after = load(swap / "manifest.json")["settings"]
-    assert after["gates"] == s["gates"] and after["thresholds"] == s["thresholds"]
-    assert {v for k, v in after["sources"].items() if k.startswith("threshold:")} == \
-        {"library"}
+    assert after == s
 
     # more photos into the cache: the pack that made it, not the default buffalo_l
     for folder in (sorted_, mixed):
@@ -248,3 +247,47 @@ def test_immich_only_library_finalizes_again_and_again_in_both_modes(tmp_path):
         in second.stdout
     assert load(swap / "manifest.json")["settings"]["gates"] == settings["gates"]
     check_library(swap)
+
+
+# ---- the resolver's order -----------------------------------------------------------------
+@pytest.mark.unit
+def test_resolver_order_flag_then_library_then_default():
+    from argparse import Namespace
+
+    from facesets.core.settings import LibrarySettings, gate_defaults, resolve_settings
+
+    lib = LibrarySettings(Path("lib/manifest.json"), gates={"min_face_short": 40.0,
+                                                           "min_faces": 6},
+                          thresholds={"initial": 0.6, "swap_outlier": 0.45},
+                          sources={"threshold:initial": "flag",
+                                   "threshold:swap_outlier": "model default"})
+    args = Namespace(min_face_short=None, min_faces=9, top_n=None, initial_threshold=None,
+                     swap_outlier_threshold=None)
+    r = resolve_settings(args, lib, {"initial": "initial_threshold",
+                                     "swap_outlier": "swap_outlier_threshold"})
+    assert args.min_face_short == 40.0 and r.sources["gate:min_face_short"] == "library"
+    assert args.min_faces == 9 and r.sources["gate:min_faces"] == "flag"
+    assert args.top_n == gate_defaults()["top_n"] and r.sources["gate:top_n"] == "default"
+    # a threshold the library chose is used; one it only recorded from the model table is
+    # left to the cache (a later calibrate --save wins over it)
+    assert args.initial_threshold == 0.6 and args.swap_outlier_threshold is None
+    assert "override (used, and recorded): --min-faces 9 (the library's 6)" in r.notes
+
+
+@pytest.mark.unit
+def test_derived_thresholds_follow_the_librarys_chosen_cluster_threshold():
+    from facesets.core.settings import LibrarySettings, library_threshold
+    from facesets.core.thresholds import ThresholdError, scaled
+
+    lib = LibrarySettings(thresholds={"cluster": 0.65}, sources={"threshold:cluster": "flag"})
+    meta = {"model": "testpack_s"}
+    assert library_threshold("import_tight", meta, None, lib) == (
+        scaled("import_tight", 0.65), "derived from the library's cluster threshold")
+    assert library_threshold("import_tight", meta, 0.3, lib) == (0.3, "flag")
+    # calibrated in the cache wins over the library's derivation; the table for buffalo_l
+    cal = dict(meta, thresholds={"cluster": 0.5})
+    assert library_threshold("import_tight", cal, None, lib)[0] == scaled("import_tight", 0.5)
+    assert library_threshold("import_tight", {"model": "buffalo_l"}, None, lib) == (
+        0.45, "model default")
+    with pytest.raises(ThresholdError):   # no library, no calibration, no table
+        library_threshold("import_tight", meta, None, LibrarySettings())
