@@ -11,7 +11,7 @@ manifest. --dry-run prints the clusters and their sizes.
 from __future__ import annotations
 
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
-                     add_progress_option, load_for, recorded_run, say)
+                     add_progress_option, library_model, load_for, recorded_run, say)
 from .options import add_export_options, add_refine_options, export_params, refine_params
 
 
@@ -46,6 +46,9 @@ def run(args) -> int:
     cache = load_cache(args.cache)
     meta = cache.meta
     lib = library_settings(root)
+    note = library_model(args, meta, args.cache, lib)
+    if note:
+        say(f"discover: {note}")
     resolved = resolve_settings(args, lib, {
         "initial": "initial_threshold", "merge": "merge_threshold",
         "outlier": "outlier_threshold", "swap_outlier": "swap_outlier_threshold"})

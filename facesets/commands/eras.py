@@ -19,7 +19,7 @@ import argparse
 
 from ..steps.eras import ErasParams
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
-                     add_progress_option, defaults, load_for, say)
+                     add_progress_option, defaults, library_model, load_for, say)
 
 THRESHOLDS = {"eras_recover": "recover", "eras_tighten": "tighten", "eras_split": "split",
               "eras_attach": "attach"}
@@ -136,6 +136,9 @@ def run(args) -> int:
     root = Path(args.into).resolve()
     cache = load_cache(cache_path)
     lib = library_settings(root)
+    note = library_model(args, cache.meta, cache_path, lib)
+    if note:
+        say(f"eras: {note}")
     log = lambda m: say(f"  {m}")  # noqa: E731
     detector = lambda: load_for(args, cache.meta, cache_path,  # noqa: E731
                                 with_recognition=False)

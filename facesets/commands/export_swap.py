@@ -6,7 +6,8 @@ from ..formats.manifest import REFINE_MANIFEST, ManifestError, load_manifest
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, digest, file_digest, option_values
 from ..steps.export import run_export
-from .common import CACHE_HELP, add_cache_model_options, add_progress_option, load_for, say, warn
+from .common import (CACHE_HELP, add_cache_model_options, add_progress_option, library_model,
+                     load_for, say, used_pack_dir, warn)
 from .options import add_export_options, export_params
 
 
@@ -87,7 +88,7 @@ def library_settings_of(args, meta: dict, params, refine_manifest, resolved, out
     return export_settings(meta, params, parameters, resolved,
                            {n: threshold_source(n, meta, v) for n, v in given.items()},
                            getattr(args, "threshold", None),
-                           library_settings(out, on_error=lambda m: None))
+                           library_settings(out, on_error=lambda m: None), used_pack_dir(args))
 
 
 def run(args) -> int:
@@ -97,8 +98,11 @@ def run(args) -> int:
         raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
-    resolved = resolve_settings(args, library_settings(args.out, on_error=warn),
-                                EXPORT_THRESHOLDS)
+    lib = library_settings(args.out, on_error=warn)
+    resolved = resolve_settings(args, lib, EXPORT_THRESHOLDS)
+    note = library_model(args, cache.meta, args.cache, lib)
+    if note:
+        say(f"export-swap: {note}")
     for note in resolved.notes:
         say(f"export-swap: {note}")
     params = export_params(args, cache.meta, args.candidates, args.cache)

@@ -297,6 +297,20 @@ def _recorded_model(args, cache: str) -> str:
                           else [])
 
 
+def _finalize_model(args, cache: str, out: Path) -> str:
+    """--model not given: the pack the cache recorded, from the folder the cache or else
+    the library recorded (a cache a worker filled does not know the folder), so every step
+    loads the same pack without the flags being passed again."""
+    from ..core.settings import library_settings
+    from ..formats.cache import cache_exists, load_cache
+
+    lib = library_settings(out / "swap_ready")
+    records = [(load_cache(cache).meta, cache)] if cache_exists(cache) else []
+    if lib.model:
+        records.append(({"model": lib.model, "pack_dir": lib.pack_dir}, str(lib.path)))
+    return recorded_model(args, records) if records else ""
+
+
 def _model_args(args) -> list[str]:
     """The model options finalize passes on: only those given (a step reading the cache
     uses the pack it recorded)."""
@@ -352,6 +366,9 @@ def run_finalize(args) -> int:
     if not raw.is_file():
         say(f"immich finalize: {out} holds no `run` output yet: a library fed only from "
             "Immich; its match step is `run` over the staged photos")
+    note = _finalize_model(args, cache, out)
+    if note:
+        say(f"immich finalize: {note}; every step uses it")
     steps = STEPS_WORKER if args.worker_python else STEPS_LOCAL
     done = load_finalize(root, steps)
     if len(done) == len(steps):   # the last run finished: this is a new one

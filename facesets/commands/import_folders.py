@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..steps.import_folders import ImportParams
 from .common import (CACHE_HELP, add_cache_model_options, add_progress_option, defaults,
-                     load_for, recorded_run, say)
+                     library_model, load_for, recorded_run, say)
 from .options import add_export_options, export_params
 
 
@@ -60,6 +60,9 @@ def run(args) -> int:
     cache = load_cache(args.cache)
     meta = cache.meta
     lib = library_settings(root)
+    note = library_model(args, meta, args.cache, lib)
+    if note:
+        say(f"import-folders: {note}")
     # its --min-faces is import's own (faces left in a hand-sorted folder), not refine's gate
     resolved = resolve_settings(args, lib, {"swap_outlier": "swap_outlier_threshold"},
                                 skip=("min_faces",))

@@ -176,7 +176,7 @@ def library_threshold(name: str, meta: dict, flag: float | None, lib: LibrarySet
 def export_settings(meta: dict, params, refine_parameters: dict,
                     resolved: Resolved | None, threshold_sources: dict[str, str],
                     cluster: float | None = None,
-                    lib: LibrarySettings | None = None) -> dict:
+                    lib: LibrarySettings | None = None, pack_dir: str | None = None) -> dict:
     """The ``settings`` section export-swap writes: the model and pack folder of the cache
     (``meta``), export's gates (``params``, an ExportParams) and refine's (the refine
     manifest's ``parameters``), the thresholds both used, and where each came from
@@ -184,7 +184,8 @@ def export_settings(meta: dict, params, refine_parameters: dict,
     clustering distance of `run` when it was chosen (a flag, or the library's). A threshold
     the library ``lib`` had chosen stays chosen: kept as "library" when this export used the
     same value, and carried over when this export does not know it (export-swap alone does
-    not see `run`'s clustering distance)."""
+    not see `run`'s clustering distance). ``pack_dir``: the pack folder this command
+    loaded, recorded when the cache does not know its own (a worker filled it)."""
     known = (resolved.sources if resolved else {})
     gates, sources, thresholds = {}, {}, {}
     for name in SETTINGS_GATES:
@@ -221,6 +222,9 @@ def export_settings(meta: dict, params, refine_parameters: dict,
         elif sources[f"threshold:{name}"] not in CHOSEN and \
                 float(thresholds[name]) == float(value):
             sources[f"threshold:{name}"] = "library"
-    pack_dir = meta.get("pack_dir") if isinstance(meta.get("pack_dir"), str) else None
+    if isinstance(meta.get("pack_dir"), str):
+        pack_dir = meta["pack_dir"]
+    elif pack_dir is None and lib is not None:
+        pack_dir = lib.pack_dir
     model = meta.get("model") if isinstance(meta.get("model"), str) else None
     return settings_section(model, pack_dir, gates, thresholds, sources)
