@@ -119,11 +119,14 @@ def test_commands_after_run_keep_its_settings_without_them_being_passed_again(tm
         e = run_cli("embed", folder, cache, "--no-progress")
         assert "model testpack_s" in e.stdout and "faces 20" in e.stdout, e.stdout
 
-    # the old defaults (100 px crops) would keep almost none of these 60-110 px LFW faces
-    dry = run_cli("import-folders", cache, sorted_, "--into", swap, "--min-face-short", "100",
+    # an override is said; and a folder the gates leave empty is not counted as imported
+    # (these LFW faces are 60-110 px: none reaches 200)
+    dry = run_cli("import-folders", cache, sorted_, "--into", swap, "--min-face-short", "200",
                   "--dry-run", "--no-progress")
-    assert "override (used, and recorded): --min-face-short 100.0 (the library's 40.0)" \
+    assert "override (used, and recorded): --min-face-short 200.0 (the library's 40.0)" \
         in dry.stdout
+    assert "0 of 2 folders to import as new facesets (2 left with no face by export's " \
+        "gates" in dry.stdout, dry.stdout
     # import-folders: no threshold (testpack_s has none built in) and no gate passed
     imp = run_cli("import-folders", cache, sorted_, "--into", swap, "--no-progress")
     assert "derived from the library's cluster threshold" in imp.stdout

@@ -77,12 +77,16 @@ EXPORT_THRESHOLDS = {"swap_outlier": "swap_outlier_threshold",
                      "candidate_match": "candidate_match_threshold"}
 
 
-def library_settings_of(args, meta: dict, params, refine_manifest, resolved, out) -> dict:
+def library_settings_of(args, meta: dict, params, refine_manifest, resolved,
+                        out) -> dict | None:
     """The ``settings`` this export records in its library ``out`` (core/settings.py)."""
     from ..core.settings import export_settings, library_settings
     from ..core.thresholds import threshold_source
 
-    refine = load_manifest(refine_manifest, REFINE_MANIFEST)
+    try:
+        refine = load_manifest(refine_manifest, REFINE_MANIFEST)
+    except (ManifestError, ValueError):
+        return None   # run_export refuses it, after its own checks of OUT
     parameters = refine["parameters"] if isinstance(refine.get("parameters"), dict) else {}
     given = {n: getattr(args, d) for n, d in EXPORT_THRESHOLDS.items()}
     return export_settings(meta, params, parameters, resolved,
