@@ -144,6 +144,11 @@ def test_commands_after_run_keep_its_settings_without_them_being_passed_again(tm
     check_library(swap)
     assert load(swap / "manifest.json")["settings"] == after   # operations keep them
 
+    # consolidate, split, dedup-optimize: thresholds derived from the library's (testpack_s
+    # has none built in, and none is passed)
+    cons = run_cli("consolidate", swap, "--dry-run")
+    assert "derived from the library's cluster threshold" in cons.stdout, cons.stdout
+
     # eras: refine's gates from the library (dry run: the probe only)
     eras = run_cli("eras", cache, "faceset_000", "--into", swap, "--dry-run", "--no-progress",
                    check=False)
