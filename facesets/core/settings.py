@@ -122,7 +122,9 @@ def resolve_settings(args, lib: LibrarySettings, thresholds: dict[str, str] | No
             if have is not None and float(have) != float(flag):
                 overrides.append(f"{GATE_FLAGS[name]} {flag} (the library's {have})")
         elif have is not None:
-            value, source = have, "library"
+            # a value the library only took from the default stays "default" while it is
+            value, source = have, ("default" if have == defaults[name] and lib.sources.get(
+                f"gate:{name}") == "default" else "library")
             if have != defaults[name]:   # worth saying: not what the step would use
                 from_lib.append(f"{name} {have}")
         else:
