@@ -37,9 +37,17 @@ def test_backend_registry():
 
 def test_command_defaults_come_from_params():
     sub = build_parser()._subparsers._group_actions[0].choices
+    from facesets.commands.options import fill_gate_defaults
+
+    # a gate not given is None (the library's setting is resolved later); without a library
+    # it is the step's default, read from its Params
     refine = sub["refine"].parse_args(["c", "o"])
+    assert refine.min_short is None
+    fill_gate_defaults(refine)
     for name in ("min_short", "min_blur", "min_det_score", "min_faces", "engine"):
         assert getattr(refine, name) == getattr(RefineParams(0, 0, 0), name)
     export = sub["export-swap"].parse_args(["c", "m", "o"])
+    assert export.min_face_short is None
+    fill_gate_defaults(export)
     for name in ("min_face_short", "out_size", "pad_ratio", "top_n", "candidate_min_score"):
         assert getattr(export, name) == getattr(ExportParams(0), name)

@@ -195,14 +195,16 @@ def test_kill_mid_export_leaves_out_consistent_and_rerun_equals_clean(
         group_cache, refined, tmp_path):
     rm, _ = trimmed_refine(refined, tmp_path, 6)
     clean = tmp_path / "clean"
-    run_cli("export-swap", group_cache, rm, clean, *EXPORT_ARGS)
+    # OUT's library remembers the older export's sizes: the new ones are passed (both runs)
+    sizes = ["--out-size", "512", "--top-n", "30"]
+    run_cli("export-swap", group_cache, rm, clean, *EXPORT_ARGS, *sizes)
     out = tmp_path / "swap"
     # an older export with other settings: after the kill each faceset must be wholly old
     # or wholly new
     run_cli("export-swap", group_cache, rm, out, *EXPORT_ARGS, "--out-size", "256",
             "--top-n", "5")
     (out / "faceset_003" / "NAME.txt").write_text("Operator's name\n", encoding="utf-8")
-    proc = _start_export(group_cache, rm, out)
+    proc = _start_export(group_cache, rm, out, *sizes)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:   # kill while crops are being staged
         if any(out.glob(".faceset_*.facesets-*/faceset_*/faces/tmp_*.png")):
@@ -219,7 +221,7 @@ def test_kill_mid_export_leaves_out_consistent_and_rerun_equals_clean(
     top = load(out / "manifest.json")
     assert all((out / e["manifest"]).is_file() for e in top["facesets"])
     # the re-run completes and equals a clean run; the operator's NAME.txt survives
-    run_cli("export-swap", group_cache, rm, out, *EXPORT_ARGS)
+    run_cli("export-swap", group_cache, rm, out, *EXPORT_ARGS, *sizes)
     assert not list(out.glob(".*"))
     assert (out / "faceset_003" / "NAME.txt").read_text(encoding="utf-8") == "Operator's name\n"
     (out / "faceset_003" / "NAME.txt").write_text(

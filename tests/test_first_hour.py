@@ -275,6 +275,6 @@ def test_run_help_names_what_a_model_without_defaults_needs_and_version():
     text = " ".join(r.stdout.split())
     assert "Any other pack (--model NAME or a folder) needs --threshold, --initial-threshold, " \
            "--merge-threshold, --outlier-threshold, --swap-outlier-threshold" in text
-    assert "(default: 100.0)" in text and "--min-short" in text
+    assert "(default: the library's setting, else 100.0)" in text and "--min-short" in text
     from facesets import __version__
     assert run_cli("--version").stdout.strip() == f"sort_faces.py {__version__}"

@@ -6,15 +6,20 @@
 #   worker    work/embed_worker.py Q RESULTS                           (Windows Python, GPU)
 #   merge     sort_faces.py embed CACHE --merge-results RESULTS        (WSL)
 #   match     sort_faces.py extend CACHE OUT/raw --refine-out OUT/facesets
+#             (a library fed only from Immich, OUT without `run` output yet:
+#              sort_faces.py run ROOT OUT --cache CACHE, with --run-args=...)
 #   export    sort_faces.py export-swap CACHE OUT/facesets/refine_manifest.json OUT/swap_ready
 #   discover  sort_faces.py discover CACHE ROOT --into OUT/swap_ready --dry-run  (a report)
 # This is `sort_faces.py immich finalize LABEL --worker-python PY`: every step logs to
 # work/logs/immich-LABEL-STEP-DATE.log and the same command resumes at the first unfinished
-# step. IMMICH_URL and IMMICH_API_KEY come from the environment (never the command line).
+# step; once all steps are done, the same command starts a new run (re-run it weekly: the
+# export and discover use the settings the library recorded, --model the cache's pack).
+# IMMICH_URL and IMMICH_API_KEY come from the environment (never the command line).
 # Worker Python: $WIN_PYTHON (under WSL default /mnt/c/face_embed_venv/Scripts/python.exe);
 # not under WSL and without $WIN_PYTHON, embedding runs in-process.
-# FINALIZE_OPTIONS: --cache CACHE, --out OUT, --model/--model-root, --extend-args=...,
-# --export-args=..., --discover-args=... (see `sort_faces.py immich finalize --help`).
+# FINALIZE_OPTIONS: --cache CACHE, --out OUT, --model/--model-root, --run-args=...,
+# --extend-args=..., --export-args=..., --discover-args=... (see `sort_faces.py immich
+# finalize --help`).
 set -euo pipefail
 
 usage() { sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }

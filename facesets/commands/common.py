@@ -80,6 +80,56 @@ def cache_model(args, meta: dict, where: str) -> tuple[str, str | None, str]:
     return name, args.model_root, f"{where} was made with model '{name}'"
 
 
+def recorded_model(args, records: list[tuple[dict, str]]) -> str:
+    """Fill ``args.model`` / ``args.model_root`` of a command whose --model was not given
+    from the first record (meta with ``model`` and ``pack_dir``, and what it is: a cache,
+    a library) that names a model: its name, under the folder it was loaded from when that
+    still holds the pack (--model-root, when given, wins over the recorded folder); else
+    the default pack. Returns a note for the summary ("" when the flag was given)."""
+    if args.model is not None:
+        return ""
+    named = [(meta, where) for meta, where in records
+             if isinstance(meta.get("model"), str) and meta["model"]]
+    if not named:
+        args.model = BACKEND.DEFAULT_MODEL
+        return ""
+    name, where = named[0][0]["model"], named[0][1]
+    args.model = name
+    for meta, _ in named:   # the first record of that pack that knows its folder
+        pack_dir = meta.get("pack_dir")
+        if meta["model"] != name or args.model_root is not None \
+                or not isinstance(pack_dir, str):
+            continue
+        d = Path(pack_dir)
+        if d.name == name and d.parent.name == "models" and any(d.glob("*.onnx")):
+            args.model_root = str(d.parent.parent)
+            break
+    return (f"model {name}" + (f" from {args.model_root}" if args.model_root else "")
+            + f" (recorded by {where})")
+
+
+def library_model(args, meta: dict, where: str, lib) -> str:
+    """--model not given and the cache ``meta`` does not know its pack's folder (a worker
+    filled it): the pack the library ``lib`` (core/settings.LibrarySettings) recorded, so a
+    command loads the same pack without --model-root again. Returns a note ("" when the
+    flag was given or the cache's own record is used by ``load_for``)."""
+    if args.model is not None or isinstance(meta.get("pack_dir"), str) or not lib.model:
+        return ""
+    return recorded_model(args, [(meta, where), ({"model": lib.model,
+                                                  "pack_dir": lib.pack_dir}, str(lib.path))])
+
+
+def used_pack_dir(args) -> str | None:
+    """The folder of the pack the model options name, when it is here (what a library
+    records when its cache does not know it, e.g. a cache filled by a worker)."""
+    if not args.model:
+        return None
+    direct = Path(args.model).expanduser()
+    d = direct if direct.is_dir() else (Path(args.model_root).expanduser() / "models"
+                                        / args.model if args.model_root else None)
+    return str(d.resolve()) if d is not None and d.is_dir() else None
+
+
 def load_for(args, meta: dict, where: str, **kw):
     """load_backend for the pack ``cache_model`` picks; a failure names what was recorded."""
     from ..backends import BackendError, load_backend

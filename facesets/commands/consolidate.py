@@ -29,15 +29,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..core.thresholds import derived, resolve_with_source
+    from ..core.settings import library_settings, library_threshold
     from ..steps.consolidate import apply_consolidate, plan_consolidate
 
     root = Path(args.swap_ready).resolve()
-    meta = swap_ready_meta(root)
-    group, gsrc = resolve_with_source("consolidate_group", meta, args.group_threshold,
-                                      derived("consolidate_group", meta))
-    merge, msrc = resolve_with_source("consolidate_merge", meta, args.merge_threshold,
-                                      derived("consolidate_merge", meta))
+    meta, lib = swap_ready_meta(root), library_settings(root)
+    group, gsrc = library_threshold("consolidate_group", meta, args.group_threshold, lib)
+    merge, msrc = library_threshold("consolidate_merge", meta, args.merge_threshold, lib)
     if merge > group:
         raise ValueError(f"--merge-threshold {merge} is looser than --group-threshold {group}")
     say(f"consolidate: group within distance {group} ({gsrc}), merge within {merge} ({msrc})")

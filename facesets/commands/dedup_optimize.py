@@ -21,13 +21,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..core.thresholds import derived, resolve_with_source
+    from ..core.settings import library_settings, library_threshold
     from ..steps.dedup_optimize import apply_dedup, plan_dedup
 
     root = Path(args.swap_ready).resolve()
     meta = swap_ready_meta(root)
-    near, source = resolve_with_source("dedup_near", meta, args.near_threshold,
-                                       derived("dedup_near", meta))
+    near, source = library_threshold("dedup_near", meta, args.near_threshold,
+                                     library_settings(root))
     say(f"dedup-optimize: near duplicates within distance {near} ({source})")
     recorded_run(root, "dedup-optimize", lambda: plan_dedup(root, near, args.progress),
                  apply_dedup, args.dry_run)

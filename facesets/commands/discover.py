@@ -11,7 +11,7 @@ manifest. --dry-run prints the clusters and their sizes.
 from __future__ import annotations
 
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
-                     add_progress_option, load_for, recorded_run, say)
+                     add_progress_option, library_model, load_for, recorded_run, say)
 from .options import add_export_options, add_refine_options, export_params, refine_params
 
 
@@ -37,20 +37,29 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..core.thresholds import derived, resolve_with_source
+    from ..core.settings import library_settings, library_threshold, resolve_settings
     from ..formats.cache import load_cache
     from ..steps.discover import apply_discover, gate_discover, plan_discover
 
     root = Path(args.into).resolve()
     cache = load_cache(args.cache)
     meta = cache.meta
-    near, src = resolve_with_source("discover_near", meta, args.near_threshold,
-                                    derived("discover_near", meta))
+    lib = library_settings(root)
+    note = library_model(args, meta, args.cache, lib)
+    if note:
+        say(f"discover: {note}")
+    resolved = resolve_settings(args, lib, {
+        "initial": "initial_threshold", "merge": "merge_threshold",
+        "outlier": "outlier_threshold", "swap_outlier": "swap_outlier_threshold"})
+    near, src = library_threshold("discover_near", meta, args.near_threshold, lib)
     refine = refine_params(args, meta, args.cache)
     export = export_params(args, meta, False, args.cache)
     say(f"discover: near a faceset within {near} ({src}); clustering at "
         f"{refine.initial_threshold}, merge {refine.merge_threshold}, outlier gate "
-        f"{refine.outlier_threshold}, at least {refine.min_faces} photos")
+        f"{refine.outlier_threshold}, at least {refine.min_faces} photos, faces of at least "
+        f"{refine.min_short} px, crops of faces of at least {export.min_face_short} px")
+    for note in resolved.notes:
+        say(f"discover: {note}")
 
     def plan():
         p = plan_discover(root, args.cache, args.src_root, near, refine, cache=cache)

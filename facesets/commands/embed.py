@@ -12,7 +12,8 @@ import os
 from ..io.imageio import DEFAULT_MAX_PIXELS
 from ..runtime.jobs import EXIT_INTERRUPTED
 from ..steps.embed import DEFAULT_FLUSH_EVERY, embed_folder
-from .common import add_model_options, add_progress_option, backend_loader, defaults, say
+from .common import (BACKEND, add_cache_model_options, add_progress_option, backend_loader, defaults,
+                     recorded_model, say)
 
 
 def register(sub) -> None:
@@ -22,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("src", metavar="SRC", help="folder of photos (scanned recursively)")
     p.add_argument("cache", metavar="CACHE", nargs="?",
                    help="cache file (.npz); created if missing, else extended")
-    add_model_options(p)
+    add_cache_model_options(p, f"CACHE (a new cache: {BACKEND.DEFAULT_MODEL})")
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
                    help="write progress to the cache every N files")
     workers = defaults(embed_folder)["workers"]
@@ -55,6 +56,12 @@ def run(args) -> int:
     if os.path.realpath(args.cache) == os.path.realpath(args.src):
         raise ValueError(f"{args.cache}: the cache cannot be the photo folder itself; pass a "
                          "cache file such as work/cache/photos.npz")
+    from ..formats.cache import cache_exists, load_cache
+
+    note = recorded_model(args, [(load_cache(args.cache).meta, args.cache)]
+                          if cache_exists(args.cache) else [])
+    if note:   # the pack that made the cache, never silently another one
+        say(f"embed: {note}")
     if args.stage_queue:
         from ..steps.embed_queue import stage_embed_queue
 

@@ -19,7 +19,7 @@ import argparse
 
 from ..steps.eras import ErasParams
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
-                     add_progress_option, defaults, load_for, say)
+                     add_progress_option, defaults, library_model, load_for, say)
 
 THRESHOLDS = {"eras_recover": "recover", "eras_tighten": "tighten", "eras_split": "split",
               "eras_attach": "attach"}
@@ -81,27 +81,38 @@ def _words(args) -> tuple[bool, str, str]:
     return extend, w[0], w[1]
 
 
-def params_from(args, meta: dict, recorded: dict | None = None) -> tuple[ErasParams, list[str]]:
+def params_from(args, meta: dict, recorded: dict | None = None,
+                lib=None) -> tuple[ErasParams, list[str]]:
     """The run's parameters: each flag, else (eras extend) what the eras run recorded, else
-    the model's threshold / the step's default; and a line per threshold saying where it
-    came from."""
-    from ..core.thresholds import derived, resolve_with_source
+    the library's setting (``lib``, core/settings.py: refine's gates, chosen thresholds),
+    else the model's threshold / the step's default; and a line per threshold saying where
+    it came from."""
+    from ..core.settings import LibrarySettings, library_threshold
 
     recorded = recorded or {}
+    lib = lib or LibrarySettings()
     values, notes = {}, []
     for name, field in THRESHOLDS.items():
         flag = getattr(args, f"{field}_threshold")
         if flag is None and isinstance(recorded.get(field), (int, float)):
             v, src = float(recorded[field]), "the eras run"
         else:
-            v, src = resolve_with_source(name, meta, flag, derived(name, meta))
+            v, src = library_threshold(name, meta, flag, lib)
         values[field] = v
         notes.append(f"{field} {v} ({src})")
     d = defaults(ErasParams)
     for field in ("min_anchor", "min_era_faces", "year_window", "min_short", "min_blur",
                   "min_det_score"):
         flag = getattr(args, field)
-        values[field] = flag if flag is not None else recorded.get(field, d[field])
+        if flag is not None:
+            values[field] = flag
+        elif field in recorded:
+            values[field] = recorded[field]
+        elif field in lib.gates:   # refine's gates the library was built with
+            values[field] = lib.gates[field]
+            notes.append(f"{field} {lib.gates[field]} (library)")
+        else:
+            values[field] = d[field]
     values["engine"] = args.engine
     p = ErasParams(**values)
     if p.attach > p.recover or p.split > p.recover:
@@ -118,9 +129,15 @@ def run(args) -> int:
     from ..io.fsutil import output_lock
     from ..steps import eras as step
 
+    from ..core.settings import library_settings
+
     extend, cache_path, source = _words(args)
     root = Path(args.into).resolve()
     cache = load_cache(cache_path)
+    lib = library_settings(root)
+    note = library_model(args, cache.meta, cache_path, lib)
+    if note:
+        say(f"eras: {note}")
     log = lambda m: say(f"  {m}")  # noqa: E731
     detector = lambda: load_for(args, cache.meta, cache_path,  # noqa: E731
                                 with_recognition=False)
@@ -129,9 +146,9 @@ def run(args) -> int:
         rec = step.live_eras(root, source)
         if rec is None:
             raise ValueError(f"{source} has no eras in {root}: run `eras` first")
-        params, notes = params_from(args, cache.meta, rec["parameters"])
+        params, notes = params_from(args, cache.meta, rec["parameters"], lib)
     else:
-        params, notes = params_from(args, cache.meta)
+        params, notes = params_from(args, cache.meta, lib=lib)
     say(f"{what} {source}: " + ", ".join(notes) + f"; anchors >= {params.min_anchor} faces, "
         f"years +-{params.year_window}, eras under {params.min_era_faces} faces to _thin/")
 

@@ -6,7 +6,8 @@ from ..formats.manifest import REFINE_MANIFEST, ManifestError, load_manifest
 from ..io.fsutil import output_lock
 from ..runtime.pipeline import RunLayout, Step, cache_inputs, digest, file_digest, option_values
 from ..steps.export import run_export
-from .common import CACHE_HELP, add_cache_model_options, add_progress_option, load_for, say, warn
+from .common import (CACHE_HELP, add_cache_model_options, add_progress_option, library_model,
+                     load_for, say, used_pack_dir, warn)
 from .options import add_export_options, export_params
 
 
@@ -91,12 +92,46 @@ def thin_warnings(top: dict, refine_manifest) -> list[str]:
     return lines
 
 
+# export-swap's thresholds a library may have chosen (name -> argparse dest)
+EXPORT_THRESHOLDS = {"swap_outlier": "swap_outlier_threshold",
+                     "candidate_match": "candidate_match_threshold"}
+
+
+def library_settings_of(args, meta: dict, params, refine_manifest, resolved,
+                        out) -> dict | None:
+    """The ``settings`` this export records in its library ``out`` (core/settings.py)."""
+    from ..core.settings import export_settings, library_settings
+    from ..core.thresholds import threshold_source
+
+    try:
+        refine = load_manifest(refine_manifest, REFINE_MANIFEST)
+    except (ManifestError, ValueError):
+        return None   # run_export refuses it, after its own checks of OUT
+    parameters = refine["parameters"] if isinstance(refine.get("parameters"), dict) else {}
+    given = {n: getattr(args, d) for n, d in EXPORT_THRESHOLDS.items()}
+    return export_settings(meta, params, parameters, resolved,
+                           {n: threshold_source(n, meta, v) for n, v in given.items()},
+                           getattr(args, "threshold", None),
+                           library_settings(out, on_error=lambda m: None), used_pack_dir(args))
+
+
 def run(args) -> int:
+    from ..core.settings import library_settings, resolve_settings
+
     if args.candidates and not args.raw_manifest:
         raise ValueError("--candidates needs --raw-manifest RAW_OUT/manifest.json (the "
                          "manifest of `cluster`)")
     cache = load_cache(args.cache)
+    lib = library_settings(args.out, on_error=warn)
+    resolved = resolve_settings(args, lib, EXPORT_THRESHOLDS)
+    note = library_model(args, cache.meta, args.cache, lib)
+    if note:
+        say(f"export-swap: {note}")
+    for note in resolved.notes:
+        say(f"export-swap: {note}")
     params = export_params(args, cache.meta, args.candidates, args.cache)
+    settings = library_settings_of(args, cache.meta, params, args.refine_manifest, resolved,
+                                   args.out)
     from ..core.occlusion import scores_for_export
     scores, params.occlusion = scores_for_export(args.out, args.occlusion_scores)
     params.max_occlusion = args.max_occlusion
@@ -106,7 +141,7 @@ def run(args) -> int:
     with output_lock(args.out):
         top = run_export(args.cache, args.refine_manifest, args.out, params,
                          detector_loader(args, cache.meta, args.cache), args.raw_manifest,
-                         args.progress)
+                         args.progress, settings=settings)
     say(summary_line(top, args.out))
     for line in loss_lines(top, args.out):
         say(line)
@@ -123,9 +158,12 @@ def pipeline_step(args, layout: RunLayout) -> Step:
         cache = load_cache(str(layout.cache))
         params = export_params(args, cache.meta, args.candidates,
                                str(layout.cache))
+        settings = library_settings_of(args, cache.meta, params, layout.refine_manifest,
+                                       getattr(args, "settings_resolved", None),
+                                       layout.swap_ready)
         top = run_export(str(layout.cache), layout.refine_manifest, layout.swap_ready, params,
                          detector_loader(args, cache.meta, str(layout.cache)),
-                         layout.raw_manifest, args.progress)
+                         layout.raw_manifest, args.progress, settings=settings)
         say(summary_line(top, layout.swap_ready))
         for line in loss_lines(top, layout.swap_ready):
             say(line)

@@ -28,7 +28,8 @@ from ..runtime.pipeline import work_dir
 from ..sources.immich import (BREAKER_THRESHOLD, DEADLINE_S, MAX_ORIGINAL_MB, ImmichClient,
                               ImmichError, ServerDown)
 from ..steps.immich_stage import default_root, stage_immich
-from .common import add_model_options, add_progress_option, backend_loader, defaults, say
+from .common import (add_cache_model_options, add_progress_option, backend_loader, defaults,
+                     recorded_model, say)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 STAGE_DEFAULTS = defaults(stage_immich)
@@ -60,7 +61,7 @@ def register(sub) -> None:
                    help="embed the staged photos into CACHE here instead of queueing them")
     g.add_argument("--no-queue", dest="write_queue", action="store_false",
                    help="only stage (no queue, no embedding)")
-    add_model_options(s)
+    add_cache_model_options(s)
     add_progress_option(s)
     s.set_defaults(func=run_stage)
 
@@ -82,10 +83,15 @@ def register(sub) -> None:
                    help="extra options for the match step (`extend`), e.g. '--threshold 0.6'")
     f.add_argument("--export-args", default="",
                    help="extra options for `export-swap`, e.g. '--swap-outlier-threshold 0.5'")
+    f.add_argument("--run-args", default="",
+                   help="a library fed only from Immich (OUT holds no `run` output yet): the "
+                        "first finalize makes it with `run` over the staged photos; extra "
+                        "options for that run, e.g. '--min-faces 5' (later finalizes use the "
+                        "settings the library recorded)")
     f.add_argument("--discover-args", default="",
                    help="extra options for the discover report (`discover --dry-run`), e.g. "
                         "'--min-faces 5'")
-    add_model_options(f)
+    add_cache_model_options(f)
     f.set_defaults(func=run_finalize)
 
     u = cmds.add_parser("push", help="write the facesets back to Immich as people "
@@ -200,6 +206,9 @@ def run_stage(args) -> int:
     try:
         client = _client(args)
         cache = _cache_of(args, root)
+        note = _recorded_model(args, cache)
+        if note:
+            say(f"immich stage: {note}")
         summary = stage_immich(client, args.user, cache, root, workers=args.workers,
                                min_face=args.min_face, skip_thumbs=args.skip_thumbs,
                                include_archived=args.include_archived,
@@ -279,8 +288,32 @@ def _worker_path(path: Path, worker_python: str) -> str:
     return str(path)
 
 
+def _recorded_model(args, cache: str) -> str:
+    """--model not given: the pack the cache recorded (never silently another one)."""
+    from ..formats.cache import cache_exists, load_cache
+
+    return recorded_model(args, [(load_cache(cache).meta, cache)] if cache_exists(cache)
+                          else [])
+
+
+def _finalize_model(args, cache: str, out: Path) -> str:
+    """--model not given: the pack the cache recorded, from the folder the cache or else
+    the library recorded (a cache a worker filled does not know the folder), so every step
+    loads the same pack without the flags being passed again."""
+    from ..core.settings import library_settings
+    from ..formats.cache import cache_exists, load_cache
+
+    lib = library_settings(out / "swap_ready")
+    records = [(load_cache(cache).meta, cache)] if cache_exists(cache) else []
+    if lib.model:
+        records.append(({"model": lib.model, "pack_dir": lib.pack_dir}, str(lib.path)))
+    return recorded_model(args, records) if records else ""
+
+
 def _model_args(args) -> list[str]:
-    out = ["--model", args.model, "--det-size", str(args.det_size)]
+    """The model options finalize passes on: only those given (a step reading the cache
+    uses the pack it recorded)."""
+    out = (["--model", args.model] if args.model else []) + ["--det-size", str(args.det_size)]
     if args.model_root:
         out += ["--model-root", args.model_root]
     if args.providers:
@@ -297,8 +330,11 @@ def _finalize_commands(args, root: Path, cache: str, out: Path) -> dict[str, lis
         + (["--skip-thumbs"] if args.skip_thumbs else []) \
         + (["--include-archived"] if args.include_archived else []) + _model_args(args)
     results = root / STATE_DIR / "results"
-    cmds = {"match": py + ["extend", cache, str(out / "raw"), "--refine-out",
-                           str(out / "facesets")] + shlex.split(args.extend_args),
+    match = (py + ["extend", cache, str(out / "raw"), "--refine-out", str(out / "facesets")]
+             + shlex.split(args.extend_args)) if _has_run_output(out) else \
+        (py + ["run", str(root), str(out), "--cache", cache, "--no-progress"]
+         + _model_args(args) + shlex.split(args.run_args))
+    cmds = {"match": match,
             "export": py + ["export-swap", cache, str(out / "facesets" / "refine_manifest.json"),
                             str(out / "swap_ready")] + shlex.split(args.export_args),
             "discover": py + ["discover", cache, str(root), "--into", str(out / "swap_ready"),
@@ -321,10 +357,17 @@ def run_finalize(args) -> int:
     root = _root(args)
     cache = _cache_of(args, root)
     out = Path(os.path.abspath(args.out if args.out else work_dir() / "out"))
-    for need in (out / "raw" / "manifest.json", out / "facesets" / "refine_manifest.json"):
-        if not need.is_file():
-            raise FileNotFoundError(f"{need}: missing; finalize grows the outputs of `run "
-                                    "SRC OUT` (pass that OUT with --out)")
+    raw, refined = out / "raw" / "manifest.json", out / "facesets" / "refine_manifest.json"
+    if raw.is_file() != refined.is_file():
+        missing = refined if raw.is_file() else raw
+        raise FileNotFoundError(f"{missing}: missing; finalize grows the outputs of `run SRC "
+                                "OUT` (re-run that `run`, or pass its OUT with --out)")
+    if not raw.is_file():
+        say(f"immich finalize: {out} holds no `run` output yet: a library fed only from "
+            "Immich; its match step is `run` over the staged photos")
+    note = _finalize_model(args, cache, out)
+    if note:
+        say(f"immich finalize: {note}; every step uses it")
     steps = STEPS_WORKER if args.worker_python else STEPS_LOCAL
     done = load_finalize(root, steps)
     if len(done) == len(steps):   # the last run finished: this is a new one
@@ -339,6 +382,14 @@ def run_finalize(args) -> int:
             continue
         log = logs / f"immich-{args.user}-{step}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         results = root / STATE_DIR / "results" / "results.npz.segments"
+        if step == "worker":
+            code = _merge_earlier_results(cmds["merge"], root, logs, args.user)
+            if code != 0:
+                return _fail(f"merging the results of an earlier worker run failed (exit "
+                             f"{code}; logs in {logs}); fix it and re-run `immich finalize "
+                             f"{args.user}`")
+        if step == "match":   # the outputs may have been made since the commands were built
+            cmds = _finalize_commands(args, root, cache, out)
         if step == "merge" and not any(results.glob("seg-*.npz")):
             say(f"== {step}: the worker produced no results (nothing new to embed), skipped")
         else:
@@ -349,6 +400,37 @@ def run_finalize(args) -> int:
         done.append(step)
         write_finalize(root, done, steps)
     say(f"immich finalize: done; facesets in {out / 'swap_ready'} (logs {logs})")
+    return 0
+
+
+def _has_run_output(out: Path) -> bool:
+    """OUT holds what `run SRC OUT` makes (raw/ and facesets/ manifests)."""
+    return (out / "raw" / "manifest.json").is_file() and \
+        (out / "facesets" / "refine_manifest.json").is_file()
+
+
+def _merge_earlier_results(merge: list[str], root: Path, logs: Path, user: str) -> int:
+    """Before the worker answers a new queue: the results folder of an earlier worker run
+    (another queue) is merged into the cache (idempotent: already merged rows are
+    harmless) and removed, so finalize re-runs any number of times in worker mode."""
+    import shutil
+
+    from ..formats.queue import KIND_EMBED, QUEUE_COPY, RESULTS_CACHE, load_queue
+
+    results = root / STATE_DIR / "results"
+    copy, queue = results / QUEUE_COPY, root / STATE_DIR / QUEUE_FILE
+    if not copy.is_file() or not queue.is_file():
+        return 0
+    held, now = load_queue(copy, KIND_EMBED), load_queue(queue, KIND_EMBED)
+    if held["params"] == now["params"] and held["items"] == now["items"]:
+        return 0   # this run's own results (a worker resumed)
+    if any((results / f"{RESULTS_CACHE}.segments").glob("seg-*.npz")):
+        log = logs / f"immich-{user}-merge-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        say("== worker: the results folder holds an earlier queue's results: merged first")
+        code = _run_logged("merge", merge, log)
+        if code != 0:
+            return code
+    shutil.rmtree(results)
     return 0
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..steps.import_folders import ImportParams
 from .common import (CACHE_HELP, add_cache_model_options, add_progress_option, defaults,
-                     load_for, recorded_run, say)
+                     library_model, load_for, recorded_run, say)
 from .options import add_export_options, export_params
 
 
@@ -51,23 +51,32 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..core.newsets import ensure_library
-    from ..core.thresholds import derived, resolve_with_source
+    from ..core.settings import library_settings, library_threshold, resolve_settings
     from ..formats.cache import load_cache
     from ..steps.import_folders import apply_import, gate_import, plan_import
 
     root = Path(args.into).resolve()
     cache = load_cache(args.cache)
     meta = cache.meta
-    got = {n: resolve_with_source(n, meta, v, derived(n, meta)) for n, v in (
+    lib = library_settings(root)
+    note = library_model(args, meta, args.cache, lib)
+    if note:
+        say(f"import-folders: {note}")
+    # its --min-faces is import's own (faces left in a hand-sorted folder), not refine's gate
+    resolved = resolve_settings(args, lib, {"swap_outlier": "swap_outlier_threshold"},
+                                skip=("min_faces",))
+    got = {n: library_threshold(n, meta, v, lib) for n, v in (
         ("import_loose", args.loose_threshold), ("import_tight", args.tight_threshold))}
     if args.route:
-        got["route"] = resolve_with_source("route", meta, args.route_threshold,
-                                           derived("route", meta))
+        got["route"] = library_threshold("route", meta, args.route_threshold, lib)
     params = ImportParams(got["import_loose"][0], got["import_tight"][0],
                           got.get("route", (None, ""))[0], args.min_faces)
     export = export_params(args, meta, False, args.cache)
     say("import-folders: " + ", ".join(f"{n} {v} ({src})" for n, (v, src) in got.items())
-        + f", export outlier gate {export.outlier_threshold}")
+        + f", export outlier gate {export.outlier_threshold}, min face "
+        f"{export.min_face_short} px")
+    for note in resolved.notes:
+        say(f"import-folders: {note}")
 
     def plan():
         return gate_import(plan_import(root, args.cache, args.roots, params, args.route,
@@ -78,6 +87,13 @@ def run(args) -> int:
                                                         with_recognition=False),
                             args.progress, log)
 
-    recorded_run(root, "import-folders", plan, apply, args.dry_run,
-                 before=lambda: ensure_library(root, args.cache, meta))
+    def new_library():   # a library made here records the settings it was made with
+        from ..core.settings import export_settings
+        from ..core.thresholds import threshold_source
+
+        ensure_library(root, args.cache, meta, export_settings(
+            meta, export, {}, resolved, {"swap_outlier": threshold_source(
+                "swap_outlier", meta, args.swap_outlier_threshold)}))
+
+    recorded_run(root, "import-folders", plan, apply, args.dry_run, before=new_library)
     return 0

@@ -24,6 +24,20 @@ REFINE = defaults(RefineParams)
 EXPORT = defaults(ExportParams)
 
 
+def library_default(value) -> str:
+    """The help text's default of a gate: the library's setting, else the step's default."""
+    return f" (default: the library's setting, else {value})"
+
+
+def fill_gate_defaults(args) -> None:
+    """Gates still None (no flag, no library resolved by the command): the steps' defaults."""
+    from ..core.settings import gate_defaults
+
+    for name, value in gate_defaults().items():
+        if getattr(args, name, 0) is None:
+            setattr(args, name, value)
+
+
 def add_refine_options(p) -> None:
     """refine's thresholds and gates (also taken by `run`)."""
     p.add_argument("--initial-threshold", type=float, default=None,
@@ -35,16 +49,18 @@ def add_refine_options(p) -> None:
     p.add_argument("--outlier-threshold", type=float, default=None,
                    help="drop faces farther than this from their centroid "
                         f"(model default; {model_threshold('outlier')} for {DEFAULT_MODEL})")
-    p.add_argument("--min-short", type=float, default=REFINE["min_short"],
+    p.add_argument("--min-short", type=float, default=None,
                    help="min face short edge in source px for a face to be in a faceset "
                         "(who is in it; export-swap's --min-face-short, larger by default, "
-                        "then decides which faces make a sharp swap crop)")
-    p.add_argument("--min-blur", type=float, default=REFINE["min_blur"],
-                   help="min sharpness")
-    p.add_argument("--min-det-score", type=float, default=REFINE["min_det_score"],
-                   help="min detector score")
-    p.add_argument("--min-faces", type=int, default=REFINE["min_faces"],
-                   help="min unique source images per faceset")
+                        "then decides which faces make a sharp swap crop)"
+                        + library_default(REFINE["min_short"]))
+    p.add_argument("--min-blur", type=float, default=None,
+                   help="min sharpness" + library_default(REFINE["min_blur"]))
+    p.add_argument("--min-det-score", type=float, default=None,
+                   help="min detector score" + library_default(REFINE["min_det_score"]))
+    p.add_argument("--min-faces", type=int, default=None,
+                   help="min unique source images per faceset"
+                        + library_default(REFINE["min_faces"]))
 
 
 def require_thresholds(given: dict[str, float | None], meta: dict, command: str,
@@ -59,6 +75,7 @@ def require_thresholds(given: dict[str, float | None], meta: dict, command: str,
 
 def refine_params(args, meta: dict, cache: str = "CACHE") -> RefineParams:
     """RefineParams from add_refine_options' flags (thresholds resolved for the cache)."""
+    fill_gate_defaults(args)
     require_thresholds({"initial": args.initial_threshold, "merge": args.merge_threshold,
                         "outlier": args.outlier_threshold}, meta, "refine", cache)
     return RefineParams(
@@ -95,27 +112,30 @@ def add_export_options(p, old_outlier_alias: bool = False) -> None:
         g.add_argument("--outlier-threshold", dest="swap_outlier_threshold", type=float,
                        action=DeprecatedAlias, new_flag="--swap-outlier-threshold",
                        help=argparse.SUPPRESS)
-    g.add_argument("--min-face-short", type=float, default=EXPORT["min_face_short"],
+    g.add_argument("--min-face-short", type=float, default=None,
                    help="min face short edge in source px of an exported crop: larger than "
                         "refine's --min-short on purpose, since a crop of a small face is "
                         "upscaled to --out-size and blurs; faces refine kept but smaller than "
                         "this are dropped here (a warning names a faceset left below "
-                        "--min-faces)")
-    g.add_argument("--out-size", type=int, default=EXPORT["out_size"],
-                   help="crop size in px")
-    g.add_argument("--pad-ratio", type=float, default=EXPORT["pad_ratio"],
-                   help="padding around the face box, share of its size per side")
-    g.add_argument("--top-n", type=int, default=EXPORT["top_n"],
-                   help="faces in the _top bundle")
+                        "--min-faces)" + library_default(EXPORT["min_face_short"]))
+    g.add_argument("--out-size", type=int, default=None,
+                   help="crop size in px" + library_default(EXPORT["out_size"]))
+    g.add_argument("--pad-ratio", type=float, default=None,
+                   help="padding around the face box, share of its size per side"
+                        + library_default(EXPORT["pad_ratio"]))
+    g.add_argument("--top-n", type=int, default=None,
+                   help="faces in the _top bundle" + library_default(EXPORT["top_n"]))
     g.add_argument("--candidate-match-threshold", type=float, default=None,
                    help="singleton-to-centroid cosine distance (model default; "
                         f"{model_threshold('candidate_match')} for {DEFAULT_MODEL})")
-    g.add_argument("--candidate-min-score", type=float, default=EXPORT["candidate_min_score"],
-                   help="min composite quality of a candidate")
+    g.add_argument("--candidate-min-score", type=float, default=None,
+                   help="min composite quality of a candidate"
+                        + library_default(EXPORT["candidate_min_score"]))
 
 
 def export_params(args, meta: dict, candidates: bool, cache: str = "CACHE") -> ExportParams:
     """ExportParams from add_export_options' flags (thresholds resolved for the cache)."""
+    fill_gate_defaults(args)
     if args.out_size < 64 or args.pad_ratio < 0 or args.top_n < 1:
         raise ValueError("--out-size must be >= 64, --pad-ratio >= 0 and --top-n >= 1")
     require_thresholds(dict({"swap_outlier": args.swap_outlier_threshold},

@@ -21,7 +21,8 @@ from ..formats.swapset import NAME_FILE
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, EXIT_INTERRUPTED
-from .common import add_engine_option, add_link_option, add_model_options, add_progress_option, say
+from .common import (add_cache_model_options, add_engine_option, add_link_option,
+                     add_progress_option, recorded_model, say, warn)
 from .common import add_merge_ratio_option
 from .options import DEFAULT_MODEL, add_export_options, add_refine_options, model_threshold
 
@@ -32,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("out", help="output folder: raw/, facesets/, swap_ready/, run_state.json")
     p.add_argument("--cache", default=None,
                    help="cache file (default work/cache/<SRC folder name>.npz)")
-    add_model_options(p)
+    add_cache_model_options(p, "the cache (or recorded by OUT's library)")
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
                    help="embed: write progress every N files")
     g = p.add_argument_group("cluster / refine")
@@ -127,6 +128,24 @@ def check_thresholds(args, cache: Path) -> None:
                     "after embed adds SRC's new photos")
 
 
+def use_library_settings(args, layout: pipeline.RunLayout) -> None:
+    """A re-run on an existing OUT passes no setting again: the model the cache (or OUT's
+    library) recorded, and the gates and chosen thresholds of OUT/swap_ready's library
+    (core/settings.py); a flag overrides them and is recorded by the export."""
+    from ..core.settings import library_settings, resolve_settings
+
+    lib = library_settings(layout.swap_ready, on_error=warn)
+    records = [(load_cache(layout.cache).meta, os.fspath(layout.cache))] \
+        if cache_exists(layout.cache) else []
+    if lib.model:
+        records.append(({"model": lib.model, "pack_dir": lib.pack_dir}, str(lib.path)))
+    note = recorded_model(args, records)
+    names = dict(RUN_THRESHOLDS, candidate_match="candidate_match_threshold")
+    args.settings_resolved = resolve_settings(args, lib, names)
+    for line in ([note] if note else []) + args.settings_resolved.notes:
+        say(f"run: {line}")
+
+
 def unembedded(src, cache: Path) -> int:
     """How many photos under SRC embed would still read (new or changed since the cache)."""
     from ..sources.folder import FolderSource
@@ -179,8 +198,9 @@ def run(args) -> int:
                          f"{os.path.join(args.src, 'sorted')} (face-sets' own folders inside "
                          "SRC are never scanned as photos)")
     cache = Path(args.cache) if args.cache else pipeline.default_cache(src)
-    check_thresholds(args, cache)
     layout = pipeline.RunLayout(src=src, out=Path(args.out), cache=cache)
+    use_library_settings(args, layout)
+    check_thresholds(args, cache)
     layout.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as locks:   # OUT and each folder a step replaces whole
         for folder in (layout.out, layout.raw, layout.facesets, layout.swap_ready):

@@ -33,13 +33,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..core.thresholds import derived, resolve_with_source
+    from ..core.settings import library_settings, library_threshold
     from ..steps.split import apply_split
 
     root = Path(args.swap_ready).resolve()
     meta = swap_ready_meta(root)
-    threshold, source = resolve_with_source("split", meta, args.threshold,
-                                            derived("split", meta))
+    threshold, source = library_threshold("split", meta, args.threshold,
+                                          library_settings(root))
     say(f"split: {args.faceset} re-clustered at distance {threshold} ({source}), parts of at "
         f"least {args.min_faces} faces")
     recorded_run(root, "split", lambda: plan_split(root, args.faceset, threshold,

@@ -345,10 +345,11 @@ def _bundles_of(m: dict) -> dict:
 
 
 def ensure_library(root: str | os.PathLike, cache_path: str | os.PathLike,
-                   meta: dict) -> bool:
+                   meta: dict, settings: dict | None = None) -> bool:
     """Make ``root`` an empty swap-ready library (a top-level manifest listing no faceset)
     when it does not exist or is an empty folder, so facesets can be added to it; True
-    when it was made. A folder holding anything else is left as it is (``load_top``
+    when it was made (recording ``settings``, the section of core/settings.py, when given).
+    A folder holding anything else is left as it is (``load_top``
     then says what is wrong with it)."""
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -356,7 +357,7 @@ def ensure_library(root: str | os.PathLike, cache_path: str | os.PathLike,
     root.mkdir(parents=True, exist_ok=True)
     head = new_manifest(SWAP_MANIFEST, os.fspath(cache_path), meta, {})
     write_manifest(root / MANIFEST_NAME, swap_manifest(
-        head, "", "", [], {"to": {}, "new": []}, {}, 0, {}, 0, 0, 0.0))
+        head, "", "", [], {"to": {}, "new": []}, {}, 0, {}, 0, 0, 0.0, settings))
     return True
 
 

@@ -15,6 +15,7 @@ operations) change them through ``rebuild_bundles`` and ``refresh_listing``.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -166,10 +167,14 @@ def candidates_manifest(head: dict, run: str, candidates: dict) -> dict:
 
 def swap_manifest(head: dict, run: str, refine_manifest: str, listing: list[dict],
                   candidates: dict, sections: dict[str, list], faces_in: int,
-                  dropped: dict[str, int], crops: int, decoded: int, seconds: float) -> dict:
+                  dropped: dict[str, int], crops: int, decoded: int, seconds: float,
+                  settings: dict | None = None) -> dict:
     """OUT/manifest.json as export-swap writes it: every faceset's listing, the candidates,
-    and the maintenance ``sections`` (kept from the previous export)."""
+    the maintenance ``sections`` (kept from the previous export) and the library's
+    ``settings`` (``settings_section``; omitted when None)."""
     top = dict(head, format=SWAP_MANIFEST, run=run, refine_manifest=refine_manifest)
+    if settings is not None:
+        top[SETTINGS_SECTION] = settings
     top["summary"] = {
         "facesets": len(listing), "faces_in": faces_in,
         "faces_kept": sum(e["faces"] for e in listing), "dropped": dropped,
@@ -182,6 +187,80 @@ def swap_manifest(head: dict, run: str, refine_manifest: str, listing: list[dict
     for k in MAINTENANCE_SECTIONS:
         top[k] = sections.get(k, [])
     return top
+
+
+# ---- the library's settings (docs/manifest-format.md, "Library settings") ----------------
+SETTINGS_SECTION = "settings"
+SETTINGS_VERSION = 1
+# the gates a library records: refine's (who is in a faceset) and export-swap's (which faces
+# make a crop); their defaults live in the steps' Params (core/settings.py reads them there)
+SETTINGS_GATES = {"min_short": float, "min_blur": float, "min_det_score": float,
+                  "min_faces": int, "min_face_short": float, "out_size": int,
+                  "pad_ratio": float, "top_n": int, "candidate_min_score": float}
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def settings_section(model: str | None, pack_dir: str | None, gates: dict,
+                     thresholds: dict, sources: dict[str, str]) -> dict:
+    """The top-level manifest's ``settings``: what the library was built with (the model and
+    the folder its pack was loaded from, the gates, the thresholds) and where each value
+    came from (``sources``: name -> "flag", "library", "default", "calibrated"...)."""
+    return {"version": SETTINGS_VERSION, "model": model, "pack_dir": pack_dir,
+            "gates": {k: SETTINGS_GATES[k](v) for k, v in gates.items()},
+            "thresholds": {k: round(float(v), 6) for k, v in thresholds.items()},
+            "sources": dict(sources)}
+
+
+def read_settings(top: dict, path: str | os.PathLike) -> dict | None:
+    """The validated ``settings`` of a top-level manifest read from ``path`` (None when it
+    has none: a library exported before face-sets recorded them). A wrong field raises
+    ManifestError naming ``path`` and the field."""
+    s = top.get(SETTINGS_SECTION)
+    if s is None:
+        return None
+
+    def bad(field: str, what: str):
+        return ManifestError(f"{path}: {SETTINGS_SECTION}.{field} {what}; restore the file, "
+                             "or re-run export-swap (it writes the settings again)")
+
+    if not isinstance(s, dict):
+        raise bad("", "is not an object")
+    v = s.get("version")
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise bad("version", f"{v!r} is not a version number")
+    if v > SETTINGS_VERSION:
+        raise bad("version", f"{v} is newer than this face-sets reads; upgrade face-sets")
+    for field in ("model", "pack_dir"):
+        if s.get(field) is not None and (not isinstance(s[field], str) or not s[field]
+                                         or "\x00" in s[field]):
+            raise bad(field, f"{s[field]!r} is not a name")
+    out = {"version": v, "model": s.get("model"), "pack_dir": s.get("pack_dir"),
+           "gates": {}, "thresholds": {}, "sources": {}}
+    for section, limit in (("gates", None), ("thresholds", 2.0)):
+        values = s.get(section, {})
+        if not isinstance(values, dict):
+            raise bad(section, "is not an object")
+        for name, value in values.items():
+            field = f"{section}.{name}"
+            if not _SETTING_NAME.fullmatch(str(name)) or (section == "gates"
+                                                          and name not in SETTINGS_GATES):
+                raise bad(field, "is not a setting face-sets knows")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not math.isfinite(value) or value < 0 \
+                    or (limit is not None and value > limit):
+                raise bad(field, f"{value!r} is not a number in range"
+                          + (f" (0-{limit})" if limit else " (>= 0)"))
+            if section == "gates" and SETTINGS_GATES[name] is int and value != int(value):
+                raise bad(field, f"{value!r} is not a whole number")
+            out[section][name] = SETTINGS_GATES[name](value) if section == "gates" \
+                else float(value)
+    sources = s.get("sources", {})
+    if not isinstance(sources, dict) or not all(
+            isinstance(k, str) and isinstance(x, str) and len(x) < 200
+            for k, x in sources.items()):
+        raise bad("sources", "is not an object of names to words")
+    out["sources"] = dict(sources)
+    return out
 
 
 def maintenance_sections(out: str | os.PathLike) -> dict[str, list]:

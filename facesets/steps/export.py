@@ -154,8 +154,10 @@ def _plan_candidates(cache: FaceCache, sel: FaceSelection, raw: dict, taken: set
 
 def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike,
                out: str | os.PathLike, params: ExportParams, load_detector,
-               raw_manifest: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """The whole ``export-swap`` command; returns the top-level manifest."""
+               raw_manifest: str | os.PathLike | None = None, progress: bool = True,
+               settings: dict | None = None) -> dict:
+    """The whole ``export-swap`` command; returns the top-level manifest, which records the
+    library's ``settings`` (formats/swapset.settings_section; core/settings.py)."""
     t0 = time.monotonic()
     out = Path(out)
     if params.candidates and not raw_manifest:
@@ -263,7 +265,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
                         maintenance_sections(out), sum(fs["faces_in"] for fs in facesets),
                         dropped_total,
                         sum(1 for pl in plans if pl.crop and pl.crop.reason == ""), decoded,
-                        round(time.monotonic() - t0, 2))
+                        round(time.monotonic() - t0, 2), settings)
     write_manifest(out / MANIFEST_NAME, top)
     keep = set(names) | ({CANDIDATES_DIR} if params.candidates else set())
     for d in out.iterdir():

@@ -86,8 +86,11 @@ class ImportPlan:
         todo = [i for i in self.identities if not i.skip]
         route = (f"; {sum(len(i.routed) for i in todo)} of {self.route_faces} faces of "
                  f"{self.route_root} routed" if self.route_root else "")
-        return (f"{len(todo)} of {len(self.identities)} folders to import as new "
-                f"facesets{route}")
+        empty = sum(1 for name in (self.result.by_input if self.result else []) if not name)
+        gated = (f" ({empty} left with no face by export's gates, e.g. --min-face-short: not "
+                 "imported)" if empty else "")
+        return (f"{len(todo) - empty} of {len(self.identities)} folders to import as new "
+                f"facesets{gated}{route}")
 
 
 def person_folders(root: Path) -> list[Path]:
