@@ -91,7 +91,7 @@ def recorded_model(args, records: list[tuple[dict, str]]) -> str:
     named = [(meta, where) for meta, where in records
              if isinstance(meta.get("model"), str) and meta["model"]]
     if not named:
-        args.model = BACKEND.DEFAULT_MODEL
+        args.model = default_backend().DEFAULT_MODEL
         return ""
     name, where = named[0][0]["model"], named[0][1]
     args.model = name

@@ -12,8 +12,8 @@ import os
 from ..io.imageio import DEFAULT_MAX_PIXELS
 from ..runtime.jobs import EXIT_INTERRUPTED
 from ..steps.embed import DEFAULT_FLUSH_EVERY, embed_folder
-from .common import (BACKEND, add_cache_model_options, add_progress_option, backend_loader, defaults,
-                     recorded_model, say)
+from .common import (add_cache_model_options, add_progress_option, backend_loader,
+                     default_backend, defaults, recorded_model, say)
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("src", metavar="SRC", help="folder of photos (scanned recursively)")
     p.add_argument("cache", metavar="CACHE", nargs="?",
                    help="cache file (.npz); created if missing, else extended")
-    add_cache_model_options(p, f"CACHE (a new cache: {BACKEND.DEFAULT_MODEL})")
+    add_cache_model_options(p, f"CACHE (a new cache: {default_backend().DEFAULT_MODEL})")
     p.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY,
                    help="write progress to the cache every N files")
     workers = defaults(embed_folder)["workers"]

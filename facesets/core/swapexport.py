@@ -161,7 +161,6 @@ def crop_all(cache: FaceCache, sel: FaceSelection, plans: list[Planned], detect,
     """Crop every planned face into its staging folder as ``faces/tmp_<n>.png``; sets
     ``plan.crop``. Faces are grouped by source so each file is decoded once (threads decode
     ahead while the main thread detects). Returns the number of sources decoded."""
-    import cv2  # here, not at module import: `--help` loads no OpenCV
     by_sha: dict[str, list[int]] = {}
     for n, plan in enumerate(plans):
         by_sha.setdefault(plan.sha256, []).append(n)

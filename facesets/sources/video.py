@@ -45,7 +45,7 @@ def sample_times(start: float, end: float, fps: float) -> list[float]:
     return [round(start + (k + 0.5) * step, 4) for k in range(n) if start + k * step < end]
 
 
-def open_capture(path: str) -> cv2.VideoCapture:
+def open_capture(path: str):
     import cv2  # here, not at module import: `--help` loads no OpenCV
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not cap.isOpened():
