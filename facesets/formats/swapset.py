@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..io.fsutil import remove_temp_files
 from .bundle import write_fsz
-from .manifest import (DROPPED_VERSION, MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
+from .manifest import (COHESION_VERSION, DROPPED_VERSION, MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path, write_manifest)
 
 FACES_DIR = "faces"
@@ -157,6 +157,16 @@ def faceset_manifest(head: dict, name: str, source_faceset: str, run: str, top_n
                 dropped_version=DROPPED_VERSION, dropped=dropped,
                 history=history,
                 summary={"faces_in": faces_in, "kept": len(faces), "dropped": counts})
+
+
+def cohesion_entry(split: float, faces: int, threshold: float | None, mixed: bool) -> dict:
+    """A faceset manifest's ``cohesion``: the split distance of its kept faces
+    (core/cohesion.py), how many faces it was measured on, the cluster threshold it is
+    compared with (null when none is known) and ``likely_mixed``: the verdict of the rule
+    (split >= core/cohesion.FACESET_MIXED_RATIO x threshold) when it was measured."""
+    return {"version": COHESION_VERSION, "split": round(float(split), 4), "faces": int(faces),
+            "threshold": None if threshold is None else round(float(threshold), 4),
+            "likely_mixed": bool(mixed)}
 
 
 def candidates_manifest(head: dict, run: str, candidates: dict) -> dict:
