@@ -142,6 +142,14 @@ def test_suggestions_list_the_mix_first_and_both_overview_pages_flag_it(library,
                 first
             assert page.locator("section.card.mixed").count() == 1
             assert page.locator(f"#card-{MIXED}.mixed p.mix").count() == 1
+            # the faceset's own view says it too; a clean one does not
+            page.goto(srv.url + f"#/{MIXED}")
+            page.wait_for_selector("#fs-tiles .tile")
+            assert "may hold two people" in page.locator("#fs-info").inner_text()
+            page.goto(srv.url + "#/faceset_001")
+            page.wait_for_function("document.getElementById('fs-name').textContent"
+                                   ".startsWith('faceset_001')")
+            assert "may hold two people" not in page.locator("#fs-info").inner_text()
             page.close()
         finally:
             srv.close()

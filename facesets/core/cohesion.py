@@ -16,6 +16,10 @@ import threading
 import numpy as np
 
 from ..engine import normalize_rows
+from ..formats.cache import cache_exists, load_cache
+from ..formats.manifest import ManifestError
+from ..formats.swapset import cohesion_entry
+from .thresholds import MODEL_THRESHOLDS, ThresholdError, resolve_threshold
 
 SPLIT_SAMPLE = 64      # faces of a larger cluster the split is measured on (a fixed sample)
 MIXED_RATIO = 0.95     # a cluster whose split is at least this x the cluster threshold is
@@ -62,10 +66,6 @@ def _cache_rows(cache_path) -> tuple[dict[str, int], np.ndarray, float | None] |
     """(face key -> row, embeddings, the cache's cluster threshold) of a cache, read once
     for a run of calls (export-swap finishes hundreds of facesets from one cache); None
     when it is gone or unreadable."""
-    from ..formats.cache import cache_exists, load_cache
-    from ..formats.manifest import ManifestError
-    from .thresholds import ThresholdError, resolve_threshold
-
     if not isinstance(cache_path, str) or not cache_path or not cache_exists(cache_path):
         return None
     try:
@@ -100,11 +100,10 @@ def faceset_split(vectors: np.ndarray) -> float:
 
 def with_cohesion(body: dict) -> dict:
     """``body`` (a swap faceset manifest) with its ``cohesion`` measured on its kept faces,
-    their embeddings read from the cache the body names, and the cache's cluster threshold
-    (what ``likely_mixed`` compares with; ``_threshold_of`` when the model has none). When the embeddings cannot be had (cache gone, a
-    face not in it) the field is removed: a figure of other faces would mislead."""
-    from ..formats.swapset import cohesion_entry
-
+    their embeddings read from the cache the body names, against the cache's cluster
+    threshold (``_threshold_of`` when the model has none). When the embeddings cannot be
+    had (cache gone, a face not in it) the field is removed: a figure of other faces would
+    mislead."""
     faces = body["faces"]
     found = _cache_rows(body.get("cache"))
     if found is None or any(f["key"] not in found[0] for f in faces):
@@ -124,12 +123,12 @@ def with_cohesion(body: dict) -> dict:
 def _threshold_of(body: dict) -> float | None:
     """The cluster threshold a faceset was made at when its cache's model has none (flags
     given): scaled back from its export's outlier gate, else the one measured before."""
-    from .thresholds import MODEL_THRESHOLDS
-
     gate = (body.get("parameters") or {}).get("outlier_threshold")
-    if isinstance(gate, (int, float)) and not isinstance(gate, bool) and 0 < gate <= 2:
+    if isinstance(gate, (int, float)) and not isinstance(gate, bool) and gate > 0:
         ref = MODEL_THRESHOLDS["buffalo_l"]
-        return round(float(gate) * ref["cluster"] / ref["swap_outlier"], 4)
+        cluster = round(float(gate) * ref["cluster"] / ref["swap_outlier"], 4)
+        # a gate opened wide (e.g. 2.0: keep every face) says nothing of the threshold
+        return cluster if cluster <= 2.0 else None
     before = (body.get("cohesion") or {}).get("threshold")
     return before if isinstance(before, (int, float)) else None
 

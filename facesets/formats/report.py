@@ -327,12 +327,18 @@ def mixed_suggestions(cards: list[dict]) -> list[dict]:
     out = []
     for c in cards:
         coh = c.get("cohesion") or {}
-        if coh.get("likely_mixed") is True and coh.get("threshold"):
+        if is_flagged(coh):
             out.append({"faceset": c["name"], "split": coh["split"],
                         "threshold": coh["threshold"],
                         "ratio": round(coh["split"] / coh["threshold"], 3),
                         "sentence": mixed_sentence(coh)})
     return sorted(out, key=lambda m: (-m["ratio"], m["faceset"]))
+
+
+def is_flagged(coh: dict | None) -> bool:
+    """Whether a (validated) ``cohesion`` says likely mixed, with a threshold to show."""
+    return isinstance(coh, dict) and coh.get("likely_mixed") is True \
+        and bool(coh.get("threshold"))
 
 
 def mixed_sentence(coh: dict) -> str:
@@ -534,7 +540,7 @@ def render_html(kind: str, cards: list[dict], head: dict, folder_name: str = "")
             counts += " · dropped " + ", ".join(f"{_e(k)} {v}"
                                                 for k, v in sorted(c["dropped"].items()))
         parts.append(f"<p class=\"counts\">{counts}</p>")
-        if (c.get("cohesion") or {}).get("likely_mixed") is True:
+        if is_flagged(c.get("cohesion")):
             parts.append(f"<p class=\"mix\">{_e(mixed_sentence(c['cohesion']))}</p>")
         if c["mapping"] and not c["mapping"].endswith(": "):
             parts.append(f"<p class=\"map\">{_e(c['mapping'])}</p>")

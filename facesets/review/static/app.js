@@ -82,14 +82,14 @@ function renderOverview() {
   });
   $("cards").replaceChildren(...cards);
   const s = lib.suggestions, lines = [];
+  for (const m of s.mixed) {   // most likely first; before merges: a mix is the worse error
+    const a = el("a", {href: "#/" + m.faceset}, "open");
+    lines.push(el("p", {class: "mix"}, `${m.faceset} (split ${m.split} / threshold ${m.threshold}) ${m.sentence} `, a));
+  }
   for (const g of s.merge) {
     const a = el("a", {href: "#", onclick: (e) => { e.preventDefault(); g.members.forEach((m) => toggleCard(m, true)); }},
                  "select");
     lines.push(el("p", {}, `${g.confident ? "merge" : "maybe merge"}: ${g.members.join(" + ")} (similarity ${g.similarity}) `, a));
-  }
-  for (const m of s.mixed) {   // most likely first
-    const a = el("a", {href: "#/" + m.faceset}, "open");
-    lines.push(el("p", {class: "mix"}, `${m.faceset} (split ${m.split} / threshold ${m.threshold}) ${m.sentence} `, a));
   }
   if (s.note) lines.push(el("p", {}, s.note));
   if (!lines.length) lines.push(el("p", {}, "none"));
@@ -105,6 +105,8 @@ function renderFaceset(name) {
   $("fs-info").textContent = `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") +
     (c.mapping ? ` · ${c.mapping}` : "") + " · ";
   $("fs-info").append(el("span", {id: "fs-count"}, `${faceSel.size} selected`));
+  const mix = mixedOf.get(name);
+  if (mix) $("fs-info").append(" · ", el("span", {class: "mix"}, `${mix.sentence} (s splits it)`));
   $("rename-input").value = c.title;
   $("move-target").replaceChildren(...lib.cards.filter((x) => x.name !== name).map(
     (x) => el("option", {value: x.name}, x.name + (x.title ? " " + x.title : ""))));
