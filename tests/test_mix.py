@@ -151,6 +151,20 @@ def test_suggestions_list_the_mix_first_and_both_overview_pages_flag_it(library,
                                    ".startsWith('faceset_001')")
             assert "may hold two people" not in page.locator("#fs-info").inner_text()
             page.close()
+            # two clean facesets of two people merged by hand (consolidate's merge): the
+            # merged one is measured again and listed too
+            code, res = srv.post("merge", {"facesets": ["faceset_001", "faceset_002"]},
+                                 srv.token)
+            assert code == 200, res
+            with urllib.request.urlopen(srv.url.replace("/?", "/api/library?"),
+                                        timeout=30) as r:
+                mixed = json.loads(r.read())["suggestions"]["mixed"]
+            [merged] = [e["name"] for e in load(out / "manifest.json")["facesets"]
+                        if e["name"] in ("faceset_001", "faceset_002")]
+            assert sorted(m["faceset"] for m in mixed) == sorted([MIXED, merged]), mixed
+            fm = load(out / merged / "manifest.json")
+            assert fm["cohesion"]["faces"] == len(fm["faces"]) == 12
+            check_library(out)
         finally:
             srv.close()
         browser.close()
