@@ -1,6 +1,6 @@
 """review: look at a swap-ready folder in the browser and fix it: rename, merge, split, drop
 faces, move a face, quarantine, history with undo; suggestions (facesets consolidate would
-merge, faces far from their centroid). A local server bound to 127.0.0.1 only; the URL it
+merge, facesets likely to hold two people). A local server bound to 127.0.0.1 only; the URL it
 prints carries a token every request for data must give. Every action is a recorded run of
 the same library functions the CLI commands call (undoable). Ctrl-C stops it."""
 from __future__ import annotations

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cohesion import with_cohesion
 from ..formats.manifest import FACESET_NAME, SWAP_FACESET_MANIFEST, load_manifest
 from ..formats.swapset import (MANIFEST_NAME, bundle_names, bundle_stem, bundles_entry,
                                dropped_counts, faceset_listing)
@@ -68,7 +69,7 @@ class Faceset:
         body["summary"]["kept"] = len(body["faces"])
         body["bundles"] = bundles_entry(bundle_stem(body), int(body["top_n"]),
                                         len(body["faces"]))
-        return body
+        return with_cohesion(body)
 
     def dropping(self, files: dict[str, str | None], reason: str, run: str,
                  extra: dict[str, dict] | None = None) -> dict:

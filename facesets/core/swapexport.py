@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine import normalize_rows
+from .cohesion import with_cohesion
 from ..formats.cache import FaceCache
 from ..formats.manifest import dropped_entry, write_manifest
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, NAME_TEMPLATE, PREVIEW,
@@ -286,6 +287,7 @@ def finish_faceset(stage: Path, head: dict, name: str, source_faceset: str, run:
     m = faceset_manifest(head, name, source_faceset, run, top_n, centroid, kept,
                          dropped + crop_dropped + carried, faces_in, [e["key"] for e in carried])
     m.update(extra or {})
+    with_cohesion(m)
     internal_dir(stage, FACES_DIR)
     if write:
         write_bundles(stage, m)

@@ -75,6 +75,7 @@ def face_entry(key: str, sha256: str, paths: list[str], bbox, det_score: float,
 # dropped[] entries that name their gate's value and limit (refine's facesets[].dropped[],
 # a swap faceset's dropped[]): the version of that section, written as ``dropped_version``
 DROPPED_VERSION = 1
+COHESION_VERSION = 1   # a swap faceset's ``cohesion`` (docs/manifest-format.md)
 
 
 def dropped_entry(face: dict, gate: str, value: float | None, limit: float | None,
@@ -410,6 +411,31 @@ def _check_swap_faceset(c: _Fields, m: dict) -> None:
             c.name(e, "moved_to", f, DROPPED_PNG, "a dropped PNG (faces/_dropped/NNN.png)")
     c.obj(m, "summary", "")
     c.items(m, "history", "", required=False)
+    _check_cohesion(c, m)
+
+
+def _check_cohesion(c: _Fields, m: dict) -> None:
+    """A swap faceset's optional ``cohesion``: {version, split (a distance in [0, 2]),
+    faces (how many it was measured on), threshold (a distance, or null), likely_mixed}; older
+    libraries have none."""
+    if "cohesion" not in m:
+        return
+    coh = c.obj(m, "cohesion", "")
+    if c.int(coh, "version", "cohesion") > COHESION_VERSION:
+        c.fail("cohesion.version", f"{coh['version']} is newer than this face-sets "
+               f"({COHESION_VERSION}); upgrade face-sets")
+    split = coh.get("split")
+    if not isinstance(split, (int, float)) or isinstance(split, bool) \
+            or not math.isfinite(split) or not 0.0 <= split <= 2.0:
+        c.fail("cohesion.split", f"{split!r} is not a distance between 0 and 2")
+    if c.int(coh, "faces", "cohesion") < 0:
+        c.fail("cohesion.faces", f"{coh['faces']} is negative")
+    threshold = coh.get("threshold")
+    if threshold is not None and (not isinstance(threshold, (int, float))
+                                  or isinstance(threshold, bool)
+                                  or not math.isfinite(threshold) or not 0.0 < threshold <= 2.0):
+        c.fail("cohesion.threshold", f"{threshold!r} is not a distance between 0 and 2")
+    c.get(coh, "likely_mixed", "cohesion", (bool,), "true or false")
 
 
 def _check_audit_plan(c: _Fields, m: dict) -> None:

@@ -263,6 +263,7 @@ def swap_faceset_card(out: Path, name: str, raw_of: dict[str, str] | None = None
                  dropped_tiles=_dropped_tiles(out, fdir, path, fm["dropped"]),
                  top_n=int(fm["top_n"]),
                  gate=(fm.get("parameters") or {}).get("outlier_threshold"),
+                 cohesion=fm.get("cohesion"),
                  history=[h for h in fm.get("history", []) if isinstance(h, dict)])
 
 
@@ -312,10 +313,40 @@ def _swap_cards(out: Path, top: dict) -> tuple[list[dict], dict]:
     dropped = s.get("dropped") if isinstance(s.get("dropped"), dict) else {}
     facts = [f"{len(cards)} facesets", f"{sum(c['kept'] for c in cards)} faces kept"]
     facts += [f"dropped {k}: {v}" for k, v in sorted(dropped.items())]
+    mixed = mixed_suggestions(cards)
+    if mixed:
+        facts.append(f"{len(mixed)} may hold two people")
     for sec in ("merged", "quarantined"):
         if top.get(sec):
             facts.append(f"{sec}: {sum(len(r.get('merged', [])) or 1 for r in top[sec])}")
     return cards, {"title": "swap-ready facesets", "facts": facts}
+
+
+def mixed_suggestions(cards: list[dict]) -> list[dict]:
+    """The facesets whose ``cohesion`` says they likely hold two people, most likely first
+    (split distance over the threshold it was compared with), each with its figure and a
+    plain sentence (the review page's suggestions; docs/clustering.md)."""
+    out = []
+    for c in cards:
+        coh = c.get("cohesion") or {}
+        if is_flagged(coh):
+            out.append({"faceset": c["name"], "split": coh["split"],
+                        "threshold": coh["threshold"],
+                        "ratio": round(coh["split"] / coh["threshold"], 3),
+                        "sentence": mixed_sentence(coh)})
+    return sorted(out, key=lambda m: (-m["ratio"], m["faceset"]))
+
+
+def is_flagged(coh: dict | None) -> bool:
+    """Whether a (validated) ``cohesion`` says likely mixed, with a threshold to show."""
+    return isinstance(coh, dict) and coh.get("likely_mixed") is True \
+        and bool(coh.get("threshold"))
+
+
+def mixed_sentence(coh: dict) -> str:
+    """What a flagged faceset's card says."""
+    return (f"may hold two people: its faces fall into two groups {coh['split']:.2f} apart "
+            f"(the cluster threshold is {coh['threshold']:.2f}); look, and split it if so")
 
 
 def library_model(out: str | os.PathLike) -> tuple[str, list[dict], dict]:
@@ -470,6 +501,7 @@ figcaption{font-size:11px;color:#999;text-align:center}
 .more{align-self:center;color:#888;padding:0 8px}
 .strip{opacity:.8}
 .strip figure img{outline:1px solid #a55}
+.card p.mix{color:#ff9040}
 """
 
 
@@ -513,6 +545,8 @@ def render_html(kind: str, cards: list[dict], head: dict, folder_name: str = "")
             counts += " · dropped " + ", ".join(f"{_e(k)} {v}"
                                                 for k, v in sorted(c["dropped"].items()))
         parts.append(f"<p class=\"counts\">{counts}</p>")
+        if is_flagged(c.get("cohesion")):
+            parts.append(f"<p class=\"mix\">{_e(mixed_sentence(c['cohesion']))}</p>")
         if c["mapping"] and not c["mapping"].endswith(": "):
             parts.append(f"<p class=\"map\">{_e(c['mapping'])}</p>")
         parts.append("<p class=\"links\">" + "".join(

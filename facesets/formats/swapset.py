@@ -24,8 +24,9 @@ from typing import Callable
 
 from ..io.fsutil import remove_temp_files
 from .bundle import write_fsz
-from .manifest import (DROPPED_VERSION, MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
-                       load_manifest, safe_member_path, write_manifest)
+from .manifest import (COHESION_VERSION, DROPPED_VERSION, MANIFEST_FILE, SWAP_FACESET_MANIFEST,
+                       SWAP_MANIFEST, ManifestError, load_manifest, safe_member_path,
+                       write_manifest)
 
 FACES_DIR = "faces"
 DROPPED_DIR = "_dropped"                 # faces/_dropped/: PNGs a maintenance step took out
@@ -106,7 +107,8 @@ def remove_faceset_temps(faceset_dir: Path) -> None:
 
 def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles",
                     run: str | None = None, details: dict[str, dict] | None = None,
-                    reason: str = "removed from faces/") -> dict:
+                    reason: str = "removed from faces/",
+                    finish: Callable[[dict], dict] | None = None) -> dict:
     """Rebuild a faceset's ``.fsz`` bundles from the PNGs still in its faces/ folder.
 
     Faces whose PNG is gone (moved to ``faces/_dropped/`` by an audit, deleted by hand) leave
@@ -114,7 +116,8 @@ def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles
     or else ``reason``, and ``audit_run`` = ``run``; the rest keep their rank and file name,
     and the bundles hold them in rank order. The bundles are written first, the manifest
     (with a ``history`` entry naming ``run``) last, so a kill in between is redone by the
-    next call. Returns the new manifest.
+    next call. ``finish``: what the caller adds once the faces are known (the cohesion
+    figure, core/cohesion.with_cohesion). Returns the new manifest.
     """
     faceset_dir = Path(faceset_dir)
     details = details or {}
@@ -139,6 +142,8 @@ def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles
     manifest.setdefault("history", []).append(
         {"step": step, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run,
          "removed": [f["key"] for f in gone], "kept": len(kept)})
+    if finish is not None:
+        manifest = finish(manifest)
     write_manifest(faceset_dir / MANIFEST_NAME, manifest)
     return manifest
 
@@ -158,6 +163,16 @@ def faceset_manifest(head: dict, name: str, source_faceset: str, run: str, top_n
                 dropped_version=DROPPED_VERSION, dropped=dropped,
                 history=history,
                 summary={"faces_in": faces_in, "kept": len(faces), "dropped": counts})
+
+
+def cohesion_entry(split: float, faces: int, threshold: float | None, mixed: bool) -> dict:
+    """A faceset manifest's ``cohesion``: the split distance of its kept faces
+    (core/cohesion.py), how many faces it was measured on, the cluster threshold it is
+    compared with (null when none is known) and ``likely_mixed``: the verdict of the rule
+    (split >= core/cohesion.FACESET_MIXED_RATIO x threshold) when it was measured."""
+    return {"version": COHESION_VERSION, "split": round(float(split), 4), "faces": int(faces),
+            "threshold": None if threshold is None else round(float(threshold), 4),
+            "likely_mixed": bool(mixed)}
 
 
 def candidates_manifest(head: dict, run: str, candidates: dict) -> dict:

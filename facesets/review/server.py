@@ -30,7 +30,7 @@ from ..core.thresholds import ThresholdError, derived, resolve_with_source
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
                                 load_manifest)
 from ..formats.swapset import MANIFEST_NAME
-from ..formats.report import SHEET_FILE, THUMBS_DIR, write_report
+from ..formats.report import SHEET_FILE, THUMBS_DIR, mixed_suggestions, write_report
 from ..steps import consolidate, curate
 
 STATIC = Path(__file__).with_name("static")
@@ -80,11 +80,7 @@ class Library:
             note = ""
         except ThresholdError as exc:
             merges, note = [], f"no merge suggestions: {exc}"
-        far = sorted(({"faceset": c["name"], "file": t.file, "distance": t.distance}
-                      for c in cards for t in c["tiles"]
-                      if curate.is_far(t.distance, c.get("gate"))),
-                     key=lambda f: -f["distance"])
-        return {"merge": merges, "far": far, "note": note}
+        return {"merge": merges, "mixed": mixed_suggestions(cards), "note": note}
 
     def refresh(self) -> None:
         """Rewrite index.html and its sheets, and build the page's data from the same cards
@@ -109,7 +105,7 @@ class Library:
     def _card(c: dict) -> dict:
         return {"name": c["name"], "title": c["title"], "kept": c["kept"],
                 "dropped": c["dropped"], "mapping": c["mapping"], "top_n": c.get("top_n"),
-                "links": c["links"],
+                "links": c["links"], "cohesion": c.get("cohesion"),
                 "tiles": [{"file": t.file, "key": t.key, "rank": t.rank, "score": t.score,
                            "sheet": t.sheet, "x": t.x, "y": t.y, "label": t.label}
                           for t in c["tiles"]]}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..core import runs
+from ..core.cohesion import with_cohesion
 from ..core.swapfaces import face_file as _face_file
 from ..core.swapfaces import face_png_items
 from ..core.swapfaces import faceset_name as _faceset_name
@@ -295,7 +296,7 @@ def _apply_faceset(out: Path, name: str, drops: list[Drop], run_id: str) -> dict
         return manifest
     details = {d.file: {"reason": REASON, "faces_detected": d.faces, "moved_to": d.moved_to}
                for d in drops if _move(fdir, d)}
-    return rebuild_bundles(fdir, step=STEP, run=run_id, details=details)
+    return rebuild_bundles(fdir, step=STEP, run=run_id, details=details, finish=with_cohesion)
 
 
 def apply_audit(plan: AuditPlan, log: Callable[[str], None] = print) -> dict:

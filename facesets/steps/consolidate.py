@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import runs
+from ..core.cohesion import with_cohesion
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
                                 load_manifest, safe_member_path)
 from ..formats.eras import ERA_NAME
@@ -194,6 +195,7 @@ def _merge_group(root: Path, g: Group, run_ph: str, moves, after, changed,
     new["summary"]["faces_in"] = int(new["summary"].get("faces_in", 0)) + sum(
         m["faces"] for m in merged)
     new["bundles"] = bundles_entry(bundle_stem(new), int(new["top_n"]), len(new["faces"]))
+    with_cohesion(new)
     new.setdefault("history", []).append(
         {"step": STEP, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run_ph,
          "merged": [m["name"] for m in merged], "added": sum(m["faces"] for m in merged),

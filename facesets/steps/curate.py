@@ -38,7 +38,6 @@ QUARANTINE_DIR = "_quarantine"
 QUARANTINED_SECTION = "quarantined"
 REVIEW_REASON = "review"          # dropped[] reason of a face dropped by hand
 NAME_MAX = 200
-FAR_SHARE = 0.8   # suggestions: a face at >= this share of the export's outlier gate is "far"
 
 Log = Callable[[str], None]
 
@@ -355,10 +354,3 @@ def prune(root: Path, keep: int, log: Log = print) -> PrunePlan:
                                      for p in plan.paths + builds])
     log(plan.line())
     return plan
-
-
-def is_far(distance, gate, share: float = FAR_SHARE) -> bool:
-    """A face sits far from its faceset's centroid: its distance (recorded by export) is at
-    least ``share`` of the outlier gate that export applied."""
-    return (isinstance(distance, (int, float)) and isinstance(gate, (int, float))
-            and not isinstance(gate, bool) and gate > 0 and distance >= share * gate)

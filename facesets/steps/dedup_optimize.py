@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core import runs
+from ..core.cohesion import with_cohesion
 from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
 from ..formats.swapset import (MANIFEST_NAME, bundle_stem, bundles_entry, drop_destination,
                                faceset_listing)
@@ -152,6 +153,7 @@ def apply_dedup(plan: DedupPlan, log=print) -> dict | None:
         new["summary"]["dropped"] = counts
         new["summary"]["kept"] = len(new["faces"])
         new["bundles"] = bundles_entry(bundle_stem(new), int(new["top_n"]), len(new["faces"]))
+        with_cohesion(new)
         new.setdefault("history", []).append(
             {"step": STEP, "when": when, "run": runs.THIS_RUN,
              "removed": [f["key"] for f in m["faces"] if f["file"] in drops],

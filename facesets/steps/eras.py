@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import runs
+from ..core.cohesion import with_cohesion
 from ..core.dates import Dates, capture_dates
 from ..core.newsets import NewFaceset, add_facesets
 from ..core.refinement import RefineParams, quality_mask
@@ -763,6 +764,7 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
             counts[d["reason"]] = counts.get(d["reason"], 0) + 1
         summary["dropped"] = counts
         m["bundles"] = bundles_entry(bundle_stem(m), int(m["top_n"]), len(m["faces"]))
+        with_cohesion(m)
         m.setdefault("history", []).append(
             {"step": STEP_EXTEND, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "run": runs.THIS_RUN, "added": len(crops["faces"]), "dropped": len(gone)})

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import runs
+from ..core.cohesion import with_cohesion
 from ..core.newsets import clean_partials, commit_new_folders, name_file_text, next_names
 from ..core.swapexport import contact_sheet
 from ..engine import cluster_faces, normalize_rows, pairs_from_groups
@@ -206,6 +207,7 @@ def _build_part(src: Path, stage: Path, orig: dict, name: str, part: list[dict],
     m = faceset_manifest(head, name, orig.get("source_faceset", ""), run_label,
                          int(orig["top_n"]), centroid, kept, [], len(part), [])
     m["split_from"] = orig["name"]
+    with_cohesion(m)
     write_bundles(stage, m)
     contact_sheet([stage / e["file"] for e in kept[:int(orig["top_n"])]], stage / PREVIEW)
     atomic_write_bytes(stage / NAME_FILE, name_file_text(None).encode("utf-8")

@@ -4,7 +4,7 @@
 "use strict";
 const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const OVERVIEW_TILES = 12;
-let lib = null, cur = 0, selected = new Set(), faceSel = new Set(), farSet = new Set();
+let lib = null, cur = 0, selected = new Set(), faceSel = new Set(), mixedOf = new Map();
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, ...kids) {
@@ -23,7 +23,6 @@ function tile(t, name) {
   img.style.objectPosition = `-${t.x}px -${t.y}px`;
   const f = el("figure", {class: "tile", "data-file": t.file}, img,
                el("div", {class: "cap"}, t.label));
-  if (farSet.has(name + "/" + t.file)) { f.classList.add("far"); f.title = "far from the centroid"; }
   return f;
 }
 
@@ -33,7 +32,7 @@ async function load() {
   const r = await fetch(`/api/library?token=${encodeURIComponent(TOKEN)}`);
   if (!r.ok) { status(`cannot load the library (${r.status})`, true); return; }
   lib = await r.json();
-  farSet = new Set(lib.suggestions.far.map((f) => f.faceset + "/" + f.file));
+  mixedOf = new Map(lib.suggestions.mixed.map((m) => [m.faceset, m]));
   render();
 }
 
@@ -72,22 +71,26 @@ function renderOverview() {
     const tiles = c.tiles.slice(0, OVERVIEW_TILES).map((t) => tile(t, c.name));
     if (c.tiles.length > OVERVIEW_TILES) tiles.push(el("span", {class: "more"}, `+${c.tiles.length - OVERVIEW_TILES}`));
     const dropped = Object.entries(c.dropped).map(([k, v]) => `${k} ${v}`).join(", ");
-    const card = el("section", {class: "card" + (i === cur ? " cur" : "") + (selected.has(c.name) ? " sel" : ""),
-                                id: "card-" + c.name, "data-index": i},
+    const mix = mixedOf.get(c.name);
+    const card = el("section", {class: "card" + (i === cur ? " cur" : "") + (selected.has(c.name) ? " sel" : "") +
+                                (mix ? " mixed" : ""), id: "card-" + c.name, "data-index": i},
       el("h2", {}, box, el("a", {href: "#/" + c.name}, c.name), el("span", {class: "nm"}, c.title)),
       el("p", {}, `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") + (c.mapping ? ` · ${c.mapping}` : "")),
+      ...(mix ? [el("p", {class: "mix"}, mix.sentence)] : []),
       el("div", {class: "tiles"}, ...tiles));
     cards.push(card);
   });
   $("cards").replaceChildren(...cards);
   const s = lib.suggestions, lines = [];
+  for (const m of s.mixed) {   // most likely first; before merges: a mix is the worse error
+    const a = el("a", {href: "#/" + m.faceset}, "open");
+    lines.push(el("p", {class: "mix"}, `${m.faceset} (split ${m.split} / threshold ${m.threshold}) ${m.sentence} `, a));
+  }
   for (const g of s.merge) {
     const a = el("a", {href: "#", onclick: (e) => { e.preventDefault(); g.members.forEach((m) => toggleCard(m, true)); }},
                  "select");
     lines.push(el("p", {}, `${g.confident ? "merge" : "maybe merge"}: ${g.members.join(" + ")} (similarity ${g.similarity}) `, a));
   }
-  if (s.far.length) lines.push(el("p", {}, `${s.far.length} faces far from their centroid (orange captions): ` +
-    s.far.slice(0, 8).map((f) => `${f.faceset}/${f.file}`).join(", ")));
   if (s.note) lines.push(el("p", {}, s.note));
   if (!lines.length) lines.push(el("p", {}, "none"));
   $("suggestions").replaceChildren(...lines);
@@ -102,6 +105,8 @@ function renderFaceset(name) {
   $("fs-info").textContent = `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") +
     (c.mapping ? ` · ${c.mapping}` : "") + " · ";
   $("fs-info").append(el("span", {id: "fs-count"}, `${faceSel.size} selected`));
+  const mix = mixedOf.get(name);
+  if (mix) $("fs-info").append(" · ", el("span", {class: "mix"}, `${mix.sentence} (s splits it)`));
   $("rename-input").value = c.title;
   $("move-target").replaceChildren(...lib.cards.filter((x) => x.name !== name).map(
     (x) => el("option", {value: x.name}, x.name + (x.title ? " " + x.title : ""))));
