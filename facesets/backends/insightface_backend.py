@@ -137,6 +137,26 @@ def resolve_pack_dir(name: str, root: str | None) -> Path:
     return got
 
 
+def _scrfd_resize(height: int, width: int, input_size: tuple[int, int]) -> tuple[int, int]:
+    """The (width, height) InsightFace's SCRFD resizes an image to for ``input_size``."""
+    im_ratio = float(height) / width
+    if im_ratio > float(input_size[1]) / input_size[0]:
+        return int(input_size[1] / im_ratio), input_size[1]
+    return input_size[0], int(input_size[0] * im_ratio)
+
+
+def fitted_det_input(height: int, width: int, det_size: int) -> tuple[int, int]:
+    """The smallest detector input (width, height; multiples of the detector's largest
+    stride, 32) at which SCRFD resizes the image exactly as for the square det_size input,
+    so the padding shrinks and nothing else changes."""
+    want = _scrfd_resize(height, width, (det_size, det_size))
+    for extra in (0, 1):   # +1: float rounding could switch SCRFD's branch at an exact fit
+        size = tuple(min(det_size, -(-(side + extra) // 32) * 32) for side in want)
+        if _scrfd_resize(height, width, size) == want:
+            return size
+    return det_size, det_size
+
+
 class InsightFaceBackend(FaceBackend):
     """FaceAnalysis with its models used one by one, so detection and recognition can run
     on different decode scales of one photo (see facesets.steps.embed)."""
@@ -177,6 +197,11 @@ class InsightFaceBackend(FaceBackend):
         if with_recognition and self.rec is None:
             raise BackendError(f"model pack {pack} has no recognition model; "
                                "point --model at a complete InsightFace pack")
+        # On CPU a dynamic-shape detector runs on the photo's own aspect ratio instead of a
+        # padded square (4:3: 640x480, ~30% less detection work, same scale, boxes within
+        # ~0.7 px). GPU providers keep the one square shape they plan for.
+        self.fit_det_input = (self.providers[0] == "CPUExecutionProvider"
+                              and getattr(self.det, "static_input_size", True) is None)
         self.landmark_models = [m for t, m in app.models.items()
                                 if t.startswith("landmark")]
         self.has_landmarks = bool(self.landmark_models)
@@ -202,8 +227,11 @@ class InsightFaceBackend(FaceBackend):
         return dict(super().describe(), pack_dir=str(Path(self.pack_dir).resolve()))
 
     def detect(self, image):
+        size = None
+        if self.fit_det_input:
+            size = fitted_det_input(image.shape[0], image.shape[1], self.det_size)
         with inference_lock(self.providers):
-            bboxes, kpss = self.det.detect(image, max_num=0)
+            bboxes, kpss = self.det.detect(image, input_size=size, max_num=0)
         faces = []
         for i in range(bboxes.shape[0]):
             faces.append(DetectedFace(
