@@ -512,14 +512,16 @@ class JsonlAppender:
     def flush(self) -> None:
         if not self.pending:
             return
+        # taken before writing: a Ctrl-C during the fsync must not leave them pending, or
+        # the flush that follows the interrupt would append them a second time
+        lines, self.pending = self.pending, []
         new = not self.path.exists()
         with open(self.path, "ab") as fh:
-            fh.write(("\n".join(self.pending) + "\n").encode("utf-8"))
+            fh.write(("\n".join(lines) + "\n").encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         if new:
             fsync_dir(self.path.parent)
-        self.pending = []
 
 
 def latest_by_id(records: Iterable[dict]) -> dict[str, dict]:
