@@ -9,7 +9,7 @@ import numpy as np
 
 from ..io.fsutil import sha256_file
 from .base import (DEFAULT_DET_SIZE, BackendError, DetectedFace, FaceBackend,
-                   inference_lock)
+                   batch_dim_name, inference_lock, run_fixed_batches)
 
 DEFAULT_MODEL = "buffalo_l"
 DEFAULT_MODEL_ROOT = "~/.insightface"
@@ -50,6 +50,27 @@ def session_options(providers: list[str], intra_threads: int | None = None):
         if intra_threads or os.environ.get("FACESETS_ORT_THREADS"):
             opts.intra_op_num_threads = int(intra_threads or os.environ["FACESETS_ORT_THREADS"])
     return opts
+
+
+# DirectML re-plans for every new shape and runs free dimensions slowly (onnxruntime #14550):
+# there the recognition graph's batch is fixed to this by a free-dimension override and each
+# photo's faces are padded to it (most photos hold 1-4 faces: usually one run per photo)
+DML_REC_BATCH = 4
+
+
+def fixed_batch_session(model_file: str, providers: list[str], batch: int, opts=None):
+    """A session of ``model_file`` whose free batch dimension is fixed to ``batch`` (a
+    free-dimension override by the dimension's name), or None when the graph's batch
+    dimension is a number or unnamed (nothing to override)."""
+    import onnxruntime
+
+    probe = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+    name = batch_dim_name(probe)
+    if name is None:
+        return None
+    opts = opts or session_options(providers)
+    opts.add_free_dimension_override_by_name(name, int(batch))
+    return onnxruntime.InferenceSession(model_file, sess_options=opts, providers=providers)
 
 
 # the packs InsightFace's model zoo serves as NAME.zip: only these are ever downloaded
@@ -197,6 +218,9 @@ class InsightFaceBackend(FaceBackend):
         if with_recognition and self.rec is None:
             raise BackendError(f"model pack {pack} has no recognition model; "
                                "point --model at a complete InsightFace pack")
+        self.rec_batch = None   # the recognition graph's fixed batch, where it has one
+        if self.rec is not None and self.providers[0] == "DmlExecutionProvider":
+            self.fix_recognition_batch(DML_REC_BATCH, intra_threads)
         # On CPU a dynamic-shape detector runs on the photo's own aspect ratio instead of a
         # padded square (4:3: 640x480, ~30% less detection work, same scale, boxes within
         # ~0.7 px). GPU providers keep the one square shape they plan for.
@@ -211,6 +235,16 @@ class InsightFaceBackend(FaceBackend):
         else:
             self.embedding_dim = 0
             self.model_id = f"{self.name}:detection-only"
+
+    def fix_recognition_batch(self, batch: int, intra_threads: int | None = None) -> bool:
+        """Run recognition on a session whose batch dimension is fixed to ``batch`` (faces
+        padded to it by ``embed``); False when the graph's batch cannot be overridden."""
+        fixed = fixed_batch_session(self.rec.model_file, self.providers, batch,
+                                    session_options(self.providers, intra_threads))
+        if fixed is None:
+            return False
+        self.rec.session, self.rec_batch = fixed, int(batch)
+        return True
 
     def active_providers(self) -> list[str]:
         seen: list[str] = []
@@ -249,8 +283,12 @@ class InsightFaceBackend(FaceBackend):
         size = self.rec.input_size[0]
         crops = [face_align.norm_crop(image, landmark=f.kps, image_size=size) for f in faces]
         lock = inference_lock(self.providers)
-        if self.providers[0] == "DmlExecutionProvider":
-            # DirectML re-plans for every new batch shape: one face per run, one shape
+        if self.rec_batch:   # DirectML, batch fixed by the override: padded to it
+            with lock:
+                feats = run_fixed_batches(np.stack(crops), self.rec_batch,
+                                          lambda chunk: self.rec.get_feat(list(chunk)))
+        elif self.providers[0] == "DmlExecutionProvider":
+            # an unnamed batch dimension cannot be overridden: one face per run, one shape
             with lock:
                 feats = np.concatenate([self.rec.get_feat([c]) for c in crops])
         else:
