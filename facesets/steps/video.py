@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from ..backends.base import DEFAULT_DET_SIZE
 from ..formats import video as vf
@@ -41,6 +40,7 @@ from ..formats.queue import FAILURES_LOG, KIND_VIDEO, JsonlAppender, load_queue,
 from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, output_lock, read_json, \
     remove_temp_files
 from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, ERROR, NOFACE, OK, prefetch_stream
+from ..runtime.progress import progress_bar
 from ..runtime.worker import WorkerJob, WorkItem, map_param_path
 from ..sources.video import iter_frames, list_videos, sample_times
 
@@ -128,7 +128,7 @@ def scan_scenes(video_dir: str, state: str, detector: str = DEFAULT_DETECTOR,
     summary = ScenesSummary(videos=len(videos))
     root = video_dir if os.path.isdir(video_dir) else os.path.dirname(video_dir)
     keys: dict[str, str] = {}
-    for path in tqdm(videos, desc="scenes", unit="video", disable=not progress):
+    for path in progress_bar(videos, desc="scenes", unit="video", disable=not progress):
         key = vf.video_key(root, path)
         if key in keys:
             raise ValueError(f"{path} and {keys[key]} map to the same name {key!r}; rename one")
@@ -825,7 +825,7 @@ def _cut_locked(staged: dict[str, dict], out: Path, segments: list[dict], reenco
     summary = CutSummary(clips=len(segments))
     packets: dict[str, list[Packet]] = {}
     clips = []
-    for seg in tqdm(segments, desc="cut", unit="clip", disable=not progress):
+    for seg in progress_bar(segments, desc="cut", unit="clip", disable=not progress):
         rel = vf.clip_file(seg["key"], clip_uuid(seg))
         try:
             clip = _cut_segment(staged[seg["video"]], out, seg, reencode, packets, previous,
