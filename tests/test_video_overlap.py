@@ -53,6 +53,13 @@ def test_prefetch_stream_gives_the_serial_values_in_order_with_errors_at_their_i
               prefetch_stream([1, 2, 5, 6, 7], _produce, 2)]
     assert firsts == [(1, (1, 0)), (2, (2, 0)), (5, (5, 0)), (6, (6, 0)), (7, (7, 0))]
 
+    def eager(i):   # not a generator: raises when called, on the thread
+        if i == 1:
+            raise OSError("cannot open")
+        return [i]
+    assert _drain(prefetch_stream(range(3), eager, 2)) == [(0, [0]), (1, "cannot open"),
+                                                          (2, [2])]
+
 
 @pytest.mark.unit
 def test_prefetch_stream_bounds_the_work_ahead_and_stops_on_close():

@@ -160,7 +160,6 @@ def prefetch(items: Iterable[T], prepare: Callable[[T], R],
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-
 def prefetch_stream(items: Iterable[T], produce: Callable[[T], Iterable[R]], ahead: int = 8,
                     background: bool = True) -> Iterator[tuple[T, Iterator[R]]]:
     """``(item, its values)`` in input order, the values of ``produce(item)`` (a generator:
@@ -199,8 +198,9 @@ def prefetch_stream(items: Iterable[T], produce: Callable[[T], Iterable[R]], ahe
                 continue
             if item is todo:   # no more items
                 return
-            made_values = produce(item)
+            made_values = ()
             try:
+                made_values = produce(item)
                 for value in made_values:
                     if not put((seq, "value", value)):
                         return
