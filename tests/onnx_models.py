@@ -87,6 +87,27 @@ def occlusion_classifier(path: Path, batch: int | None = None) -> Path:
     return path
 
 
+def recognition_model(path: Path, batch: int | str | None = "n", dim: int = 16) -> Path:
+    """A stand-in recognition graph: input [N, 3, 112, 112] -> per-channel means -> a fixed
+    3 x ``dim`` projection -> [N, dim]. ``batch``: the batch dimension's name, a number
+    (fixed in the graph) or None (unnamed)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(7).normal(size=(3, dim)).astype(np.float32)
+    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["fc1"])]
+    graph = helper.make_graph(
+        nodes, "recognition_standin",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [batch, dim])],
+        initializer=[numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def expected_occluded(rgb) -> float:
     """The stand-in's p(occluded) for a crop of one solid colour (no resize effect)."""
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])

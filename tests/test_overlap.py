@@ -91,6 +91,33 @@ def test_progress_off_a_terminal_is_plain_lines(capsys, monkeypatch):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1, "only the last line"
 
 
+@pytest.mark.unit
+def test_every_progress_bar_goes_through_runtime_progress():
+    """tqdm is imported by runtime/progress.py alone: every other bar is progress_bar, so a
+    chain's log file gets plain lines, never carriage-return redraws."""
+    package = ROOT / "facesets"
+    users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                   if "tqdm" in p.read_text(encoding="utf-8"))
+    assert users == ["runtime/jobs.py", "runtime/progress.py"]
+    assert "import tqdm" not in (package / "runtime" / "jobs.py").read_text()
+
+
+def test_video_scenes_progress_in_a_log_is_plain_lines(tmp_path):
+    """A step that used tqdm directly (video scenes), its stderr to a file as in a chain."""
+    from conftest import VIDEO, needs_shared, run_cli
+
+    needs_shared()
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for clip in VIDEO.glob("*.mp4"):
+        os.symlink(clip, videos / clip.name)
+    proc = run_cli("video", "scenes", videos, tmp_path / "state",
+                   env={"FACESETS_PROGRESS_EVERY": "0"})
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("scenes: ")]
+    assert lines and lines[-1].startswith("scenes: 3/3 (100%)"), proc.stderr
+
+
 # ---- providers and fixed batches -----------------------------------------------------------
 @pytest.mark.unit
 def test_providers_note_names_what_ran_and_warns_on_a_fallback():

@@ -123,3 +123,29 @@ def providers_note(requested: list[str], active: list[str]) -> str:
         text += (f" (WARNING: {', '.join(missing)} was requested but FELL BACK TO THE CPU; "
                  "check the GPU driver and the onnxruntime build)")
     return text
+
+
+def run_fixed_batches(batch: np.ndarray, size: int | None, run) -> np.ndarray:
+    """``run`` (a graph's forward pass) over ``batch`` in chunks of exactly ``size`` rows,
+    the last one padded with zeros whose rows are dropped; ``size`` None (a free batch
+    dimension) or the batch's own length: one call. For graphs whose batch dimension is
+    fixed (a number in the graph, or a free-dimension override on DirectML)."""
+    if not size or len(batch) == size:
+        return np.asarray(run(batch))
+    parts = []
+    for start in range(0, len(batch), size):
+        chunk = batch[start:start + size]
+        real = len(chunk)
+        if real < size:
+            chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]),
+                                                    chunk.dtype)])
+        parts.append(np.asarray(run(chunk))[:real])
+    return np.concatenate(parts)
+
+
+def batch_dim_name(session) -> str | None:
+    """The symbolic name of a session's first input's batch dimension (what a free-dimension
+    override names), or None when it is a number or has no name."""
+    shape = session.get_inputs()[0].shape
+    dim = shape[0] if shape else None
+    return dim if isinstance(dim, str) and dim else None

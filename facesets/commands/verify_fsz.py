@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 
-from tqdm import tqdm
-
 from ..backends import BackendError
 from ..formats.bundle import BundleError, read_fsz
 from ..io.imageio import DEFAULT_MAX_PIXELS
+from ..runtime.progress import progress_bar
 from ..steps.verify import (bundle_model, find_bundles, listing_problems, png_digest,
                             verify_bundle)
 from .common import add_cache_model_options, add_progress_option, cache_model, load_for, say
@@ -69,8 +68,8 @@ def run(args) -> int:
     backends = Backends(args)
     failed = 0
     checked: dict[str, tuple[str, bool]] = {}   # PNG digest -> (first bundle, ok)
-    for path in tqdm(bundles, desc="verify-fsz", unit="bundle",
-                     disable=not args.progress or len(bundles) < 2):
+    for path in progress_bar(bundles, desc="verify-fsz", unit="bundle",
+                             disable=not args.progress or len(bundles) < 2):
         try:   # a bad bundle fails alone; the others are still checked
             contents = read_fsz(path)
             digest = png_digest(contents)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from ..engine import normalize_rows
 from .cohesion import with_cohesion
@@ -25,6 +24,7 @@ from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, NAME_TEMPLAT
                                faceset_manifest, write_bundles)
 from ..io.fsutil import atomic_write_bytes, internal_dir, write_image
 from ..io.imageio import ImageError, decode, read_header, scale_for
+from ..runtime.progress import progress_bar
 from .crop import Crop, single_face_crop
 from .near import (DEFAULT_MAX_DISTANCE, DEFAULT_SIZE_TOLERANCE, components, near_pairs,
                    relative_sizes, same_relative_size)
@@ -177,7 +177,7 @@ def crop_all(cache: FaceCache, sel: FaceSelection, plans: list[Planned], detect,
                               int(cache.files["height"][r]), min(sides), p.out_size)
 
     decoded = 0
-    bar = tqdm(total=len(plans), desc=desc, unit="crop", disable=not progress)
+    bar = progress_bar(total=len(plans), desc=desc, unit="crop", disable=not progress)
     shas = list(by_sha)
     with ThreadPoolExecutor(max_workers=max(1, p.workers)) as pool:
         window = max(2, 2 * p.workers)

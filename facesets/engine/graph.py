@@ -20,8 +20,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from tqdm import tqdm
 
+from ..runtime.progress import progress_bar
 from .base import ClusterEngine, add_rows, relabel_by_size
 from .knn import DEFAULT_K, knn_edges
 
@@ -151,7 +151,8 @@ def graph_average_linkage(x: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.nda
         forbidden = np.unique(_pair_keys(cl[:, 0], cl[:, 1], n))
         ok = ~np.isin(_pair_keys(u, v, n), forbidden)
         u, v, w = u[ok], v[ok], w[ok]
-    bar = tqdm(total=len(u), desc="clustering", unit="edge", disable=not progress, leave=False)
+    bar = progress_bar(total=len(u), desc="clustering", unit="edge", disable=not progress,
+                       leave=False)
     rounds = 0
     while len(u):
         rounds += 1

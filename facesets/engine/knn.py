@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from tqdm import tqdm
+
+from ..runtime.progress import progress_bar
 
 FLAT_MAX_FACES = 30000       # exact search below this: N^2 * D flops stays a few seconds
 DEFAULT_K = 32               # neighbours per face: enough to keep an identity connected
@@ -72,8 +73,8 @@ def _cell_search(x: np.ndarray, kk: int, n_probe: int | None, progress: bool):
     queries = queries[by_cell]
     qb = np.r_[0, np.cumsum(np.bincount(looks, minlength=n_cells))]
     del probes, looks, by_cell
-    bar = tqdm(total=len(queries), desc="neighbours (cells)", unit="probe",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=len(queries), desc="neighbours (cells)", unit="probe",
+                       disable=not progress, leave=False)
     for c in range(n_cells):
         if mb[c] == mb[c + 1] or qb[c] == qb[c + 1]:
             continue
@@ -89,8 +90,8 @@ def _cell_search(x: np.ndarray, kk: int, n_probe: int | None, progress: bool):
 def _flat_search(x: np.ndarray, kk: int, progress: bool):
     """Exact k-NN in batches of queries."""
     index = flat_index(x)
-    bar = tqdm(total=len(x), desc="neighbours (flat)", unit="face", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=len(x), desc="neighbours (flat)", unit="face", disable=not progress,
+                       leave=False)
     for s in range(0, len(x), SEARCH_BATCH):
         sims, nbr = index.search(x[s:s + SEARCH_BATCH], kk)
         yield np.arange(s, s + len(nbr), dtype=np.int64), nbr, sims

@@ -513,11 +513,14 @@ class JsonlAppender:
     def flush(self) -> None:
         if not self.pending:
             return
+        # taken before writing: a Ctrl-C during the fsync must not leave them pending, or
+        # the flush that follows the interrupt would append them a second time
+        lines, self.pending = self.pending, []
         new = not self.path.exists()
         write_point(self.path)
         try:
             with open(self.path, "ab") as fh:
-                fh.write(("\n".join(self.pending) + "\n").encode("utf-8"))
+                fh.write(("\n".join(lines) + "\n").encode("utf-8"))
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:   # a full disk names this file (a write() error names none)
@@ -526,7 +529,6 @@ class JsonlAppender:
             raise
         if new:
             fsync_dir(self.path.parent)
-        self.pending = []
 
 
 def latest_by_id(records: Iterable[dict]) -> dict[str, dict]:

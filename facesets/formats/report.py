@@ -460,10 +460,10 @@ def place_tiles(out: Path, cards: list[dict], progress: bool = False) -> set[str
             if not (thumbs / name).is_file():
                 todo.append((name, chunk))
     if todo:
-        from tqdm import tqdm
+        from ..runtime.progress import progress_bar
         seen = set()
-        for name, chunk in tqdm(todo, desc="report thumbnails", unit="sheet",
-                                disable=not progress):
+        for name, chunk in progress_bar(todo, desc="report thumbnails", unit="sheet",
+                                        disable=not progress):
             if name not in seen:
                 write_sheet(thumbs / name, chunk)
                 seen.add(name)

@@ -16,6 +16,7 @@ Importable with the queue worker's minimal requirements (tqdm only).
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_PREFETCH_WORKERS = 4
+STREAM_STOP_WAIT_S = 10.0   # prefetch_stream: how long closing waits for its thread
 
 
 def prefetch(items: Iterable[T], prepare: Callable[[T], R],
@@ -156,3 +158,93 @@ def prefetch(items: Iterable[T], prepare: Callable[[T], R],
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def prefetch_stream(items: Iterable[T], produce: Callable[[T], Iterable[R]], ahead: int = 8,
+                    background: bool = True) -> Iterator[tuple[T, Iterator[R]]]:
+    """``(item, its values)`` in input order, the values of ``produce(item)`` (a generator:
+    the frames of one video shot, decoded in order) made on one background thread for at
+    most ``ahead`` values beyond the one handed out, across items: while the caller works
+    on one shot's frames, the next frames (and the next shot's) are being decoded, and
+    memory stays bounded however long an item is. ``items`` is iterated here, in the
+    caller's thread (one item ahead). An exception ``produce`` raises is raised in that
+    item's values. ``background=False``: the serial loop. Closing the generator (Ctrl-C,
+    an error downstream) stops the thread at its next value."""
+    if not background:
+        for item in items:
+            yield item, iter(produce(item))
+        return
+    import queue as queue_mod
+
+    todo: queue_mod.Queue = queue_mod.Queue()
+    made: queue_mod.Queue = queue_mod.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                made.put(entry, timeout=0.1)
+                return True
+            except queue_mod.Full:
+                continue
+        return False
+
+    def run() -> None:
+        seq = 0
+        while not stop.is_set():
+            try:
+                item = todo.get(timeout=0.1)
+            except queue_mod.Empty:
+                continue
+            if item is todo:   # no more items
+                return
+            made_values = ()
+            try:
+                made_values = produce(item)
+                for value in made_values:
+                    if not put((seq, "value", value)):
+                        return
+                ending = (seq, "end", None)
+            except BaseException as exc:   # handed to the caller, in this item's values
+                ending = (seq, "error", exc)
+            finally:
+                # here, not at garbage collection: a video capture is released on this thread
+                getattr(made_values, "close", lambda: None)()
+            if not put(ending):
+                return
+            seq += 1
+
+    def values(seq: int) -> Iterator[R]:
+        while True:
+            at, kind, value = made.get()
+            if at < seq:   # left of an earlier item the caller did not drain
+                continue
+            if kind == "value":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
+    thread = threading.Thread(target=run, name="prefetch-stream", daemon=True)
+    thread.start()
+    source = iter(items)
+    sent: deque = deque()
+    try:
+        seq, exhausted = 0, False
+        while True:
+            while not exhausted and len(sent) < 2:   # the one handed out and the next
+                item = next(source, todo)
+                exhausted = item is todo
+                todo.put(item)
+                if not exhausted:
+                    sent.append(item)
+            if not sent:
+                return
+            yield sent.popleft(), values(seq)
+            seq += 1
+    finally:
+        stop.set()
+        # the thread stops at its next value; waiting for it keeps a decoder's native
+        # threads from being torn down under it at interpreter exit (Ctrl-C)
+        thread.join(timeout=STREAM_STOP_WAIT_S)

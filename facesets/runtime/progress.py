@@ -84,6 +84,9 @@ class PlainProgress:
     def set_postfix_str(self, *_a, **_k) -> None:
         pass
 
+    def set_postfix(self, *_a, **_k) -> None:
+        pass
+
     def __iter__(self):
         for value in self.iterable:
             yield value

@@ -175,23 +175,14 @@ class OnnxScorer(FaceScorer):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """The graph's first output for ``batch``, in chunks of its fixed batch size (the
         last one padded with zeros, whose rows are dropped) when it has one."""
-        from ..backends.base import inference_lock
+        from ..backends.base import inference_lock, run_fixed_batches
 
         lock = inference_lock(self.session.get_providers())
-        size = self.fixed_batch
-        if not size or len(batch) == size:
+
+        def forward(chunk: np.ndarray) -> np.ndarray:
             with lock:
-                return np.asarray(self.session.run(None, {self.input: batch})[0])
-        parts = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start:start + size]
-            real = len(chunk)
-            if real < size:
-                chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]),
-                                                        chunk.dtype)])
-            with lock:
-                parts.append(np.asarray(self.session.run(None, {self.input: chunk})[0])[:real])
-        return np.concatenate(parts)
+                return self.session.run(None, {self.input: chunk})[0]
+        return run_fixed_batches(batch, self.fixed_batch, forward)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         out = np.asarray(self._infer(batch), np.float64)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..core.cohesion import MIXED_RATIO, split_distances
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
@@ -24,6 +23,7 @@ from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, cluster
 from ..formats.report import write_report
 from ..io.fsutil import replace_dir
 from ..io.materialize import place_all
+from ..runtime.progress import progress_bar
 
 
 def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarray, out: Path,
@@ -35,8 +35,8 @@ def write_cluster_output(cache: FaceCache, sel: FaceSelection, labels: np.ndarra
     persons, singletons, missing = [], [], []
     splits = split_distances(sel.embeddings, labels)
     # placing (copying) tens of thousands of photos takes a while: a bar in a terminal
-    for members in tqdm(groups_by_label(labels), desc="placing photos", unit="cluster",
-                        disable=None):
+    for members in progress_bar(groups_by_label(labels), desc="placing photos", unit="cluster",
+                                disable=None):
         if len(members) >= 2:
             name = f"person_{len(persons):03d}"
             entries = []

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..core import runs
 from ..core.cohesion import with_cohesion
@@ -26,6 +25,7 @@ from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
 from ..formats.swapset import (MANIFEST_NAME, bundle_stem, bundles_entry, drop_destination,
                                faceset_listing)
 from ..io.fsutil import sha256_file
+from ..runtime.progress import progress_bar
 
 STEP = "dedup-optimize"
 SECTION = "dedup_optimize"     # the top-level manifest's records of this step
@@ -92,8 +92,8 @@ def plan_dedup(root: str | Path, near_threshold: float, progress: bool = True) -
     faces.sort(key=order)
     kept_by_sha: dict[str, str] = {}
     kept: list[tuple[str, dict]] = []
-    for name, face in tqdm(faces, desc="hashing face PNGs", unit="png", leave=False,
-                           disable=not progress or not faces):
+    for name, face in progress_bar(faces, desc="hashing face PNGs", unit="png", leave=False,
+                                   disable=not progress or not faces):
         sha = sha256_file(root / name / face["file"])
         if sha in kept_by_sha:
             plan.drops.append(Drop(name, face["file"], IDENTICAL, kept_by_sha[sha]))

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from tqdm import tqdm
-
 from ..formats.cache import load_cache
 from ..formats.immich_state import (ALIAS, ERROR, KNOWN, NOFACE, PARTIAL_DIR, SMALL, STAGED,
                                     STATE_DIR, THUMB, UNSUPPORTED, DONE, StateError,
@@ -40,6 +38,7 @@ from ..formats.immich_state import (ALIAS, ERROR, KNOWN, NOFACE, PARTIAL_DIR, SM
 from ..io.fsutil import fsync_dir, internal_dir, output_lock
 from ..io.imageio import IMAGE_EXTENSIONS
 from ..runtime.pipeline import work_dir
+from ..runtime.progress import progress_bar
 from ..sources.immich import (ImmichClient, ImmichRefused, RequestFailed, ServerDown,
                               asset_dims, face_short_edges, visibilities)
 
@@ -222,7 +221,7 @@ def _stage_locked(client: ImmichClient, user: str, cache_path: str, root: Path, 
     summary = StageSummary(root=str(root))
 
     assets = []
-    with tqdm(desc="listing", unit="asset", disable=not progress) as bar:
+    with progress_bar(desc="listing", unit="asset", disable=not progress) as bar:
         for a in client.iter_assets(visibilities(include_archived)):
             assets.append(a)
             bar.update()
@@ -243,7 +242,7 @@ def _stage_locked(client: ImmichClient, user: str, cache_path: str, root: Path, 
 
     stop: BaseException | None = None
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="immich")
-    bar = tqdm(total=len(todo), desc="staging", unit="asset", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="staging", unit="asset", disable=not progress)
     try:
         it = iter(todo)
         pending = set()

@@ -514,7 +514,7 @@ def write_report(plan: FilterPlan, report_dir: str, progress: bool = True) -> Pa
     thumbnails in REPORT_DIR/thumbs/. Opens from disk: no script, no network."""
     import html
 
-    from tqdm import tqdm
+    from ..runtime.progress import progress_bar
 
     from ..io.fsutil import atomic_write_bytes
 
@@ -523,7 +523,7 @@ def write_report(plan: FilterPlan, report_dir: str, progress: bool = True) -> Pa
     thr = plan.thresholds["image"]
     rows = []
     total = sum(len(v.scores) for v in plan.facesets)
-    bar = tqdm(total=total, desc="report thumbnails", unit="png", disable=not progress)
+    bar = progress_bar(total=total, desc="report thumbnails", unit="png", disable=not progress)
     for v in plan.facesets:
         cards = []
         m = load_manifest(plan.root / v.name / MANIFEST_NAME, SWAP_FACESET_MANIFEST)

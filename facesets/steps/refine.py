@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..core.refinement import RefineParams, RefineResult, refine_labels
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces
@@ -27,6 +26,7 @@ from ..formats.manifest import (REFINE_MANIFEST, REFINE_MANIFEST_FILE, dropped_e
 from ..formats.report import write_report
 from ..io.fsutil import replace_dir
 from ..io.materialize import place_all
+from ..runtime.progress import progress_bar
 
 
 def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult, out: Path,
@@ -38,7 +38,7 @@ def write_refine_output(cache: FaceCache, sel: FaceSelection, res: RefineResult,
     idx = np.flatnonzero(valid)
     groups = groups_by_label(res.labels[valid]) if valid.any() else []
     gated = res.gated_by_faceset()
-    for members in tqdm(groups, desc="placing photos", unit="faceset", disable=None):
+    for members in progress_bar(groups, desc="placing photos", unit="faceset", disable=None):
         name = f"faceset_{len(facesets):03d}"
         entries = []
         for i in idx[members]:
