@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FACES, PACK, ROOT, copy_cache, run_cli
+from conftest import FACES, PACK, ROOT, SHARED, copy_cache, run_cli
 from facesets.sources import folder
 from facesets.formats.cache import list_segments, load_cache
 from facesets.steps.embed import embed_folder
@@ -343,7 +343,7 @@ def test_packs_with_landmark_models_fill_landmarks_and_pose(tmp_path):
                                tmp_path / "packs" / "models" / "lmkpack")
     src = tmp_path / "src"
     _some_photos(src, people=2, per_person=2)
-    shutil.copy2(sorted((ROOT.parent / "shared" / "testdata" / "group").glob("*.jpg"))[0],
+    shutil.copy2(sorted((SHARED / "testdata" / "group").glob("*.jpg"))[0],
                  src / "group.jpg")
     cache = tmp_path / "l.npz"
     run_cli("embed", src, cache, "--model", "lmkpack", "--model-root", tmp_path / "packs",

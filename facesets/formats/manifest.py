@@ -200,11 +200,17 @@ def load_manifest(path: str | os.PathLike, kind: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest; run the step that writes it first")
-    try:
-        data = read_json(path)
-    except UnicodeDecodeError:   # a photo or another binary file given in its place
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    try:   # a photo or another binary file given in its place
+        head.decode("utf-8")
+        binary = b"\0" in head
+    except UnicodeDecodeError as exc:
+        binary = exc.start < len(head) - 3   # not a character cut at the 4096th byte
+    if binary:
         raise ManifestError(f"{path}: not a {kind} manifest (binary data, not JSON text); "
-                            "pass the right file") from None
+                            "pass the right file")
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != kind:
         raise ManifestError(f"{path}: not a {kind} manifest (format "
                             f"{data.get('format') if isinstance(data, dict) else '?'}); "
