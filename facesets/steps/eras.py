@@ -78,6 +78,27 @@ TOP_SUBCLUSTERS = 12      # sub-clusters the probe lists with their years
 PROBE_SIZES = 50          # sizes of the largest sub-clusters the probe keeps per distance
 
 
+
+def era_export_lines(plan) -> list[str]:
+    """Why each era that is not exported as a faceset went to _thin/ or nowhere (eras and
+    eras extend): the faces the export's gates kept of those planned, and the gates' reasons."""
+    planned = {e.name: e.faces for e in plan.eras}
+    out = []
+    for e in plan.result:
+        if not e["thin"]:
+            continue
+        dropped = plan.export_dropped.get(e["name"], {})
+        why = ", ".join(f"{r} {n}" for r, n in sorted(dropped.items()))
+        out.append(f"  era {e['name']}: {e['faces']} of its {planned.get(e['name'], '?')} "
+                   "faces passed the export's gates" + (f" (dropped: {why})" if why else "")
+                   + f", under --min-era-faces {plan.params.min_era_faces} -> "
+                   f"{THIN_DIR}/")
+    out += [f"  era {name}: none of its {planned.get(name, '?')} faces passed the export's "
+            "gates (export-swap's --min-face-short, --swap-outlier-threshold of the "
+            "source faceset)" for name in plan.skipped]
+    return out
+
+
 @dataclass
 class ErasParams:
     recover: float            # cosine distances: the model's (core/thresholds.py)
@@ -222,23 +243,7 @@ class ErasPlan:
                    if self.skipped else ""))
 
     def export_lines(self) -> list[str]:
-        """Why each era that is not exported as a faceset went to _thin/ or nowhere: the
-        faces the export's gates kept of those planned, and the gates' reasons."""
-        planned = {e.name: e.faces for e in self.eras}
-        out = []
-        for e in self.result:
-            if not e["thin"]:
-                continue
-            dropped = self.export_dropped.get(e["name"], {})
-            why = ", ".join(f"{r} {n}" for r, n in sorted(dropped.items()))
-            out.append(f"  era {e['name']}: {e['faces']} of its {planned.get(e['name'], '?')} "
-                       "faces passed the export's gates" + (f" (dropped: {why})" if why else "")
-                       + f", under --min-era-faces {self.params.min_era_faces} -> "
-                       f"{THIN_DIR}/")
-        out += [f"  era {name}: none of its {planned.get(name, '?')} faces passed the export's "
-                "gates (export-swap's --min-face-short, --swap-outlier-threshold of the "
-                "source faceset)" for name in self.skipped]
-        return out
+        return era_export_lines(self)
 
     def lines(self) -> list[str]:
         c = self.counts
@@ -528,23 +533,7 @@ class ExtendPlan:
     gated: dict[str, int] = field(default_factory=dict)     # era -> faces the export dropped
 
     def export_lines(self) -> list[str]:
-        """Why each era that is not exported as a faceset went to _thin/ or nowhere: the
-        faces the export's gates kept of those planned, and the gates' reasons."""
-        planned = {e.name: e.faces for e in self.eras}
-        out = []
-        for e in self.result:
-            if not e["thin"]:
-                continue
-            dropped = self.export_dropped.get(e["name"], {})
-            why = ", ".join(f"{r} {n}" for r, n in sorted(dropped.items()))
-            out.append(f"  era {e['name']}: {e['faces']} of its {planned.get(e['name'], '?')} "
-                       "faces passed the export's gates" + (f" (dropped: {why})" if why else "")
-                       + f", under --min-era-faces {self.params.min_era_faces} -> "
-                       f"{THIN_DIR}/")
-        out += [f"  era {name}: none of its {planned.get(name, '?')} faces passed the export's "
-                "gates (export-swap's --min-face-short, --swap-outlier-threshold of the "
-                "source faceset)" for name in self.skipped]
-        return out
+        return era_export_lines(self)
 
     def lines(self) -> list[str]:
         c = self.counts
