@@ -46,6 +46,11 @@ def _run(args) -> None:
         from facesets.engine import cluster_faces
         labels = cluster_faces(x, args.threshold, None, engine=args.method, timing=timing,
                                progress=False, merge_ratio=args.merge_ratio)
+        # what `cluster` adds after the engine: each cluster's split distance (core/cohesion)
+        from facesets.core.cohesion import split_distances
+        t1 = time.perf_counter()
+        split_distances(x, np.asarray(labels))
+        timing["split_s"] = round(time.perf_counter() - t1, 2)
     wall = time.perf_counter() - t0
     np.save(args.labels, np.asarray(labels))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -178,7 +183,8 @@ def cmd_scale(a) -> None:
     from facesets.core.metrics import bcubed_scores, pairwise_scores
     work = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     stats = fitted_stats(a.cache, work)
-    print("faces | identities | wall s (neighbours, clustering, merge) | peak MB (loaded MB) | "
+    print("faces | identities | wall s (neighbours, clustering, merge, split) | "
+          "peak MB (loaded MB) | "
           "edges, rounds | vs truth pairwise P/R/F, BCubed F")
     for n in a.sizes:
         emb, y = synth_data(n, 3, stats, work)
@@ -187,7 +193,8 @@ def cmd_scale(a) -> None:
         pw = pairwise_scores(labels, y)
         t = r["timing"]
         print(f"{n} | {len(np.unique(y))} | {r['wall_s']} ({t['neighbours_s']}, "
-              f"{t['clustering_s']}, {t.get('merge_s', '-')}) | {r['peak_mb']} "
+              f"{t['clustering_s']}, {t.get('merge_s', '-')}, {t.get('split_s', '-')}) | "
+              f"{r['peak_mb']} "
               f"({r['loaded_mb']}) | {t['edges']}, "
               f"{t['rounds']} | {pw.precision:.4f}/{pw.recall:.4f}/{pw.f:.4f}, "
               f"{bcubed_scores(labels, y).f:.4f}", flush=True)
