@@ -299,3 +299,21 @@ def test_derived_thresholds_follow_the_librarys_chosen_cluster_threshold():
         0.45, "model default")
     with pytest.raises(ThresholdError):   # no library, no calibration, no table
         library_threshold("import_tight", meta, None, LibrarySettings())
+
+
+@pytest.mark.unit
+def test_video_track_thresholds_come_from_the_library_of_its_faceset():
+    """`video track --faceset DIR` on a model without built-in thresholds: the link and
+    identity distances follow the library's cluster threshold (issue 22: it had none)."""
+    from facesets.core.settings import LibrarySettings, library_threshold
+    from facesets.core.thresholds import ThresholdError
+
+    lib = LibrarySettings(thresholds={"cluster": 0.62}, sources={"threshold:cluster": "flag"})
+    meta = {"model": "testpack_s"}
+    for name in ("track", "video_faceset"):   # buffalo_l: both at its cluster distance
+        assert library_threshold(name, meta, None, lib) == (
+            0.62, "derived from the library's cluster threshold")
+        assert library_threshold(name, {"model": "buffalo_l"}, None, lib) == (
+            0.55, "model default")
+        with pytest.raises(ThresholdError):   # no faceset given: no library to ask
+            library_threshold(name, meta, None, LibrarySettings())

@@ -97,7 +97,7 @@ def run_stage(args) -> int:
 
 
 def run_track(args) -> int:
-    from ..core.thresholds import resolve_threshold
+    from ..core.settings import library_settings, library_threshold
     from ..formats import video as vf
     from ..formats.queue import KIND_VIDEO, load_queue
     from ..io.fsutil import read_json
@@ -107,16 +107,22 @@ def run_track(args) -> int:
     model = read_json(model_file) if model_file.is_file() else {}
     model = model if isinstance(model, dict) else {}
     meta = {"model": model.get("model")}
+    # --faceset names a faceset of a library: its recorded thresholds serve a model without
+    # built-in ones (flag > library > model table)
+    lib = library_settings(Path(args.faceset).parent if args.faceset else None)
+    threshold, source = library_threshold("track", meta, args.threshold, lib)
+    if source not in ("flag", "model default"):
+        say(f"video track: link distance {threshold} ({source})")
     params = step.TrackParams(
-        threshold=resolve_threshold("track", meta, args.threshold),
+        threshold=threshold,
         fps=float(queue["params"]["fps"]), gap=args.gap, max_yaw=args.max_yaw,
         min_face_short=args.min_face_short, min_det_score=args.min_det_score,
         min_pass=args.min_pass, min_len=args.min_len, max_len=args.max_len)
     identity, name = None, ""
     if args.faceset:
         identity, name = step.faceset_identity(args.faceset, model.get("model_id"))
-        params.faceset_threshold = resolve_threshold("video_faceset", meta,
-                                                     args.faceset_threshold)
+        params.faceset_threshold = library_threshold("video_faceset", meta,
+                                                     args.faceset_threshold, lib)[0]
     doc = step.track_segments(args.state, params, identity, name)
     p = doc["params"]
     secs = sum(s["end"] - s["start"] for s in doc["segments"])

@@ -130,7 +130,8 @@ def threshold_source(name: str, meta: dict, given: float | None) -> str:
 # buffalo_l's ratio to its own cluster threshold (docs/clustering.md, "Derived thresholds")
 DERIVED_FROM_CLUSTER = ("consolidate_group", "consolidate_merge", "dedup_near",
                         "import_loose", "import_tight", "route", "discover_near", "split",
-                        "eras_recover", "eras_tighten", "eras_split", "eras_attach")
+                        "eras_recover", "eras_tighten", "eras_split", "eras_attach",
+                        "track", "video_faceset")
 # eras' probe: sub-cluster sizes at these distances (buffalo_l); another model's are scaled
 # by its eras_split / buffalo_l's (probe_levels)
 ERAS_PROBE = (0.30, 0.35, 0.40, 0.45, 0.50)
