@@ -307,9 +307,33 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         assert page.locator("section.card").count() == 3
         page.keyboard.press("u")
         wait_done(page, "undo")
+        said = page.locator("#status").inner_text()
+        assert re.search(r"run \S+ \(consolidate of faceset_000, faceset_003\) undone", said), said
         assert without_volatile(tree(out)) == without_volatile(original)
         check_library(out)
         assert page.locator("section.card").count() == 4
+
+        # quarantine asks first (n cancels, changes nothing; Enter confirms), then the
+        # status line's undo brings the faceset back
+        page.goto(srv.url + "#/faceset_002")
+        page.wait_for_selector("#fs-tiles .tile")
+        before_q = tree(out)
+        page.keyboard.press("q")
+        page.wait_for_selector("#confirm[open]")
+        assert "Quarantine faceset_002?" in page.locator("#confirm").inner_text()
+        page.keyboard.press("n")
+        page.wait_for_selector("#confirm", state="hidden")
+        assert tree(out) == before_q
+        page.keyboard.press("q")
+        page.wait_for_selector("#confirm[open]")
+        page.keyboard.press("Enter")
+        wait_done(page, "quarantine")
+        assert (out / "_quarantine").is_dir() and not (out / "faceset_002").exists()
+        assert "faceset_002 quarantined" in page.locator("#status").inner_text()
+        page.locator("#status-undo").click()
+        wait_done(page, "undo")
+        assert without_volatile(tree(out)) == without_volatile(original)
+        check_library(out)
 
         # split: the selected faces become one new faceset, the others another
         assert page.evaluate("lib.split")
@@ -342,8 +366,8 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
     finally:
         srv.close()
     hist = run_cli("history", out).stdout
-    assert hist.count("undone by") == 4, hist
-    for step in ("rename", "drop-faces", "consolidate", "split"):
+    assert hist.count("undone by") == 5, hist
+    for step in ("rename", "drop-faces", "consolidate", "quarantine", "split"):
         assert step in hist
 
 

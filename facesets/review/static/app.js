@@ -61,7 +61,12 @@ async function act(action, body) {
   faceSel.clear(); selected.clear();
   await load();
   // after the new state is shown: what was done, and its undo
-  status(`${action} done (run ${res.run || "-"}): ${describe(action, body)} `);
+  let what = describe(action, body);
+  if (action === "undo") {           // name the run it reversed, from the new history
+    const h = lib.history.find((x) => x.undone_by && x.undone_by === res.run);
+    if (h) what = `run ${h.id} (${h.step}${h.facesets.length ? " of " + h.facesets.slice(0, 3).join(", ") : ""}) undone`;
+  }
+  status(`${action} done (run ${res.run || "-"}): ${what} `);
   if (res.run && action !== "undo")
     $("status").append(el("button", {id: "status-undo", onclick: () => act("undo", {run: res.run})}, "undo"));
   return true;
