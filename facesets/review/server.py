@@ -284,11 +284,12 @@ def make_handler(lib: Library, token: str, port_ref: list):
             if path == "/api/library":
                 return self._send(200, lib.model_json())
             if path == "/api/merge-preview":
-                try:
-                    preview = lib.merge_preview(query.get("faceset") or [])
+                try:    # a centroid of zeros would give NaN: refused, never sent
+                    preview = json.dumps(lib.merge_preview(query.get("faceset") or []),
+                                         allow_nan=False)
                 except (ValueError, ManifestError) as exc:
                     return self._error(400, str(exc))
-                return self._send(200, json.dumps(preview).encode())
+                return self._send(200, preview.encode())
             if path.startswith("/thumbs/"):
                 name = path[len("/thumbs/"):]
                 f = lib.root / THUMBS_DIR / name
