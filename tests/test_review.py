@@ -312,6 +312,14 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         assert without_volatile(tree(out)) == without_volatile(original)
         check_library(out)
         assert page.locator("section.card").count() == 4
+        # the overview's history: every run, newest first, the undone ones marked
+        runs_now = load(out / "manifest.json")["runs"]
+        rows = page.locator("#all-history tr")
+        assert rows.count() == len(runs_now)
+        assert [rows.nth(i).get_attribute("data-run") for i in range(rows.count())] == \
+            [r["id"] for r in reversed(runs_now)]
+        assert page.locator("#all-history tr.undone").count() == \
+            sum(1 for r in runs_now if r.get("undone_by")) == 3   # rename, drop, merge
 
         # quarantine asks first (n cancels, changes nothing; Enter confirms), then the
         # status line's undo brings the faceset back
