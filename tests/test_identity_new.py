@@ -101,6 +101,41 @@ def facesets(lib: Path) -> dict[str, dict]:
     return {e["name"]: load(lib / e["manifest"]) for e in load(lib / "manifest.json")["facesets"]}
 
 
+def overview_captions_say_imported(lib: Path, sets: dict[str, dict]) -> None:
+    """The overview page (index.html, in Chromium) captions an imported faceset by what
+    made it, never "from refine", and names it by its label, also with NAME.txt gone."""
+    import sys  # noqa: PLC0415
+
+    from facesets.formats.report import write_report  # noqa: PLC0415
+    pw = pytest.importorskip("playwright.sync_api")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_report import CHROMIUM, CHROMIUM_ARGS  # noqa: PLC0415
+
+    def cards() -> dict[str, tuple[str, str]]:
+        with pw.sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = b.new_page()
+            page.goto((lib / "index.html").as_uri(), wait_until="load")
+            out = {n: (page.locator(f"#{n} h2 .nm").inner_text(),
+                       page.locator(f"#{n} p.map").inner_text()) for n in sets}
+            b.close()
+        return out
+
+    shown = cards()
+    labels = {n: m["label"] for n, m in sets.items()}
+    assert shown == {n: (labels[n], f"added by import-folders from {labels[n]}")
+                     for n in sets}, shown
+    name_file = lib / "faceset_001" / "NAME.txt"
+    kept = name_file.read_bytes()
+    name_file.unlink()
+    try:
+        write_report(lib)
+        assert cards()["faceset_001"][0] == labels["faceset_001"]
+    finally:
+        name_file.write_bytes(kept)
+        write_report(lib)
+
+
 def test_import_folders_hand_sorted_with_route_then_more_then_undo(inputs, tmp_path):
     cache, lib = fresh(inputs, tmp_path)
     dry = import_sorted(inputs, cache, lib, "--route", inputs / "p" / "mixed", "--dry-run")
@@ -120,6 +155,7 @@ def test_import_folders_hand_sorted_with_route_then_more_then_undo(inputs, tmp_p
         # of the LFW photos dropped out in the two passes
         assert {person(f) for f in m["faces"]} == {label}, (name, [f["path"] for f in m["faces"]])
         assert len(m["faces"]) >= 5
+    overview_captions_say_imported(lib, sets)
     # the group photo fed two facesets, each with its own face (Ariel left, Colin right)
     grouped = {n: [f for f in m["faces"] if f["path"].endswith("/group.jpg")]
                for n, m in sets.items()}

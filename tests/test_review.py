@@ -111,7 +111,8 @@ class Review:
     def __init__(self, root: Path):
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "sort_faces.py"), "review", str(root), "--no-browser",
-             "--group-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5"],
+             "--group-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
+             "--split-threshold", TEST_THRESHOLD],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         line = self.proc.stdout.readline()
         m = re.search(r"(http://127\.0\.0\.1:(\d+)/\?token=(\S+))", line)
@@ -182,6 +183,14 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         for addr in outside_addresses():
             with pytest.raises(OSError):
                 socket.create_connection((addr, srv.port), timeout=2).close()
+        # the browser's unasked /favicon.ico: an empty answer, not a 403, with no token
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/favicon.ico") as r:
+            assert r.status == 204 and r.read() == b""
+        # the merge preview is data: it needs the token like the rest
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/api/merge-preview"
+                                   "?faceset=faceset_000&faceset=faceset_003")
+        assert e.value.code == 403
         assert tree(out) == original, "refused requests change nothing"
 
         # the page's CSP allows no eval; Playwright's waits need it (the test's own code)
@@ -221,11 +230,24 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         assert len(moved) == 2 and all((out / "faceset_001" / p).is_file() for p in moved)
         check_library(out)
         assert page.locator("#fs-tiles .tile").count() == n - 2
-        assert page.locator("#fs-history li").count() == 2   # rename, drop
+        # what was done is said at once, with its own undo button
+        said = page.locator("#status").inner_text()
+        assert "2 faces dropped from faceset_001" in said, said
+        # history: one row per run, newest first, in words (no raw JSON)
+        rows = page.locator("#fs-history tr")
+        assert rows.count() == 2   # drop, rename
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(2)] == \
+            ["drop-faces", "rename"]
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", rows.nth(0).locator("td").nth(1).inner_text())
+        assert "{" not in page.locator("#fs-history").inner_text()
+        assert rows.nth(0).locator("td").nth(3).inner_text().startswith("kept")
 
-        # undo the drop (u), then the rename (its history button)
-        page.keyboard.press("u")
+        # undo the drop (the status line's undo), then the rename (its history button)
+        page.locator("#status-undo").click()
         wait_done(page, "undo")
+        rows = page.locator("#fs-history tr")
+        assert rows.count() == 3 and rows.nth(1).locator("td").nth(3).inner_text() \
+            .startswith("undone by")
         assert without_volatile(tree(out)) == without_volatile(before_drop)
         check_library(out)
         page.locator("#fs-history button").first.click()
@@ -238,7 +260,41 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         page.wait_for_selector("#card-faceset_003")
         page.locator("#card-faceset_000 input[type=checkbox]").check()
         page.locator("#card-faceset_003 input[type=checkbox]").check()
+        before_merge = tree(out)
+        # m asks first: both facesets with faces and their similarity; Esc changes nothing
         page.keyboard.press("m")
+        page.wait_for_selector("#confirm[open] .preview .tile")
+        text = page.locator("#confirm").inner_text()
+        assert "faceset_000" in text and "faceset_003" in text, text
+        assert page.locator("#confirm .preview").count() == 2
+        preview = page.evaluate("fetch('/api/merge-preview?token=' + TOKEN + "
+                                "'&faceset=faceset_000&faceset=faceset_003').then(r => r.json())")
+        assert f"similarity {preview['similarity']}" in text
+        assert not preview["likely_different"] and "likely different" not in text
+        shot(page, tmp_path / "review_merge_confirm.png")
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#confirm", state="hidden")
+        assert tree(out) == before_merge, "a cancelled merge changes nothing"
+        # two different people: the dialog says so when their distance is over the split
+        # threshold
+        page.locator("#card-faceset_003 input[type=checkbox]").uncheck()
+        page.locator("#card-faceset_001 input[type=checkbox]").check()
+        page.keyboard.press("m")
+        page.wait_for_selector("#confirm[open] .preview .tile")
+        other = page.evaluate("fetch('/api/merge-preview?token=' + TOKEN + "
+                              "'&faceset=faceset_000&faceset=faceset_001').then(r => r.json())")
+        assert other["split_threshold"] is not None
+        assert other["likely_different"] == (other["distance"] > other["split_threshold"])
+        assert other["likely_different"], (other, preview)
+        assert "likely different people" in page.locator("#confirm").inner_text()
+        page.keyboard.press("n")
+        page.wait_for_selector("#confirm", state="hidden")
+        assert tree(out) == before_merge
+        page.locator("#card-faceset_001 input[type=checkbox]").uncheck()
+        page.locator("#card-faceset_003 input[type=checkbox]").check()
+        page.keyboard.press("m")
+        page.wait_for_selector("#confirm[open] .preview .tile")
+        page.keyboard.press("Enter")
         wait_done(page, "merge")
         top = load(out / "manifest.json")
         assert [e["name"] for e in top["facesets"]] == ["faceset_000", "faceset_001",
@@ -251,9 +307,41 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
         assert page.locator("section.card").count() == 3
         page.keyboard.press("u")
         wait_done(page, "undo")
+        said = page.locator("#status").inner_text()
+        assert re.search(r"run \S+ \(consolidate of faceset_000, faceset_003\) undone", said), said
         assert without_volatile(tree(out)) == without_volatile(original)
         check_library(out)
         assert page.locator("section.card").count() == 4
+        # the overview's history: every run, newest first, the undone ones marked
+        runs_now = load(out / "manifest.json")["runs"]
+        rows = page.locator("#all-history tr")
+        assert rows.count() == len(runs_now)
+        assert [rows.nth(i).get_attribute("data-run") for i in range(rows.count())] == \
+            [r["id"] for r in reversed(runs_now)]
+        assert page.locator("#all-history tr.undone").count() == \
+            sum(1 for r in runs_now if r.get("undone_by")) == 3   # rename, drop, merge
+
+        # quarantine asks first (n cancels, changes nothing; Enter confirms), then the
+        # status line's undo brings the faceset back
+        page.goto(srv.url + "#/faceset_002")
+        page.wait_for_selector("#fs-tiles .tile")
+        before_q = tree(out)
+        page.keyboard.press("q")
+        page.wait_for_selector("#confirm[open]")
+        assert "Quarantine faceset_002?" in page.locator("#confirm").inner_text()
+        page.keyboard.press("n")
+        page.wait_for_selector("#confirm", state="hidden")
+        assert tree(out) == before_q
+        page.keyboard.press("q")
+        page.wait_for_selector("#confirm[open]")
+        page.keyboard.press("Enter")
+        wait_done(page, "quarantine")
+        assert (out / "_quarantine").is_dir() and not (out / "faceset_002").exists()
+        assert "faceset_002 quarantined" in page.locator("#status").inner_text()
+        page.locator("#status-undo").click()
+        wait_done(page, "undo")
+        assert without_volatile(tree(out)) == without_volatile(original)
+        check_library(out)
 
         # split: the selected faces become one new faceset, the others another
         assert page.evaluate("lib.split")
@@ -286,8 +374,8 @@ def test_review_page_rename_drop_merge_and_undo_each(library, browser, tmp_path)
     finally:
         srv.close()
     hist = run_cli("history", out).stdout
-    assert hist.count("undone by") == 4, hist
-    for step in ("rename", "drop-faces", "consolidate", "split"):
+    assert hist.count("undone by") == 5, hist
+    for step in ("rename", "drop-faces", "consolidate", "quarantine", "split"):
         assert step in hist
 
 

@@ -94,6 +94,42 @@ def test_a_foreign_origin_is_refused_even_with_the_token(server, origin):
     assert tree(out) == original
 
 
+def raw_get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("query, says", [
+    ("", "two facesets"), ("&faceset=faceset_000", "two facesets"),
+    ("&faceset=faceset_000&faceset=faceset_999", "no faceset 'faceset_999'"),
+    ("&faceset=faceset_000&faceset=..%2Fmanifest.json", "no faceset '../manifest.json'"),
+    ("&faceset=faceset_000&faceset=%2Fetc%2Fpasswd", "no faceset '/etc/passwd'")])
+def test_a_bad_merge_preview_is_one_400_line_and_changes_nothing(server, query, says):
+    port, token, out, original, proc = server
+    status, answer = raw_get(port, f"/api/merge-preview?token={token}{query}")
+    assert status == 400 and says in one_error(answer), answer
+    assert proc.poll() is None and tree(out) == original
+
+
+def test_merge_preview_and_favicon(server):
+    port, token, out, original, proc = server
+    status, answer = raw_get(port, f"/api/merge-preview?token={token}"
+                             "&faceset=faceset_000&faceset=faceset_003")
+    preview = json.loads(answer)
+    assert status == 200 and sorted(preview["members"]) == ["faceset_000", "faceset_003"]
+    assert 0 < preview["similarity"] <= 1      # each figure rounded to 3 places
+    assert abs(preview["distance"] - (1 - preview["similarity"])) <= 0.0015
+    assert raw_get(port, "/favicon.ico") == (204, b"")
+    assert raw_get(port, "/favicon.ico", host="evil.example")[0] == 421
+    assert tree(out) == original
+
+
 def test_the_servers_own_origin_is_served(server):
     """The page's own requests (Origin: this server) still work: a rename, then undone."""
     port, token, out, original, proc = server

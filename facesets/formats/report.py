@@ -36,7 +36,8 @@ from .manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, REFINE_MANIFEST,
                        REFINE_MANIFEST_FILE, SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError,
                        load_manifest, safe_member_path)
 from .runs import clear_report_pending
-from .swapset import FACES_DIR, MANIFEST_NAME, NAME_FILE, dropped_counts
+from .swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, dropped_counts, faceset_label,
+                      faceset_origin)
 
 REPORT_FILE = "index.html"
 THUMBS_DIR = "_thumbs"
@@ -252,13 +253,14 @@ def swap_faceset_card(out: Path, name: str, raw_of: dict[str, str] | None = None
     for k in ("top", "all"):
         if isinstance(b.get(k), str) and _plain_name(b[k]):
             links.append((b[k], f"{name}/{b[k]}"))
-    mapping = f"from refine {fm.get('source_faceset')}" if fm.get("source_faceset") else ""
+    mapping = faceset_origin(fm)
     if raw_of:
         persons = _mapping([f["key"] for f in fm["faces"]] + [str(d.get("key"))
                                                              for d in fm["dropped"]], raw_of)
         if persons:
             mapping += f" · raw {persons}"
-    return _card(name, tiles, title=read_name(fdir), kept=len(fm["faces"]),
+    # NAME.txt (the operator's) first, else the label it was imported under
+    return _card(name, tiles, title=read_name(fdir) or faceset_label(fm), kept=len(fm["faces"]),
                  dropped=dropped_counts(fm["dropped"]), links=links, mapping=mapping,
                  dropped_tiles=_dropped_tiles(out, fdir, path, fm["dropped"]),
                  top_n=int(fm["top_n"]),

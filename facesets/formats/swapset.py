@@ -67,6 +67,38 @@ def bundle_stem(manifest: dict) -> str:
 
 
 BUNDLE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+ADDED_BY_STEP = re.compile(r"[a-z][a-z0-9-]{0,39}")
+LABEL_MAX = 200
+
+
+def faceset_label(manifest: dict) -> str:
+    """A faceset's ``label`` (the folder name it was imported from), one line of at most
+    LABEL_MAX characters; "" when it has none or it is not a string."""
+    label = manifest.get("label")
+    if not isinstance(label, str):
+        return ""
+    return " ".join(label.split())[:LABEL_MAX]
+
+
+def faceset_origin(manifest: dict) -> str:
+    """What made a faceset, in words: "from refine NAME" for export-swap's, "added by STEP"
+    (and the folder it read, where it says one) for a faceset import-folders, discover or
+    eras added (its ``added_by``); "" when neither is known. Untrusted: a malformed
+    ``added_by`` reads as "added by another step"."""
+    added = manifest.get("added_by")
+    if added is not None:
+        step = added.get("step") if isinstance(added, dict) else None
+        if not isinstance(step, str) or not ADDED_BY_STEP.fullmatch(step):
+            return "added by another step"
+        source = added.get("source") if isinstance(added.get("source"), dict) else {}
+        folder = source.get("folder")
+        name = folder.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] \
+            if isinstance(folder, str) else ""
+        if name.strip():     # the folder's own name: the path is in the added[] record
+            return f"added by {step} from {' '.join(name.split())[:LABEL_MAX]}"
+        return f"added by {step}"
+    source = manifest.get("source_faceset")
+    return f"from refine {source}" if isinstance(source, str) and source else ""
 
 
 def label_stem(label: str) -> str | None:

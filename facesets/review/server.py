@@ -82,6 +82,30 @@ class Library:
             merges, note = [], f"no merge suggestions: {exc}"
         return {"merge": merges, "mixed": mixed_suggestions(cards), "note": note}
 
+    def _split_threshold(self) -> float | None:
+        """The distance over which two faces' groups are taken for two people (``split``'s
+        threshold); None when this model has none."""
+        try:
+            value, _ = resolve_with_source("split", self.meta, self.split_threshold,
+                                           derived("split", self.meta))
+        except ThresholdError:
+            return None
+        return float(value)
+
+    def merge_preview(self, names: list[str]) -> dict:
+        """What a merge of ``names`` would join, for the page to confirm: the facesets'
+        lowest pairwise centroid similarity, and whether that distance is over the split
+        threshold (likely different people). Changes nothing."""
+        with self.lock:
+            plan = consolidate.plan_merge(self.root, names)
+            threshold = self._split_threshold()
+        g = plan.groups[0]
+        distance = 1.0 - g.min_similarity
+        return {"members": g.members, "similarity": round(g.min_similarity, 3),
+                "distance": round(distance, 3),
+                "split_threshold": None if threshold is None else round(threshold, 3),
+                "likely_different": threshold is not None and distance > threshold}
+
     def refresh(self) -> None:
         """Rewrite index.html and its sheets, and build the page's data from the same cards
         (call under ``self.lock``)."""
@@ -245,6 +269,8 @@ def make_handler(lib: Library, token: str, port_ref: list):
                 return self._error(403, "foreign Origin")
             query = parse_qs(url.query)
             path = url.path
+            if path == "/favicon.ico":      # browsers ask unasked; no icon, nothing else said
+                return self._send(204, b"", "image/x-icon", cache=True)
             if path == "/":
                 path = "/static/index.html"
             if path.startswith("/static/"):
@@ -257,6 +283,13 @@ def make_handler(lib: Library, token: str, port_ref: list):
                 return self._error(403, "missing or wrong token")
             if path == "/api/library":
                 return self._send(200, lib.model_json())
+            if path == "/api/merge-preview":
+                try:    # a centroid of zeros would give NaN: refused, never sent
+                    preview = json.dumps(lib.merge_preview(query.get("faceset") or []),
+                                         allow_nan=False)
+                except (ValueError, ManifestError) as exc:
+                    return self._error(400, str(exc))
+                return self._send(200, preview.encode())
             if path.startswith("/thumbs/"):
                 name = path[len("/thumbs/"):]
                 f = lib.root / THUMBS_DIR / name

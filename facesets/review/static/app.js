@@ -36,6 +36,21 @@ async function load() {
   render();
 }
 
+// what an action did, in words, shown at once beside its undo button
+function describe(action, b) {
+  const n = (b.files || []).length, faces = `${n} face${n === 1 ? "" : "s"}`;
+  switch (action) {
+    case "rename": return `${b.faceset} renamed to "${b.name}"`;
+    case "drop": return `${faces} dropped from ${b.faceset}`;
+    case "move": return `${faces} moved from ${b.faceset} to ${b.into}`;
+    case "merge": return `merged ${b.facesets.join(" + ")}`;
+    case "quarantine": return `${b.faceset} quarantined`;
+    case "split": return n ? `${faces} split off ${b.faceset}` : `${b.faceset} split`;
+    case "undo": return b.run ? `run ${b.run} undone` : "the last run undone";
+    default: return action;
+  }
+}
+
 async function act(action, body) {
   status(`${action}…`);
   const r = await fetch(`/api/${action}`, {method: "POST",
@@ -45,8 +60,51 @@ async function act(action, body) {
   if (!r.ok) { status(`${action} failed: ${res.error}`, true); return false; }
   faceSel.clear(); selected.clear();
   await load();
-  status(`${action} done (run ${res.run || "-"})`);   // after the new state is shown
+  // after the new state is shown: what was done, and its undo
+  let what = describe(action, body);
+  if (action === "undo") {           // name the run it reversed, from the new history
+    const h = lib.history.find((x) => x.undone_by && x.undone_by === res.run);
+    if (h) what = `run ${h.id} (${h.step}${h.facesets.length ? " of " + h.facesets.slice(0, 3).join(", ") : ""}) undone`;
+  }
+  status(`${action} done (run ${res.run || "-"}): ${what} `);
+  if (res.run && action !== "undo")
+    $("status").append(el("button", {id: "status-undo", onclick: () => act("undo", {run: res.run})}, "undo"));
   return true;
+}
+
+// a modal question before an action that is not undone with one key: Enter or y confirms,
+// Esc or n cancels (the page's other keys are off while it is open)
+function ask(title, kids, okLabel, onOk) {
+  const d = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-body").replaceChildren(...kids);
+  $("confirm-ok").textContent = okLabel;
+  $("confirm-ok").onclick = () => { d.close(); onOk(); };
+  $("confirm-cancel").onclick = () => d.close();
+  d.showModal();
+  $("confirm-ok").focus();
+}
+
+async function confirmMerge() {
+  if (selected.size < 2) return;
+  const names = [...selected];
+  const q = names.map((n) => `faceset=${encodeURIComponent(n)}`).join("&");
+  const r = await fetch(`/api/merge-preview?token=${encodeURIComponent(TOKEN)}&${q}`);
+  const p = await r.json().catch(() => ({error: `HTTP ${r.status}`}));
+  if (!r.ok) { status(`merge failed: ${p.error}`, true); return; }
+  const kids = p.members.map((name, i) => {
+    const c = lib.cards.find((x) => x.name === name) || {title: "", tiles: [], kept: 0};
+    return el("div", {class: "preview"},
+      el("h3", {}, name + " ", el("span", {class: "nm"}, c.title),
+         el("span", {}, ` · ${c.kept} faces` + (i === 0 ? " · keeps its name" : ""))),
+      el("div", {class: "tiles"}, ...c.tiles.slice(0, 6).map((t) => tile(t, name))));
+  });
+  kids.push(el("p", {id: "merge-similarity"}, `similarity ${p.similarity} (distance ${p.distance}` +
+    (p.split_threshold === null ? ")" : `, split threshold ${p.split_threshold})`)));
+  if (p.likely_different)
+    kids.push(el("p", {class: "mix", id: "merge-warning"},
+      `likely different people: their distance ${p.distance} is above the split threshold ${p.split_threshold}`));
+  ask(`Merge ${p.members.length} facesets?`, kids, "Merge", () => act("merge", {facesets: names}));
 }
 
 function toggleCard(name, on) {
@@ -95,6 +153,7 @@ function renderOverview() {
   if (!lines.length) lines.push(el("p", {}, "none"));
   $("suggestions").replaceChildren(...lines);
   $("merge").disabled = selected.size < 2;
+  renderHistory($("all-history"), lib.history);
 }
 
 function renderFaceset(name) {
@@ -122,16 +181,33 @@ function renderFaceset(name) {
     return f;
   });
   $("fs-tiles").replaceChildren(...tiles);
-  const hist = lib.history.filter((h) => h.facesets.includes(name)).map((h) => {
-    const what = Object.entries(h.summary || {}).map(([k, v]) =>
-      `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
-    const li = el("li", {class: h.undone_by ? "undone" : ""},
-      `${h.step}: ${what} (run ${h.id}${h.undone_by ? ", undone by " + h.undone_by : ""}) `);
-    if (!h.undone_by && h.step !== "undo")
-      li.append(el("button", {onclick: () => act("undo", {run: h.id})}, "undo"));
-    return li;
+  renderHistory($("fs-history"), lib.history.filter((h) => h.facesets.includes(name)));
+}
+
+// a run's summary in words: plain values as they are, lists by their length, objects one
+// level deep (never raw JSON)
+function summaryText(summary) {
+  const words = (v) => Array.isArray(v) ? (v.length <= 3 && v.every((x) => typeof x !== "object")
+    ? v.join(", ") : `${v.length}`) : (v && typeof v === "object")
+    ? Object.entries(v).map(([k, x]) => `${k} ${typeof x === "object" && x !== null ? words(x) : x}`).join(", ")
+    : String(v);
+  return Object.entries(summary || {}).filter(([k]) => k !== "request")
+    .map(([k, v]) => `${k.replace(/_/g, " ")} ${words(v)}`).join("; ");
+}
+
+function renderHistory(body, hist) {
+  const rows = hist.slice().reverse().map((h) => {   // newest first
+    const state = el("td", {});
+    if (h.undone_by) state.append(`undone by ${h.undone_by}`);
+    else if (h.step === "undo" || h.pruned) state.append(h.pruned ? "kept (data pruned)" : "kept");
+    else state.append("kept ", el("button", {onclick: () => act("undo", {run: h.id})}, "undo"));
+    const touched = h.facesets.length ? ` (${h.facesets.slice(0, 6).join(", ")}` +
+      (h.facesets.length > 6 ? ` and ${h.facesets.length - 6} more)` : ")") : "";
+    return el("tr", {class: h.undone_by ? "undone" : "", "data-run": h.id},
+      el("td", {}, h.step), el("td", {}, (h.when || "?").replace("T", " ")),
+      el("td", {}, summaryText(h.summary) + touched), state);
   });
-  $("fs-history").replaceChildren(...(hist.length ? hist : [el("li", {}, "no runs yet")]));
+  body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: 4}, "no runs yet"))]));
 }
 
 function current() { return decodeURIComponent(location.hash.replace(/^#\/?/, "")); }
@@ -147,15 +223,22 @@ function render() {
 window.addEventListener("hashchange", () => { faceSel.clear(); render(); });
 $("search").addEventListener("input", () => render());
 $("back").onclick = (e) => { e.preventDefault(); location.hash = ""; };
-$("merge").onclick = () => selected.size >= 2 && act("merge", {facesets: [...selected]});
+$("merge").onclick = () => confirmMerge();
 $("undo").onclick = () => act("undo", {});
 $("rename").onclick = () => act("rename", {faceset: current(), name: $("rename-input").value});
 $("drop").onclick = () => faceSel.size && act("drop", {faceset: current(), files: [...faceSel]});
 $("move").onclick = () => faceSel.size && act("move", {faceset: current(), files: [...faceSel], into: $("move-target").value});
-$("quarantine").onclick = async () => { if (await act("quarantine", {faceset: current()})) location.hash = ""; };
+$("quarantine").onclick = () => ask(`Quarantine ${current()}?`,
+  [el("p", {}, "Its folder moves to _quarantine and leaves the swap-ready set (undo brings it back).")],
+  "Quarantine", async () => { if (await act("quarantine", {faceset: current()})) location.hash = ""; });
 $("split").onclick = () => act("split", faceSel.size ? {faceset: current(), files: [...faceSel]} : {faceset: current()});
 
 document.addEventListener("keydown", (e) => {
+  if ($("confirm").open) {           // the dialog's own keys only
+    if (e.key === "y") { e.preventDefault(); $("confirm-ok").click(); }
+    else if (e.key === "n") { e.preventDefault(); $("confirm").close(); }
+    return;
+  }
   const typing = (e.target.tagName === "INPUT" && e.target.type !== "checkbox") ||
     e.target.tagName === "SELECT";
   if (typing) {
