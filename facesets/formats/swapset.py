@@ -37,9 +37,16 @@ MANIFEST_NAME = MANIFEST_FILE            # OUT/manifest.json, OUT/faceset_NNN/ma
 CANDIDATES_DIR = "_candidates"
 # audit-multiface: its dropped[] reason and its provenance section in the top-level manifest
 MULTIFACE_AUDIT = "multiface_audit"
-# sections of the top-level manifest that maintenance steps fill; export-swap keeps them
+REVIEW_REASON = "review"          # dropped[] reason of a face dropped by hand (drop-faces)
+HAND_REMOVED_REASON = "removed from faces/"   # a PNG deleted by hand, found by a rebuild
+# sections of the top-level manifest that maintenance steps fill; export-swap creates them
+# empty and keeps them (with runs[], occlusion_filter_run and every other key it does not
+# write itself: maintenance_sections)
 MAINTENANCE_SECTIONS = ("masked", "thin_eras", "merged", MULTIFACE_AUDIT, "added", "split",
                         "eras", "quarantined")
+# sections recording a faceset moved out of the listing (quarantine, occlusion apply's
+# masked/thin, consolidate's merged): a re-export from the refine manifest cannot honour them
+MOVED_OUT_SECTIONS = ("quarantined", "masked", "thin_eras", "merged")
 ADDED_SECTION = "added"     # facesets added to a library (import-folders, discover, eras...)
 SPLIT_SECTION = "split"     # facesets split into parts (split)
 ADDED_DIR = "_added"        # SWAP_READY/_added/<tag>/faceset_NNN: built there, moved in
@@ -49,6 +56,15 @@ SPLIT_DIR = "_split"        # SWAP_READY/_split/faceset_NNN: a faceset split int
 def bundle_names(name: str, top_n: int) -> dict[str, str]:
     """File names of a faceset's two bundles (``name``: the faceset's bundle stem)."""
     return {"top": f"{name}_top{top_n}.fsz", "all": f"{name}_all.fsz"}
+
+
+def curated_out(entry: dict) -> bool:
+    """Whether a faceset's ``dropped[]`` entry is a face taken out after the export (by hand,
+    by a maintenance run: drop-faces, occlusion, dedup-optimize, audit-multiface, a PNG
+    deleted), not by an export gate: a re-export keeps it out."""
+    return isinstance(entry.get("key"), str) and bool(entry["key"]) and (
+        entry.get("reason") in (MULTIFACE_AUDIT, REVIEW_REASON, HAND_REMOVED_REASON)
+        or "run" in entry or "moved_to" in entry)
 
 
 def dropped_counts(dropped: list[dict]) -> dict[str, int]:
@@ -139,7 +155,7 @@ def remove_faceset_temps(faceset_dir: Path) -> None:
 
 def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles",
                     run: str | None = None, details: dict[str, dict] | None = None,
-                    reason: str = "removed from faces/",
+                    reason: str = HAND_REMOVED_REASON,
                     finish: Callable[[dict], dict] | None = None) -> dict:
     """Rebuild a faceset's ``.fsz`` bundles from the PNGs still in its faces/ folder.
 
@@ -233,6 +249,8 @@ def swap_manifest(head: dict, run: str, refine_manifest: str, listing: list[dict
     top["candidates"] = candidates
     for k in MAINTENANCE_SECTIONS:
         top[k] = sections.get(k, [])
+    for k, v in sections.items():      # runs[], occlusion_filter_run, ...: the history stays
+        top.setdefault(k, v)
     return top
 
 
@@ -310,17 +328,21 @@ def read_settings(top: dict, path: str | os.PathLike) -> dict | None:
     return out
 
 
-def maintenance_sections(out: str | os.PathLike) -> dict[str, list]:
-    """The maintenance sections of the top-level manifest in ``out`` ({} when there is none
-    or it is unreadable): a re-export keeps them."""
+# what export-swap writes itself in the top-level manifest (besides the common head)
+EXPORT_OWN_KEYS = ("run", "refine_manifest", SETTINGS_SECTION, "summary", "facesets",
+                   "candidates")
+
+
+def maintenance_sections(out: str | os.PathLike, head: dict) -> dict:
+    """What a re-export keeps of the top-level manifest in ``out``: every key but the common
+    ``head`` and what the export writes itself (EXPORT_OWN_KEYS): the maintenance sections,
+    ``runs[]``, ``occlusion_filter_run``... ({} when there is none). An unreadable one raises
+    ManifestError: rewriting it would lose the folder's history."""
     path = Path(out) / MANIFEST_NAME
     if not path.is_file():
         return {}
-    try:
-        prev = load_manifest(path, SWAP_MANIFEST)
-    except (ManifestError, ValueError):
-        return {}
-    return {k: prev.get(k, []) for k in MAINTENANCE_SECTIONS}
+    prev = load_manifest(path, SWAP_MANIFEST)
+    return {k: v for k, v in prev.items() if k not in head and k not in EXPORT_OWN_KEYS}
 
 
 def multiface_audit_record(run: str, step: str, queue: str, results: str, checked: int,

@@ -30,13 +30,12 @@ from ..core.library import Faceset
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
                                 load_manifest, safe_member_path)
 from ..formats.runs import AFTER_DIR, BEFORE_DIR, PRUNED_FILE, RUNS_SECTION
-from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, SPLIT_DIR,
-                               drop_destination, faceset_listing, next_face_number)
+from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, REVIEW_REASON,
+                               SPLIT_DIR, drop_destination, faceset_listing, next_face_number)
 from ..io.fsutil import atomic_write_json, output_lock
 
 QUARANTINE_DIR = "_quarantine"
 QUARANTINED_SECTION = "quarantined"
-REVIEW_REASON = "review"          # dropped[] reason of a face dropped by hand
 NAME_MAX = 200
 
 Log = Callable[[str], None]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import runs
 from ..core.quality import FaceQuality, cache_row, face_quality
 from ..core.selection import FaceSelection, groups_by_label, select_faces
 from ..core.swapexport import (DECODES, ExportParams, Planned, crop_all,  # noqa: F401
@@ -25,9 +26,10 @@ from ..formats.manifest import (CLUSTER_MANIFEST, FACESET_NAME, REFINE_MANIFEST,
                                 is_face_sets_output, load_manifest, new_manifest,
                                 safe_member_path, staging_dir, write_manifest)
 from ..formats.swapset import (ADDED_SECTION, CANDIDATES_DIR, DROPPED_DIR, FACES_DIR,
-                               MANIFEST_NAME, MULTIFACE_AUDIT, NAME_FILE, SPLIT_SECTION,
-                               candidates_manifest, faceset_listing, maintenance_sections,
-                               swap_manifest)
+                               MANIFEST_NAME, MOVED_OUT_SECTIONS, NAME_FILE, SPLIT_SECTION,
+                               candidates_manifest, curated_out,
+                               faceset_listing, maintenance_sections, swap_manifest)
+from ..formats.runs import RUNS_DIR, RUNS_SECTION, check_runs_section
 from ..formats.report import write_report
 from ..io.fsutil import copy_file, replace_dir
 
@@ -44,16 +46,18 @@ def previous_names(out: Path) -> list[tuple[set[str], str]]:
     return found
 
 
-def audited_drops(out: Path) -> dict[str, tuple[Path, dict]]:
-    """Faces an audit (audit-multiface) dropped from the previous export in OUT: key ->
-    (its faceset folder, its dropped[] entry). A re-export keeps them dropped."""
+def curated_drops(out: Path) -> dict[str, tuple[Path, dict]]:
+    """Faces taken out of the previous export in OUT after it was made (by hand or by a
+    maintenance run: drop-faces, occlusion, dedup-optimize, audit-multiface; swapset.
+    curated_out): key -> (its faceset folder, its dropped[] entry). A re-export keeps them
+    out, wherever it puts them."""
 
     found: dict[str, tuple[Path, dict]] = {}
     for d in sorted(out.glob("faceset_*")) if out.is_dir() else []:
         if not FACESET_NAME.fullmatch(d.name) or not (d / MANIFEST_NAME).is_file():
             continue
         for e in load_manifest(d / MANIFEST_NAME, SWAP_FACESET_MANIFEST)["dropped"]:
-            if e["reason"] == MULTIFACE_AUDIT and e.get("key"):
+            if curated_out(e):
                 found[e["key"]] = (d, e)
     return found
 
@@ -122,6 +126,28 @@ def _made_by_identity_ops(out: Path) -> list[str]:
     return sorted(n for n in set(made) if n in listed)
 
 
+# steps whose effect a re-export from the refine manifest cannot reproduce (faces or whole
+# facesets moved elsewhere): while one of their runs is in effect, export-swap refuses
+MOVING_STEPS = ("move-face", "quarantine", "consolidate")
+
+
+def _moved_by_runs(out: Path) -> list[str]:
+    """Runs in effect in OUT (``runs[]``, not undone) that moved faces or facesets out of
+    place, and the maintenance sections that record a faceset moved out of the listing
+    (``quarantined[]``, ``masked[]``, ``thin_eras[]``, ``merged[]``): a re-export from the
+    refine manifest would bring them back."""
+    path = out / MANIFEST_NAME
+    if not path.is_file():
+        return []
+    top = load_manifest(path, SWAP_MANIFEST)
+    found = [f"{e.get('step')} run {e.get('id')}" for e in top.get(RUNS_SECTION, [])
+             if isinstance(e, dict) and e.get("step") in MOVING_STEPS
+             and not e.get("undone_by")]
+    found += [f"{section}[] ({len(top[section])})" for section in MOVED_OUT_SECTIONS
+              if isinstance(top.get(section), list) and top[section]]
+    return found
+
+
 def _plan_candidates(cache: FaceCache, sel: FaceSelection, raw: dict, taken: set[str],
                      centroids_: np.ndarray, names: list[str], quality: list[FaceQuality],
                      index_of: dict[str, int], p: ExportParams) -> list[Planned]:
@@ -173,6 +199,15 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
                               "discover, split or eras, not from the refine manifest; a "
                               "re-export would replace or remove them: export into a new "
                               "folder (or `undo` those runs first)")
+    if (out / RUNS_DIR).is_dir() and (out / MANIFEST_NAME).is_file():
+        # a recorded run a kill interrupted is finished first: its records are kept below
+        runs.finish_pending(out, print if progress else (lambda _line: None))
+    moved = _moved_by_runs(out)
+    if moved:
+        raise FileExistsError(f"{out / MANIFEST_NAME}: {', '.join(moved[:5])}"
+                              f"{' ...' if len(moved) > 5 else ''} moved faces or facesets "
+                              "that a re-export would bring back: export into a new folder "
+                              "(or `undo` those runs first)")
     cache = load_cache(cache_path)
     refine = load_manifest(refine_manifest, REFINE_MANIFEST)
     raw = load_manifest(raw_manifest, CLUSTER_MANIFEST) if params.candidates else None
@@ -185,7 +220,9 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     head = new_manifest(SWAP_FACESET_MANIFEST, os.fspath(cache_path), cache.meta,
                         dict(vars(params), refine_manifest=os.path.abspath(refine_manifest)))
 
-    audit = audited_drops(out)
+    audit = curated_drops(out)
+    sections = maintenance_sections(out, head)      # runs[] and the rest of the history
+    check_runs_section(sections, out / MANIFEST_NAME)
 
     # 1. gate every faceset (cheap, from the cache alone)
     plans: list[Planned] = []
@@ -197,16 +234,15 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
             (members.append(index_of[e["key"]]) if e["key"] in index_of
              else missing.append(dict(e, reason="not_in_cache")))
         taken.update(e["key"] for e in fs["faces"])
+        # faces curated out of the previous export stay out (with their records), and
+        # take no part in the gates (centroid, outliers, duplicates)
+        audited = [audit[str(sel.keys[i])] for i in members if str(sel.keys[i]) in audit]
+        members = [i for i in members if str(sel.keys[i]) not in audit]
         if not members:
             continue
         members = np.array(members, dtype=np.int64)
         name = f"faceset_{len(facesets):03d}"
         centroid, kept, dropped = select_for_swap(cache, sel, members, quality, params)
-        # faces an audit of the previous export dropped stay dropped (with its record)
-        audited = [audit[str(sel.keys[i])] for i in members if str(sel.keys[i]) in audit]
-        audited_keys = {e["key"] for _, e in audited}
-        kept = [k for k in kept if str(sel.keys[members[k]]) not in audited_keys]
-        dropped = [e for e in dropped if e["key"] not in audited_keys]
         dist = 1.0 - sel.embeddings[members] @ centroid
         for k in kept:
             i = members[k]
@@ -262,7 +298,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
         write_manifest(cand_stage / MANIFEST_NAME, candidates_manifest(head, run_id, candidates))
         replace_dir(cand_stage, out / CANDIDATES_DIR, is_ours=is_face_sets_output)
     top = swap_manifest(head, run_id, os.path.abspath(refine_manifest), listing, candidates,
-                        maintenance_sections(out), sum(fs["faces_in"] for fs in facesets),
+                        sections, sum(fs["faces_in"] for fs in facesets),
                         dropped_total,
                         sum(1 for pl in plans if pl.crop and pl.crop.reason == ""), decoded,
                         round(time.monotonic() - t0, 2), settings)
