@@ -280,7 +280,6 @@ class InsightFaceBackend(FaceBackend):
         return dict(super().describe(), pack_dir=str(Path(self.pack_dir).resolve()))
 
     def detect(self, image):
-        # onnx_pack's detector runs its one fixed-size copy: only InsightFace's takes a size
         fitted = ({"input_size": fitted_det_input(image.shape[0], image.shape[1],
                                                   self.det_size)}
                   if self.fit_det_input else {})

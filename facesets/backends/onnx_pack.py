@@ -122,8 +122,13 @@ class Detector:
         self.num_anchors = 2 if self.fmc == 3 else 1
         self.use_kps = n in (9, 15)
         self.input_size = (640, 640)
+        # None for a free input size, as InsightFace's SCRFD says: a caller may then detect at
+        # another size (the backend's fitted input on CPU), each size on its own fixed copy
+        self.static_input_size = self.fixed_size
         self.threshold = 0.5
         self._centres: dict[tuple, np.ndarray] = {}
+        self._sessions: dict[tuple[int, int], object] = {}   # input size -> fixed copy
+        self._session_args: tuple = ()
 
     def prepare(self, det_size: tuple[int, int], threshold: float, providers: list[str],
                 sess_options) -> None:
@@ -133,19 +138,32 @@ class Detector:
         self.input_size = self.fixed_size or tuple(det_size)
         self.threshold = threshold
         if self.fixed_size is None:
+            self._session_args = (providers, sess_options)
+            self.session = self._session_for(self.input_size)
+
+    def _session_for(self, size: tuple[int, int]):
+        """The session for input ``size`` (width, height): the graph itself when its size is
+        fixed, else a fixed copy per size (a few: photos come in a few aspect ratios)."""
+        if self.fixed_size is not None or not self._session_args:
+            return self.session
+        if size not in self._sessions:
             import onnxruntime
 
-            self.session = onnxruntime.InferenceSession(
-                _fixed_shape_model(self.model_file, self.input_size, self.input_name),
+            providers, sess_options = self._session_args
+            if len(self._sessions) >= 8:
+                self._sessions.pop(next(iter(self._sessions)))
+            self._sessions[size] = onnxruntime.InferenceSession(
+                _fixed_shape_model(self.model_file, size, self.input_name),
                 sess_options=sess_options, providers=providers)
+        return self._sessions[size]
 
-    def _forward(self, det_img: np.ndarray):
+    def _forward(self, det_img: np.ndarray, session):
         import cv2
 
         h, w = det_img.shape[:2]
         blob = cv2.dnn.blobFromImage(det_img, 1.0 / DET_STD, (w, h),
                                      (DET_MEAN, DET_MEAN, DET_MEAN), swapRB=True)
-        outs = self.session.run(self.output_names,
+        outs = session.run(self.output_names,
                                 {self.input_name: np.ascontiguousarray(blob, np.float32)})
         scores_all, boxes_all, kps_all = [], [], []
         for k, stride in enumerate(self.strides):
@@ -175,14 +193,17 @@ class Detector:
                 kps_all.append(pts.reshape((pts.shape[0], -1, 2))[keep])
         return scores_all, boxes_all, kps_all
 
-    def detect(self, image: np.ndarray, max_num: int = 0):
-        """Faces of ``image`` (BGR); ``max_num`` is accepted for InsightFace's signature and
-        must be 0 (all faces)."""
+    def detect(self, image: np.ndarray, max_num: int = 0,
+               input_size: tuple[int, int] | None = None):
+        """Faces of ``image`` (BGR), detected at ``input_size`` (width, height; default the
+        prepared size; another one only for a graph with a free input size); ``max_num`` is
+        accepted for InsightFace's signature and must be 0 (all faces)."""
         import cv2
 
         if max_num:
             raise ValueError("max_num: only 0 (every face) is supported")
-        in_w, in_h = self.input_size
+        size = tuple(input_size) if input_size and self.fixed_size is None else self.input_size
+        in_w, in_h = size
         im_ratio = image.shape[0] / image.shape[1]
         if im_ratio > in_h / in_w:
             new_h = in_h
@@ -193,7 +214,7 @@ class Detector:
         det_scale = new_h / image.shape[0]
         det_img = np.zeros((in_h, in_w, 3), dtype=np.uint8)
         det_img[:new_h, :new_w, :] = cv2.resize(image, (new_w, new_h))
-        scores, boxes, kps = self._forward(det_img)
+        scores, boxes, kps = self._forward(det_img, self._session_for(size))
         if sum(s.size for s in scores) == 0:
             return (np.empty((0, 5), np.float32),
                     np.empty((0, 5, 2), np.float32) if self.use_kps else None)

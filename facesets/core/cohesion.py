@@ -15,7 +15,6 @@ import threading
 
 import numpy as np
 
-from ..engine import normalize_rows
 from ..formats.cache import cache_exists, load_cache
 from ..formats.manifest import ManifestError
 from ..formats.swapset import cohesion_entry
@@ -32,6 +31,8 @@ def split_distances(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The split distance of every label (0 for a cluster of one face)."""
     from scipy.cluster.hierarchy import linkage
     from threadpoolctl import threadpool_limits
+
+    from ..engine import normalize_rows   # here: the GPU workers' venv has no engine deps
 
     x = normalize_rows(np.asarray(embeddings, dtype=np.float32))
     labels = np.asarray(labels)
