@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,23 @@ def needs_shared() -> None:
     """Skip the calling test or fixture when ../shared is missing."""
     if not HAVE_SHARED:
         pytest.skip(NO_SHARED)
+
+
+def kill_once_flushed(argv: list, log: Path, sig: int, wait_s: float = 60
+                      ) -> subprocess.CompletedProcess:
+    """Run a worker ``argv`` and send it ``sig`` once ``log`` holds two whole records (a kill
+    mid-run); returns the finished process with its output, as the workers' resume tests
+    check it."""
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and log.read_bytes().count(b"\n") >= 2:
+            os.kill(proc.pid, sig)
+            break
+        time.sleep(0.001)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def run_cli(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, kill_once_flushed
 from onnx_models import expected_occluded, occlusion_classifier
 
 CLIP_WORKER = ROOT / "work" / "clip_worker.py"
@@ -231,19 +231,10 @@ def test_overlapped_worker_resumes_after_kill_and_ctrl_c(scored, tmp_path):
     args = ["--scorer", f"onnx:{model}", "--batch", "2", "--workers", "3", "--no-progress"]
     for sig, code in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
         out = tmp_path / f"{sig.name}.jsonl"
-        proc = subprocess.Popen([sys.executable, str(CLIP_WORKER), str(queue), str(out),
-                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_file() and out.read_bytes().count(b"\n") >= 2:
-                os.kill(proc.pid, sig)
-                break
-            time.sleep(0.001)
-        stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == code, stderr
+        r = kill_once_flushed([sys.executable, CLIP_WORKER, queue, out, *args], out, sig)
+        assert r.returncode == code, r.stderr
         if sig == signal.SIGINT:
-            assert "interrupted: re-run the same command to resume" in stdout
+            assert "interrupted: re-run the same command to resume" in r.stdout
         body = out.read_bytes()
         assert body.endswith(b"\n"), "only whole records are flushed"
         done = records(out)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import PACK, ROOT, VIDEO, needs_shared, run_cli
+from conftest import PACK, ROOT, VIDEO, kill_once_flushed, needs_shared, run_cli
 from facesets.formats import video as vf
 
 WORKER = ROOT / "work" / "video_face_worker.py"
@@ -156,18 +156,11 @@ def test_overlapped_worker_resumes_after_kill_and_ctrl_c(staged, tmp_path):
     for sig, code in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
         out = tmp_path / sig.name
         log = out / vf.FRAMES_LOG
-        proc = subprocess.Popen([sys.executable, str(WORKER), str(queue), str(out), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and log.read_bytes().count(b"\n") >= 2:
-                os.kill(proc.pid, sig)
-                break
-            time.sleep(0.001)
-        stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == code, stderr
+        r = kill_once_flushed([sys.executable, WORKER, queue, out, *args], log, sig,
+                              wait_s=120)
+        assert r.returncode == code, r.stderr
         if sig == signal.SIGINT:
-            assert "interrupted: re-run the same command to resume" in stdout
+            assert "interrupted: re-run the same command to resume" in r.stdout
         assert log.read_bytes().endswith(b"\n"), "only whole records are flushed"
         done = records(log)
         assert 2 <= len(done) < len(want) and done == want[:len(done)]
