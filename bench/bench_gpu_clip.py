@@ -103,7 +103,8 @@ def preprocess_rate(scorer, items: list[dict], workers: int) -> float:
 def run_worker(queue: Path, results: Path, args, workers: int, fp16: bool) -> float:
     cmd = [sys.executable, str(ROOT / "work" / "clip_worker.py"), str(queue), str(results),
            "--scorer", "clip", "--clip-model", args.model, "--pretrained", "none",
-           "--device", args.device, "--batch", str(args.batch), "--workers", str(workers),
+           "--device", args.device, "--batch-size", str(args.batch),
+           "--flush-every", str(args.batch), "--workers", str(workers),
            "--no-progress"] + (["--fp16"] if fp16 else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:

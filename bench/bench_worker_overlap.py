@@ -113,7 +113,8 @@ def script_rate(queue_path: Path, results: Path, model: Path, workers: int,
                 batch: int) -> float:
     proc = subprocess.run([sys.executable, str(ROOT / "work" / "clip_worker.py"),
                            str(queue_path), str(results), "--scorer", f"onnx:{model}",
-                           "--batch", str(batch), "--workers", str(workers), "--no-progress"],
+                           "--batch-size", str(batch), "--flush-every", str(batch),
+                           "--workers", str(workers), "--no-progress"],
                           capture_output=True, text=True, check=True)
     return float(re.search(r"([\d.]+) png/s", proc.stdout).group(1))
 

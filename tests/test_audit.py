@@ -140,7 +140,7 @@ def test_worker_resumes_past_a_half_written_result_line(export_dir, tmp_path):
     queue, results = tmp_path / "mq.json", tmp_path / "mres.jsonl"
     run_cli("audit-multiface", "stage", export_dir, queue, *PACK)
     items = json.loads(queue.read_text())["items"]
-    run_worker(queue, results, "--batch", "4")
+    run_worker(queue, results, "--flush-every", "4")
     lines = results.read_bytes().splitlines(keepends=True)
     assert len(lines) == len(items)
     # what a kill in the middle of a write leaves: the last two records gone, one half-written

@@ -35,7 +35,7 @@ def test_chain_killed_mid_worker_resumes_at_the_first_unfinished_step(tmp_path):
     for person in ("Tony_Blair", "Vladimir_Putin"):
         shutil.copytree(FACES / person, src / person)
     cache, raw, state = tmp_path / "c.npz", tmp_path / "raw", tmp_path / "state"
-    env = chain_env(tmp_path, WORKER_OPTS="--batch 2 --no-progress")
+    env = chain_env(tmp_path, WORKER_OPTS="--flush-every 2 --no-progress")
 
     first = subprocess.Popen(chain_args(src, cache, raw), env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

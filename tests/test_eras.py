@@ -268,6 +268,13 @@ def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(libr
     assert "20 from" in again.stdout and "0 read now" in again.stdout
     assert "unreadable" not in again.stdout and "10 faces, years 2011-2015" in again.stdout
 
+    # eras extend before any eras: refused, naming the command that makes them
+    none = run_cli("faceset", "eras", "extend", out, lib["cache"], "faceset_000", *PACK,
+                   check=False)
+    assert none.returncode == 2 and tree(out) == before, none.stderr
+    assert (f"run `faceset eras build {out.resolve()} {lib['cache']} faceset_000` first"
+            in none.stderr), none.stderr
+
     eras_run(lib, out)
     check_library(out)
     top = load(out / "manifest.json")
@@ -294,6 +301,14 @@ def test_eras_splits_by_decade_sends_the_thin_era_to_thin_and_undo_restores(libr
     assert eras["faceset_000_2011-2015"]["dominant_year"] == 2011
     refused = eras_run(lib, out, check=False)
     assert refused.returncode == 2 and "split into eras already" in refused.stderr
+    # the refusal names, in today's spelling, the run's undo and an extend that runs as given
+    assert f"`library undo {out.resolve()} {rec['run']}`" in refused.stderr, refused.stderr
+    hint = re.search(r"`(faceset eras extend [^`]+)`", refused.stderr)
+    assert hint, refused.stderr
+    assert hint.group(1).split()[3:] == [str(out.resolve()), str(lib["cache"]), "faceset_000"]
+    kept = tree(out)
+    extend = run_cli(*hint.group(1).split(), *PACK, "--dry-run", "--no-progress")
+    assert "eras extend" in extend.stdout and tree(out) == kept
     # consolidate never merges the eras back into one faceset (they are one person)
     merge = run_cli("consolidate", out, "--group-threshold", "0.95", "--merge-threshold",
                     "0.95", "--dry-run")
@@ -314,8 +329,12 @@ def test_eras_says_why_no_era_was_exported(library, tmp_path):
     lib = dict(library, cache=copy_cache(library["cache"], tmp_path))
     out = tmp_path / "swap"
     shutil.copytree(library["swap"], out, symlinks=True)
+    (out / "faceset_000" / "NAME.txt").write_text("Ada Lovelace\n")   # its label
     r = eras_run(lib, out, "--min-era-faces", "11")
     assert "eras: 0 eras exported: none; 3 to _thin/" in r.stdout
+    # the source is named by its label in the head line and the plan
+    assert "eras faceset_000 (Ada Lovelace): recover " in r.stdout, r.stdout
+    assert " of faceset_000 (Ada Lovelace)'s centroid (" in r.stdout
     # the reason of each, printed (not only in the manifest): what passed the export's gates
     for era, faces in [("faceset_000_1994-1998", 7), ("faceset_000_2011-2015", 10),
                        ("faceset_000_2003-2003", 3)]:

@@ -205,7 +205,7 @@ def test_run_ends_with_the_overview_page_and_review_as_next_steps(ran):
     nxt = out[out.index("next:"):]
     page = ran["out"] / "swap_ready" / "index.html"
     assert f"open {page} in a browser" in nxt and page.is_file()
-    assert f"sort_faces.py review {ran['out'] / 'swap_ready'}" in nxt
+    assert f"sort_faces.py library review {ran['out'] / 'swap_ready'}" in nxt
     assert nxt.index("index.html") < nxt.index("review") < nxt.index("verify-fsz")
 
 
@@ -228,7 +228,8 @@ def test_discover_on_a_folder_the_cache_never_saw_says_embed_it_first(ran, tmp_p
     r = run_cli("discover", ran["cache"], fresh, *args, check=False)
     assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
     assert f"error: {fresh.resolve()}: none of its photos is in {ran['cache']}; embed it " \
-        f"first: `sort_faces.py embed {fresh.resolve()} {ran['cache']}`" in r.stderr
+        f"first: `sort_faces.py embed {fresh.resolve()} {ran['cache']}` (the cache's model), " \
+        "then run `library discover` again" in r.stderr
     assert sorted(p.relative_to(swap) for p in swap.rglob("*")) == before
     # a folder the cache holds is planned as before (its faces are in facesets already)
     r = run_cli("discover", ran["cache"], ran["src"], *args, "--dry-run")

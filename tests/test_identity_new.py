@@ -123,14 +123,15 @@ def overview_captions_say_imported(lib: Path, sets: dict[str, dict]) -> None:
 
     shown = cards()
     labels = {n: m["label"] for n, m in sets.items()}
-    assert shown == {n: (labels[n], f"added by import-folders from {labels[n]}")
+    # the heading reads "faceset_001 (Ada)"
+    assert shown == {n: (f"({labels[n]})", f"added by import-folders from {labels[n]}")
                      for n in sets}, shown
     name_file = lib / "faceset_001" / "NAME.txt"
     kept = name_file.read_bytes()
     name_file.unlink()
     try:
         write_report(lib)
-        assert cards()["faceset_001"][0] == labels["faceset_001"]
+        assert cards()["faceset_001"][0] == f"({labels['faceset_001']})"
     finally:
         name_file.write_bytes(kept)
         write_report(lib)
@@ -167,7 +168,7 @@ def test_import_folders_hand_sorted_with_route_then_more_then_undo(inputs, tmp_p
     assert rec["facesets"][0]["source"]["folder"] == \
         str((inputs / "p" / "sorted" / "Ariel_Sharon").resolve())
     assert rec["facesets"][0]["source"]["routed"] == 1
-    assert f"undo: `undo {lib}" in out.stdout
+    assert f"undo: `library undo {lib}" in out.stdout
     # a re-run imports nothing twice
     again = import_sorted(inputs, cache, lib, "--route", inputs / "p" / "mixed")
     assert "skipped (imported before as faceset_000)" in again.stdout
@@ -175,6 +176,7 @@ def test_import_folders_hand_sorted_with_route_then_more_then_undo(inputs, tmp_p
     # export-swap into the library would replace the imported facesets: refused
     r = run_cli("export-swap", cache, lib / "manifest.json", lib, *EXPORT, *PACK, check=False)
     assert r.returncode == 2 and "a re-export would replace or remove them" in r.stderr
+    assert f"undo those runs first (`library undo {lib} RUN`)" in r.stderr, r.stderr
 
     # a second import is numbered past the highest and leaves the others as they were
     before = tree(lib)
@@ -212,7 +214,9 @@ def test_discover_finds_the_unknown_people_and_leaves_the_known_to_extend(inputs
     args = ["discover", cache, inputs / "p" / "found", "--into", lib, *DISCOVER, *EXPORT]
     dry = run_cli(*args, "--dry-run")
     assert "cluster 0: 10 faces" in dry.stdout and "cluster 1: 10 faces" in dry.stdout, dry.stdout
-    assert "left to extend: faceset_000 2" in dry.stdout and tree(lib) == before
+    # the plan names the faceset by the label import-folders gave it (its NAME.txt)
+    label = (lib / "faceset_000" / "NAME.txt").read_text().splitlines()[0]
+    assert f"left to extend: faceset_000 ({label}) 2" in dry.stdout and tree(lib) == before
 
     run_cli(*args)
     check_library(lib)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,10 @@ def test_consolidate_merges_one_person_leaves_strangers_and_undo_restores(split_
     assert f"undone by {runs[1]['id']}" in run_cli("history", out).stdout
     nothing = run_cli("undo", out, check=False)
     assert nothing.returncode == 2 and "no run left to undo" in nothing.stderr
+    # it points at the list of runs in today's spelling, a command that runs as given
+    see = re.search(r"\(see `(library history [^`]+)`\)", nothing.stderr)
+    assert see and Path(see.group(1).split()[2]).resolve() == out.resolve(), nothing.stderr
+    assert f"undone by {runs[1]['id']}" in run_cli(*see.group(1).split()).stdout
     assert "undone already" in run_cli("undo", out, run_id).stdout
     assert without_runs(load(out / "manifest.json")) == without_runs(top0)
 
@@ -316,7 +321,7 @@ def test_dedup_optimize_drops_identical_and_near_duplicates_and_undo_restores(
         split_dir, tmp_path):
     from facesets.formats.cache import load_cache
     from facesets.formats.manifest import write_manifest
-    from facesets.formats.swapset import write_bundles
+    from facesets.formats.swapset import write_bundles, write_previews
 
     out = tmp_path / "swap"
     shutil.copytree(split_dir, out)
@@ -326,6 +331,7 @@ def test_dedup_optimize_drops_identical_and_near_duplicates_and_undo_restores(
     m = load(out / "faceset_001" / "manifest.json")
     write_bundles(out / "faceset_001", m)           # the library agrees with its disk
     write_manifest(out / "faceset_001" / "manifest.json", m)
+    write_previews(out / "faceset_001", m)          # and its grid shows that face
     run_cli("report", out)                          # and its index.html shows that disk
     check_library(out)
     before = tree(out)

@@ -37,6 +37,11 @@ def test_pip_install_gives_the_face_sets_command(tmp_path):
     env.pop("FACESETS_WORK_DIR", None)
     r = _run(command, "--help", cwd=elsewhere, env=env)
     assert r.stdout.startswith("usage: face-sets ") and "export-swap" in r.stdout
+    # the groups, and an old name that still works (the installed entry point is cli.main)
+    assert "faceset VERB" in r.stdout and "    library import " in r.stdout
+    assert "    drop-faces" not in r.stdout   # listed only in the line on old names
+    assert _run(command, "drop-faces", "--help", cwd=elsewhere, env=env).stdout.startswith(
+        "usage: face-sets faceset drop ")
     assert _run(command, "--version", cwd=elsewhere, env=env).stdout.startswith("face-sets ")
     # the installed package, its data, and its work folder (no checkout around it)
     r = _run(py, "-c", "import facesets, importlib.resources as r; "

@@ -268,14 +268,18 @@ def test_stage_worker_killed_merge_report_apply_undo(painted_export, tiny_clip, 
     assert len(json.loads(q.read_text())["items"]) == 30
 
     # the worker, killed with kill -9 after its first flush, then resumed by the same command
-    done = kill_worker_midway(q, r1, "--scorer", f"onnx:{cls}", "--batch", "2")
+    done = kill_worker_midway(q, r1, "--scorer", f"onnx:{cls}", "--flush-every", "2",
+                              "--batch-size", "2")
     assert 2 <= done < 30
     with open(r1, "ab") as fh:
         fh.write(b'{"id": "faceset_000/fa')       # a write the kill cut short
+    # resumed with the old spelling: --batch still means both windows, with one warning
     res = subprocess.run([sys.executable, str(CLIP_WORKER), q, r1, "--no-progress",
                           "--scorer", f"onnx:{cls}", "--batch", "2"],
                          capture_output=True, text=True, check=True)
     assert f"already done {done}" in res.stdout and f"done now {30 - done}" in res.stdout
+    warned = [line for line in res.stderr.splitlines() if "deprecated" in line]
+    assert len(warned) == 1 and "--flush-every" in warned[0] and "--batch-size" in warned[0]
     # a second scorer: the tiny CLIP exported to ONNX (logit scale 1: every score ~0.5),
     # scored in-process through the same job loop
     onnx_clip = tmp_path / "clip.onnx"
@@ -341,6 +345,14 @@ def test_stage_worker_killed_merge_report_apply_undo(painted_export, tiny_clip, 
     assert len(kept["faces"]) == 8 and kept["bundles"]["top_count"] == 8
     assert {d["moved_to"] for d in kept["dropped"]} == {"faces/_dropped/001.png",
                                                          "faces/_dropped/004.png"}
+    # previews/top_grid.jpg shows the faces left, no longer the pruned ones (tiles compared
+    # with their PNGs); the undo below brings the old grid back byte for byte
+    from test_pages_overview import SAME_FACE, nearest_tile
+    grid = out / "faceset_000" / "previews" / "top_grid.jpg"
+    for d in kept["dropped"]:
+        assert nearest_tile(grid, out / "faceset_000" / d["moved_to"]) > 2 * SAME_FACE
+    assert all(nearest_tile(grid, out / "faceset_000" / f["file"]) < SAME_FACE
+               for f in kept["faces"] if f["rank"] < kept["top_n"])
     thin = json.loads((out / "_thin" / "faceset_002" / "manifest.json").read_text())
     assert len(thin["faces"]) == 4 and thin["quarantined"]["to"] == "_thin"
     assert run_cli("occlusion", "apply", scores).stdout.count("nothing changed") == 1

@@ -205,7 +205,8 @@ def scored(tmp_path_factory):
     (tmp / "export" / "fs_01" / "faces" / "014.png").unlink()     # item 39: FAILED
     model = occlusion_classifier(tmp / "c.onnx")
     serial = tmp / "serial.jsonl"
-    proc = worker(queue, serial, "--scorer", f"onnx:{model}", "--batch", "4", "--workers", "0")
+    proc = worker(queue, serial, "--scorer", f"onnx:{model}", "--flush-every", "4",
+                  "--batch-size", "4", "--workers", "0")
     return tmp, queue, model, serial, proc
 
 
@@ -213,7 +214,8 @@ def test_overlapped_worker_writes_the_serial_bytes(scored, tmp_path):
     tmp, queue, model, serial, sproc = scored
     out = tmp_path / "overlap.jsonl"
     # no --no-progress: output that is not a terminal gets plain progress lines, not bars
-    proc = worker(queue, out, "--scorer", f"onnx:{model}", "--batch", "4", "--workers", "3",
+    proc = worker(queue, out, "--scorer", f"onnx:{model}", "--flush-every", "4",
+                  "--batch-size", "4", "--workers", "3",
                   env=dict(os.environ, FACESETS_PROGRESS_EVERY="0"))
     assert out.read_bytes() == serial.read_bytes()
     assert len(records(out)) == 59
@@ -228,7 +230,8 @@ def test_overlapped_worker_writes_the_serial_bytes(scored, tmp_path):
 def test_overlapped_worker_resumes_after_kill_and_ctrl_c(scored, tmp_path):
     tmp, queue, model, serial, _ = scored
     want = records(serial)
-    args = ["--scorer", f"onnx:{model}", "--batch", "2", "--workers", "3", "--no-progress"]
+    args = ["--scorer", f"onnx:{model}", "--flush-every", "2", "--batch-size", "2",
+            "--workers", "3", "--no-progress"]
     for sig, code in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
         out = tmp_path / f"{sig.name}.jsonl"
         r = kill_once_flushed([sys.executable, CLIP_WORKER, queue, out, *args], out, sig)

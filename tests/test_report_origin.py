@@ -26,6 +26,21 @@ pytestmark = pytest.mark.unit
      "added by import-folders"),
     ({"added_by": {"step": "import-folders", "source": {"folder": "C:\\p\\Bo\nb"}}},
      "added by import-folders from Bo b"),
+    # a part split made keeps its original's source_faceset (a label, for an imported one)
+    ({"source_faceset": "Ada", "split_from": "faceset_017"}, "split from faceset_017"),
+    ({"source_faceset": "faceset_004", "split_from": "../x"}, "from refine faceset_004"),
+    ({"split_from": 17}, ""),
+    # consolidate names the facesets it merged in (its history entry); others ignored
+    ({"source_faceset": "faceset_004", "history": [
+        {"step": "consolidate", "merged": ["faceset_003", "../etc", 5]},
+        {"step": "drop-faces", "merged": ["faceset_009"]},
+        {"step": "consolidate", "merged": ["faceset_008"]}, "junk"]},
+     "from refine faceset_004 · merged in faceset_003, faceset_008"),
+    ({"added_by": {"step": "eras", "source": {}},
+      "history": [{"step": "consolidate", "merged": ["faceset_002"]}]},
+     "added by eras · merged in faceset_002"),
+    ({"history": [{"step": "consolidate", "merged": "faceset_002"}]}, ""),
+    ({"history": "not a list"}, ""),
 ])
 def test_origin_caption(manifest, caption):
     assert faceset_origin(manifest) == caption

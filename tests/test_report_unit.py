@@ -63,3 +63,28 @@ def test_a_name_is_one_printable_line(bad):
 
 def test_a_name_is_trimmed_to_one_line():
     assert clean_name("  Ada \n Lovelace ") == "Ada Lovelace"
+
+
+def test_the_facts_count_facesets_moved_out_masked_and_thin_too(tmp_path):
+    """A swap-ready library whose occlusion run moved facesets to _masked/ and _thin/ (and
+    eras left thin, consolidate merged, a quarantine): no card shows them, so the facts
+    count each section, and a library without them says nothing of them."""
+    import json  # noqa: PLC0415
+
+    from facesets.formats.report import library_model  # noqa: PLC0415
+    top = {"format": "face-sets/swap", "version": 1, "facesets": [], "summary": {},
+           "masked": [{"name": "faceset_001", "to": "_masked",
+                       "moved_to": "_masked/faceset_001"},
+                      {"name": "faceset_002", "to": "_masked",
+                       "moved_to": "_masked/faceset_002"}],
+           "thin_eras": [{"name": "faceset_003", "to": "_thin", "moved_to": "_thin/faceset_003"}],
+           "merged": [{"into": "faceset_004", "merged": ["faceset_005", "faceset_006"]}],
+           "quarantined": [{"name": "faceset_007"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(top))
+    _, _, head = library_model(tmp_path)
+    assert head["facts"] == ["0 facesets", "0 faces kept", "merged: 2", "quarantined: 1",
+                             "masked: 2", "thin: 1"], head["facts"]
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {k: v for k, v in top.items() if k not in ("masked", "thin_eras")}))
+    _, _, head = library_model(tmp_path)
+    assert not [f for f in head["facts"] if f.startswith(("masked", "thin"))], head["facts"]

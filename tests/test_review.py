@@ -110,8 +110,8 @@ class Review:
 
     def __init__(self, root: Path):
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "sort_faces.py"), "review", str(root), "--no-browser",
-             "--group-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5",
+            [sys.executable, str(ROOT / "sort_faces.py"), "library", "review", str(root),
+             "--no-browser", "--group-threshold", TEST_THRESHOLD, "--confident-threshold", "0.5",
              "--split-threshold", TEST_THRESHOLD],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         line = self.proc.stdout.readline()

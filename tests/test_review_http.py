@@ -27,8 +27,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("review_http")
     out = build_split(root)
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "sort_faces.py"), "review", str(out), "--no-browser",
-         "--group-threshold", TEST_THRESHOLD, "--merge-threshold", "0.5"],
+        [sys.executable, str(ROOT / "sort_faces.py"), "library", "review", str(out),
+         "--no-browser", "--group-threshold", TEST_THRESHOLD, "--confident-threshold", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     line = proc.stdout.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=(\S+)", line)

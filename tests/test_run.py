@@ -83,13 +83,16 @@ def test_run_end_to_end_resumes_after_kills(tmp_path, monkeypatch):
     assert (out / "facesets" / "refine_manifest.json").is_file()
     assert Path(str(cache) + ".duplicates.json").is_file()
 
-    # 4. nothing changed: nothing is redone; a changed export option redoes only export
+    # 4. nothing changed: nothing is redone; with --rebuild a changed export option redoes
+    # only export (without it, OUT's library is grown, never re-exported: tests/test_grow.py)
     r = run_cli("run", *args, cwd=tmp_path)
-    assert "run: ran nothing" in r.stdout
-    r = run_cli("run", *args, "--top-n", "3", cwd=tmp_path)
+    assert "run: ran nothing" in r.stdout and "nothing to grow" in r.stdout
+    r = run_cli("run", *args, "--top-n", "3", "--rebuild", cwd=tmp_path)
     assert "ran export-swap; skipped embed, cluster, refine, dedup, enrich" in r.stdout
-    # 5. a new photo: embed and everything after it run again
+    # 5. a new photo: embed and everything after it run again (the library grown)
     extra = sorted(p for p in FACES.iterdir() if p.is_dir())[PEOPLE]
     shutil.copy2(next(extra.glob("*.jpg")), src / "new.jpg")
     r = run_cli("run", *args, "--top-n", "3", cwd=tmp_path)
-    assert "ran embed, cluster, refine, dedup, enrich, export-swap" in r.stdout
+    assert "ran embed, extend, dedup, enrich, grow" in r.stdout
+    r = run_cli("run", *args, "--top-n", "3", "--rebuild", cwd=tmp_path)
+    assert "ran cluster, refine, export-swap" in r.stdout, r.stdout

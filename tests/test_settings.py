@@ -179,7 +179,7 @@ def test_a_damaged_settings_section_is_one_line_naming_the_field(tmp_path, faces
     assert top["settings"]["gates"]["min_face_short"] == 20
     top["settings"]["gates"]["min_face_short"] = "big"
     (swap / "manifest.json").write_text(json.dumps(top))
-    r = run_cli("discover", cache, tmp_path / "sorted", "--into", swap, "--dry-run",
+    r = run_cli("library", "discover", swap, cache, tmp_path / "sorted", "--dry-run",
                 check=False)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
@@ -310,10 +310,12 @@ def test_video_track_thresholds_come_from_the_library_of_its_faceset():
 
     lib = LibrarySettings(thresholds={"cluster": 0.62}, sources={"threshold:cluster": "flag"})
     meta = {"model": "testpack_s"}
-    for name in ("track", "video_faceset"):   # buffalo_l: both at its cluster distance
+    # buffalo_l: both at its cluster distance
+    for name, flag in (("track", "--track-threshold"), ("video_faceset", "--faceset-threshold")):
         assert library_threshold(name, meta, None, lib) == (
             0.62, "derived from the library's cluster threshold")
         assert library_threshold(name, {"model": "buffalo_l"}, None, lib) == (
             0.55, "model default")
-        with pytest.raises(ThresholdError):   # no faceset given: no library to ask
+        # no faceset given: no library to ask; the error names video merge's own flag
+        with pytest.raises(ThresholdError, match=f"has no default for {flag}: pass {flag},"):
             library_threshold(name, meta, None, LibrarySettings())

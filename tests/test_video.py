@@ -25,7 +25,7 @@ from facesets.steps.video import link_tracks, sample_times, split_span
 WORKER = ROOT / "work" / "video_face_worker.py"
 FAST = ["--fps", "1", "--det-size", "320"]
 # the clips' faces are 40-90 px at 640x360: the 80 px gate is lowered to see segments
-GATES = ["--threshold", TEST_THRESHOLD, "--min-face-short", "40"]
+GATES = ["--track-threshold", TEST_THRESHOLD, "--min-face-short", "40"]
 VFR = "goldeneye-vfr-drop3"
 
 
@@ -180,7 +180,7 @@ def test_killed_worker_resumes(run, tmp_path):
     items = json.loads(queue.read_text())["items"]
     log = out / vf.FRAMES_LOG
     proc = subprocess.Popen([sys.executable, str(WORKER), str(queue), str(out),
-                             "--no-progress", "--batch", "1"],
+                             "--no-progress", "--flush-every", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(read_jsonl(log)[0]) < 2:

@@ -207,7 +207,7 @@ def test_a_url_or_unstaged_path_in_tracks_never_reaches_ffmpeg(work, http_server
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [
             f"error: {tracks_path}: segments[1].video {video!r} is not the video `video "
-            f"scenes` staged as '{KEY}'; re-run `video track`"]
+            f"scenes` staged as '{KEY}'; re-run `video merge`"]
         assert not (work / f"out{n}" / vf.PLAN_FILE).exists()
     # the one helper every ffmpeg/ffprobe call goes through refuses anything but a local file
     with pytest.raises(OSError, match="not a local video file"):
@@ -242,7 +242,7 @@ def test_nan_in_tracks_never_reaches_the_plan(work):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {tracks_path}: segments[0].gates.pass_ratio nan is not a finite number; "
-        "re-run `video track`"]
+        "re-run `video merge`"]
     assert not (work / "out" / vf.PLAN_FILE).exists()
     doc["segments"][0]["gates"]["pass_ratio"] = 1.0
     tracks_path.write_text(json.dumps(doc))

@@ -121,7 +121,7 @@ def staged(tmp_path_factory):
                                   .ljust(size, b"\x00")[:size])
     queue = state / "queue.json"
     serial = root / "serial"
-    proc = worker(queue, serial, "--workers", "0", "--batch", "2")
+    proc = worker(queue, serial, "--workers", "0", "--flush-every", "2")
     return queue, serial, proc
 
 
@@ -136,7 +136,7 @@ def worker(queue, out, *extra, check=True):
 def test_overlapped_worker_writes_the_serial_records(staged, tmp_path):
     queue, serial, sproc = staged
     out = tmp_path / "overlap"
-    proc = worker(queue, out, "--workers", "2", "--batch", "2")
+    proc = worker(queue, out, "--workers", "2", "--flush-every", "2")
     want = records(serial / vf.FRAMES_LOG)
     assert records(out / vf.FRAMES_LOG) == want
     items = json.loads(queue.read_text())["items"]
@@ -152,7 +152,7 @@ def test_overlapped_worker_writes_the_serial_records(staged, tmp_path):
 def test_overlapped_worker_resumes_after_kill_and_ctrl_c(staged, tmp_path):
     queue, serial, _ = staged
     want = records(serial / vf.FRAMES_LOG)
-    args = ["--workers", "2", "--batch", "1", "--no-progress"]
+    args = ["--workers", "2", "--flush-every", "1", "--no-progress"]
     for sig, code in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
         out = tmp_path / sig.name
         log = out / vf.FRAMES_LOG

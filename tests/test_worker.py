@@ -70,7 +70,7 @@ def test_killed_worker_resumes_and_merge_equals_in_process_embed(faces_cache, tm
     assert not load_cache(cache, must_exist=False).n_files  # staging embeds nothing
 
     proc = subprocess.Popen([sys.executable, str(EMBED_WORKER), str(queue), str(out),
-                             "--no-progress", "--batch", "15"],
+                             "--no-progress", "--flush-every", "15"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list_segments(out / "results.npz")) < 2:
@@ -230,3 +230,19 @@ def test_worker_runs_without_sklearn_torch_or_scenedetect(tmp_path, script):
     for banned in ("sklearn", "torch", "scenedetect", "faiss", "hnswlib",
                    "facesets.engine", "facesets.steps.cluster"):
         assert banned not in mods, banned
+
+
+@pytest.mark.parametrize("script, model_batch", [("embed_worker.py", False),
+                                                 ("multiface_worker.py", False),
+                                                 ("video_face_worker.py", False),
+                                                 ("clip_worker.py", True)])
+def test_worker_help_names_the_flush_window_and_hides_the_old_batch(script, model_batch):
+    from facesets.runtime.jobs import DEFAULT_FLUSH_EVERY
+
+    proc = subprocess.run([sys.executable, str(ROOT / "work" / script), "--help"],
+                          capture_output=True, text=True, check=True)
+    options = proc.stdout[proc.stdout.index("options:"):]
+    assert "--flush-every N       write results durably every N items" in options
+    assert f"({DEFAULT_FLUSH_EVERY}" in options.split("--flush-every N", 1)[1][:120]
+    assert "--batch " not in proc.stdout and "--batch N" not in proc.stdout
+    assert ("--batch-size N" in options) is model_batch

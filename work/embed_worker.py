@@ -1,6 +1,6 @@
 """Embed worker: analyse an embed queue (detection, landmarks, recognition) into OUT.
 
-    python work/embed_worker.py QUEUE OUT [--providers ...] [--batch N] [--path-map FROM=TO]
+    python work/embed_worker.py QUEUE OUT [--providers ...] [--flush-every N] [--path-map FROM=TO]
 
 Run by a GPU-side Python (on Windows: /mnt/c/face_embed_venv/Scripts/python.exe, a venv made
 from requirements-worker.txt). OUT receives cache segments (OUT/results.npz.segments/) and
@@ -14,17 +14,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facesets.steps.embed_queue import make_embed_job  # noqa: E402
 from facesets.formats.queue import KIND_EMBED  # noqa: E402
 from facesets.runtime.worker import main  # noqa: E402
-
-
-def _extra_args(p) -> None:
-    p.add_argument("--workers", type=int, default=2,
-                   help="threads reading and decoding ahead of inference (2)")
-
+from facesets.steps.embed_queue import EmbedWorkerParams, make_embed_job  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(None, KIND_EMBED, make_embed_job,
                   results_help="results folder (cache segments + failures.jsonl)",
-                  description=__doc__, extra_args=_extra_args))
+                  description=__doc__, params_type=EmbedWorkerParams))

@@ -9,7 +9,7 @@
 #             (a library fed only from Immich, OUT without `run` output yet:
 #              sort_faces.py run ROOT OUT --cache CACHE, with --run-args=...)
 #   export    sort_faces.py export-swap CACHE OUT/facesets/refine_manifest.json OUT/swap_ready
-#   discover  sort_faces.py discover CACHE ROOT --into OUT/swap_ready --dry-run  (a report)
+#   discover  sort_faces.py library discover OUT/swap_ready CACHE ROOT --dry-run  (a report)
 # This is `sort_faces.py immich finalize LABEL --worker-python PY`: every step logs to
 # work/logs/immich-LABEL-STEP-DATE.log and the same command resumes at the first unfinished
 # step; once all steps are done, the same command starts a new run (re-run it weekly: the

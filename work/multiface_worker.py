@@ -1,6 +1,7 @@
 """Multi-face worker: re-detect every face PNG of a multiface queue, one JSONL record each.
 
-    python work/multiface_worker.py QUEUE RESULTS [--providers ...] [--batch N] [--path-map FROM=TO]
+    python work/multiface_worker.py QUEUE RESULTS [--providers ...] [--flush-every N]
+        [--path-map FROM=TO]
 
 Detection only ({id, path, faces, scores} per PNG, or {id, path, error}). RESULTS is append-
 only JSON Lines: re-run the same command after a crash to resume. Items that could not be
@@ -16,9 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from facesets.steps.audit import make_multiface_job  # noqa: E402
 from facesets.formats.queue import KIND_MULTIFACE  # noqa: E402
-from facesets.runtime.worker import main, prefetch_args  # noqa: E402
+from facesets.runtime.worker import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(None, KIND_MULTIFACE, make_multiface_job,
-                  results_help="results file (JSON Lines, appended)", description=__doc__,
-                  extra_args=prefetch_args))
+                  results_help="results file (JSON Lines, appended)", description=__doc__))

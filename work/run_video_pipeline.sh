@@ -6,14 +6,14 @@
 #   scenes  video scenes VIDEO_DIR STATE          shot boundaries (PySceneDetect)
 #   stage   video stage STATE                     one queue item per shot
 #   worker  work/video_face_worker.py QUEUE FACES sample, detect, embed (resumable)
-#   track   video track STATE                     tracks + segments passing the gates
-#   cut     video cut STATE OUT_DIR               ffmpeg clips + plan.json
+#   track   video merge STATE                     tracks + segments passing the gates
+#   cut     video apply STATE OUT_DIR             ffmpeg clips + plan.json
 # STATE is OUT_DIR/.video_state ($VIDEO_STATE_DIR overrides); every step logs to
 # STATE/logs/<step>.log. Finished steps are recorded in STATE/steps.done: re-running the same
 # command after a crash resumes at the first unfinished step (the worker itself resumes
 # mid-queue). Once every step is done, the next run starts over (each step skips what it has).
 # OPTIONS go to the step that takes them: --detector (scenes); --fps, --model, --model-root,
-# --det-size (stage); --providers (stage + worker); --threshold, --gap, --max-yaw,
+# --det-size (stage); --providers (stage + worker); --track-threshold (old: --threshold), --gap, --max-yaw,
 # --min-face-short, --min-det-score, --min-pass, --min-len, --max-len, --faceset,
 # --faceset-threshold (track); --reencode (cut). SIDECAR=yes adds --write-sidecar to cut.
 # $PYTHON (default python3) runs every step; `work/status_video_pipeline.sh OUT_DIR` shows
@@ -37,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     --detector) [[ $# -ge 2 ]] || usage; SCENES_OPTS+=("$1" "$2"); shift 2 ;;
     --fps|--model|--model-root|--det-size) [[ $# -ge 2 ]] || usage; STAGE_OPTS+=("$1" "$2"); shift 2 ;;
     --providers) [[ $# -ge 2 ]] || usage; STAGE_OPTS+=("$1" "$2"); WORKER_OPTS_A+=("$1" "$2"); shift 2 ;;
-    --threshold|--gap|--max-yaw|--min-face-short|--min-det-score|--min-pass|--min-len|--max-len|--faceset|--faceset-threshold)
+    --track-threshold|--threshold|--gap|--max-yaw|--min-face-short|--min-det-score|--min-pass|--min-len|--max-len|--faceset|--faceset-threshold)
       [[ $# -ge 2 ]] || usage; TRACK_OPTS+=("$1" "$2"); shift 2 ;;
     *) die "unknown option $1 (see the head of $0)" ;;
   esac
@@ -83,7 +83,7 @@ run_step scenes "$PYTHON" sort_faces.py video scenes "$VIDEO_DIR" "$STATE" --no-
 run_step stage "$PYTHON" sort_faces.py video stage "$STATE" "${STAGE_OPTS[@]}"
 run_step worker "$PYTHON" work/video_face_worker.py "$STATE/queue.json" "$STATE/faces" \
   --no-progress "${WORKER_OPTS_A[@]}"
-run_step track "$PYTHON" sort_faces.py video track "$STATE" "${TRACK_OPTS[@]}"
-run_step cut "$PYTHON" sort_faces.py video cut "$STATE" "$OUT" --no-progress "${CUT_OPTS[@]}"
+run_step track "$PYTHON" sort_faces.py video merge "$STATE" "${TRACK_OPTS[@]}"
+run_step cut "$PYTHON" sort_faces.py video apply "$STATE" "$OUT" --no-progress "${CUT_OPTS[@]}"
 echo complete >>"$DONE"
 echo "video pipeline: done: clips under $OUT/<source>/, plan $OUT/plan.json (state $STATE)"

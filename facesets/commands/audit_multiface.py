@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_options, refresh_report, say
+from .common import add_model_options, say
 
 
 def register(sub) -> None:
@@ -39,29 +39,30 @@ def run_stage(args) -> int:
 
 
 def run_apply(args) -> int:
-    from ..io.fsutil import output_lock
+    from ..core.library import Library
     from ..steps.audit import apply_audit, plan_audit, resume_audit
 
-    log = lambda m: say(f"  {m}")  # noqa: E731
     plan = plan_audit(args.queue, args.results)
     if args.dry_run:
         for line in plan.lines():
             say(f"  {line}")
         say(f"audit-multiface (dry run, nothing changed): {plan.line()}")
         return 0
-    with output_lock(plan.export):
-        if resume_audit(plan.export, log) is not None:
+    library = Library(plan.export, say)
+    resumed = []    # audit runs finish themselves (their plan file, not .runs/)
+    with library.open(finish=lambda root, log: resumed.append(resume_audit(root, log))):
+        if resumed[0] is not None:
             plan = plan_audit(args.queue, args.results)   # planned again after the resumed run
         if plan.applied is not None:
             r = plan.applied
             say(f"audit-multiface: run {plan.run_id} of these results was applied already "
                 f"({r.get('when')}: dropped {r.get('dropped')} PNGs); nothing changed")
-            refresh_report(plan.export)
+            library.report()
             return 0
         for line in plan.lines():
-            say(f"  {line}")
-        record = apply_audit(plan, log=log)
-        refresh_report(plan.export)
+            library.detail(line)
+        record = apply_audit(plan, log=library.detail)
+        library.report()
     say(f"audit-multiface: {plan.line()}; dropped {record['dropped']} PNGs, rebuilt "
         f"{len(plan.facesets())} facesets (run {plan.run_id})")
     return 0

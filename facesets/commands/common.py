@@ -119,6 +119,23 @@ def library_model(args, meta: dict, where: str, lib) -> str:
                                                   "pack_dir": lib.pack_dir}, str(lib.path))])
 
 
+def library_inputs(args, step: str):
+    """The head of a command that adds a cache's faces to a library (import, discover,
+    grow): the library folder (``args.swap_ready``, resolved), the cache (``args.cache``)
+    and the library's settings, after saying which model pack serves them. Returns
+    (root, cache, settings)."""
+    from ..core.settings import library_settings
+    from ..formats.cache import load_cache
+
+    root = Path(args.swap_ready).resolve()
+    cache = load_cache(args.cache)
+    lib = library_settings(root)
+    note = library_model(args, cache.meta, args.cache, lib)
+    if note:
+        say(f"{step}: {note}")
+    return root, cache, lib
+
+
 def used_pack_dir(args) -> str | None:
     """The folder of the pack the model options name, when it is here (what a library
     records when its cache does not know it, e.g. a cache filled by a worker)."""
@@ -225,34 +242,8 @@ def swap_ready_meta(root) -> dict:
 
 
 def recorded_run(root, step: str, plan, apply, dry_run: bool, before=None):
-    """The head every command that changes a swap-ready folder shares. ``plan()`` returns
-    a plan with ``lines()`` (printed) and ``line()`` (the summary); ``apply(plan, log)``
-    carries it out as a recorded run and returns its ``runs[]`` entry (None: nothing to
-    do). A dry run plans and prints only (no lock, nothing changed); a real run takes the
-    folder's lock, first finishes a run a kill interrupted, then plans and applies, and
-    ends with the run's id and how to undo it. ``before()``: what to do first under the
-    lock (import-folders makes a new library there). A real run rewrites the folder's
-    index.html (formats/report.py). Returns (plan, entry)."""
-    from ..core import runs
-    from ..io.fsutil import output_lock
+    """core/library.Library.operation for a command: its lines printed with ``say``.
+    Returns (plan, entry)."""
+    from ..core.library import Library
 
-    root = Path(root).resolve()
-    log = lambda m: say(f"  {m}")  # noqa: E731
-    if dry_run:
-        p = plan()
-        for line in p.lines():
-            say(f"  {line}")
-        say(f"{step} (dry run, nothing changed): {p.line()}")
-        return p, None
-    with output_lock(root):
-        if before is not None:
-            before()
-        runs.finish_pending(root, log)
-        p = plan()
-        for line in p.lines():
-            say(f"  {line}")
-        entry = apply(p, log)
-        refresh_report(root)              # index.html shows the folder as it is now
-    say(f"{step}: {p.line()}" + (f"; run {entry['id']} (undo: `undo {root} {entry['id']}`)"
-                                 if entry else "; nothing changed"))
-    return p, entry
+    return Library(root, say).operation(step, plan, apply, dry_run, before)

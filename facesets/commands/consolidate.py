@@ -1,27 +1,24 @@
-"""consolidate: merge facesets of a swap-ready folder that are one person.
+"""library consolidate: merge facesets of a swap-ready folder that are one person.
 
 Complete linkage over faceset centroids: facesets whose every pair is within the group
-threshold form a group; a group whose farthest pair is within the merge threshold is merged
-into its largest faceset (the others move to _merged/, their faces join it, re-ranked, its
-bundles rebuilt). The run is recorded: `history` lists it, `undo` reverses it.
+threshold form a group; a group whose farthest pair is within the merge threshold (--confident-threshold) is
+merged into its largest faceset (the others move to _merged/, their faces join it, re-ranked, its
+bundles rebuilt). The run is recorded: `library history` lists it, `library undo` reverses
+it.
 """
 from __future__ import annotations
 
 import argparse
 
 from .common import recorded_run, say, swap_ready_meta
+from .options import add_consolidate_thresholds
 
 
 def register(sub) -> None:
     p = sub.add_parser("consolidate", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("swap_ready", metavar="SWAP_READY", help="output folder of export-swap")
-    p.add_argument("--group-threshold", type=float, default=None,
-                   help="cosine distance between centroids to group facesets (default: the "
-                        "model's; buffalo_l 0.45, i.e. similarity 0.55)")
-    p.add_argument("--merge-threshold", type=float, default=None,
-                   help="cosine distance within which a whole group is merged (default: the "
-                        "model's; buffalo_l 0.35, i.e. similarity 0.65)")
+    add_consolidate_thresholds(p)
     p.add_argument("--dry-run", action="store_true", help="print the groups, change nothing")
     p.set_defaults(func=run)
 
@@ -35,9 +32,9 @@ def run(args) -> int:
     root = Path(args.swap_ready).resolve()
     meta, lib = swap_ready_meta(root), library_settings(root)
     group, gsrc = library_threshold("consolidate_group", meta, args.group_threshold, lib)
-    merge, msrc = library_threshold("consolidate_merge", meta, args.merge_threshold, lib)
+    merge, msrc = library_threshold("consolidate_merge", meta, args.confident_threshold, lib)
     if merge > group:
-        raise ValueError(f"--merge-threshold {merge} is looser than --group-threshold {group}")
+        raise ValueError(f"--confident-threshold {merge} is looser than --group-threshold {group}")
     say(f"consolidate: group within distance {group} ({gsrc}), merge within {merge} ({msrc})")
     recorded_run(root, "consolidate", lambda: plan_consolidate(root, group, merge),
                  apply_consolidate, args.dry_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..runtime.pipeline import RunLayout, Step, cache_inputs
 from ..steps.dedup import duplicates_path, run_dedup
 from .common import CACHE_HELP, add_progress_option, defaults, say
+from .options import add_flag
 
 DEDUP = defaults(run_dedup)
 
@@ -11,8 +12,8 @@ DEDUP = defaults(run_dedup)
 def register(sub) -> None:
     p = sub.add_parser("dedup", description=__doc__)
     p.add_argument("cache", help=CACHE_HELP)
-    p.add_argument("--max-distance", type=float, default=DEDUP["max_distance"],
-                   help="cosine distance of two faces of one photo re-encoded or resized")
+    add_flag(p, "--max-distance", type=float, default=DEDUP["max_distance"],
+             more=" (two faces of one photo re-encoded or resized)")
     p.add_argument("--size-tolerance", type=float, default=DEDUP["size_tolerance"],
                    help="how far the two faces' share of their image (box width and height "
                         "over image width and height) may differ, relative")

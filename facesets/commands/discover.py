@@ -1,7 +1,7 @@
-"""discover: new identities in a mixed folder, added to a swap-ready library (undoable).
+"""library discover: new identities in a mixed folder, added to a swap-ready library (undoable).
 
 The faces of SRC_ROOT (photos under it, or copies of them, in CACHE) that no faceset names
-yet: those within --near-threshold of an existing faceset's centroid are left to `extend`;
+yet: those within --centroid-near of an existing faceset's centroid are left to `extend`;
 the rest are clustered with refine's stages and gates (--initial-threshold,
 --merge-threshold, --outlier-threshold, --min-short, --min-blur, --min-det-score,
 --min-faces) and each cluster becomes a new faceset_NNN (numbered past the highest) through
@@ -11,19 +11,21 @@ manifest. --dry-run prints the clusters and their sizes.
 from __future__ import annotations
 
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
-                     add_progress_option, library_model, load_for, recorded_run, say)
-from .options import add_export_options, add_refine_options, export_params, refine_params
+                     add_progress_option, library_inputs, load_for, recorded_run, say)
+from .options import (add_export_options, add_flag, add_old_spelling, add_refine_options,
+                      export_params, refine_params)
 
 
 def register(sub) -> None:
     p = sub.add_parser("discover", description=__doc__)
+    p.add_argument("swap_ready", metavar="SWAP_READY",
+                   help="swap-ready library (export-swap's output)")
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("src_root", metavar="SRC_ROOT", help="mixed folder (its photos in CACHE)")
-    p.add_argument("--into", required=True, metavar="SWAP_READY",
-                   help="swap-ready library (export-swap's output)")
-    p.add_argument("--near-threshold", type=float, default=None,
-                   help="faces within this cosine distance of a faceset's centroid are left "
-                        "to extend (default: the model's; buffalo_l 0.45)")
+    add_flag(p, "--centroid-near", type=float, default=None,
+             more=" (default: the model's; buffalo_l 0.45)")
+    add_old_spelling(p, "--near-threshold", "--centroid-near",
+                     " (--max-distance is a duplicate distance)")
     add_refine_options(p)
     add_engine_option(p)
     add_export_options(p)
@@ -35,23 +37,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from ..core.settings import library_settings, library_threshold, resolve_settings
-    from ..formats.cache import load_cache
+    from ..core.settings import library_threshold, resolve_settings
     from ..steps.discover import apply_discover, gate_discover, plan_discover
 
-    root = Path(args.into).resolve()
-    cache = load_cache(args.cache)
+    root, cache, lib = library_inputs(args, "discover")
     meta = cache.meta
-    lib = library_settings(root)
-    note = library_model(args, meta, args.cache, lib)
-    if note:
-        say(f"discover: {note}")
     resolved = resolve_settings(args, lib, {
         "initial": "initial_threshold", "merge": "merge_threshold",
         "outlier": "outlier_threshold", "swap_outlier": "swap_outlier_threshold"})
-    near, src = library_threshold("discover_near", meta, args.near_threshold, lib)
+    near, src = library_threshold("discover_near", meta, args.centroid_near, lib)
     refine = refine_params(args, meta, args.cache)
     export = export_params(args, meta, False, args.cache)
     say(f"discover: near a faceset within {near} ({src}); clustering at "

@@ -1,6 +1,6 @@
-"""drop-faces: take faces out of a faceset by hand: their PNGs move to faces/_dropped/
-(dropped[] reason "review"), the bundles are rebuilt. A recorded run (`undo` puts them back).
-The review page's drop calls the same function."""
+"""faceset drop (was drop-faces): take faces out of a faceset by hand: their PNGs move to
+faces/_dropped/ (dropped[] reason "review"), the bundles are rebuilt. A recorded run (`library undo`
+puts them back). The review page's drop calls the same function."""
 from __future__ import annotations
 
 from .common import after_run, say
@@ -15,9 +15,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..core.library import display_name
     from ..steps.curate import drop_faces
 
     entry = drop_faces(args.swap_ready, args.faceset, args.files, log=lambda m: say(f"  {m}"))
-    say(f"drop-faces: {len(args.files)} faces of {args.faceset} moved to faces/_dropped/ "
-        f"(run {entry['id']})")
+    say(f"faceset drop: {len(args.files)} faces of {display_name(args.swap_ready, args.faceset)} "
+        f"moved to faces/_dropped/ (run {entry['id']})")
     return 0

@@ -1,40 +1,48 @@
-"""eras: split one long-lived identity (any faceset of a swap-ready folder) into facesets by
-era, from the faces' embeddings and the photos' EXIF capture dates.
+"""faceset eras: split one long-lived identity (any faceset of a swap-ready folder) into
+facesets by era, from the faces' embeddings and the photos' EXIF capture dates.
 
-  eras CACHE faceset_NNN --into SWAP_READY [--dry-run]
-  eras extend CACHE faceset_NNN --into SWAP_READY [--dry-run]
+  faceset eras build SWAP_READY CACHE faceset_NNN [--dry-run]
+  faceset eras extend SWAP_READY CACHE faceset_NNN [--dry-run]
 
 The first prints a probe of the faceset (pairwise distances, sub-cluster sizes, years per
 sub-cluster), recovers the identity's faces from the whole cache, gates and tightens them,
 sub-clusters them, attaches small fragments to the nearest large sub-cluster (anchor) when
 their centroids are close AND their years agree, and exports each era as a new faceset
 faceset_NNN_YYYY-YYYY; eras with too few faces go to SWAP_READY/_thin/. The source faceset
-is left as it is. `eras extend` slots faces embedded since into those eras by the same rule.
-Both are recorded runs (`history`, `undo`). Capture dates are read once and kept in
-CACHE.dates.json, so a re-run after a parameter change reads no photo.
+is left as it is. `faceset eras extend` slots faces embedded since into those eras by the
+same rule. Both are recorded runs (`library history`, `library undo`). Capture dates are
+read once and kept in CACHE.dates.json, so a re-run after a parameter change reads no photo.
 """
 from __future__ import annotations
 
 import argparse
 
 from ..steps.eras import ErasParams
+from .options import add_flag, add_old_spelling
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
                      add_progress_option, defaults, library_model, load_for, say)
 
 THRESHOLDS = {"eras_recover": "recover", "eras_tighten": "tighten", "eras_split": "split",
               "eras_attach": "attach"}
+FLAG_OF = {"split": "subcluster"}   # eras' split threshold is --subcluster-threshold
 
 
 def register(sub) -> None:
     p = sub.add_parser("eras", description=__doc__,
-                       usage="%(prog)s [extend] CACHE FACESET --into SWAP_READY [--dry-run] "
-                             "[options]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("words", nargs="+", metavar="[extend] CACHE FACESET",
-                   help=f"{CACHE_HELP}, and the faceset to split (faceset_NNN); `extend` "
-                        "first to slot new faces into its eras")
-    p.add_argument("--into", required=True, metavar="SWAP_READY",
+    verbs = p.add_subparsers(dest="eras_verb", metavar="VERB")
+    verbs.required = True
+    for verb, text in (("build", "split the faceset into facesets by era"),
+                       ("extend", "slot faces embedded since into the faceset's eras")):
+        _add_options(verbs.add_parser(verb, help=text, description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def _add_options(p) -> None:
+    p.add_argument("swap_ready", metavar="SWAP_READY",
                    help="the swap-ready folder holding the faceset (export-swap's output)")
+    p.add_argument("cache", metavar="CACHE", help=CACHE_HELP)
+    p.add_argument("faceset", metavar="FACESET", help="the faceset (faceset_NNN)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the probe and the eras, change nothing in SWAP_READY (the "
                         "capture dates read are still kept beside the cache)")
@@ -45,8 +53,9 @@ def register(sub) -> None:
                    help="recover the cache's faces this near the faceset's centroid (0.55)")
     g.add_argument("--tighten-threshold", type=float, default=None,
                    help="keep faces this near the re-computed centroid (0.50)")
-    g.add_argument("--split-threshold", type=float, default=None,
-                   help="sub-cluster at this distance, average linkage (0.35)")
+    add_flag(g, "--subcluster-threshold", type=float, default=None, more=" (0.35)")
+    add_old_spelling(g, "--split-threshold", "--subcluster-threshold",
+                     " (--split-threshold is split's re-clustering distance)")
     g.add_argument("--attach-threshold", type=float, default=None,
                    help="a fragment joins its nearest anchor within this (0.40)")
     r = p.add_argument_group("era rules")
@@ -70,17 +79,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _words(args) -> tuple[bool, str, str]:
-    w = list(args.words)
-    extend = bool(w) and w[0] == "extend"
-    if extend:
-        w = w[1:]
-    if len(w) != 2:
-        raise ValueError("eras needs CACHE FACESET (or `eras extend CACHE FACESET`), e.g. "
-                         "`eras faces.npz faceset_001 --into swap_ready`")
-    return extend, w[0], w[1]
-
-
 def params_from(args, meta: dict, recorded: dict | None = None,
                 lib=None) -> tuple[ErasParams, list[str]]:
     """The run's parameters: each flag, else (eras extend) what the eras run recorded, else
@@ -93,7 +91,7 @@ def params_from(args, meta: dict, recorded: dict | None = None,
     lib = lib or LibrarySettings()
     values, notes = {}, []
     for name, field in THRESHOLDS.items():
-        flag = getattr(args, f"{field}_threshold")
+        flag = getattr(args, f"{FLAG_OF.get(field, field)}_threshold")
         if flag is None and isinstance(recorded.get(field), (int, float)):
             v, src = float(recorded[field]), "the eras run"
         else:
@@ -116,7 +114,7 @@ def params_from(args, meta: dict, recorded: dict | None = None,
     values["engine"] = args.engine
     p = ErasParams(**values)
     if p.attach > p.recover or p.split > p.recover:
-        raise ValueError(f"--split-threshold {p.split} / --attach-threshold {p.attach} are "
+        raise ValueError(f"--subcluster-threshold {p.split} / --attach-threshold {p.attach} are "
                          f"looser than --recover-threshold {p.recover}")
     return p, notes
 
@@ -124,58 +122,54 @@ def params_from(args, meta: dict, recorded: dict | None = None,
 def run(args) -> int:
     from pathlib import Path
 
-    from ..core import runs
+    from ..core.library import Library
+    from ..core.settings import library_settings
     from ..formats.cache import load_cache
-    from ..io.fsutil import output_lock
     from ..steps import eras as step
 
-    from ..core.settings import library_settings
-
-    extend, cache_path, source = _words(args)
-    root = Path(args.into).resolve()
+    extend, cache_path, source = args.eras_verb == "extend", args.cache, args.faceset
+    root = Path(args.swap_ready).resolve()
+    library = Library(root, say)
     cache = load_cache(cache_path)
     lib = library_settings(root)
     note = library_model(args, cache.meta, cache_path, lib)
     if note:
         say(f"eras: {note}")
-    log = lambda m: say(f"  {m}")  # noqa: E731
     detector = lambda: load_for(args, cache.meta, cache_path,  # noqa: E731
                                 with_recognition=False)
     what = "eras extend" if extend else "eras"
     if extend:
         rec = step.live_eras(root, source)
         if rec is None:
-            raise ValueError(f"{source} has no eras in {root}: run `eras` first")
+            raise ValueError(f"{source} has no eras in {root}: run `faceset eras build "
+                             f"{root} {cache_path} {source}` first")
         params, notes = params_from(args, cache.meta, rec["parameters"], lib)
     else:
         params, notes = params_from(args, cache.meta, lib=lib)
-    say(f"{what} {source}: " + ", ".join(notes) + f"; anchors >= {params.min_anchor} faces, "
-        f"years +-{params.year_window}, eras under {params.min_era_faces} faces to _thin/")
+    say(f"{what} {library.display(source)}: " + ", ".join(notes)
+        + f"; anchors >= {params.min_anchor} faces, years +-{params.year_window}, eras under "
+        f"{params.min_era_faces} faces to _thin/")
 
-    def plan_and_print():
-        plan = (step.plan_extend if extend else step.plan_eras)(
+    def plan():
+        return (step.plan_extend if extend else step.plan_eras)(
             root, cache_path, source, params, args.progress, cache=cache)
+
+    def show(plan) -> None:
         say(plan.dates.line())
         for line in ([] if extend else step.probe_lines(plan.probe)) + plan.lines():
             say(line)
-        return plan
 
-    if args.dry_run:
-        plan = plan_and_print()
-        say(f"{what} (dry run, nothing changed in {root}): {plan.line()}")
-        return 0
-    with output_lock(root):
-        finished = runs.finish_pending(root, log)
+    def resume(finished: list[str]) -> str | None:
         rec = step.live_eras(root, source)
         if not extend and rec is not None and rec["run"] in finished:
-            say(f"eras: finished the interrupted eras run {rec['run']} of {source}; nothing "
-                "more to do")
-            return 0
-        plan = plan_and_print()
-        entry = (step.apply_extend if extend else step.apply_eras)(
-            plan, detector, args.progress, log)
-    for line in [] if extend else plan.export_lines():
-        say(line)
-    say(f"{what}: {plan.done_line()}" + (f"; run {entry['id']} (undo: `undo {root} "
-                                         f"{entry['id']}`)" if entry else "; nothing changed"))
+            return (f"eras: finished the interrupted eras run {rec['run']} of "
+                    f"{library.display(source)}; nothing more to do")
+        return None
+
+    library.operation(what, plan,
+                      lambda p, detail: (step.apply_extend if extend else step.apply_eras)(
+                          p, detector, args.progress, detail),
+                      args.dry_run, show=show, resume=resume,
+                      closing=lambda p: [] if extend else p.export_lines(),
+                      done=lambda p: p.done_line(), dry_note=f"nothing changed in {root}")
     return 0

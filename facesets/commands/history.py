@@ -1,4 +1,4 @@
-"""history: the recorded runs of a swap-ready folder (consolidate, audit-multiface apply,
+"""library history: the recorded runs of a swap-ready folder (consolidate, audit-multiface apply,
 undo...), oldest first, with what each changed and whether it was undone.
 
 --keep N prunes: every run but the newest N loses its kept copies (.runs/<id>/before/ and
@@ -26,7 +26,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..core.runs import pending
-    from ..steps.curate import history, plan_prune, prune
+    from ..steps.curate import facesets_shown, history, plan_prune, prune
 
     root = Path(args.swap_ready).resolve()
     if args.keep is not None:
@@ -34,11 +34,11 @@ def run(args) -> int:
             plan = plan_prune(root, args.keep)
             for line in plan.lines():
                 say(f"  {line}")
-            say(f"history --keep (dry run, nothing changed): {plan.line()}")
+            say(f"library history --keep (dry run, nothing changed): {plan.line()}")
             return 0
-        prune(root, args.keep, log=lambda m: say(f"history --keep: {m}"))
+        prune(root, args.keep, log=lambda m: say(f"library history --keep: {m}"))
     elif args.dry_run:
-        raise ValueError("--dry-run goes with --keep N (history alone changes nothing)")
+        raise ValueError("--dry-run goes with --keep N (library history alone changes nothing)")
     entries = history(root)
     for e in entries:
         state = f"undone by {e['undone_by']}" if e.get("undone_by") else "in effect"
@@ -48,7 +48,8 @@ def run(args) -> int:
             state += "; pruned: can no longer be undone"
         say(f"{e['id']}  {e.get('when', '?')}  {e['step']:<16} {e.get('moves', 0)} moves, "
             f"{e.get('changed', 0)} files changed; {state}; "
-            f"{json.dumps(e.get('summary', {}), sort_keys=True)}")
+            + (f"facesets {facesets_shown(root, e['facesets'])}; " if e.get("facesets") else "")
+            + json.dumps(e.get("summary", {}), sort_keys=True))
     left = pending(root)
     for run_id in left:
         say(f"{run_id}  interrupted: the next command on this folder finishes it")

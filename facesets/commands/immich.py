@@ -4,7 +4,8 @@
                                              work/immich/LABEL/ (resumable), then queue them
                                              for the GPU worker (or --embed here)
   immich finalize LABEL                      stage -> embed (or worker + merge) -> match
-                                             existing identities -> export-swap -> report
+                                             existing identities -> grow (export-swap the
+                                             first time) -> report
                                              of identities still left out (discover)
   immich push --user LABEL [--dry-run]       the facesets back to Immich as people
 
@@ -21,8 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..formats.immich_state import (QUEUE_FILE, STATE_DIR, check_label, load_finalize,
-                                    load_state, state_path, write_finalize)
+from ..formats.swapset import MANIFEST_NAME
+from ..formats.immich_state import (QUEUE_FILE, RAW_DIR, REFINED_DIR, RESULTS_DIR, STATE_DIR,
+                                    SWAP_READY_DIR, check_label, load_finalize, load_state,
+                                    raw_manifest, refine_manifest, state_path,
+                                    write_finalize)
 from ..runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 from ..runtime.pipeline import work_dir
 from ..sources.immich import (BREAKER_THRESHOLD, DEADLINE_S, MAX_ORIGINAL_MB, ImmichClient,
@@ -34,9 +38,9 @@ from .common import (add_cache_model_options, add_progress_option, backend_loade
 ROOT = Path(__file__).resolve().parent.parent.parent
 STAGE_DEFAULTS = defaults(stage_immich)
 # finalize's steps, in order (worker + merge replace embed with --worker-python)
-# export comes before discover: export-swap rebuilds OUT/swap_ready from the refine manifest
-# and removes faceset folders it does not list, so new identities enter through the refine
-# manifest (match: extend's leftover clustering) and discover only reports what is left
+# export: `grow` when OUT/swap_ready holds a library (its new faces join their facesets or
+# become new ones, whatever made the facesets: nothing renumbered, undoable), else
+# `export-swap` (the first one); discover only reports what is left
 STEPS_LOCAL = ("stage", "embed", "match", "export", "discover")
 STEPS_WORKER = ("stage", "worker", "merge", "match", "export", "discover")
 
@@ -89,8 +93,8 @@ def register(sub) -> None:
                         "options for that run, e.g. '--min-faces 5' (later finalizes use the "
                         "settings the library recorded)")
     f.add_argument("--discover-args", default="",
-                   help="extra options for the discover report (`discover --dry-run`), e.g. "
-                        "'--min-faces 5'")
+                   help="extra options for the discover report (`library discover "
+                        "--dry-run`), e.g. '--min-faces 5'")
     add_cache_model_options(f)
     f.set_defaults(func=run_finalize)
 
@@ -131,10 +135,11 @@ def _finalize_help() -> str:
             "+ merge with --worker-python) -> match (`extend` on OUT/raw and OUT/facesets: "
             "new faces join the faceset they are within the threshold of, the rest that "
             "cluster into enough photos become new facesets numbered past the maximum) -> "
-            "export (`export-swap` into OUT/swap_ready) -> discover (`discover --dry-run` "
-            "over the staged photos: reports identities still left out, e.g. under another "
-            "--min-faces; it adds nothing, since the next export-swap would remove "
-            "facesets its refine manifest does not list).")
+            "export (`library grow` of the library in OUT/swap_ready: new faces join their "
+            "facesets, whatever made them, or become new ones, nothing renumbered; "
+            "`export-swap` when there is no library yet) -> discover (`library discover "
+            "--dry-run` over the staged photos: reports identities still left out, e.g. under "
+            "another --min-faces).")
 
 
 def _stage_options(p) -> None:
@@ -249,7 +254,7 @@ def run_push(args) -> int:
 
     root = _root(args)
     cache = _cache_of(args, root)
-    swap = (Path(args.out) if args.out else work_dir() / "out") / "swap_ready"
+    swap = (Path(args.out) if args.out else work_dir() / "out") / SWAP_READY_DIR
     try:
         client = _client(args)
         plans = plan_push(client, swap, root, cache)
@@ -303,7 +308,7 @@ def _finalize_model(args, cache: str, out: Path) -> str:
     from ..core.settings import library_settings
     from ..formats.cache import cache_exists, load_cache
 
-    lib = library_settings(out / "swap_ready")
+    lib = library_settings(out / SWAP_READY_DIR)
     records = [(load_cache(cache).meta, cache)] if cache_exists(cache) else []
     if lib.model:
         records.append(({"model": lib.model, "pack_dir": lib.pack_dir}, str(lib.path)))
@@ -329,15 +334,18 @@ def _finalize_commands(args, root: Path, cache: str, out: Path) -> dict[str, lis
                   repr(args.max_original_mb), "--no-progress"] \
         + (["--skip-thumbs"] if args.skip_thumbs else []) \
         + (["--include-archived"] if args.include_archived else []) + _model_args(args)
-    results = root / STATE_DIR / "results"
-    match = (py + ["extend", cache, str(out / "raw"), "--refine-out", str(out / "facesets")]
+    results = root / STATE_DIR / RESULTS_DIR
+    match = (py + ["extend", cache, str(out / RAW_DIR), "--refine-out", str(out / REFINED_DIR)]
              + shlex.split(args.extend_args)) if _has_run_output(out) else \
         (py + ["run", str(root), str(out), "--cache", cache, "--no-progress"]
          + _model_args(args) + shlex.split(args.run_args))
-    cmds = {"match": match,
-            "export": py + ["export-swap", cache, str(out / "facesets" / "refine_manifest.json"),
-                            str(out / "swap_ready")] + shlex.split(args.export_args),
-            "discover": py + ["discover", cache, str(root), "--into", str(out / "swap_ready"),
+    library = (out / SWAP_READY_DIR / MANIFEST_NAME).is_file()
+    export = py + (["library", "grow", str(out / SWAP_READY_DIR), cache, "--no-progress"]
+                   if library else
+                   ["export-swap", cache, str(refine_manifest(out)), str(out / SWAP_READY_DIR)]
+                   ) + shlex.split(args.export_args)
+    cmds = {"match": match, "export": export,
+            "discover": py + ["library", "discover", str(out / SWAP_READY_DIR), cache, str(root),
                               "--dry-run", "--no-progress"] + shlex.split(args.discover_args)}
     if args.worker_python:
         wp = args.worker_python
@@ -357,7 +365,7 @@ def run_finalize(args) -> int:
     root = _root(args)
     cache = _cache_of(args, root)
     out = Path(os.path.abspath(args.out if args.out else work_dir() / "out"))
-    raw, refined = out / "raw" / "manifest.json", out / "facesets" / "refine_manifest.json"
+    raw, refined = raw_manifest(out), refine_manifest(out)
     if raw.is_file() != refined.is_file():
         missing = refined if raw.is_file() else raw
         raise FileNotFoundError(f"{missing}: missing; finalize grows the outputs of `run SRC "
@@ -381,14 +389,14 @@ def run_finalize(args) -> int:
             say(f"== {step}: done in this run already, skipped")
             continue
         log = logs / f"immich-{args.user}-{step}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        results = root / STATE_DIR / "results" / "results.npz.segments"
+        results = root / STATE_DIR / RESULTS_DIR / "results.npz.segments"
         if step == "worker":
             code = _merge_earlier_results(cmds["merge"], root, logs, args.user)
             if code != 0:
                 return _fail(f"merging the results of an earlier worker run failed (exit "
                              f"{code}; logs in {logs}); fix it and re-run `immich finalize "
                              f"{args.user}`")
-        if step == "match":   # the outputs may have been made since the commands were built
+        if step in ("match", "export"):   # the outputs may have been made since
             cmds = _finalize_commands(args, root, cache, out)
         if step == "merge" and not any(results.glob("seg-*.npz")):
             say(f"== {step}: the worker produced no results (nothing new to embed), skipped")
@@ -405,8 +413,7 @@ def run_finalize(args) -> int:
 
 def _has_run_output(out: Path) -> bool:
     """OUT holds what `run SRC OUT` makes (raw/ and facesets/ manifests)."""
-    return (out / "raw" / "manifest.json").is_file() and \
-        (out / "facesets" / "refine_manifest.json").is_file()
+    return raw_manifest(out).is_file() and refine_manifest(out).is_file()
 
 
 def _merge_earlier_results(merge: list[str], root: Path, logs: Path, user: str) -> int:
@@ -417,7 +424,7 @@ def _merge_earlier_results(merge: list[str], root: Path, logs: Path, user: str) 
 
     from ..formats.queue import KIND_EMBED, QUEUE_COPY, RESULTS_CACHE, load_queue
 
-    results = root / STATE_DIR / "results"
+    results = root / STATE_DIR / RESULTS_DIR
     copy, queue = results / QUEUE_COPY, root / STATE_DIR / QUEUE_FILE
     if not copy.is_file() or not queue.is_file():
         return 0

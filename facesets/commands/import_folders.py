@@ -1,5 +1,5 @@
-"""import-folders: hand-sorted folders (one per person, the folder name is the label) become
-new facesets of a swap-ready library (undoable).
+"""library import (was import-folders): hand-sorted folders (one per person, the folder name is
+the label) become new facesets of a swap-ready library (undoable).
 
 Each ROOT is a folder of person folders (or one person folder itself); their photos must be
 in CACHE (`embed` them first: copies of photos already embedded are only recorded as
@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from ..steps.import_folders import ImportParams
 from .common import (CACHE_HELP, add_cache_model_options, add_progress_option, defaults,
-                     library_model, load_for, recorded_run, say)
-from .options import add_export_options, export_params
+                     library_inputs, load_for, recorded_run, say)
+from .options import add_export_options, add_flag, add_old_spelling, export_params
 
 
 def register(sub) -> None:
     p = sub.add_parser("import-folders", description=__doc__)
+    p.add_argument("swap_ready", metavar="SWAP_READY",
+                   help="swap-ready library (export-swap's output, or a new folder)")
     p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("roots", nargs="+", metavar="ROOT",
                    help="folder of person folders (or one person folder)")
-    p.add_argument("--into", required=True, metavar="SWAP_READY",
-                   help="swap-ready library (export-swap's output, or a new folder)")
     p.add_argument("--route", default=None, metavar="MIXED_ROOT",
                    help="mixed folder whose faces join the nearest identity")
     p.add_argument("--loose-threshold", type=float, default=None,
@@ -38,8 +38,9 @@ def register(sub) -> None:
     p.add_argument("--route-threshold", type=float, default=None,
                    help="--route: a face joins an identity within this distance (default: "
                         "the model's; buffalo_l 0.45)")
-    p.add_argument("--min-faces", type=int, default=defaults(ImportParams)["min_faces"],
-                   help="a folder left with fewer faces after the two passes is skipped")
+    add_flag(p, "--min-kept", type=int, default=defaults(ImportParams)["min_faces"])
+    add_old_spelling(p, "--min-faces", "--min-kept", " (--min-faces is refine's photos per "
+                     "faceset)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     add_export_options(p)
     add_cache_model_options(p)
@@ -48,35 +49,25 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from ..core.newsets import ensure_library
-    from ..core.settings import library_settings, library_threshold, resolve_settings
-    from ..formats.cache import load_cache
+    from ..core.settings import library_threshold, resolve_settings
     from ..steps.import_folders import apply_import, gate_import, plan_import
 
-    root = Path(args.into).resolve()
-    cache = load_cache(args.cache)
+    root, cache, lib = library_inputs(args, "library import")
     meta = cache.meta
-    lib = library_settings(root)
-    note = library_model(args, meta, args.cache, lib)
-    if note:
-        say(f"import-folders: {note}")
-    # its --min-faces is import's own (faces left in a hand-sorted folder), not refine's gate
-    resolved = resolve_settings(args, lib, {"swap_outlier": "swap_outlier_threshold"},
-                                skip=("min_faces",))
+    resolved = resolve_settings(args, lib, {"swap_outlier": "swap_outlier_threshold"})
     got = {n: library_threshold(n, meta, v, lib) for n, v in (
         ("import_loose", args.loose_threshold), ("import_tight", args.tight_threshold))}
     if args.route:
         got["route"] = library_threshold("route", meta, args.route_threshold, lib)
     params = ImportParams(got["import_loose"][0], got["import_tight"][0],
-                          got.get("route", (None, ""))[0], args.min_faces)
+                          got.get("route", (None, ""))[0], args.min_kept)
     export = export_params(args, meta, False, args.cache)
-    say("import-folders: " + ", ".join(f"{n} {v} ({src})" for n, (v, src) in got.items())
+    say("library import: " + ", ".join(f"{n} {v} ({src})" for n, (v, src) in got.items())
         + f", export outlier gate {export.outlier_threshold}, min face "
         f"{export.min_face_short} px")
     for note in resolved.notes:
-        say(f"import-folders: {note}")
+        say(f"library import: {note}")
 
     def plan():
         return gate_import(plan_import(root, args.cache, args.roots, params, args.route,
@@ -95,5 +86,5 @@ def run(args) -> int:
             meta, export, {}, resolved, {"swap_outlier": threshold_source(
                 "swap_outlier", meta, args.swap_outlier_threshold)}))
 
-    recorded_run(root, "import-folders", plan, apply, args.dry_run, before=new_library)
+    recorded_run(root, "library import", plan, apply, args.dry_run, before=new_library)
     return 0

@@ -5,7 +5,7 @@
                                            on the GPU side: work/clip_worker.py QUEUE RESULTS
   occlusion merge RESULTS... SCORES        worker results into one scores file per export
   occlusion report SCORES REPORT_DIR       static HTML contact sheet per faceset
-  occlusion apply SCORES [--dry-run]       prune / quarantine (undoable: `undo SWAP_READY`)
+  occlusion apply SCORES [--dry-run]       prune / quarantine (undoable: `library undo SWAP_READY`)
   occlusion export-onnx OUT.onnx           CLIP image tower + prompt embeddings + logit scale
                                            as one ONNX graph for the torch-free worker
 Rules: a face with any attribute >= --image-threshold (0.7) is flagged; a faceset with
@@ -25,20 +25,77 @@ FP16_TOLERANCE = 2e-2
 
 
 def _rules(p) -> None:
-    from ..core.occlusion import FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS
+    from ..steps.occlusion import OcclusionRules
+    from .common import defaults
 
-    p.add_argument("--image-threshold", type=float, default=IMAGE_THRESHOLD,
+    d = defaults(OcclusionRules)
+    p.add_argument("--image-threshold", type=float, default=d["image_threshold"],
                    help="flag a face whose probability for any attribute reaches this")
-    p.add_argument("--faceset-share", type=float, default=FACESET_SHARE,
+    p.add_argument("--faceset-share", type=float, default=d["faceset_share"],
                    help="quarantine a faceset to _masked/ when this share of it is flagged")
-    p.add_argument("--min-survivors", type=int, default=MIN_SURVIVORS,
+    p.add_argument("--min-survivors", type=int, default=d["min_survivors"],
                    help="a faceset left with fewer faces after pruning moves to _thin/")
 
 
+def _rules_of(args):
+    from ..steps.occlusion import OcclusionRules
+
+    return OcclusionRules(args.image_threshold, args.faceset_share, args.min_survivors)
+
+
+def clip_options(p) -> None:
+    """The clip scorer's options, defaults from steps.occlusion.ClipOptions."""
+    from ..steps.occlusion import ClipOptions
+    from .common import defaults
+
+    d = defaults(ClipOptions)
+    p.add_argument("--clip-model", default=d["clip_model"],
+                   help="open_clip architecture of the clip scorer")
+    p.add_argument("--pretrained", default=d["pretrained"],
+                   help="open_clip pretrained tag (weights from the Hugging Face hub, cached); "
+                        "'none': random weights")
+    p.add_argument("--weights", default=d["weights"],
+                   help="local checkpoint file instead of --pretrained (no download)")
+    p.add_argument("--model-config", default=d["model_config"],
+                   help="open_clip model config JSON to register first (its file stem is "
+                        "the architecture's name)")
+    p.add_argument("--prompts", default=d["prompts"],
+                   help="prompt ensembles JSON (default: facesets/scorers/"
+                        "occlusion_prompts.json; copy and edit it)")
+    p.add_argument("--threads", type=int, default=d["threads"], help="torch CPU threads")
+    p.add_argument("--device", default=d["device"],
+                   help="torch device of the clip scorer (cpu, cuda); the GPU path without "
+                        "torch is export-onnx + --scorer onnx:PATH")
+
+
+def scorer_options(p) -> None:
+    """``--scorer`` and the clip scorer's options: `occlusion score` and work/clip_worker.py
+    (beside runtime.worker's options)."""
+    from ..steps.occlusion import OcclusionWorkerParams
+    from .common import defaults
+
+    p.add_argument("--scorer", default=defaults(OcclusionWorkerParams)["scorer"],
+                   help="clip (open_clip zero-shot, torch) or onnx:PATH (ONNX Runtime: a "
+                        "binary occlusion classifier [clean, occluded], or a CLIP graph "
+                        "written by `occlusion export-onnx`)")
+    clip_options(p)
+    p.add_argument("--fp16", action="store_true",
+                   help="clip scorer on a GPU (--device cuda): run under fp16 autocast "
+                        "(several times faster on a recent NVIDIA GPU; scores differ from "
+                        "fp32 by rounding: docs/benchmarks.md)")
+
+
+def worker_params(args):
+    """steps.occlusion.OcclusionWorkerParams from the parsed worker and scorer options."""
+    from ..runtime.worker import params_from
+    from ..steps.occlusion import ClipOptions, OcclusionWorkerParams
+
+    return params_from(args, OcclusionWorkerParams, clip=params_from(args, ClipOptions))
+
+
 def register(sub) -> None:
-    from ..runtime.worker import add_worker_args
-    from ..scorers.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
-    from ..steps.occlusion import clip_args, scorer_args
+    from ..runtime.worker import worker_options
+    from ..steps.occlusion import OcclusionWorkerParams
 
     p = sub.add_parser("occlusion", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,8 +108,8 @@ def register(sub) -> None:
     s.set_defaults(func=_stage)
 
     s = ops.add_parser("score", help="score a queue in-process (the worker's job loop)")
-    add_worker_args(s, "results file (JSON Lines, appended; resumable)")
-    scorer_args(s)
+    worker_options(s, OcclusionWorkerParams, "results file (JSON Lines, appended; resumable)")
+    scorer_options(s)
     s.set_defaults(func=_score)
 
     s = ops.add_parser("merge", help="worker results into one scores file")
@@ -80,7 +137,7 @@ def register(sub) -> None:
     s = ops.add_parser("export-onnx", help="CLIP zero-shot as one ONNX graph (no torch "
                                            "needed to run it)")
     s.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
-    clip_args(s, DEFAULT_MODEL, DEFAULT_PRETRAINED)
+    clip_options(s)
     s.add_argument("--fp16", action="store_true",
                    help="write the graph in float16 (about half the size; float32 input and "
                         f"output; --check tolerance {FP16_TOLERANCE:g})")
@@ -117,16 +174,16 @@ def _score(args) -> int:
     from ..formats.queue import KIND_OCCLUSION, load_queue
     from ..runtime.jobs import EXIT_INTERRUPTED
     from ..runtime.pathmap import PathMapper
-    from ..runtime.worker import run_job, work_items, worker_lock
-    from ..steps.occlusion import make_occlusion_job
+    from ..runtime.worker import run_job, settle_options, work_items, worker_lock
+    from ..steps.occlusion import OcclusionWorkerParams, make_occlusion_job
 
-    if args.batch < 1:
-        raise ValueError("--batch must be at least 1")
+    settle_options(args, OcclusionWorkerParams)
+    params = worker_params(args)
     queue = load_queue(args.queue, KIND_OCCLUSION)
     mapper = PathMapper(None, args.path_map, windows=False)
-    job, lock, failures = make_occlusion_job(queue, args, mapper)
+    job, lock, failures = make_occlusion_job(queue, params, mapper)
     with worker_lock(lock, what=f"results {args.results}"):
-        summary = run_job(job, work_items(queue, mapper), Path(failures), args.batch,
+        summary = run_job(job, work_items(queue, mapper), Path(failures), params.flush_every,
                           args.progress)
     say(summary.line() + (f" (see {failures})" if summary.failed else ""))
     return EXIT_INTERRUPTED if summary.interrupted else 0
@@ -147,8 +204,7 @@ def _merge(args) -> int:
 def _report(args) -> int:
     from ..steps.occlusion import plan_filter, write_report
 
-    plan = plan_filter(args.scores, args.image_threshold, args.faceset_share,
-                       args.min_survivors)
+    plan = plan_filter(args.scores, _rules_of(args))
     index = write_report(plan, args.report_dir, args.progress)
     say(f"occlusion report: {plan.line()}; open {index}")
     return 0
@@ -162,8 +218,7 @@ def _apply(args) -> int:
     from .common import recorded_run
 
     def plan():
-        p = plan_filter(args.scores, args.image_threshold, args.faceset_share,
-                        args.min_survivors)
+        p = plan_filter(args.scores, _rules_of(args))
         write_plan(p, dry_run=args.dry_run)
         return p
 
@@ -175,12 +230,13 @@ def _apply(args) -> int:
 
 @_scorer_errors
 def _export_onnx(args) -> int:
+    from ..runtime.worker import params_from
     from ..scorers import scorer_from_spec
-    from ..steps.occlusion import check_images, clip_options_of, compare_scorers
+    from ..steps.occlusion import ClipOptions, check_images, compare_scorers
 
-    options = clip_options_of(args)
-    options.pop("fp16", None)      # the check's reference is torch in float32
-    clip = scorer_from_spec("clip", options)
+    # --fp16 here is the graph's dtype; the check's reference is torch in float32
+    options = params_from(args, ClipOptions, fp16=False)
+    clip = scorer_from_spec("clip", options.scorer_options())
     meta = clip.export_onnx(args.out, fp16=args.fp16)
     say(f"occlusion export-onnx: {meta['name']} -> {args.out} (attributes "
         f"{', '.join(meta['attributes'])}, input {meta['image_size']} px, logit scale "

@@ -1,5 +1,5 @@
-"""quarantine: set a whole faceset aside: its folder moves to _quarantine/ and leaves the
-top-level manifest's listing (quarantined[] says where it went). A recorded run (`undo`
+"""faceset quarantine: set a whole faceset aside: its folder moves to _quarantine/ and leaves the
+top-level manifest's listing (quarantined[] says where it went). A recorded run (`library undo`
 brings it back)."""
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..core.library import display_name
     from ..steps.curate import quarantine
 
+    shown = display_name(args.swap_ready, args.faceset)   # NAME.txt moves with the folder
     entry = quarantine(args.swap_ready, args.faceset, log=lambda m: say(f"  {m}"))
-    say(f"quarantine: {args.faceset} moved to _quarantine/ (run {entry['id']})")
+    say(f"quarantine: {shown} moved to _quarantine/ (run {entry['id']})")
     return 0

@@ -1,5 +1,5 @@
-"""rename: write a person's name into a faceset's NAME.txt (a recorded run: `undo` gives the
-previous name back). The review page's rename calls the same function."""
+"""faceset rename: write a person's name into a faceset's NAME.txt (a recorded run:
+`library undo` gives the previous name back). The review page's rename calls the same function."""
 from __future__ import annotations
 
 from .common import after_run, say
@@ -14,8 +14,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..core.library import display_name
     from ..steps.curate import rename
 
+    was = display_name(args.swap_ready, args.faceset)   # its label before the rename
     entry = rename(args.swap_ready, args.faceset, args.name, log=lambda m: say(f"  {m}"))
-    say(f"rename: {args.faceset} is now {args.name!r} (run {entry['id']})")
+    say(f"rename: {was} is now {args.name!r} (run {entry['id']})")
     return 0

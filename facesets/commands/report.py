@@ -1,4 +1,4 @@
-"""report: (re)write OUT/index.html, the overview page of an output folder of cluster,
+"""library report: (re)write OUT/index.html, the overview page of an output folder of cluster,
 refine or export-swap (one card per person / faceset: face crops, counts, name, links,
 export-swap's top-N with scores). Every command that writes such a folder writes it too;
 this command rewrites it, e.g. after NAME.txt files were edited by hand. The page opens

@@ -3,6 +3,12 @@
 Outputs OUT/raw (cluster), OUT/facesets (refine), OUT/swap_ready (export-swap); the cache is
 work/cache/<SRC folder name>.npz unless --cache is given. Re-run after a crash, it resumes
 at the first step that has not finished with the same inputs (OUT/run_state.json).
+
+On an OUT that holds a library already (OUT/swap_ready), run is incremental: embed, extend
+(SRC's new faces join raw/'s persons and facesets/'s facesets, their numbering kept), dedup,
+enrich, grow (the library's new faces join its facesets, whatever made them, or become new
+facesets numbered past the highest: one recorded run, undoable; see `library grow`). No faceset is
+renumbered or renamed. --rebuild re-clusters and re-exports everything instead.
 """
 from __future__ import annotations
 
@@ -50,15 +56,23 @@ def register(sub) -> None:
     p.add_argument("--no-estimate", dest="estimate", action="store_false",
                    help="a model without built-in thresholds: do not estimate the missing "
                         "ones from the cache (see below); list them and stop instead")
+    p.add_argument("--rebuild", action="store_true",
+                   help="on an OUT holding a library: re-cluster the whole cache and re-export "
+                        "OUT/swap_ready (refused when identity operations made facesets there) "
+                        "instead of growing it")
     add_progress_option(p)
     p.set_defaults(func=run)
 
 
-def build_steps(args, layout: pipeline.RunLayout) -> list[pipeline.Step]:
-    """Each step of pipeline.STEPS, as its command module declares it (pipeline_step), and
-    the estimate after embed when thresholds must be estimated (``args.estimate_needed``)."""
-    steps = [importlib.import_module(f"{__package__}.{name.replace('-', '_')}")
-             .pipeline_step(args, layout) for name in pipeline.STEPS]
+def build_steps(args, layout: pipeline.RunLayout, grow: bool = False) -> list[pipeline.Step]:
+    """Each step of pipeline.STEPS (``grow``: of pipeline.GROW_STEPS), as its command module
+    declares it (pipeline_step), and the estimate after embed when thresholds must be
+    estimated (``args.estimate_needed``)."""
+    own = {"extend": extend_step, "grow": grow_step}
+    steps = [own[name](args, layout) if name in own else
+             importlib.import_module(f"{__package__}.{name.replace('-', '_')}")
+             .pipeline_step(args, layout)
+             for name in (pipeline.GROW_STEPS if grow else pipeline.STEPS)]
     if getattr(args, "estimate_needed", None):
         steps.insert(1, pipeline.Step(
             "estimate", pipeline.cache_inputs(layout, False, args.estimate_needed),
@@ -189,6 +203,77 @@ def ensure_estimate(args, cache: Path, names: list[str]) -> dict:
     return {"estimated": est.thresholds, "again": True}
 
 
+def library_size(layout: pipeline.RunLayout) -> int | None:
+    """How many facesets OUT/swap_ready's library lists; None when OUT holds none (a
+    first run). A damaged top-level manifest is one error naming it."""
+    if not layout.swap_manifest.is_file():
+        return None
+    return len(load_manifest(layout.swap_manifest, SWAP_MANIFEST)["facesets"])
+
+
+def extend_step(args, layout: pipeline.RunLayout) -> pipeline.Step:
+    """extend as a step of an incremental `run`: the cache's new faces join OUT/raw's
+    persons and OUT/facesets' facesets (numbering kept); nothing when OUT has no raw/ (a
+    library fed otherwise, e.g. only from Immich)."""
+    def action() -> dict:
+        from ..steps.extend import run_extend
+
+        if not layout.raw_manifest.is_file():
+            say(f"run: extend: {layout.raw_manifest} missing (a library made otherwise): "
+                "skipped")
+            return {"skipped": "no raw output"}
+        refine_out = layout.facesets if layout.refine_manifest.is_file() else None
+        res = run_extend(load_cache(layout.cache), os.fspath(layout.cache), layout.raw,
+                         refine_out, args.threshold, args.engine)
+        raw, ref = res["raw"] or {}, res["refine"] or {}
+        say(f"run: extend: {res['new_faces']} faces new to {layout.raw}: "
+            f"{sum((raw.get('joined') or {}).values())} joined persons, "
+            f"{len(raw.get('new_persons') or [])} new persons; {layout.facesets}: "
+            f"{ref.get('faces_added', 0)} faces added, "
+            f"{len(ref.get('new_facesets') or [])} new facesets (numbering kept)")
+        return {"new_faces": res["new_faces"]}
+
+    options = pipeline.option_values(args, "threshold", "engine")
+    return pipeline.Step("extend", pipeline.cache_inputs(layout, False, options), layout.out,
+                         action)
+
+
+def grow_step(args, layout: pipeline.RunLayout) -> pipeline.Step:
+    """grow as a step of an incremental `run`: OUT/swap_ready's new faces join its facesets
+    or become new ones (steps/grow.py), one recorded run; OUT's lock is held already."""
+    def action() -> dict:
+        from ..core.library import undo_line
+        from ..core.settings import library_settings
+        from ..steps.grow import grow_library
+        from .common import refresh_report
+        from .export_swap import detector_loader
+        from .grow import grow_params
+
+        cache = load_cache(layout.cache)
+        lib = library_settings(layout.swap_ready)
+        params, lines = grow_params(args, cache.meta, os.fspath(layout.cache), lib)
+        say(f"run: grow: {lines[0]}")
+        plan = grow_library(layout.swap_ready, os.fspath(layout.cache), params,
+                            detector_loader(args, cache.meta, os.fspath(layout.cache)),
+                            progress=args.progress, log=lambda m: say(f"  {m}"), lock=False,
+                            cache=cache)
+        for line in plan.lines():
+            say(f"  {line}")
+        entry = plan.result.entry if plan.result else None
+        say(f"run: grow: {plan.line()}; {undo_line(layout.swap_ready, entry)}")
+        refresh_report(layout.swap_ready)
+        return {"new_faces": plan.new, "joined": plan.joined(), "gated": plan.gated(),
+                "new_facesets": len(plan.result.names) if plan.result else 0,
+                "run": entry["id"] if entry else None}
+
+    options = pipeline.option_values(
+        args, "threshold", "initial_threshold", "merge_threshold", "outlier_threshold",
+        "swap_outlier_threshold", "min_short", "min_blur", "min_det_score", "min_faces",
+        "min_face_short", "out_size", "pad_ratio", "top_n", *pipeline.MODEL_OPTIONS)
+    return pipeline.Step("grow", pipeline.cache_inputs(layout, True, options),
+                         layout.swap_manifest, action)
+
+
 def run(args) -> int:
     src = Path(args.src)
     if not src.is_dir():
@@ -205,8 +290,28 @@ def run(args) -> int:
     with ExitStack() as locks:   # OUT and each folder a step replaces whole
         for folder in (layout.out, layout.raw, layout.facesets, layout.swap_ready):
             locks.enter_context(output_lock(folder))
+        size = library_size(layout)
         state = pipeline.RunState.load(layout.state)
-        result = pipeline.run_steps(build_steps(args, layout), state, say)
+        steps = build_steps(args, layout)
+        # a first run a kill interrupted after export-swap made the library, before its
+        # state recorded it, is finished as a first run (so it ends as an uninterrupted one)
+        first_run = "cluster" in state.steps and "export-swap" not in state.steps
+        if size is not None and not args.rebuild and not first_run:
+            if all(state.done(s.name, s.inputs()) and s.output.exists() for s in steps):
+                say(f"run: {layout.out} holds a library of {size} facesets, made from these "
+                    "photos with these settings: nothing to grow")
+            else:
+                steps = build_steps(args, layout, grow=True)
+                say(f"run: {layout.out} holds a library of {size} facesets: growing it (new "
+                    "faces join their facesets or become new ones; nothing renumbered; "
+                    "--rebuild re-clusters and re-exports instead)")
+        elif size is not None and not first_run:
+            from ..steps.export import refuse_identity_ops
+
+            refuse_identity_ops(layout.swap_ready)   # before raw/ and facesets/ are rebuilt
+            say(f"run: {layout.out} holds a library of {size} facesets: --rebuild, "
+                "re-clustering and re-exporting it")
+        result = pipeline.run_steps(steps, state, say)
     if result["interrupted"]:
         say(f"run: interrupted during {result['interrupted']}; re-run the same command to "
             "resume")
@@ -247,7 +352,7 @@ def result_table(layout: pipeline.RunLayout) -> list[str]:
         "next:",
         f"  1. look at them: open {layout.swap_ready / REPORT_FILE} in a browser (one card "
         "per faceset)",
-        f"  2. fix them: sort_faces.py review {layout.swap_ready}   (rename, merge, split, "
+        f"  2. fix them: sort_faces.py library review {layout.swap_ready}   (rename, merge, split, "
         "drop faces in the browser; undoable)",
         f"  3. sort_faces.py verify-fsz {layout.swap_ready}   (one face per PNG, as "
         "roop-unleashed reads them)",

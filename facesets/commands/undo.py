@@ -1,4 +1,4 @@
-"""undo: reverse a recorded run of a swap-ready folder (default: the last run in effect):
+"""library undo: reverse a recorded run of a swap-ready folder (default: the last run in effect):
 the files it moved go back, the manifests it changed get their previous bytes, the bundles
 it rebuilt are rebuilt from them. The undo is recorded as a run too."""
 from __future__ import annotations
@@ -16,18 +16,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from ..core import runs
+    from ..core.library import Library
     from ..formats.manifest import ManifestError
     from ..steps.curate import describe_run
-    from ..io.fsutil import output_lock
 
-    root = Path(args.swap_ready).resolve()
-    log = lambda m: say(f"  {m}")  # noqa: E731
-    with output_lock(root):
+    library = Library(args.swap_ready, say)
+    root = library.root
+    # a dry run finishes nothing: it only says what an undo would reverse
+    with library.open(finish=(lambda _root, _log: []) if args.dry_run else None):
         if not args.dry_run:
-            finished = runs.finish_pending(root, log)
+            finished = library.finished
             # a run committed before a kill whose report is still to rewrite: when it is
             # this undo, after_run's report rewrite is what is left to do
             stale = runs.report_pending(root)
@@ -57,6 +56,6 @@ def run(args) -> int:
             say(f"undo (dry run, nothing changed): {what}")
             return 0
         undo_id = runs.prepare_undo(root, target["id"])
-        runs.execute(root, undo_id, log)
+        runs.execute(root, undo_id, library.detail)
     say(f"undo: reversed {what} (run {undo_id})")
     return 0

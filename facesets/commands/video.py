@@ -1,12 +1,12 @@
-"""video scenes|stage|track|cut: short clips of one clearly visible face, for the swap to run on.
+"""video scenes|stage|merge|apply: short clips of one clearly visible face, for the swap to run on.
 
   video scenes VIDEO_DIR STATE    shots of every video (PySceneDetect), one file per video
   video stage STATE               queue one item per shot (then the worker, below)
   python work/video_face_worker.py STATE/queue.json STATE/faces
                                   sample each shot at --fps, detect + embed every face
                                   (in-process here, or on a GPU machine; resumable)
-  video track STATE               tracks within shots, segments passing the quality gates
-  video cut STATE OUT             ffmpeg: OUT/<source>/<uuid>.mp4 per segment, OUT/plan.json
+  video merge STATE               tracks within shots, segments passing the quality gates
+  video apply STATE OUT           ffmpeg: OUT/<source>/<uuid>.mp4 per segment, OUT/plan.json
 work/run_video_pipeline.sh VIDEO_DIR OUT chains them (docs/video-format.md).
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..steps import video as step
 from .common import add_model_options, add_progress_option, defaults, say, warn
+from .options import add_old_spelling
 
 TRACK = defaults(step.TrackParams)
 STATE_HELP = "state folder of this video batch (scenes, queue, worker results, tracks)"
@@ -43,9 +44,11 @@ def register(sub) -> None:
 
     s = vsub.add_parser("track", help="tracks within shots and the segments passing the gates")
     s.add_argument("state", metavar="STATE", help=STATE_HELP)
-    s.add_argument("--threshold", type=float, default=None,
+    s.add_argument("--track-threshold", type=float, default=None,
                    help="cosine distance within which a face continues a track (default: "
                         "the model's)")
+    add_old_spelling(s, "--threshold", "--track-threshold",
+                     "--threshold is the clustering distance everywhere else")
     s.add_argument("--gap", type=float, default=TRACK["gap"],
                    help="seconds a track stays open without a detection")
     s.add_argument("--max-yaw", type=float, default=TRACK["max_yaw"],
@@ -110,23 +113,24 @@ def run_track(args) -> int:
     # --faceset names a faceset of a library: its recorded thresholds serve a model without
     # built-in ones (flag > library > model table)
     lib = library_settings(Path(args.faceset).parent if args.faceset else None)
-    threshold, source = library_threshold("track", meta, args.threshold, lib)
+    threshold, source = library_threshold("track", meta, args.track_threshold, lib)
     if source not in ("flag", "model default"):
-        say(f"video track: link distance {threshold} ({source})")
+        say(f"video merge: link distance {threshold} ({source})")
+    identity, name, faceset_threshold = None, "", None
+    if args.faceset:
+        identity, name = step.faceset_identity(args.faceset, model.get("model_id"))
+        faceset_threshold = library_threshold("video_faceset", meta, args.faceset_threshold,
+                                              lib)[0]
     params = step.TrackParams(
         threshold=threshold,
         fps=float(queue["params"]["fps"]), gap=args.gap, max_yaw=args.max_yaw,
         min_face_short=args.min_face_short, min_det_score=args.min_det_score,
-        min_pass=args.min_pass, min_len=args.min_len, max_len=args.max_len)
-    identity, name = None, ""
-    if args.faceset:
-        identity, name = step.faceset_identity(args.faceset, model.get("model_id"))
-        params.faceset_threshold = library_threshold("video_faceset", meta,
-                                                     args.faceset_threshold, lib)[0]
+        min_pass=args.min_pass, min_len=args.min_len, max_len=args.max_len,
+        faceset_threshold=faceset_threshold)
     doc = step.track_segments(args.state, params, identity, name)
     p = doc["params"]
     secs = sum(s["end"] - s["start"] for s in doc["segments"])
-    say(f"video track: {len(doc['tracks'])} tracks in {p['shots_recorded']} shots, "
+    say(f"video merge: {len(doc['tracks'])} tracks in {p['shots_recorded']} shots, "
         f"{len(doc['segments'])} segments ({secs:.1f} s) pass the gates"
         + (f" and match {name}" if name else "")
         + (f"; {p['shots_missing']} queued shots not scored yet (run the worker)"
@@ -144,5 +148,5 @@ def run_cut(args) -> int:
         warn(f"not cut: {line}")
     for line in summary.outside_tolerance:
         warn(f"outside tolerance: {line}")
-    say(f"video cut: {summary.line()} -> {args.out}/plan.json")
+    say(f"video apply: {summary.line()} -> {args.out}/plan.json")
     return 2 if summary.failed else 0

@@ -26,7 +26,6 @@ name) goes into NAME.txt and names the bundles (``<label>_top30.fsz``).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -46,7 +45,7 @@ from ..formats.runs import MERGED_DIR
 from ..formats.swapset import (ADDED_DIR, ADDED_SECTION, MANIFEST_NAME, NAME_TEMPLATE,
                                SPLIT_DIR, bundle_stem, bundles_entry, faceset_listing,
                                label_stem, swap_manifest)
-from ..io.fsutil import fsync_dir, internal_dir, remove_on_error
+from ..io.fsutil import commit_dir, internal_dir, remove_on_error
 from . import runs
 from .quality import cache_row, face_quality
 from .selection import FaceSelection, select_faces
@@ -123,6 +122,25 @@ def _tag(step: str, plan: list[tuple[str, NewFaceset]], params: ExportParams, ro
                           ).hexdigest()[:12]
 
 
+def build_folder(root: Path, under: str, tag: str, names: list[str]) -> Path | None:
+    """Where to build the faceset folders ``names`` that a run brings in from
+    ``<under>/<tag>/`` (the build of ``add_facesets``, split, eras extend, grow's joins):
+    None when a build of the same plan finished already (a re-run after a kill reuses it);
+    else a fresh ``<under>/.<tag>.partial/`` (a half-built one a kill left is thrown away:
+    nothing refers to it), removed if the build fails, to be committed with
+    ``fsutil.commit_dir``. A ``<tag>`` folder holding something else is an error."""
+    built = root / under / tag
+    if all((built / n / MANIFEST_NAME).is_file() for n in names):
+        return None
+    if built.exists():
+        raise ManifestError(f"{built}: exists but does not hold {', '.join(names)}; move it "
+                            "away by hand")
+    part = remove_on_error(internal_dir(root, under) / f".{tag}.partial")
+    if part.exists():
+        shutil.rmtree(part)
+    return part
+
+
 def clean_partials(root: Path, under: str = ADDED_DIR) -> None:
     """Half-built ``<under>/.<tag>.partial/`` folders a kill left (nothing refers to them)."""
     d = internal_dir(root, under, create=False)   # never a symlink out of the library
@@ -150,8 +168,8 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
                  progress: bool = True, log: Callable[[str], None] = print,
                  cache: FaceCache | None = None,
                  place: Callable[[str, dict], str | None] | None = None,
-                 update_top: Callable[[dict, dict[str, tuple[str, dict]]], None] | None = None
-                 ) -> AddResult:
+                 update_top: Callable[[dict, dict[str, tuple[str, dict]]], None] | None = None,
+                 changes=None) -> AddResult:
     """Add ``new`` facesets to the swap-ready folder ``root`` as one recorded run of
     ``step`` (see the module doc); returns what was added.
 
@@ -162,7 +180,9 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     ``place(name, manifest)``: where a built faceset goes, relative to ``root`` (None: its
     name at the top, listed in ``facesets[]``; eras sends small ones to ``_thin/NAME``,
     which are not listed); ``update_top(top, {name: (folder, manifest)})``: adds the
-    caller's own records to the new top-level manifest before the run is prepared.
+    caller's own records to the new top-level manifest before the run is prepared;
+    ``changes`` (core/joining.RunChanges): more the same run does (grow: faces joining
+    existing facesets), committed even when no new faceset is left.
     Call it under the folder's lock (``io.fsutil.output_lock``), after
     ``runs.finish_pending``. Faces whose keys the cache lacks are dropped as
     ``not_in_cache``; a faceset left with no face after the gates is skipped.
@@ -172,7 +192,7 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     exists = (root / MANIFEST_NAME).is_file()
     if not exists and not dry_run:
         raise FileNotFoundError(f"{root / MANIFEST_NAME}: not a swap-ready library (make one "
-                                "with export-swap, or import-folders into a new folder)")
+                                "with export-swap, or `library import` into a new folder)")
     top = runs.load_top(root) if exists else {}
     sel = select_faces(cache)
     index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
@@ -230,18 +250,15 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
     result = AddResult(names, {s["name"]: s["kept"] for s in sets},
                        {s["name"]: len(s["dropped"]) for s in sets}, skipped=skipped,
                        by_input=[n if n in names else None for n, _ in plan])
-    if dry_run or not sets:
+    if dry_run or not (sets or changes):
         return result
 
     # 2. build the folders under _added/.<tag>.partial/, then rename to _added/<tag>/
     tag = _tag(step, [(s["name"], s["fs"]) for s in sets], params, root)
     clean_partials(root)
     built = root / ADDED_DIR / tag
-    if not all((built / n / MANIFEST_NAME).is_file() for n in names):
-        if built.exists():
-            raise ManifestError(f"{built}: exists but does not hold {', '.join(names)}; move "
-                                "it away by hand")
-        part = remove_on_error(internal_dir(root, ADDED_DIR) / f".{tag}.partial")
+    part = build_folder(root, ADDED_DIR, tag, names) if sets else None
+    if part is not None:
         stage_of = {n: part / n for n in names}
         crop_all(cache, sel, planned, load_detector().detect, params, stage_of, progress, step)
         by_target: dict[str, list[Planned]] = {}
@@ -257,14 +274,15 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
             finish_faceset(stage_of[s["name"]], head, s["name"], fs.label or "", runs.THIS_RUN,
                            params.top_n, s["centroid"], by_target.get(s["name"], []),
                            s["dropped"], s["faces_in"], name_file_text(fs.label), extra=extra)
-        for d in sorted({p for p in part.rglob("*") if p.is_dir()} | {part}, reverse=True):
-            fsync_dir(d)
-        os.replace(part, built)
-        fsync_dir(built.parent)
+        commit_dir(part, built)
 
     # 3. one recorded run: move them in, install their manifests and the top-level manifest
     def update(new_top: dict, listing: list[dict], manifests: dict[str, dict]) -> None:
-        new_top["facesets"] = list(new_top.get("facesets", [])) + listing
+        refreshed = changes.listing if changes is not None else {}
+        new_top["facesets"] = [refreshed.get(e["name"], e)
+                               for e in new_top.get("facesets", [])] + listing
+        if not manifests:
+            return                    # only the changes: no new faceset, no added[] record
         new_top.setdefault(ADDED_SECTION, []).append(
             {"run": runs.THIS_RUN, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
              "cache": os.path.abspath(cache_path),
@@ -277,8 +295,11 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
             update_top(new_top, {n: ((place(n, m) if place is not None else None) or n, m)
                                  for n, m in manifests.items()})
 
+    extra = {"moves_after": changes.moves, "after": changes.after,
+             "changed": changes.changed, "rebuild": changes.rebuild} if changes else {}
     entry, manifests = commit_new_folders(root, step, f"{ADDED_DIR}/{tag}", names, update,
-                                          {"added": len(names)}, log, place=place)
+                                          dict({"added": len(names)}, **(changes.summary if changes else {})),
+                                          log, place=place, **extra)
     result.entry = entry
     result.kept = {n: len(m["faces"]) for n, m in manifests.items()}
     return result
@@ -290,16 +311,16 @@ def commit_new_folders(root: Path, step: str, built_rel: str, names: list[str],
                        moves_after: list[tuple[str, str]] = (),
                        after: dict[str, dict | bytes] | None = None,
                        changed: list[str] = (),
-                       place: Callable[[str, dict], str | None] | None = None
-                       ) -> tuple[dict, dict[str, dict]]:
+                       place: Callable[[str, dict], str | None] | None = None,
+                       rebuild: list[str] = ()) -> tuple[dict, dict[str, dict]]:
     """The recorded run that brings finished faceset folders ``built_rel/<name>`` (each with
     its manifest) into the library: each moved to ``<name>``, its manifest installed (run id
     and a history entry added; its bundles rebuilt), then ``moves_after`` (e.g. the folder a
     split archives), the extra ``after`` installs (their previous bytes kept for ``changed``
     files), and the top-level manifest as ``update(top, new listings, new manifests)`` makes
-    it; ``place``: another folder for a faceset (not listed), as add_facesets says.
+    it; ``place``: another folder for a faceset (not listed), as add_facesets says;
+    ``rebuild``: more facesets whose bundles the run rebuilds.
     Returns (the run's ``runs[]`` entry, the new manifests by name)."""
-    top = runs.load_top(root)
     built = root / built_rel
     moves, installs, listing, manifests, dests = [], {}, [], {}, []
     for n in names:
@@ -317,16 +338,10 @@ def commit_new_folders(root: Path, step: str, built_rel: str, names: list[str],
         manifests[n] = m
     moves += list(moves_after)
     installs.update(after or {})
-    new_top = copy.deepcopy(top)
-    update(new_top, listing, manifests)
-    s = new_top.get("summary") or {}
-    s["facesets"] = len(new_top["facesets"])
-    s["faces_kept"] = sum(int(e.get("faces", 0)) for e in new_top["facesets"])
-    new_top["summary"] = s
-    installs[MANIFEST_NAME] = new_top
     counts = dict(summary, faces=sum(len(m["faces"]) for m in manifests.values()))
-    run_id = runs.start(root, step, moves, [MANIFEST_NAME, *changed], installs, dests, counts)
-    return runs.execute(root, run_id, log), manifests
+    entry = runs.commit(root, step, installs, [MANIFEST_NAME, *changed], counts, log, moves=moves,
+                        rebuild=dests + list(rebuild), update=lambda top: update(top, listing, manifests))
+    return entry, manifests
 
 
 def faces_under(sel: FaceSelection, folder: str | os.PathLike) -> np.ndarray:
@@ -375,3 +390,21 @@ def faceset_centroids(root: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     if not cents:
         return [], np.zeros((0, 0), np.float32)
     return names, normalize_rows(np.stack(cents).astype(np.float32))
+
+
+def near_facesets(root: str | os.PathLike, sel: FaceSelection, idx: np.ndarray,
+                  near: float) -> tuple[dict[str, int], np.ndarray]:
+    """Which faces ``idx`` (positions in ``sel``) lie within ``near`` of the centroid of a
+    faceset the library lists (clustered on their own they would duplicate an identity):
+    how many per faceset, and the mask over ``idx``."""
+    names, cents = faceset_centroids(root)
+    close = np.zeros(len(idx), dtype=bool)
+    counts: dict[str, int] = {}
+    if not len(idx) or not names:
+        return counts, close
+    dist = 1.0 - sel.embeddings[idx] @ cents.T
+    nearest = dist.argmin(axis=1)
+    close = dist[np.arange(len(idx)), nearest] <= near
+    for k in nearest[close]:
+        counts[names[k]] = counts.get(names[k], 0) + 1
+    return counts, close

@@ -42,10 +42,10 @@ def scores_for_export(out, explicit: str | None) -> tuple[str | None, dict[str, 
     from pathlib import Path
 
     from ..formats.manifest import SWAP_MANIFEST, ManifestError, load_manifest
-    from ..formats.occlusion import RUN_SECTION, load_scores
+    from ..formats.occlusion import LIBRARY_MANIFEST, RUN_SECTION, load_scores
 
     path = explicit
-    top_path = Path(out) / "manifest.json"
+    top_path = Path(out) / LIBRARY_MANIFEST
     if path is None and top_path.is_file():
         try:
             run = load_manifest(top_path, SWAP_MANIFEST).get(RUN_SECTION) or {}

@@ -16,6 +16,7 @@ formats/runs.py.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -31,10 +32,11 @@ from ..formats.runs import (AFTER_DIR, BEFORE_DIR, DIGEST_FILE, DIGEST_KEY, PART
                             read_report_pending, record_digest, report_pending_path, run_record,
                             runs_entry)
 from ..formats.swapset import (DROPPED_DIR, FACES_DIR, MANIFEST_NAME, PREVIEW,
-                               remove_faceset_temps, write_bundles)
-from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_point, fsync_dir,
-                         internal_dir, json_bytes, read_json, remove_on_error, remove_temp_files,
-                         write_new_file)
+                               preview_faces, remove_faceset_temps, write_bundles,
+                               write_previews)
+from ..io.fsutil import (atomic_write_bytes, atomic_write_json, commit_dir, commit_point,
+                         fsync_dir, internal_dir, json_bytes, read_json, remove_on_error,
+                         remove_temp_files, write_new_file)
 
 UNDO = "undo"
 THIS_RUN = "(this run)"   # stands for the run's id in the new manifests until it is known
@@ -134,8 +136,11 @@ def _refuse_symlinks(root: Path, moves: list[tuple[str, str]], after: dict,
     symlink: a refused run leaves nothing to finish."""
     folders = {Path(RUNS_DIR)} | {Path(dest).parent for _, dest in moves} \
         | {Path(rel).parent for rel in after}
-    for d in rebuild:
-        folders |= {Path(d) / FACES_DIR / DROPPED_DIR, Path(d) / PREVIEW}
+    # every faceset whose manifest is installed gets its preview redrawn (write_previews)
+    installed = {Path(rel).parent for rel in after
+                 if Path(rel).name == MANIFEST_NAME and rel != MANIFEST_NAME}
+    for d in set(map(Path, rebuild)) | installed:
+        folders |= {d / FACES_DIR / DROPPED_DIR, d / PREVIEW}
     for folder in folders:
         internal_dir(root, folder, create=False)
 
@@ -172,11 +177,7 @@ def prepare(root: Path, step: str, moves: list[tuple[str, str]], changed: list[s
     # only while run.json still says what it said then
     atomic_write_bytes(part / DIGEST_FILE,
                        digest_text(record_digest(read_json(part / RUN_FILE))))
-    for d in sorted({p for p in part.rglob("*") if p.is_dir()} | {part}, reverse=True):
-        fsync_dir(d)
-    os.replace(part, final)
-    fsync_dir(final.parent)
-    commit_point(f"{final}")
+    commit_dir(part, final)
     return run_id
 
 
@@ -188,6 +189,37 @@ def start(root: Path, step: str, moves: list[tuple[str, str]], changed: list[str
     _fill(after, run_id)
     return prepare(root, step, moves, changed, after, rebuild, summary, run_id=run_id,
                    before=before)
+
+
+def commit(root: Path, step: str, after: dict[str, dict | bytes], changed: list[str],
+           summary: dict, log: Callable[[str], None] = print,
+           moves: list[tuple[str, str]] = (), rebuild: list[str] = (),
+           listing: dict[str, dict] | None = None, remove: set[str] = frozenset(),
+           added: list[dict] = (), update: Callable[[dict], None] | None = None) -> dict:
+    """The one folder commit of every step that changes a library: the top-level manifest
+    made from the current one (the facesets[] entries ``listing`` names replaced, those in
+    ``remove`` left out, ``added`` appended, then ``update(top)``: a step's own section,
+    e.g. merged[] or eras[]; its summary's counts brought in line with the listing) joins
+    ``after`` when any of those is given, then the run is started and executed (each of
+    its commits calls fsutil's commit hook). Returns the run's ``runs[]`` entry."""
+    root = Path(root)
+    moves, changed, rebuild = list(moves), list(changed), list(rebuild)
+    if listing or remove or added or update is not None:
+        top = load_top(root)
+        new_top = copy.deepcopy(top)
+        listing = listing or {}
+        new_top["facesets"] = [listing.get(e["name"], e) for e in top.get("facesets", [])
+                               if e["name"] not in remove] + list(added)
+        if update is not None:
+            update(new_top)
+        counts = new_top["summary"] if isinstance(new_top.get("summary"), dict) else {}
+        counts["facesets"] = len(new_top["facesets"])
+        counts["faces_kept"] = sum(int(e.get("faces", 0)) for e in new_top["facesets"])
+        new_top["summary"] = counts
+        after = dict(after, **{MANIFEST_NAME: new_top})
+        if MANIFEST_NAME not in changed:
+            changed.append(MANIFEST_NAME)
+    return execute(root, start(root, step, moves, changed, after, rebuild, summary), log)
 
 
 def _fill(obj, run_id: str) -> None:
@@ -256,11 +288,18 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
         src = folder / AFTER_DIR / rel
         if dest.name == MANIFEST_NAME:
             body = bodies[rel]
+            # the grid shows the faces the faceset holds now (an undo's: the old ones
+            # again); drawn before the manifest, so a redo after a kill still sees a change
+            if not (fdir / PREVIEW).is_file() \
+                    or preview_faces(_installed(dest)) != preview_faces(body):
+                write_previews(fdir, body)
             if fdir.relative_to(root).as_posix() in rebuild:
                 write_bundles(fdir, body)
                 write_manifest(dest, body)
-                continue
-        atomic_write_bytes(dest, src.read_bytes())   # a manifest or bundle as it was
+            else:
+                atomic_write_bytes(dest, src.read_bytes())   # the manifest as it was
+            continue
+        atomic_write_bytes(dest, src.read_bytes())   # a bundle as it was
     if MANIFEST_NAME in bodies:
         top = bodies[MANIFEST_NAME]
         top[RUNS_SECTION] = load_top(root).get(RUNS_SECTION, [])
@@ -272,6 +311,14 @@ def execute(root: Path, run_id: str, log: Callable[[str], None] = print) -> dict
     log(f"run {run_id} ({rec['step']}): {moved} moves, {len(rec['installs'])} manifests "
         "written")
     return next(e for e in top[RUNS_SECTION] if e["id"] == run_id)
+
+
+def _installed(path: Path) -> dict | None:
+    """The faceset manifest a run is about to replace (None: none, or not readable)."""
+    try:
+        return load_manifest(path, SWAP_FACESET_MANIFEST) if path.is_file() else None
+    except (ManifestError, ValueError, OSError):
+        return None
 
 
 def _check_kept_files(folder: Path, rec: dict) -> None:
@@ -332,20 +379,21 @@ def plan_undo(root: Path, run_id: str | None = None) -> tuple[dict, list[str]]:
     if run_id is None:
         if not live:
             raise ManifestError(f"{root / MANIFEST_NAME}: no run left to undo "
-                                "(see `history`)")
+                                f"(see `library history {root}`)")
         target = live[-1]
     else:
         target = next((e for e in runs if e["id"] == run_id), None)
         if target is None:
-            raise ManifestError(f"{root / MANIFEST_NAME}: no run {run_id!r} (see `history`)")
+            raise ManifestError(f"{root / MANIFEST_NAME}: no run {run_id!r} "
+                                f"(see `library history {root}`)")
     rec = record_of(root, target["id"])
     problems = []
     if rec is None:
         problems.append(f"run {target['id']} has no run folder {RUNS_DIR}/{target['id']}")
         return target, problems
     if (run_dir(root, target["id"]) / PRUNED_FILE).is_file():
-        problems.append(f"run {target['id']} was pruned (`history --keep`): its previous "
-                        "files are gone, so it can no longer be undone")
+        problems.append(f"run {target['id']} was pruned (`library history --keep`): its "
+                        "previous files are gone, so it can no longer be undone")
         return target, problems
     if target["step"] == UNDO:
         problems.append(f"run {target['id']} is an undo; re-run the step instead")

@@ -21,7 +21,7 @@ from .cohesion import with_cohesion
 from ..formats.cache import FaceCache
 from ..formats.manifest import dropped_entry, write_manifest
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, NAME_TEMPLATE, PREVIEW,
-                               faceset_manifest, write_bundles)
+                               faceset_manifest, preview_bytes, write_bundles)
 from ..io.fsutil import atomic_write_bytes, internal_dir, write_image
 from ..io.imageio import ImageError, decode, read_header, scale_for
 from ..runtime.progress import progress_bar
@@ -235,32 +235,13 @@ def finish_folder(stage: Path, plans: list[Planned]) -> tuple[list[dict], list[d
     return kept, dropped
 
 
-def contact_sheet_bytes(pngs: list[Path], thumb: int = 128, columns: int = 6) -> bytes:
-    """previews/top_grid.jpg's bytes: the crops as a grid of thumbnails, rank order."""
-    import cv2
-    rows = max(1, -(-len(pngs) // columns))
-    sheet = np.full((rows * thumb, columns * thumb, 3), 32, dtype=np.uint8)
-    for k, png in enumerate(pngs):
-        img = cv2.imread(str(png))
-        if img is None:
-            continue
-        r, c = divmod(k, columns)
-        sheet[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = cv2.resize(
-            img, (thumb, thumb), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", sheet, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    if not ok:
-        raise OSError("could not encode the preview")
-    return buf.tobytes()
-
-
 def contact_sheet(pngs: list[Path], dest: Path, thumb: int = 128, columns: int = 6) -> None:
     """previews/top_grid.jpg: the crops as a grid of thumbnails, rank order."""
     try:
-        data = contact_sheet_bytes(pngs, thumb, columns)
+        data = preview_bytes(pngs, thumb, columns)
     except OSError:
         raise OSError(f"{dest}: could not encode the preview") from None
     atomic_write_bytes(dest, data, root=dest.parent.parent)   # FACESET/previews/: no symlink
-
 
 
 def name_text(name: str, keys: set[str], previous: list[tuple[set[str], str]]) -> str:

@@ -40,14 +40,14 @@ FLAGS = {
     "cluster": "--threshold", "initial": "--initial-threshold", "merge": "--merge-threshold",
     "outlier": "--outlier-threshold", "swap_outlier": "--swap-outlier-threshold",
     "candidate_match": "--candidate-match-threshold", "extend": "--threshold",
-    "consolidate_group": "--group-threshold", "consolidate_merge": "--merge-threshold",
-    "dedup_near": "--near-threshold",
-    "track": "--threshold", "video_faceset": "--faceset-threshold",
+    "consolidate_group": "--group-threshold", "consolidate_merge": "--confident-threshold",
+    "dedup_near": "--max-distance",
+    "track": "--track-threshold", "video_faceset": "--faceset-threshold",
     "import_loose": "--loose-threshold", "import_tight": "--tight-threshold",
-    "route": "--route-threshold", "discover_near": "--near-threshold",
-    "split": "--threshold",
+    "route": "--route-threshold", "discover_near": "--centroid-near",
+    "split": "--split-threshold",
     "eras_recover": "--recover-threshold", "eras_tighten": "--tighten-threshold",
-    "eras_split": "--split-threshold", "eras_attach": "--attach-threshold",
+    "eras_split": "--subcluster-threshold", "eras_attach": "--attach-threshold",
 }
 
 
@@ -58,7 +58,7 @@ PURPOSE = {
     "swap_outlier": "export-swap outlier gate",
     "candidate_match": "export-swap candidate match distance",
     "extend": "extend join distance",
-    "track": "video track link distance", "video_faceset": "video track identity distance",
+    "track": "video merge link distance", "video_faceset": "video merge identity distance",
 }
 
 

@@ -28,7 +28,7 @@ import re
 import time
 from pathlib import Path
 
-from .manifest import ManifestError, safe_member_path
+from .manifest import MANIFEST_FILE, REFINE_MANIFEST_FILE, ManifestError, safe_member_path
 from .queue import JsonlAppender, QueueError, read_jsonl
 
 STATE_FORMAT = "face-sets/immich-state"
@@ -38,6 +38,20 @@ STATE_FILE = "state.jsonl"
 PARTIAL_DIR = "partial"            # <root>/.immich/partial/: downloads in progress
 FINALIZE_FILE = "finalize.json"    # <root>/.immich/finalize.json: finished finalize steps
 QUEUE_FILE = "queue.json"          # <root>/.immich/queue.json: the embed queue stage writes
+RESULTS_DIR = "results"            # <root>/.immich/results/: the embed worker's results
+# finalize's output folder OUT (run's layout): cluster's raw clusters, refine's facesets and
+# the swap-ready library, each with its manifest
+RAW_DIR = "raw"                    # OUT/raw/manifest.json (cluster, extend)
+REFINED_DIR = "facesets"           # OUT/facesets/refine_manifest.json (refine)
+SWAP_READY_DIR = "swap_ready"      # OUT/swap_ready/manifest.json (export-swap, discover)
+
+
+def raw_manifest(out: str | Path) -> Path:
+    return Path(out) / RAW_DIR / MANIFEST_FILE
+
+
+def refine_manifest(out: str | Path) -> Path:
+    return Path(out) / REFINED_DIR / REFINE_MANIFEST_FILE
 
 STAGED, ALIAS, KNOWN, NOFACE, SMALL, THUMB, UNSUPPORTED, ERROR = (
     "staged", "alias", "known", "noface", "small", "thumb", "unsupported", "error")

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..io.fsutil import atomic_write_json, read_json
 from .eras import THIN_DIR, THIN_SECTION  # noqa: F401  (one _thin/ and thin_eras[] for both
 #   steps that fill them: the eras step, and apply here for facesets left too thin)
-from .manifest import FACE_PNG, FACESET_NAME
+from .manifest import FACE_PNG, FACESET_NAME, MANIFEST_FILE
 
 SCORES_FORMAT = "face-sets/occlusion-scores"
 SCORES_VERSION = 1
@@ -31,6 +31,7 @@ PLAN_SUFFIX = ".plan.json"                # SCORES.plan.json
 MASKED_DIR = "_masked"                    # SWAP_READY/_masked/faceset_NNN: mostly occluded
 MASKED_SECTION = "masked"                 # top-level manifest sections apply fills
 RUN_SECTION = "occlusion_filter_run"      # the last apply's record (thresholds, counts)
+LIBRARY_MANIFEST = MANIFEST_FILE          # SWAP_READY/manifest.json: holds RUN_SECTION
 DROP_REASON = "occlusion"                 # dropped[] reason of a pruned face
 VERDICTS = ("keep", "prune", "masked", "thin")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

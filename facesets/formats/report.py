@@ -52,6 +52,12 @@ PAD = 1.6                 # a photo crop: the face box side times this, square
 OUTLINE = (0, 215, 255)   # BGR: amber box around the face a group-photo crop is about
 NAME_MAX = 200
 DROPPED_TILES = 30        # dropped faces shown per faceset (the strip under its card)
+NOFACE_TILES = 40         # photos without a face shown on a page (a library has thousands)
+NOFACE_DIR = "_noface"    # cluster's folder of them (steps/cluster.py places them there)
+# the top manifest's sections of facesets moved out (merged: one per faceset merged in; the
+# others one per record) and the word the overview's facts count them by
+MOVED_OUT_FACTS = (("merged", "merged"), ("quarantined", "quarantined"),
+                   ("masked", "masked"), ("thin_eras", "thin"))
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Tile:
     distance: float | None = None           # from the faceset's centroid (swap)
     sha256: str = ""                        # a photo tile: the photo's bytes must hash so
     link: str = ""                          # a dropped face: the photo it came from (href)
+    whole: bool = False                     # a photo without a face: all of it, letterboxed
     sheet: str = ""                         # set by place_tiles: its sheet and offset
     x: int = 0
     y: int = 0
@@ -80,6 +87,8 @@ class Tile:
             except OSError:
                 size = -1
             return [self.key, size]
+        if self.whole:
+            return [self.key, "whole"]
         return [self.key, self.bbox, self.others]
 
 
@@ -195,11 +204,66 @@ def _cluster_cards(out: Path, m: dict) -> tuple[list[dict], dict]:
                                                        SINGLETON_TILES),
                            kept=len(single), links=[("folder", "_singletons/")]))
     s = m.get("summary", {})
-    head = {"title": "cluster", "facts": [f"{s.get('persons', len(persons))} persons",
+    noface = [e for e in m.get("noface", []) if isinstance(e, dict)]
+    head = {"title": "cluster", "noface": _cluster_noface(out, noface),
+            "facts": [f"{s.get('persons', len(persons))} persons",
                                           f"{s.get('singletons', len(single))} singletons",
                                           f"{s.get('noface', 0)} photos without a face",
                                           f"{s.get('errors', 0)} unreadable"]}
     return cards, head
+
+
+def display_name(name: str, title: str) -> str:
+    """How a page names a faceset or person: ``faceset_017 (Anna)``, or the bare name when
+    NAME.txt and the manifest give no label."""
+    return f"{name} ({title})" if title else name
+
+
+def _noface_tile(photo: Path, sha256: str, link: str, name: str = "") -> Tile:
+    """A photo without a face: all of it, captioned with its file name (``name``: the
+    original's, where ``photo`` is a placed copy)."""
+    return Tile(key=f"noface:{sha256}", photo=photo, sha256=sha256, link=link, whole=True,
+                label=(name or photo.name)[:NAME_MAX])
+
+
+def _cluster_noface(out: Path, entries: list[dict]) -> dict:
+    """The raw overview's strip of photos without a face: the copies cluster placed in
+    _noface/ (a plain file name each, checked by the manifest's loader), linked."""
+    tiles = []
+    for e in entries[:NOFACE_TILES]:
+        placed = next((n for n in e.get("files", []) if _plain_name(n)), None)
+        if placed and isinstance(e.get("sha256"), str):
+            original = e.get("path") if isinstance(e.get("path"), str) else ""
+            tiles.append(_noface_tile(out / NOFACE_DIR / placed, e["sha256"],
+                                      f"{NOFACE_DIR}/{placed}",
+                                      original.replace("\\", "/").rsplit("/", 1)[-1]))
+    return {"tiles": tiles, "total": len(entries), "note": "",
+            "links": [("folder", f"{NOFACE_DIR}/")] if entries else []}
+
+
+def _swap_noface(out: Path, top: dict) -> dict:
+    """The swap-ready library's strip of photos without a face, from the cache its top
+    manifest names (the files it recorded as "noface"); a cache that is gone or unreadable
+    is one line on the page instead. A photo is linked relative to the page and shown only
+    while its bytes are still the ones the cache hashed (render_tile)."""
+    from .cache import STATUS_NOFACE, CacheError, cache_exists, load_cache
+    path = top.get("cache")
+    if not isinstance(path, str) or not path or "\x00" in path or not os.path.isabs(path):
+        return {"tiles": [], "total": 0, "note": "", "links": []}
+    if not cache_exists(path):
+        return {"tiles": [], "total": 0, "links": [],
+                "note": f"photos without a face: not shown, the cache {path} is gone"}
+    try:
+        files = load_cache(path).files
+    except (CacheError, OSError, ValueError) as exc:
+        return {"tiles": [], "total": 0, "links": [],
+                "note": f"photos without a face: not shown, {' '.join(str(exc).split())[:300]}"}
+    rows = sorted((str(p), str(h)) for p, h, st in zip(files["path"].tolist(),
+                                                       files["sha256"].tolist(),
+                                                       files["status"].tolist())
+                  if st == STATUS_NOFACE and p and os.path.isabs(p) and "\x00" not in p)
+    tiles = [_noface_tile(Path(p), h, os.path.relpath(p, out)) for p, h in rows[:NOFACE_TILES]]
+    return {"tiles": tiles, "total": len(rows), "note": "", "links": []}
 
 
 def _refine_cards(out: Path, m: dict) -> tuple[list[dict], dict]:
@@ -318,10 +382,12 @@ def _swap_cards(out: Path, top: dict) -> tuple[list[dict], dict]:
     mixed = mixed_suggestions(cards)
     if mixed:
         facts.append(f"{len(mixed)} may hold two people")
-    for sec in ("merged", "quarantined"):
+    # facesets moved out of the set (no card of their own): counted, so none goes unseen
+    for sec, word in MOVED_OUT_FACTS:
         if top.get(sec):
-            facts.append(f"{sec}: {sum(len(r.get('merged', [])) or 1 for r in top[sec])}")
-    return cards, {"title": "swap-ready facesets", "facts": facts}
+            facts.append(f"{word}: {sum(len(r.get('merged', [])) or 1 for r in top[sec])}")
+    return cards, {"title": "swap-ready facesets", "facts": facts,
+                   "noface": _swap_noface(out, top)}
 
 
 def mixed_suggestions(cards: list[dict]) -> list[dict]:
@@ -384,6 +450,18 @@ def _square(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, (TILE, TILE), interpolation=cv2.INTER_AREA)
 
 
+def _letterbox(img: np.ndarray) -> np.ndarray:
+    """All of a photo in a tile: its longer side TILE px, centred on the tile's ground."""
+    import cv2
+    h, w = img.shape[:2]
+    k = TILE / max(h, w, 1)
+    nw, nh = max(1, round(w * k)), max(1, round(h * k))
+    tile = _blank(text=False)
+    x, y = (TILE - nw) // 2, (TILE - nh) // 2
+    tile[y:y + nh, x:x + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    return tile
+
+
 def render_tile(t: Tile) -> np.ndarray:
     """A tile's pixels: the PNG scaled down, or the face's square crop of its photo (the face
     outlined when another face of the photo shows in the crop). Unreadable: a crossed tile."""
@@ -392,7 +470,7 @@ def render_tile(t: Tile) -> np.ndarray:
         if t.png is not None:
             img = cv2.imdecode(np.fromfile(str(t.png), np.uint8), cv2.IMREAD_COLOR)
             return _blank() if img is None else _square(img)
-        if t.photo is None or t.bbox is None:
+        if t.photo is None or (t.bbox is None and not t.whole):
             return _blank()
         data = t.photo.read_bytes()
         # a photo named by a manifest outside the output folder (a dropped face's source)
@@ -400,6 +478,8 @@ def render_tile(t: Tile) -> np.ndarray:
         if t.sha256 and hashlib.sha256(data).hexdigest() != t.sha256:
             return _blank()
         hdr = read_header(data)
+        if t.whole:
+            return _letterbox(decode(data, scale_for(max(hdr.width, hdr.height), TILE)))
         x1, y1, x2, y2 = t.bbox
         side = max(x2 - x1, y2 - y1) * PAD
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -441,14 +521,19 @@ def write_sheet(dest: Path, tiles: list[Tile]) -> None:
     atomic_write_bytes(dest, buf.tobytes(), root=dest.parent.parent)   # OUT/_thumbs/x.jpg
 
 
-def place_tiles(out: Path, cards: list[dict], progress: bool = False) -> set[str]:
+def place_tiles(out: Path, cards: list[dict], progress: bool = False,
+                head: dict | None = None) -> set[str]:
     """Give every tile its sheet and position (``sheet``, ``x``, ``y``), writing the sheets
-    that do not exist yet; returns the sheet names in use."""
+    that do not exist yet (``head``: the page's own strip of photos without a face too);
+    returns the sheet names in use."""
     thumbs = internal_dir(out, THUMBS_DIR, create=False)   # never a symlink out of OUT
     todo, used = [], set()
     groups = [(card, card["tiles"]) for card in cards]
     groups += [(card, card["dropped_tiles"]) for card in cards if card.get("dropped_tiles")]
-    for card in cards:
+    noface = (head or {}).get("noface")
+    if noface and noface["tiles"]:
+        groups.append((noface, noface["tiles"]))
+    for card in cards + ([noface] if noface else []):
         card["sheets"] = []
     for card, tiles in groups:
         for s in range(0, len(tiles), SHEET_TILES):
@@ -499,7 +584,9 @@ main{padding:12px 20px}
 figure{margin:0;width:96px}
 figure img{width:96px;height:96px;object-fit:none;display:block;background:#333;
  border-radius:3px}
-figcaption{font-size:11px;color:#999;text-align:center}
+figure a{display:block}
+figcaption{font-size:11px;color:#999;text-align:center;overflow:hidden;
+ text-overflow:ellipsis;white-space:nowrap}
 .more{align-self:center;color:#888;padding:0 8px}
 .strip{opacity:.8}
 .strip figure img{outline:1px solid #a55}
@@ -538,7 +625,7 @@ def render_html(kind: str, cards: list[dict], head: dict, folder_name: str = "")
     for c in cards:
         parts.append(f"<section class=\"card\" id=\"{_e(c['name'])}\"><h2>{_e(c['name'])}")
         if c["title"]:
-            parts.append(f"<span class=\"nm\">{_e(c['title'])}</span>")
+            parts.append(f" <span class=\"nm\">({_e(c['title'])})</span>")
         parts.append("</h2>")
         counts = f"{c['kept']} faces"
         if c.get("images"):
@@ -571,7 +658,40 @@ def render_html(kind: str, cards: list[dict], head: dict, folder_name: str = "")
                 parts.append(f"<span class=\"more\">+{total - len(strip)} more</span>")
             parts.append("</div>")
         parts.append("</section>")
+    parts.append(_noface_html(head.get("noface")))
     parts.append("</main></body></html>\n")
+    return "".join(parts)
+
+
+def noface_model(noface: dict | None) -> dict | None:
+    """The strip of photos without a face as plain JSON (the review server's page data): a
+    tile names its photo by the sha256 the cache recorded (the server's /noface/<sha256>
+    serves it), never by a path."""
+    if not noface:
+        return None
+    return {"total": noface["total"], "note": noface["note"],
+            "tiles": [{"sheet": t.sheet, "x": t.x, "y": t.y, "label": t.label,
+                       "sha256": t.sha256} for t in noface["tiles"]]}
+
+
+def _noface_html(noface: dict | None) -> str:
+    """The page's strip of photos without a face (each linking the photo), "and N more" past
+    the cap; or the one line saying why it cannot be shown."""
+    if not noface or not (noface["total"] or noface["note"]):
+        return ""
+    if noface["note"]:
+        return (f"<section class=\"card noface\" id=\"_noface\"><p>{_e(noface['note'])}</p>"
+                "</section>")
+    parts = [f"<section class=\"card noface\" id=\"_noface\"><h2>photos without a face "
+             f"({noface['total']})</h2>",
+             "<p class=\"links\">" + "".join(f"<a href=\"{_e(_href(h))}\">{_e(t)}</a>"
+                                            for t, h in noface["links"]) + "</p>",
+             "<div class=\"tiles\">"]
+    parts += [_figure(t, t.link) for t in noface["tiles"]]
+    if noface["total"] > len(noface["tiles"]):
+        parts.append(f"<span class=\"more\">and {noface['total'] - len(noface['tiles'])} "
+                     "more</span>")
+    parts.append("</div></section>")
     return "".join(parts)
 
 
@@ -587,7 +707,7 @@ def write_report(out: str | os.PathLike, progress: bool = False,
     if not (out / THUMBS_DIR).is_symlink():
         remove_temp_files(out / THUMBS_DIR, SHEET_FILE)
     kind, cards, head = library_model(out)
-    used = place_tiles(out, cards, progress)
+    used = place_tiles(out, cards, progress, head)
     dest = out / REPORT_FILE
     atomic_write_bytes(dest, render_html(kind, cards, head, out.name).encode("utf-8"))
     prune_sheets(out, used)

@@ -22,16 +22,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..io.fsutil import remove_temp_files
+from ..io.fsutil import atomic_write_bytes, remove_temp_files
 from .bundle import write_fsz
-from .manifest import (COHESION_VERSION, DROPPED_VERSION, MANIFEST_FILE, SWAP_FACESET_MANIFEST,
-                       SWAP_MANIFEST, ManifestError, load_manifest, safe_member_path,
-                       write_manifest)
+from .manifest import (COHESION_VERSION, DROPPED_VERSION, FACESET_NAME, MANIFEST_FILE,
+                       SWAP_FACESET_MANIFEST, SWAP_MANIFEST, ManifestError, load_manifest,
+                       safe_member_path, write_manifest)
 
 FACES_DIR = "faces"
 DROPPED_DIR = "_dropped"                 # faces/_dropped/: PNGs a maintenance step took out
 PREVIEW = "previews/top_grid.jpg"
 NAME_FILE = "NAME.txt"
+LABEL_MAX = 200                  # characters of a NAME.txt label that count
 NAME_TEMPLATE = "# Write this person's name on the first line; it is kept across re-runs.\n"
 MANIFEST_NAME = MANIFEST_FILE            # OUT/manifest.json, OUT/faceset_NNN/manifest.json
 CANDIDATES_DIR = "_candidates"
@@ -51,6 +52,20 @@ ADDED_SECTION = "added"     # facesets added to a library (import-folders, disco
 SPLIT_SECTION = "split"     # facesets split into parts (split)
 ADDED_DIR = "_added"        # SWAP_READY/_added/<tag>/faceset_NNN: built there, moved in
 SPLIT_DIR = "_split"        # SWAP_READY/_split/faceset_NNN: a faceset split into parts
+
+
+def read_label(faceset_dir: str | os.PathLike) -> str | None:
+    """The person's name the operator wrote in a faceset's NAME.txt: its first line that is
+    not a comment (None when there is none: export's template, no file, unreadable)."""
+    try:
+        text = (Path(faceset_dir) / NAME_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        if line and not line.startswith("#"):
+            return line[:LABEL_MAX]
+    return None
 
 
 def bundle_names(name: str, top_n: int) -> dict[str, str]:
@@ -99,8 +114,20 @@ def faceset_label(manifest: dict) -> str:
 def faceset_origin(manifest: dict) -> str:
     """What made a faceset, in words: "from refine NAME" for export-swap's, "added by STEP"
     (and the folder it read, where it says one) for a faceset import-folders, discover or
-    eras added (its ``added_by``); "" when neither is known. Untrusted: a malformed
-    ``added_by`` reads as "added by another step"."""
+    eras added (its ``added_by``), "split from faceset_NNN" for a part split made; then
+    "merged in faceset_NNN, ..." for the facesets consolidate merged into it (its
+    ``history``); "" when nothing is known. Untrusted: a malformed ``added_by`` reads as
+    "added by another step", a name that is not a faceset name is left out."""
+    merged = [n for h in manifest.get("history") or [] if isinstance(h, dict)
+              and h.get("step") == "consolidate" and isinstance(h.get("merged"), list)
+              for n in h["merged"] if isinstance(n, str) and FACESET_NAME.fullmatch(n)]
+    origin = _made_by(manifest)
+    if merged:
+        origin += (" · " if origin else "") + "merged in " + ", ".join(merged)
+    return origin
+
+
+def _made_by(manifest: dict) -> str:
     added = manifest.get("added_by")
     if added is not None:
         step = added.get("step") if isinstance(added, dict) else None
@@ -113,6 +140,9 @@ def faceset_origin(manifest: dict) -> str:
         if name.strip():     # the folder's own name: the path is in the added[] record
             return f"added by {step} from {' '.join(name.split())[:LABEL_MAX]}"
         return f"added by {step}"
+    split_from = manifest.get("split_from")
+    if isinstance(split_from, str) and FACESET_NAME.fullmatch(split_from):
+        return f"split from {split_from}"
     source = manifest.get("source_faceset")
     return f"from refine {source}" if isinstance(source, str) and source else ""
 
@@ -149,8 +179,67 @@ FACESET_FILES = re.compile(
 
 
 def remove_faceset_temps(faceset_dir: Path) -> None:
-    """Remove the temp files of writes a kill interrupted in a faceset folder."""
+    """Remove the temp files of writes a kill interrupted in a faceset folder (its
+    manifest, bundles, NAME.txt, and the contact sheet in previews/)."""
     remove_temp_files(faceset_dir, FACESET_FILES)
+    preview = Path(PREVIEW)
+    remove_temp_files(Path(faceset_dir) / preview.parent, re.compile(re.escape(preview.name)))
+
+
+def preview_bytes(pngs: list[Path], thumb: int = 128, columns: int = 6) -> bytes:
+    """previews/top_grid.jpg's bytes: the crops as a grid of thumbnails, rank order."""
+    import cv2  # here, not at module import: `--help` loads no OpenCV
+    import numpy as np
+    rows = max(1, -(-len(pngs) // columns))
+    sheet = np.full((rows * thumb, columns * thumb, 3), 32, dtype=np.uint8)
+    for k, png in enumerate(pngs):
+        img = cv2.imread(str(png))
+        if img is None:
+            continue
+        r, c = divmod(k, columns)
+        sheet[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = cv2.resize(
+            img, (thumb, thumb), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", sheet, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise OSError("could not encode the preview")
+    return buf.tobytes()
+
+
+def preview_faces(manifest: dict | None) -> list[tuple[str, str]] | None:
+    """What a faceset's grid shows, as (file, key) of its top_n faces in rank order (None
+    for no manifest): two manifests with equal lists draw the same grid."""
+    if manifest is None:
+        return None
+    faces = sorted(manifest["faces"], key=lambda f: f["rank"])[:int(manifest["top_n"])]
+    return [(f["file"], f["key"]) for f in faces]
+
+
+def write_previews(faceset_dir: str | os.PathLike, manifest: dict) -> None:
+    """previews/top_grid.jpg as ``manifest`` (validated) says the faceset is now: its top_n
+    kept faces in rank order. Called wherever a faceset's faces change after export: every
+    recorded run after it installs a faceset manifest (core/runs.execute: drop-faces,
+    move-face, occlusion apply, dedup-optimize, consolidate, the review page, undo...) and
+    ``rebuild_bundles`` (audit-multiface apply, hand edits), so the grid shows the faces the
+    faceset holds. The same manifest and PNGs give the same bytes: an unchanged grid is not
+    rewritten, an undo draws the old grid again. A face whose PNG is missing is left out."""
+    fdir = Path(faceset_dir)
+    faces = sorted(manifest["faces"], key=lambda f: f["rank"])
+    pngs = [safe_member_path(fdir, f["file"], "faces[].file", fdir / MANIFEST_NAME)
+            for f in faces]
+    pngs = [p for p in pngs if p.is_file()][:int(manifest["top_n"])]
+    # drawing costs ~0.5 s a faceset (30 PNGs decoded): callers skip it when
+    # preview_faces says the grid's faces are the same
+    dest = fdir / PREVIEW
+    try:
+        data = preview_bytes(pngs)
+    except OSError:
+        raise OSError(f"{dest}: could not encode the preview") from None
+    try:
+        if dest.is_file() and not dest.is_symlink() and dest.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write_bytes(dest, data, root=fdir)   # FACESET/previews/: never through a symlink
 
 
 def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles",
@@ -192,6 +281,7 @@ def rebuild_bundles(faceset_dir: str | os.PathLike, step: str = "rebuild_bundles
          "removed": [f["key"] for f in gone], "kept": len(kept)})
     if finish is not None:
         manifest = finish(manifest)
+    write_previews(faceset_dir, manifest)
     write_manifest(faceset_dir / MANIFEST_NAME, manifest)
     return manifest
 

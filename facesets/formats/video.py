@@ -296,7 +296,7 @@ def tracks_doc(params: dict, tracks: list[dict], segments: list[dict]) -> dict:
 
 
 def validate_tracks(data, where) -> dict:
-    c = _Check(where, "re-run `video track`")
+    c = _Check(where, "re-run `video merge`")
     c.header(data, TRACKS_FORMAT, TRACKS_VERSION)
     if not isinstance(data.get("params"), dict):
         raise c.fail("params", "is not an object")
@@ -339,9 +339,9 @@ def write_tracks(state, doc: dict) -> None:
 
 def load_tracks(state) -> dict:
     path = Path(state) / TRACKS_FILE
-    c = _Check(path, "re-run `video track`")
+    c = _Check(path, "re-run `video merge`")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no tracks yet; run `video track {state}` first")
+        raise FileNotFoundError(f"{path}: no tracks yet; run `video merge {state}` first")
     return validate_tracks(_read(path, c), path)
 
 
@@ -357,7 +357,7 @@ def clip_file(key: str, uuid: str, ext: str = ".mp4") -> str:
 
 
 def validate_plan(data, where) -> dict:
-    c = _Check(where, "delete it and re-run `video cut`")
+    c = _Check(where, "delete it and re-run `video apply`")
     c.header(data, PLAN_FORMAT, PLAN_VERSION)
     if data.get("mode") not in ("copy", "reencode"):
         raise c.fail("mode", f"{_show(data.get('mode'))} is not copy or reencode")
@@ -390,7 +390,7 @@ def validate_plan(data, where) -> dict:
 
 
 def load_plan(path) -> dict:
-    c = _Check(path, "delete it and re-run `video cut`")
+    c = _Check(path, "delete it and re-run `video apply`")
     return validate_plan(_read(path, c), path)
 
 

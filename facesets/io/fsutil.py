@@ -574,6 +574,21 @@ def remove_stale_staging(final: str | os.PathLike) -> None:
         shutil.rmtree(holder, ignore_errors=True)
 
 
+def commit_dir(part: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """The folder commit: a fully written hidden ``part`` folder (a run's record, new
+    facesets built under ``_added/``/``_split/``) becomes ``final`` in one rename, every
+    folder in it fsync'd first and ``final``'s parent after, then the commit hook; a kill
+    before the rename leaves only ``part`` (nothing refers to it), after it the whole
+    folder. ``final`` must not exist."""
+    part, final = Path(part), Path(final)
+    for d in sorted({q for q in part.rglob("*") if q.is_dir()} | {part}, reverse=True):
+        fsync_dir(d)
+    os.replace(part, final)
+    fsync_dir(final.parent)
+    commit_point(os.fspath(final))
+    return final
+
+
 def make_staging(final: str | os.PathLike) -> Path:
     """A fresh folder to build ``final`` in, inside a hidden folder face-sets owns (its
     leftovers from killed runs are removed first); ``replace_dir`` swaps it in."""

@@ -5,32 +5,42 @@ one page, a dozen routes and one user; the stdlib needs no dependency, starts in
 milliseconds, and keeps every check (token, Host, body size) in plain sight in this file.
 
 Safety: bound to 127.0.0.1 only (never 0.0.0.0); a random token is part of the URL printed,
-and every request for data or thumbnails (``?token=``) and every POST (header
+and every request for data, thumbnails or photos (``?token=``) and every POST (header
 ``X-Review-Token``) must carry it, so a page of another site or another local user cannot
 read the library or post to it; the Host header must name 127.0.0.1 or localhost (no DNS
 rebinding); an Origin header, when a browser sends one, must be this server's own (a page of
 another site is refused even with the token); bodies are JSON objects of at most 1 MiB, a
-body nested too deeply or not UTF-8 is a 400 like any malformed one. The page never writes files: every action
-calls a library function (steps/curate.py, steps/consolidate.py, the split of the identity
-operations when present), each a recorded, undoable run, and index.html is rewritten after.
+body nested too deeply or not UTF-8 is a 400 like any malformed one. A photo is served only
+as ``/noface/<sha256>``: one of the cache's photos without a face the page shows, while its
+bytes still hash so (the request names a hash, never a path). The page never writes files:
+every action calls a library function (steps/curate.py, steps/consolidate.py, the split of
+the identity operations when present), each a recorded, undoable run, and index.html is
+rewritten after.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import mimetypes
+import os
+import re
 import secrets
+import stat
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..core import runs
+from ..core.library import Library
 from ..core.thresholds import ThresholdError, derived, resolve_with_source
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
                                 load_manifest)
 from ..formats.swapset import MANIFEST_NAME
-from ..formats.report import SHEET_FILE, THUMBS_DIR, mixed_suggestions, write_report
+from ..formats.report import (SHEET_FILE, THUMBS_DIR, mixed_suggestions, noface_model,
+                              write_report)
+from ..io.imageio import ImageError, decode, read_header
 from ..steps import consolidate, curate
 
 STATIC = Path(__file__).with_name("static")
@@ -38,6 +48,11 @@ STATIC_FILES = {"index.html", "app.js", "app.css"}
 MAX_BODY = 1 << 20
 HOST = "127.0.0.1"
 TOKEN_HEADER = "X-Review-Token"
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_PHOTO = 200 << 20      # bytes: a photo without a face served whole (a camera's largest)
+# formats a browser shows as they are; any other (TIFF, HEIF) is served re-encoded as JPEG
+BROWSER_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
+                 "WEBP": "image/webp", "BMP": "image/bmp", "GIF": "image/gif"}
 
 
 def _split_functions():
@@ -51,7 +66,7 @@ def _split_functions():
     return None
 
 
-class Library:
+class ReviewState:
     """The folder under review: its model as JSON (cached until an action changes it), and
     the actions, one at a time."""
 
@@ -65,6 +80,7 @@ class Library:
         self.lock = threading.Lock()
         self.log = log
         self._json: bytes | None = None
+        self._noface: dict[str, Path] = {}    # sha256 -> photo, the page's noface tiles
         runs.load_top(self.root)            # refuse a folder that is not an export
 
     # -- reading ---------------------------------------------------------------------------
@@ -112,7 +128,11 @@ class Library:
         model: list = []
         write_report(self.root, model=model)
         _, cards, head = model
-        body = {"folder": self.root.name, "head": head,
+        # the photos the page may link: the cache's no-face files it shows, by their hash
+        self._noface = {t.sha256: t.photo for t in (head.get("noface") or {}).get("tiles", [])
+                        if t.photo is not None and SHA256.fullmatch(t.sha256)}
+        body = {"folder": self.root.name,
+                "head": dict(head, noface=noface_model(head.get("noface"))),
                 "cards": [self._card(c) for c in cards],
                 "suggestions": self._suggestions(cards),
                 "history": curate.history(self.root),
@@ -124,6 +144,22 @@ class Library:
             if self._json is None:
                 self.refresh()
             return self._json
+
+    def noface_photo(self, sha256: str) -> tuple[bytes, str] | None:
+        """(bytes, content type) of a photo without a face the page shows, by the hash the
+        cache recorded; None when it is not one of them, is no longer a regular file of
+        those bytes (changed, replaced) or is not an image. The request names only a hash:
+        no part of it becomes a path."""
+        with self.lock:
+            if self._json is None:
+                self.refresh()
+            photo = self._noface.get(sha256)
+        if photo is None:
+            return None
+        data = read_capped(photo, MAX_PHOTO)
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            return None
+        return browser_image(data)
 
     @staticmethod
     def _card(c: dict) -> dict:
@@ -163,9 +199,7 @@ class Library:
             names = b.get("facesets")
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise ValueError("facesets must be a list of faceset names")
-            from ..io.fsutil import output_lock
-            with output_lock(root):
-                runs.finish_pending(root, log)
+            with Library(root, log, indent="").open():
                 return consolidate.apply_consolidate(consolidate.plan_merge(root, names), log)
         if action == "split":
             return self._split(b)
@@ -182,9 +216,7 @@ class Library:
         if not isinstance(faceset, str):
             raise ValueError("faceset must be a faceset name")
         files = _files(b) if b.get("files") else None
-        from ..io.fsutil import output_lock
-        with output_lock(self.root):
-            runs.finish_pending(self.root, self.log)
+        with Library(self.root, self.log, indent="").open():
             if files:
                 m = load_manifest(self.root / faceset / MANIFEST_NAME, SWAP_FACESET_MANIFEST) \
                     if FACESET_NAME.fullmatch(faceset) else {"faces": []}
@@ -199,6 +231,34 @@ class Library:
         if entry is None:
             raise ValueError(f"{faceset}: split found fewer than two parts; nothing changed")
         return entry
+
+
+def browser_image(data: bytes) -> tuple[bytes, str] | None:
+    """(bytes, content type) of a photo as a browser shows it: as it is in a format browsers
+    show, else decoded and re-encoded as JPEG; None when it is not an image."""
+    import cv2   # noqa: PLC0415
+    try:
+        fmt = read_header(data).format
+        if fmt in BROWSER_TYPES:
+            return data, BROWSER_TYPES[fmt]
+        ok, buf = cv2.imencode(".jpg", decode(data), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    except (ImageError, ValueError, OSError, cv2.error):
+        return None
+    return (buf.tobytes(), "image/jpeg") if ok else None
+
+
+def read_capped(path: Path, cap: int) -> bytes | None:
+    """A regular file's bytes, at most ``cap`` (None for anything else: gone, a folder, a
+    FIFO, which O_NONBLOCK keeps from hanging the open, or larger than the cap)."""
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+                return None
+            data = f.read(cap + 1)
+    except OSError:
+        return None
+    return data if len(data) <= cap else None
 
 
 def _files(b: dict) -> list[str]:
@@ -221,7 +281,7 @@ def _json_body(data: bytes) -> dict:
     return body
 
 
-def make_handler(lib: Library, token: str, port_ref: list):
+def make_handler(lib: ReviewState, token: str, port_ref: list):
     class Handler(BaseHTTPRequestHandler):
         server_version = "face-sets-review"
         protocol_version = "HTTP/1.1"
@@ -296,6 +356,12 @@ def make_handler(lib: Library, token: str, port_ref: list):
                 if not SHEET_FILE.fullmatch(name) or not f.is_file():
                     return self._error(404, "no such thumbnail")
                 return self._send(200, f.read_bytes(), "image/jpeg", cache=True)
+            if path.startswith("/noface/"):
+                sha = path[len("/noface/"):]
+                found = lib.noface_photo(sha) if SHA256.fullmatch(sha) else None
+                if found is None:
+                    return self._error(404, "no such photo without a face")
+                return self._send(200, *found)
             return self._error(404, "not found")
 
         def do_POST(self):  # noqa: N802
@@ -331,7 +397,7 @@ def serve(root: str | Path, meta: dict, port: int = 0, group_threshold: float | 
           merge_threshold: float | None = None, log=print, token: str | None = None,
           split_threshold: float | None = None) -> tuple[ThreadingHTTPServer, str]:
     """Start the server (not yet serving: call ``serve_forever``); returns it and its URL."""
-    lib = Library(Path(root), meta, group_threshold, merge_threshold, log, split_threshold)
+    lib = ReviewState(Path(root), meta, group_threshold, merge_threshold, log, split_threshold)
     lib.model_json()                        # index.html, every sheet and the data, fresh
     token = token or secrets.token_urlsafe(24)
     port_ref = [port]

@@ -27,6 +27,9 @@ from ..io.fsutil import sha256_file
 
 # the steps in the order `run` runs them; each is a command module's pipeline_step()
 STEPS = ("embed", "cluster", "refine", "dedup", "enrich", "export-swap")
+# ... and on an OUT that holds a library already: raw/ and facesets/ extended, the library
+# grown (commands/run.py defines extend's and grow's steps)
+GROW_STEPS = ("embed", "extend", "dedup", "enrich", "grow")
 # the options naming the model pack (part of the inputs of the steps that run the model)
 MODEL_OPTIONS = ("model", "model_root", "det_size")
 # columns enrich adds: only export-swap (quality) reads them

@@ -37,7 +37,7 @@ from ..formats.swapset import (MANIFEST_NAME, MULTIFACE_AUDIT, drop_destination,
 from ..io.fsutil import atomic_write_json, fsync_dir, remove_temp_files, sha256_file
 from ..io.imageio import ImageError, decode, read_header
 from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, prefetch
-from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, map_param_path
+from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkerParams, WorkItem, map_param_path
 
 STEP = "audit-multiface"
 REASON = MULTIFACE_AUDIT     # dropped[] reason: the PNG did not show exactly one face
@@ -127,10 +127,10 @@ class MultifaceJob(WorkerJob):
         return dict(self.counts)
 
 
-def make_multiface_job(queue: dict, args, mapper):
-    job = MultifaceJob(queue, args.results, mapper, args.providers, args.model_root,
-                       getattr(args, "workers", DEFAULT_PREFETCH_WORKERS))
-    results = Path(args.results)
+def make_multiface_job(queue: dict, params: WorkerParams, mapper):
+    job = MultifaceJob(queue, params.results, mapper, params.providers, params.model_root,
+                       params.workers)
+    results = Path(params.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     return (job, Path(str(results) + ".lock"),
             results.with_name(results.stem + ".failures.jsonl"))

@@ -15,21 +15,19 @@ manifest loses their listings and gains a ``merged[]`` record. It is one recorde
 """
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..core import runs
-from ..core.cohesion import with_cohesion
+from ..core.library import Faceset, display_names
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError, centroid_of,
                                 load_manifest, safe_member_path)
 from ..formats.eras import ERA_NAME
 from ..formats.runs import MERGED_DIR, MERGED_SECTION, merged_record
-from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, bundle_stem, bundles_entry,
-                               faceset_listing, next_face_number)
+from ..formats.swapset import (FACES_DIR, HAND_REMOVED_REASON, MANIFEST_NAME, faceset_listing,
+                               next_face_number)
 
 STEP = "consolidate"
 
@@ -49,6 +47,7 @@ class ConsolidatePlan:
     merge_threshold: float
     facesets: int = 0
     groups: list[Group] = field(default_factory=list)
+    shown: dict[str, str] = field(default_factory=dict)   # name -> "faceset_017 (Anna)"
 
     def merges(self) -> list[Group]:
         return [g for g in self.groups if g.confident]
@@ -57,10 +56,14 @@ class ConsolidatePlan:
         out = []
         for g in self.groups:
             what = "merge into" if g.confident else "review (not merged):"
-            others = ", ".join(f"{n} ({g.similarity[n]:.3f})" for n in g.members[1:])
-            out.append(f"{what} {g.members[0]}: {others}; lowest pairwise similarity "
-                       f"{g.min_similarity:.3f}")
+            others = ", ".join(f"{self.show(n)} ({g.similarity[n]:.3f})"
+                               for n in g.members[1:])
+            out.append(f"{what} {self.show(g.members[0])}: {others}; lowest pairwise "
+                       f"similarity {g.min_similarity:.3f}")
         return out
+
+    def show(self, name: str) -> str:
+        return self.shown.get(name, name)
 
     def line(self) -> str:
         return (f"{self.facesets} facesets, {len(self.groups)} groups at similarity >= "
@@ -111,6 +114,7 @@ def plan_consolidate(root: str | Path, group_threshold: float,
         plan.groups.append(Group(
             members, lowest, {n: float(sim[pos[members[0]], pos[n]]) for n in members[1:]},
             confident=lowest >= 1 - merge_threshold))
+    plan.shown = display_names(root, [n for g in plan.groups for n in g.members])
     return plan
 
 
@@ -136,6 +140,7 @@ def plan_merge(root: str | Path, names: list[str]) -> ConsolidatePlan:
     plan = ConsolidatePlan(root, float("nan"), float("nan"), facesets=len(listed))
     plan.groups.append(Group(members, lowest, {n: sim[members[0], n] for n in members[1:]},
                              confident=True))
+    plan.shown = display_names(root, members)
     return plan
 
 
@@ -148,58 +153,44 @@ def _merge_group(root: Path, g: Group, run_ph: str, moves, after, changed,
     """Add one group's moves and new manifests to the run; its ``merged[]`` entries."""
     surv = g.members[0]
     sdir = root / surv
-    sm = load_manifest(sdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-    new = copy.deepcopy(sm)
+    survivor = Faceset.load(sdir)
+    sm = survivor.body
     nxt = _next_number(sm, sdir)
     weights = [(np.asarray(sm["centroid"], np.float64), len(sm["faces"]))]
-    merged = []
+    merged, arriving = [], []
     for name in g.members[1:]:
         if not FACESET_NAME.fullmatch(name):
             raise ManifestError(f"{root / MANIFEST_NAME}: {name!r} is not a faceset name")
         mdir = root / name
-        mm = load_manifest(mdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-        weights.append((np.asarray(mm["centroid"], np.float64), len(mm["faces"])))
+        member = Faceset.load(mdir)
+        weights.append((np.asarray(member.body["centroid"], np.float64), len(member.faces)))
         renamed, missing = {}, []
-        for face in sorted(mm["faces"], key=lambda f: f["rank"]):
+        for face in member.faces:
             if not (mdir / face["file"]).is_file():
-                missing.append(dict(face, reason="removed from faces/"))   # gone by hand
+                missing.append(dict(face, reason=HAND_REMOVED_REASON))   # gone by hand
                 continue
             dest = f"{FACES_DIR}/{nxt:0{width}d}.png"
             nxt += 1
             moves.append((f"{name}/{face['file']}", f"{surv}/{dest}"))
             renamed[face["file"]] = dest
-            new["faces"].append(dict(face, file=dest, merged_from=name))
+            arriving.append(dict(face, file=dest, merged_from=name))
         folder = safe_member_path(root, runs.free_name(root, f"{MERGED_DIR}/{name}"),
                                   "merged")
         folder_rel = folder.relative_to(root).as_posix()
         moves.append((name, folder_rel))
-        gone = copy.deepcopy(mm)
-        gone["faces"] = []
-        gone["dropped"] = gone["dropped"] + missing
-        gone["merged_into"] = {"faceset": surv, "run": run_ph, "files": renamed}
-        gone["summary"]["kept"] = 0
-        gone.setdefault("history", []).append(
-            {"step": STEP, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run_ph,
-             "merged_into": surv, "moved": len(renamed)})
-        after[f"{folder_rel}/{MANIFEST_NAME}"] = gone
+        gone = member.emptied("merged_into", {"faceset": surv, "run": run_ph,
+                                              "files": renamed}, missing)
+        after[f"{folder_rel}/{MANIFEST_NAME}"] = member.noted(gone, STEP, merged_into=surv,
+                                                              moved=len(renamed))
         changed.append(f"{name}/{MANIFEST_NAME}")
         merged.append({"name": name, "moved_to": folder_rel, "faces": len(renamed),
                        "similarity": round(g.similarity[name], 4)})
-    new["faces"].sort(key=lambda f: -float(f.get("score") or 0.0))
-    for rank, face in enumerate(new["faces"]):
-        face["rank"] = rank
     total = sum(w for _, w in weights) or 1
     cen = sum(c * w for c, w in weights) / total
-    new["centroid"] = [round(float(v), 6) for v in cen / (np.linalg.norm(cen) or 1.0)]
-    new["summary"]["kept"] = len(new["faces"])
-    new["summary"]["faces_in"] = int(new["summary"].get("faces_in", 0)) + sum(
-        m["faces"] for m in merged)
-    new["bundles"] = bundles_entry(bundle_stem(new), int(new["top_n"]), len(new["faces"]))
-    with_cohesion(new)
-    new.setdefault("history", []).append(
-        {"step": STEP, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": run_ph,
-         "merged": [m["name"] for m in merged], "added": sum(m["faces"] for m in merged),
-         "kept": len(new["faces"])})
+    new = survivor.adding(arriving, centroid=cen / (np.linalg.norm(cen) or 1.0),
+                          faces_in=sum(m["faces"] for m in merged))
+    survivor.noted(new, STEP, merged=[m["name"] for m in merged],
+                   added=sum(m["faces"] for m in merged), kept=len(new["faces"]))
     after[f"{surv}/{MANIFEST_NAME}"] = new
     changed += runs.faceset_files(root, surv)
     rebuild.append(surv)
@@ -214,23 +205,15 @@ def apply_consolidate(plan: ConsolidatePlan, log=print) -> dict | None:
     merges = plan.merges()
     if not merges:
         return None
-    top = runs.load_top(root)
     moves, after, changed, rebuild, records = [], {}, [], [], []
     for g in merges:
         records.append(_merge_group(root, g, runs.THIS_RUN, moves, after, changed,
                                     rebuild))
     gone = {m["name"] for r in records for m in r["merged"]}
-    new_top = copy.deepcopy(top)
     listing = {name: faceset_listing(after[f"{name}/{MANIFEST_NAME}"]) for name in rebuild}
-    new_top["facesets"] = [listing.get(e["name"], e) for e in top["facesets"]
-                           if e["name"] not in gone]
-    summary = new_top.get("summary") or {}
-    summary["facesets"] = len(new_top["facesets"])
-    new_top.setdefault(MERGED_SECTION, []).extend(records)
-    after[MANIFEST_NAME] = new_top
-    changed.append(MANIFEST_NAME)
     counts = {"groups": len(merges), "merged": len(gone),
               "faces_moved": sum(1 for a, _ in moves if "/" in a)}
-    return runs.execute(root, runs.start(root, STEP, moves, changed, after, rebuild, counts),
-                        log)
+    return runs.commit(root, STEP, after, changed, counts, log, moves=moves, rebuild=rebuild,
+                       listing=listing, remove=gone,
+                       update=lambda top: top.setdefault(MERGED_SECTION, []).extend(records))
 

@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import copy
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..core import runs
-from ..core.library import Faceset
+from ..core.library import Faceset, Library, display_name, noted, now
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestError,
                                 load_manifest, safe_member_path)
 from ..formats.runs import AFTER_DIR, BEFORE_DIR, PRUNED_FILE, RUNS_SECTION
 from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, REVIEW_REASON,
                                SPLIT_DIR, drop_destination, faceset_listing, next_face_number)
-from ..io.fsutil import atomic_write_json, output_lock
+from ..io.fsutil import atomic_write_json
 
 QUARANTINE_DIR = "_quarantine"
 QUARANTINED_SECTION = "quarantined"
@@ -41,53 +40,28 @@ NAME_MAX = 200
 Log = Callable[[str], None]
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 def _faceset(root: Path, name: str) -> tuple[Path, dict]:
     """A listed faceset's folder and manifest; a name not listed is refused."""
-    if not isinstance(name, str) or not FACESET_NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a faceset name (faceset_NNN)")
-    top = runs.load_top(root)
-    if name not in {e["name"] for e in top.get("facesets", [])}:
-        raise ValueError(f"{root / MANIFEST_NAME}: no faceset {name} (see its facesets[])")
-    fdir = root / name
-    return fdir, load_manifest(fdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-
-
-def _history(m: dict, step: str, **what) -> None:
-    m.setdefault("history", []).append(dict({"step": step, "when": _now(),
-                                             "run": runs.THIS_RUN}, **what))
+    faceset = Library(root).faceset(name)
+    return faceset.folder, faceset.body
 
 
 def _commit(root: Path, step: str, moves, after: dict, changed: list[str], rebuild: list[str],
             summary: dict, log: Log, listing: dict[str, dict] | None = None,
             remove: set[str] = frozenset(), section: tuple[str, dict] | None = None) -> dict:
-    """Add the top-level manifest (listings refreshed, ``remove`` dropped, a ``section``
-    record added) to the plan, then start and execute the run; its ``runs[]`` entry."""
-    top = runs.load_top(root)
-    if listing or remove or section:
-        new_top = copy.deepcopy(top)
-        listing = listing or {}
-        new_top["facesets"] = [listing.get(e["name"], e) for e in top["facesets"]
-                               if e["name"] not in remove]
-        if isinstance(new_top.get("summary"), dict):
-            new_top["summary"]["facesets"] = len(new_top["facesets"])
-        if section:
-            new_top.setdefault(section[0], []).append(section[1])
-        after[MANIFEST_NAME] = new_top
-        changed.append(MANIFEST_NAME)
-    return runs.execute(root, runs.start(root, step, moves, changed, after, rebuild, summary),
-                        log)
+    """The run (core/runs.commit): the top-level manifest's listings refreshed, ``remove``
+    dropped, a ``section`` record added."""
+    def add_record(top: dict) -> None:
+        top.setdefault(section[0], []).append(section[1])
+
+    return runs.commit(root, step, after, changed, summary, log, moves=moves, rebuild=rebuild,
+                       listing=listing, remove=remove, update=add_record if section else None)
 
 
 def _locked(fn):
     def wrapper(root, *a, log: Log = print, **kw):
-        root = Path(root).resolve()
-        with output_lock(root):
-            runs.finish_pending(root, log)
-            return fn(root, *a, log=log, **kw)
+        with Library(root, log, indent="").open() as lib:
+            return fn(lib.root, *a, log=log, **kw)
     wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
     return wrapper
 
@@ -129,7 +103,7 @@ def rename(root: Path, faceset: str, name: str, log: Log = print) -> dict:
         return done
     fdir, m = _faceset(root, faceset)
     new = copy.deepcopy(m)
-    _history(new, "rename", name=name)
+    noted(new, "rename", name=name)
     after = {f"{faceset}/{NAME_FILE}": f"{name}\n".encode("utf-8"),
              f"{faceset}/{MANIFEST_NAME}": new}
     changed = [f"{faceset}/{NAME_FILE}", f"{faceset}/{MANIFEST_NAME}"]
@@ -166,7 +140,7 @@ def drop_faces(root: Path, faceset: str, files: list[str], log: Log = print) -> 
         moves.append((f"{faceset}/{face['file']}", f"{faceset}/{dest}"))
         parked[face["file"]] = dest
     new = Faceset.of(m, fdir).dropping(parked, REVIEW_REASON, runs.THIS_RUN)
-    _history(new, "drop-faces", removed=[f["key"] for f in picked], kept=len(new["faces"]))
+    noted(new, "drop-faces", removed=[f["key"] for f in picked], kept=len(new["faces"]))
     after = {f"{faceset}/{MANIFEST_NAME}": new}
     return _commit(root, "drop-faces", moves, after, runs.faceset_files(root, faceset),
                    [faceset], {"faceset": faceset, "dropped": len(picked), "request": request},
@@ -196,8 +170,8 @@ def move_face(root: Path, faceset: str, files: list[str], into: str, log: Log = 
         arriving.append(dict(face, file=new_file, moved_from=faceset))
     src = Faceset.of(sm, sdir).without(set(renamed))
     dest = Faceset.of(dm, ddir).adding(arriving)
-    _history(src, "move-face", moved_to=into, files=renamed, kept=len(src["faces"]))
-    _history(dest, "move-face", moved_from=faceset, added=len(picked), kept=len(dest["faces"]))
+    noted(src, "move-face", moved_to=into, files=renamed, kept=len(src["faces"]))
+    noted(dest, "move-face", moved_from=faceset, added=len(picked), kept=len(dest["faces"]))
     after = {f"{faceset}/{MANIFEST_NAME}": src, f"{into}/{MANIFEST_NAME}": dest}
     changed = runs.faceset_files(root, faceset) + runs.faceset_files(root, into)
     return _commit(root, "move-face", moves, after, changed, [faceset, into],
@@ -219,10 +193,10 @@ def quarantine(root: Path, faceset: str, log: Log = print) -> dict:
                               "quarantine")
     rel = folder.relative_to(root).as_posix()
     new = copy.deepcopy(m)
-    _history(new, "quarantine", moved_to=rel)
+    noted(new, "quarantine", moved_to=rel)
     after = {f"{rel}/{MANIFEST_NAME}": new}
     record = {"name": faceset, "moved_to": rel, "faces": len(m["faces"]), "run": runs.THIS_RUN,
-              "when": _now()}
+              "when": now()}
     return _commit(root, "quarantine", [(faceset, rel)], after, [f"{faceset}/{MANIFEST_NAME}"],
                    [], {"faceset": faceset, "moved_to": rel, "request": request}, log,
                    remove={faceset},
@@ -261,6 +235,12 @@ def history(root: str | Path) -> list[dict]:
     return out
 
 
+def facesets_shown(root: Path, names: list[str], most: int = 8) -> str:
+    """"faceset_001 (Anna), faceset_004 and 3 more": the facesets a run touched, by label."""
+    return ", ".join(display_name(root, name) for name in names[:most]) + (
+        f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def describe_run(root: Path, entry: dict) -> str:
     """What a run was, when, and what undoing it changes, in one line (undo names the run
     it reverses before it does)."""
@@ -269,9 +249,7 @@ def describe_run(root: Path, entry: dict) -> str:
     facts = ", ".join(f"{k} {v}" for k, v in sorted(summary.items())
                       if k != "request" and isinstance(v, (int, float, str))
                       and not isinstance(v, bool))
-    touched = _touched(rec)
-    shown = ", ".join(touched[:8]) + (f" and {len(touched) - 8} more" if len(touched) > 8
-                                      else "")
+    shown = facesets_shown(root, _touched(rec))
     return (f"run {entry['id']} ({entry['step']}, {entry.get('when', '?')}"
             f"{': ' + facts if facts else ''}); undoing it moves {len(rec.get('moves', []))} "
             f"files or folders back and restores {len(rec.get('changed', []))} files"
@@ -345,7 +323,7 @@ def prune(root: Path, keep: int, log: Log = print) -> PrunePlan:
         shutil.rmtree(path)
     for run_id in plan.runs:
         atomic_write_json(runs.run_dir(root, run_id) / PRUNED_FILE,
-                          {"when": _now(), "keep": keep})
+                          {"when": now(), "keep": keep})
     # and the build folders of runs in effect, emptied when their facesets moved in
     builds = [d for top in (ADDED_DIR, SPLIT_DIR) if (root / top).is_dir()
               for d in (root / top).iterdir() if not d.name.startswith(".")]

@@ -12,18 +12,15 @@ undoable, finished by the next command after a kill.
 """
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..core import runs
-from ..core.cohesion import with_cohesion
+from ..core.library import Faceset, now
 from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
-from ..formats.swapset import (MANIFEST_NAME, bundle_stem, bundles_entry, drop_destination,
-                               faceset_listing)
+from ..formats.swapset import MANIFEST_NAME, drop_destination, faceset_listing
 from ..io.fsutil import sha256_file
 from ..runtime.progress import progress_bar
 
@@ -124,51 +121,36 @@ def apply_dedup(plan: DedupPlan, log=print) -> dict | None:
     if not plan.drops:
         return None
     root = plan.root
-    top = runs.load_top(root)
     by_set: dict[str, list[Drop]] = {}
     for d in plan.drops:
         by_set.setdefault(d.faceset, []).append(d)
     moves, after, changed, taken = [], {}, [], set()
-    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for name in sorted(by_set):
         fdir = root / name
-        m = load_manifest(fdir / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-        new = copy.deepcopy(m)
+        faceset = Faceset.load(fdir)
         drops = {d.file: d for d in by_set[name]}
-        new["faces"] = [f for f in m["faces"] if f["file"] not in drops]
-        counts = new["summary"].get("dropped")
-        counts = counts if isinstance(counts, dict) else {}
-        for face in sorted(m["faces"], key=lambda f: f["rank"]):
+        parked, extra = {}, {}
+        for face in faceset.faces:
             d = drops.get(face["file"])
             if d is None:
                 continue
             dest = drop_destination(fdir, face["file"], taken)
             moves.append((f"{name}/{face['file']}", f"{name}/{dest}"))
-            entry = dict(face, reason=d.reason, moved_to=dest, duplicate_of=d.duplicate_of,
-                         run=runs.THIS_RUN)
-            if d.similarity is not None:
-                entry["similarity"] = d.similarity
-            new["dropped"].append(entry)
-            counts[d.reason] = counts.get(d.reason, 0) + 1
-        new["summary"]["dropped"] = counts
-        new["summary"]["kept"] = len(new["faces"])
-        new["bundles"] = bundles_entry(bundle_stem(new), int(new["top_n"]), len(new["faces"]))
-        with_cohesion(new)
-        new.setdefault("history", []).append(
-            {"step": STEP, "when": when, "run": runs.THIS_RUN,
-             "removed": [f["key"] for f in m["faces"] if f["file"] in drops],
-             "kept": len(new["faces"])})
+            parked[face["file"]] = dest
+            extra[face["file"]] = dict({"reason": d.reason, "duplicate_of": d.duplicate_of},
+                                       **({"similarity": d.similarity}
+                                          if d.similarity is not None else {}))
+        new = faceset.dropping(parked, "", runs.THIS_RUN, extra)
+        faceset.noted(new, STEP, removed=[f["key"] for f in faceset.faces
+                                          if f["file"] in drops], kept=len(new["faces"]))
         after[f"{name}/{MANIFEST_NAME}"] = new
         changed += runs.faceset_files(root, name)
-    new_top = copy.deepcopy(top)
     listing = {n: faceset_listing(after[f"{n}/{MANIFEST_NAME}"]) for n in by_set}
-    new_top["facesets"] = [listing.get(e["name"], e) for e in top["facesets"]]
     summary = {"identical": sum(d.reason == IDENTICAL for d in plan.drops),
                "near": sum(d.reason == NEAR for d in plan.drops),
                "near_similarity": round(1 - plan.near_threshold, 4),
                "by_faceset": {n: len(v) for n, v in sorted(by_set.items())}}
-    new_top.setdefault(SECTION, []).append(dict(summary, run=runs.THIS_RUN, when=when))
-    after[MANIFEST_NAME] = new_top
-    changed.append(MANIFEST_NAME)
-    run_id = runs.start(root, STEP, moves, changed, after, sorted(by_set), summary)
-    return runs.execute(root, run_id, log)
+    record = dict(summary, run=runs.THIS_RUN, when=now())
+    return runs.commit(root, STEP, after, changed, summary, log, moves=moves,
+                       rebuild=sorted(by_set), listing=listing,
+                       update=lambda top: top.setdefault(SECTION, []).append(record))

@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import runs
-from ..core.newsets import AddResult, NewFaceset, add_facesets, faces_under, faceset_centroids
+from ..core.library import Library, display_name
+from ..core.newsets import AddResult, NewFaceset, add_facesets, faces_under, near_facesets
+from ..core.library import known_keys
 from ..core.refinement import RefineParams, refine_labels
 from ..core.selection import groups_by_label, select_faces, subset
 from ..core.swapexport import ExportParams
 from ..formats.cache import FaceCache, load_cache
-from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
-from ..formats.swapset import MANIFEST_NAME
-from ..io.fsutil import output_lock
 
 STEP = "discover"
 
@@ -51,7 +49,7 @@ class DiscoverPlan:
     cache: FaceCache | None = field(default=None, repr=False)
 
     def lines(self) -> list[str]:
-        out = ["left to extend: " + ", ".join(f"{k} {v}" for k, v in
+        out = ["left to extend: " + ", ".join(f"{display_name(self.root, k)} {v}" for k, v in
                                                 sorted(self.to_extend.items()))
                ] if self.to_extend else []
         names = self.result.by_input if self.result else [None] * len(self.clusters)
@@ -90,23 +88,14 @@ def plan_discover(root: str | os.PathLike, cache_path: str | os.PathLike,
         # no photo of SRC_ROOT was ever embedded: "0 faces" would read as "nothing new"
         raise ValueError(f"{src}: none of its photos is in {cache_path}; embed it first: "
                          f"`sort_faces.py embed {src} {cache_path}` (the cache's model), "
-                         "then run discover again")
+                         "then run `library discover` again")
     plan.faces = len(idx)
-    named = set()
-    names, cents = faceset_centroids(root)
-    for n in names:
-        m = load_manifest(root / n / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
-        named.update(f["key"] for f in m["faces"])
-        named.update(d["key"] for d in m["dropped"] if isinstance(d.get("key"), str))
+    # faces any faceset names (listed or parked: masked, quarantined, merged...) are known
+    named = known_keys(root)
     fresh = np.array([i for i in idx if str(sel.keys[i]) not in named], dtype=np.int64)
     plan.known = len(idx) - len(fresh)
-    if len(fresh) and len(names):
-        dist = 1.0 - sel.embeddings[fresh] @ cents.T
-        nearest = dist.argmin(axis=1)
-        close = dist[np.arange(len(fresh)), nearest] <= near
-        for k in nearest[close]:
-            plan.to_extend[names[k]] = plan.to_extend.get(names[k], 0) + 1
-        fresh = fresh[~close]
+    plan.to_extend, close = near_facesets(root, sel, fresh, near)
+    fresh = fresh[~close]
     if len(fresh) == 0:
         return plan
     sub = subset(sel, fresh)
@@ -160,8 +149,7 @@ def discover_new(root: str | os.PathLike, cache_path: str | os.PathLike,
     root = Path(root).resolve()
     if dry_run:
         return gate_discover(plan_discover(root, cache_path, src_root, near, refine), export)
-    with output_lock(root):
-        runs.finish_pending(root, log)
+    with Library(root, log, indent="").open():
         plan = plan_discover(root, cache_path, src_root, near, refine)
         apply_discover(plan, export, load_detector, progress, log)
     return plan

@@ -27,7 +27,7 @@ from ..formats.queue import (FAILURES_LOG, KIND_EMBED, QUEUE_COPY, RESULTS_CACHE
                              load_queue, new_queue, validate_embed_results, write_queue)
 from ..io.fsutil import atomic_write_json
 from ..io.imageio import DEFAULT_MAX_PIXELS
-from ..runtime.worker import WorkerJob, WorkItem, map_param_path
+from ..runtime.worker import WorkerJob, WorkerParams, WorkItem, map_param_path
 from ..sources.folder import FolderSource, Listed, plan_embed
 
 # what the worker's backend says about its model (copied into the cache's meta on merge)
@@ -181,10 +181,16 @@ def keep_queue_copy(out: Path, queue: dict) -> None:
     atomic_write_json(copy, queue)
 
 
-def make_embed_job(queue: dict, args, mapper):
-    job = EmbedJob(queue, args.results, mapper, args.providers, args.model_root,
-                   getattr(args, "workers", 2))
-    out = Path(args.results)
+@dataclass(frozen=True)
+class EmbedWorkerParams(WorkerParams):
+    """work/embed_worker.py's parameters: OUT is a results folder."""
+    workers: int = 2     # decode threads, as in-process embed: the detector is the bottleneck
+
+
+def make_embed_job(queue: dict, params: EmbedWorkerParams, mapper):
+    job = EmbedJob(queue, params.results, mapper, params.providers, params.model_root,
+                   params.workers)
+    out = Path(params.results)
     out.mkdir(parents=True, exist_ok=True)
     keep_queue_copy(out, queue)
     return job, out / ".worker.lock", out / FAILURES_LOG

@@ -37,12 +37,9 @@ re-ranked and its bundles rebuilt. Fragments that join none are reported and lef
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -51,9 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core import runs
-from ..core.cohesion import with_cohesion
+from ..core.library import Faceset, curated_out_keys, display_name
 from ..core.dates import Dates, capture_dates
-from ..core.newsets import NewFaceset, add_facesets
+from ..core.newsets import NewFaceset, add_facesets, build_folder
 from ..core.refinement import RefineParams, quality_mask
 from ..core.selection import FaceSelection, groups_by_label, select_faces, subset
 from ..core.quality import cache_row, face_quality
@@ -66,9 +63,8 @@ from ..formats.eras import (ERAS_SECTION, THIN_DIR, THIN_SECTION, check_eras_sec
                             era_entry, era_name, eras_record, thin_record)
 from ..formats.manifest import (FACESET_BASE, SWAP_FACESET_MANIFEST, ManifestError,
                                 centroid_of, load_manifest, new_manifest)
-from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, NAME_FILE, bundle_stem,
-                               bundles_entry, faceset_listing)
-from ..io.fsutil import fsync_dir, internal_dir, remove_on_error
+from ..formats.swapset import ADDED_DIR, FACES_DIR, MANIFEST_NAME, faceset_listing, read_label
+from ..io.fsutil import commit_dir
 
 STEP = "eras"
 STEP_EXTEND = "eras-extend"
@@ -233,6 +229,7 @@ class ErasPlan:
     skipped: list[str] = field(default_factory=list)  # eras the export's gates emptied
     # era -> {reason: faces} the export's gates dropped (said when an era ends thin)
     export_dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    shown: str = ""      # "faceset_017 (Anna)": the source by its label, read when planned
 
     def done_line(self) -> str:
         thin = [e["name"] for e in self.result if e["thin"]]
@@ -248,7 +245,7 @@ class ErasPlan:
     def lines(self) -> list[str]:
         c = self.counts
         out = [f"recovered {c['recovered']} faces within {self.params.recover} of "
-               f"{self.source}'s centroid ({c['source_in_cache']} of its {c['source_faces']} "
+               f"{self.shown}'s centroid ({c['source_in_cache']} of its {c['source_faces']} "
                f"faces among them; {c['held_elsewhere']} held by other facesets left out); "
                f"quality gates dropped {c['gated']}, tightening to {self.params.tighten} "
                f"dropped {c['tightened']}; {c['kept']} faces, {c['subclusters']} "
@@ -264,7 +261,7 @@ class ErasPlan:
 
     def line(self) -> str:
         thin = sum(1 for e in self.eras if e.faces < self.params.min_era_faces)
-        return (f"{len(self.eras)} eras of {self.source} ({len(self.eras) - thin} to export, "
+        return (f"{len(self.eras)} eras of {self.shown} ({len(self.eras) - thin} to export, "
                 f"{thin} to {THIN_DIR}/ under {self.params.min_era_faces} faces) from "
                 f"{self.counts.get('kept', 0)} faces")
 
@@ -372,9 +369,10 @@ def plan_eras(root: str | Path, cache_path: str, source: str, p: ErasParams,
         raise ManifestError(f"{root / MANIFEST_NAME}: lists no faceset {source!r}")
     prev = live_eras(root, source)
     if prev is not None:
-        raise ValueError(f"{source} was split into eras already (run {prev['run']}): `undo "
-                         f"{root} {prev['run']}` to split it again, or `eras extend` to add "
-                         "new faces to its eras")
+        raise ValueError(f"{source} was split into eras already (run {prev['run']}): "
+                         f"`library undo {root} {prev['run']}` to split it again, or "
+                         f"`faceset eras extend {root} {cache_path} {source}` to add new "
+                         "faces to its eras")
     cache = cache if cache is not None else load_cache(cache_path)
     sel = select_faces(cache)
     m = load_manifest(root / source / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
@@ -382,8 +380,11 @@ def plan_eras(root: str | Path, cache_path: str, source: str, p: ErasParams,
     index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
     own = np.array(sorted(index_of[f["key"]] for f in m["faces"] if f["key"] in index_of),
                    dtype=np.int64)
+    # other facesets' faces are someone else's; faces curated out anywhere stay out
     held = library_faces(root, {source})
-    plan = ErasPlan(root, str(cache_path), source, p, cache=cache, sel=sel)
+    held.update((k, "curated out") for k in curated_out_keys(root) if k not in held)
+    plan = ErasPlan(root, str(cache_path), source, p, cache=cache, sel=sel,
+                    shown=display_name(root, source))
 
     near = np.flatnonzero(1.0 - sel.embeddings @ c0 <= p.recover)
     elsewhere = np.array([str(sel.keys[i]) in held for i in near], dtype=bool)
@@ -456,17 +457,6 @@ def export_params(manifest: dict, path: Path) -> ExportParams:
     return ExportParams(**values)
 
 
-def operator_label(root: Path, name: str) -> str | None:
-    """The person's name the operator wrote on the first line of a faceset's NAME.txt
-    (None while it is export's template)."""
-    path = root / name / NAME_FILE
-    try:
-        first = path.read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, UnicodeDecodeError, IndexError):
-        return None
-    return first if first and not first.startswith("#") else None
-
-
 def _era_source(plan: ErasPlan, e: Era) -> dict:
     return {"eras_of": plan.source, "years": list(e.years) if e.years else None,
             "dominant_year": e.dominant, "undated": e.undated, "anchor": e.anchor,
@@ -480,7 +470,7 @@ def apply_eras(plan: ErasPlan, load_detector, progress: bool = True, log=print) 
     root, p = plan.root, plan.params
     src_path = root / plan.source / MANIFEST_NAME
     params = export_params(load_manifest(src_path, SWAP_FACESET_MANIFEST), src_path)
-    person = operator_label(root, plan.source)
+    person = read_label(root / plan.source)   # the operator's name for the person
     new = [NewFaceset(keys=[str(plan.sel.keys[i]) for i in e.members],
                       label=f"{person} {e.name[len(plan.source) + 1:]}" if person else None,
                       name=e.name, source=_era_source(plan, e)) for e in plan.eras]
@@ -531,13 +521,14 @@ class ExtendPlan:
     sel: FaceSelection | None = None
     added: dict[str, int] = field(default_factory=dict)     # era -> faces added (after apply)
     gated: dict[str, int] = field(default_factory=dict)     # era -> faces the export dropped
+    shown: str = ""      # "faceset_017 (Anna)": the source by its label, read when planned
 
     def export_lines(self) -> list[str]:
         return era_export_lines(self)
 
     def lines(self) -> list[str]:
         c = self.counts
-        out = [f"{c['new']} new faces within {self.params.recover} of {self.source}'s eras "
+        out = [f"{c['new']} new faces within {self.params.recover} of {self.shown}'s eras "
                f"centroid (run {self.record['run']}; {c['named']} already in its eras, "
                f"{c['held_elsewhere']} held by other facesets); quality gates dropped "
                f"{c['gated']}, tightening dropped {c['tightened']}; {c['kept']} faces in "
@@ -549,7 +540,7 @@ class ExtendPlan:
     def line(self) -> str:
         joined = sum(len(v) for v in self.joins.values())
         return (f"{joined} of {self.counts.get('kept', 0)} new faces slot into "
-                f"{len(self.joins)} eras of {self.source}")
+                f"{len(self.joins)} eras of {self.shown}")
 
     def done_line(self) -> str:
         added = ", ".join(f"{k} +{v}" for k, v in self.added.items() if v) or "none"
@@ -571,10 +562,12 @@ def plan_extend(root: str | Path, cache_path: str, source: str, p: ErasParams,
     root = Path(root).resolve()
     rec = live_eras(root, source)
     if rec is None:
-        raise ValueError(f"{source} has no eras in {root}: run `eras` first")
+        raise ValueError(f"{source} has no eras in {root}: run `faceset eras build {root} "
+                         f"{cache_path} {source}` first")
     cache = cache if cache is not None else load_cache(cache_path)
     sel = select_faces(cache)
-    plan = ExtendPlan(root, str(cache_path), source, p, rec, cache=cache, sel=sel)
+    plan = ExtendPlan(root, str(cache_path), source, p, rec, cache=cache, sel=sel,
+                      shown=display_name(root, source))
     folders = era_folders(root, rec)
     listed = {e["name"] for e in runs.load_top(root).get("facesets", [])}
     manifests = {n: load_manifest(root / f / MANIFEST_NAME, SWAP_FACESET_MANIFEST)
@@ -582,6 +575,7 @@ def plan_extend(root: str | Path, cache_path: str, source: str, p: ErasParams,
     named = {e["key"] for m in manifests.values() for e in m["faces"] + m["dropped"]
              if e.get("key")}
     held = library_faces(root, {source} | set(folders))
+    held.update((k, "curated out") for k in curated_out_keys(root) if k not in held)
     c1 = np.asarray(rec["centroid"], np.float32)
     if len(c1) != sel.embeddings.shape[1]:
         raise ManifestError(f"{root / MANIFEST_NAME}: eras[].centroid has {len(c1)} values, "
@@ -688,13 +682,8 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
     by_era: dict[str, list[Planned]] = {}
     for pl in planned:
         by_era.setdefault(pl.target, []).append(pl)
-    if by_era and not all((built / n / MANIFEST_NAME).is_file() for n in by_era):
-        if built.exists():
-            raise ManifestError(f"{built}: exists but does not hold {', '.join(by_era)}; "
-                                "move it away by hand")
-        part = remove_on_error(internal_dir(root, ADDED_DIR) / f".{tag}.partial")
-        if part.exists():
-            shutil.rmtree(part)     # a build a kill interrupted: nothing refers to it
+    part = build_folder(root, ADDED_DIR, tag, list(by_era)) if by_era else None
+    if part is not None:
         detect = load_detector().detect
         for n, pls in by_era.items():
             params = per_era[n]["params"]
@@ -707,77 +696,55 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
             finish_faceset(part / n, head, n, plan.source, "", params.top_n, cen, pls, [],
                            len(pls), f"# faces `eras extend` cropped for {n}\n",
                            extra={"adds_to": n})
-        for d in sorted({q for q in part.rglob("*") if q.is_dir()} | {part}, reverse=True):
-            fsync_dir(d)
-        os.replace(part, built)
-        fsync_dir(built.parent)
+        commit_dir(part, built)
     # one recorded run: the crops move in, the eras' manifests and bundles are rewritten
-    top = runs.load_top(root)
     moves, after, changed, rebuild = [], {}, [], []
     for name, e in per_era.items():
         folder = folders[name][0]
-        m = copy.deepcopy(e["manifest"])
+        era = Faceset.of(e["manifest"], root / folder)
         crops = {"faces": [], "dropped": []}
         if name in by_era:
             rel = f"{ADDED_DIR}/{tag}/{name}/{MANIFEST_NAME}"
-            crops = load_manifest(root / rel, SWAP_FACESET_MANIFEST)
-            moved = copy.deepcopy(crops)
-        nxt = _next_number(m, root / folder)
-        files = {}
+            crops = Faceset.load(built / name).body
+        nxt = _next_number(era.body, root / folder)
+        files, arriving = {}, []
         for face in crops["faces"]:
             dest = f"{FACES_DIR}/{nxt:03d}.png"
             nxt += 1
             moves.append((f"{ADDED_DIR}/{tag}/{name}/{face['file']}", f"{folder}/{dest}"))
             files[face["file"]] = dest
-            m["faces"].append(dict(face, file=dest, added_by_run=runs.THIS_RUN))
+            arriving.append(dict(face, file=dest, added_by_run=runs.THIS_RUN))
         if name in by_era:      # the build folder keeps its record, its faces moved out
-            moved["faces"] = []
-            moved["moved_into"] = {"faceset": name, "run": runs.THIS_RUN, "files": files}
-            after[rel] = moved
+            after[rel] = Faceset.of(crops).emptied(
+                "moved_into", {"faceset": name, "run": runs.THIS_RUN, "files": files})
             changed.append(rel)
         gone = e["dropped"] + crops["dropped"]
-        m["dropped"] += [dict(d, eras_extend_run=runs.THIS_RUN) for d in gone]
-        m["faces"].sort(key=lambda f: (-float(f.get("score") or 0.0), f["key"]))
-        for rank, face in enumerate(m["faces"]):
-            face["rank"] = rank
-        keys = [f["key"] for f in m["faces"] if f["key"] in index_of]
-        if keys:
-            cen = normalize_rows(sel.embeddings[[index_of[k] for k in keys]].mean(
-                axis=0, keepdims=True))[0]
-            m["centroid"] = [round(float(v), 6) for v in cen]
-        summary = m["summary"]
-        summary["kept"] = len(m["faces"])
-        summary["faces_in"] = int(summary.get("faces_in", 0)) + len(plan.joins[name])
-        counts = summary.get("dropped") if isinstance(summary.get("dropped"), dict) else {}
-        for d in gone:
-            counts[d["reason"]] = counts.get(d["reason"], 0) + 1
-        summary["dropped"] = counts
-        m["bundles"] = bundles_entry(bundle_stem(m), int(m["top_n"]), len(m["faces"]))
-        with_cohesion(m)
-        m.setdefault("history", []).append(
-            {"step": STEP_EXTEND, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "run": runs.THIS_RUN, "added": len(crops["faces"]), "dropped": len(gone)})
+        keys = [f["key"] for f in era.faces + arriving if f["key"] in index_of]
+        cen = normalize_rows(sel.embeddings[[index_of[k] for k in keys]].mean(
+            axis=0, keepdims=True))[0] if keys else None
+        m = era.adding(arriving, centroid=cen, faces_in=len(plan.joins[name]),
+                       dropped=[dict(d, eras_extend_run=runs.THIS_RUN) for d in gone])
+        era.noted(m, STEP_EXTEND, added=len(crops["faces"]), dropped=len(gone))
         after[f"{folder}/{MANIFEST_NAME}"] = m
         changed += runs.faceset_files(root, folder)
         rebuild.append(folder)
         plan.added[name] = len(crops["faces"])
         plan.gated[name] = len(gone)
-    new_top = copy.deepcopy(top)
     listing = {n: faceset_listing(after[f"{folders[n][0]}/{MANIFEST_NAME}"]) for n in per_era}
-    new_top["facesets"] = [listing.get(x["name"], x) for x in top["facesets"]]
-    for rec in new_top.get(ERAS_SECTION, []):
-        if rec["run"] == plan.record["run"] and rec["source"] == plan.source:
-            rec.setdefault("extended", []).append(
-                {"run": runs.THIS_RUN, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "added": dict(plan.added), "dropped": dict(plan.gated),
-                 "left_out": sum(f.faces for f in plan.fragments if not f.joined),
-                 "parameters": vars(plan.params)})
-            for era in rec["eras"]:
-                if era["name"] in per_era:
-                    era["faces"] = len(after[f"{era['folder']}/{MANIFEST_NAME}"]["faces"])
-    after[MANIFEST_NAME] = new_top
-    changed.append(MANIFEST_NAME)
+
+    def record_extension(new_top: dict) -> None:
+        for rec in new_top.get(ERAS_SECTION, []):
+            if rec["run"] == plan.record["run"] and rec["source"] == plan.source:
+                rec.setdefault("extended", []).append(
+                    {"run": runs.THIS_RUN, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "added": dict(plan.added), "dropped": dict(plan.gated),
+                     "left_out": sum(f.faces for f in plan.fragments if not f.joined),
+                     "parameters": vars(plan.params)})
+                for era in rec["eras"]:
+                    if era["name"] in per_era:
+                        era["faces"] = len(after[f"{era['folder']}/{MANIFEST_NAME}"]["faces"])
+
     counts = {"eras": len(per_era), "added": sum(plan.added.values()),
               "dropped": sum(plan.gated.values())}
-    return runs.execute(root, runs.start(root, STEP_EXTEND, moves, changed, after, rebuild,
-                                         counts), log)
+    return runs.commit(root, STEP_EXTEND, after, changed, counts, log, moves=moves,
+                       rebuild=rebuild, listing=listing, update=record_extension)

@@ -178,6 +178,20 @@ def _plan_candidates(cache: FaceCache, sel: FaceSelection, raw: dict, taken: set
     return plans
 
 
+def refuse_identity_ops(out: Path) -> None:
+    """FileExistsError (one line) when the library ``out`` holds facesets identity operations
+    made, which a re-export from the refine manifest would replace or remove (`run
+    --rebuild` asks before any work)."""
+    made = _made_by_identity_ops(out)
+    if made:
+        raise FileExistsError(f"{out / MANIFEST_NAME}: {', '.join(made[:5])}"
+                              f"{' ...' if len(made) > 5 else ''} were made by library import, "
+                              "discover or grow, or by faceset split or eras, not from the "
+                              "refine manifest; a re-export would replace or remove them: "
+                              f"export into a new folder, undo those runs first (`library "
+                              f"undo {out} RUN`), or run without --rebuild (grows the library)")
+
+
 def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike,
                out: str | os.PathLike, params: ExportParams, load_detector,
                raw_manifest: str | os.PathLike | None = None, progress: bool = True,
@@ -192,13 +206,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
     if not _is_export_out(out):
         raise FileExistsError(f"{out} exists and was not made by face-sets; choose an empty "
                               "or new output folder")
-    made = _made_by_identity_ops(out)
-    if made:
-        raise FileExistsError(f"{out / MANIFEST_NAME}: {', '.join(made[:5])}"
-                              f"{' ...' if len(made) > 5 else ''} were made by import-folders, "
-                              "discover, split or eras, not from the refine manifest; a "
-                              "re-export would replace or remove them: export into a new "
-                              "folder (or `undo` those runs first)")
+    refuse_identity_ops(out)
     if (out / RUNS_DIR).is_dir() and (out / MANIFEST_NAME).is_file():
         # a recorded run a kill interrupted is finished first: its records are kept below
         runs.finish_pending(out, print if progress else (lambda _line: None))
@@ -207,7 +215,7 @@ def run_export(cache_path: str | os.PathLike, refine_manifest: str | os.PathLike
         raise FileExistsError(f"{out / MANIFEST_NAME}: {', '.join(moved[:5])}"
                               f"{' ...' if len(moved) > 5 else ''} moved faces or facesets "
                               "that a re-export would bring back: export into a new folder "
-                              "(or `undo` those runs first)")
+                              f"(or undo those runs first: `library undo {out} RUN`)")
     cache = load_cache(cache_path)
     refine = load_manifest(refine_manifest, REFINE_MANIFEST)
     raw = load_manifest(raw_manifest, CLUSTER_MANIFEST) if params.candidates else None

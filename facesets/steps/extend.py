@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.joining import join_nearest
 from ..core.refinement import RefineParams, quality_mask, refine_labels
 from ..core.selection import FaceSelection, entry_for, groups_by_label, select_faces, subset
 from ..core.thresholds import resolve_with_source
-from ..engine import add_rows, assign_nearest, centroids, cluster_faces
+from ..engine import cluster_faces
 from ..formats.cache import STATUS_ERROR, STATUS_NOFACE, FaceCache
 from ..formats.manifest import (CLUSTER_MANIFEST, CLUSTER_MANIFEST_FILE, FACESET_NAME, PERSON_NAME,
                                 REFINE_MANIFEST, REFINE_MANIFEST_FILE, ManifestError,
@@ -50,43 +51,6 @@ def next_number(names: list[str], prefix: str) -> int:
     """One past the highest NNN of names like prefix_NNN (0 when there is none)."""
     nums = [int(m.group(1)) for n in names if (m := re.fullmatch(rf"{prefix}_(\d+)", n))]
     return max(nums) + 1 if nums else 0
-
-
-def join_nearest(sel: FaceSelection, new: np.ndarray, groups: list[list[int]],
-                 threshold: float, max_centroid_distance: float | None = None) -> np.ndarray:
-    """Group (index into ``groups``) each new face joins, -1 for none.
-
-    ``groups``: current members (selection indices) of each group. A face joins the group it
-    is nearest to on average, when that average cosine distance to the group's faces is
-    within ``threshold`` (the average-linkage rule `cluster` grouped them by; a plain
-    centroid distance is smaller and would let in faces clustering would have kept out),
-    its distance to the group's centroid within ``max_centroid_distance`` (refine's outlier
-    rule) if given, and the group holds no face of its photo; of new faces of one photo
-    heading for one group only the nearest joins.
-    """
-    out = np.full(len(new), -1, dtype=np.int64)
-    members = [(g, i) for g, ms in enumerate(groups) for i in ms]
-    if len(new) == 0 or not members:
-        return out
-    labels = np.array([g for g, _ in members])
-    emb = sel.embeddings[[i for _, i in members]]
-    # the mean member embedding m (not unit length): 1 - e.m is e's average distance to them
-    sums = np.zeros((int(labels.max()) + 1, emb.shape[1]), dtype=np.float64)
-    add_rows(sums, labels, emb)
-    means = (sums / np.maximum(np.bincount(labels), 1)[:, None]).astype(np.float32)
-    idx, dist = assign_nearest(sel.embeddings[new], means, threshold)
-    if max_centroid_distance is not None:
-        unit = centroids(emb, labels)
-        ok = idx >= 0
-        cdist = 1.0 - np.einsum("ij,ij->i", sel.embeddings[new[ok]], unit[idx[ok]])
-        idx[np.flatnonzero(ok)[cdist > max_centroid_distance]] = -1
-    held = {(g, sel.sha256[i]) for g, i in members}
-    for k in np.argsort(dist, kind="stable"):           # nearest first
-        g, photo = int(idx[k]), sel.sha256[new[k]]
-        if g >= 0 and (g, photo) not in held:
-            out[k] = g
-            held.add((g, photo))
-    return out
 
 
 def _members(sel: FaceSelection, entries: list[dict]) -> list[list[int]]:

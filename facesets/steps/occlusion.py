@@ -12,8 +12,8 @@ may be about the mask rather than the person.
            export (an attribute two scorers give: the higher probability);
   report   a static HTML contact sheet per faceset (thumbnails, scores, flags, verdict);
   apply    the rules below as one recorded run (core/runs.py): undoable.
-The rules (defaults in core/occlusion.py; the command's flags override): a face whose probability for any
-attribute is >= ``IMAGE_THRESHOLD`` is flagged; a faceset with >= ``FACESET_SHARE`` of its
+The rules (``OcclusionRules``, defaults from core/occlusion.py; the command's flags override):
+a face whose probability for any attribute is >= ``IMAGE_THRESHOLD`` is flagged; a faceset with >= ``FACESET_SHARE`` of its
 faces flagged moves whole to ``_masked/``; otherwise its flagged PNGs move to
 ``faces/_dropped/``, and when fewer than ``MIN_SURVIVORS`` faces remain after something was
 pruned the faceset moves to ``_thin/`` (a small faceset nothing was pruned from stays).
@@ -34,8 +34,7 @@ import numpy as np
 
 from ..core import runs
 from ..core.library import Faceset
-from ..core.occlusion import (FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS,  # noqa: F401
-                              verdict_of)
+from ..core.occlusion import FACESET_SHARE, IMAGE_THRESHOLD, MIN_SURVIVORS, verdict_of
 from ..core.swapfaces import face_png_items
 from ..formats.manifest import SWAP_FACESET_MANIFEST, load_manifest
 from ..formats.occlusion import (DROP_REASON, MASKED_DIR, MASKED_SECTION, RUN_SECTION,
@@ -48,10 +47,11 @@ from ..formats.queue import (KIND_OCCLUSION, JsonlAppender, QueueError, latest_b
 from ..formats.swapset import MANIFEST_NAME, drop_destination, faceset_listing
 from ..io.fsutil import atomic_write_json, read_json, sha256_file
 from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, prefetch
-from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkItem, prefetch_args
+from ..runtime.worker import ERROR, FAILED, OK, WorkerJob, WorkerParams, WorkItem
+from ..scorers.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 STEP = "occlusion"
-WORKER_BATCH = 8           # images per inference batch and per results flush in the worker
+WORKER_BATCH = 8           # images per inference batch of the worker's scorer
 
 
 # ---- stage (WSL side) ---------------------------------------------------------------------
@@ -81,13 +81,13 @@ class OcclusionJob(WorkerJob):
     name = "occlusion worker"
     unit = "png"
 
-    def __init__(self, queue: dict, results: str, make_scorer, batch: int = WORKER_BATCH,
+    def __init__(self, queue: dict, results: str, make_scorer, batch_size: int = WORKER_BATCH,
                  workers: int = DEFAULT_PREFETCH_WORKERS):
         self.queue = queue
         self.workers = int(workers)
         self.results = Path(results)
         self.make_scorer = make_scorer
-        self.batch = int(batch)
+        self.batch_size = int(batch_size)
         self.log: JsonlAppender | None = None
         self.scorer = None
         self.counts = {"scored": 0}
@@ -111,7 +111,8 @@ class OcclusionJob(WorkerJob):
             self.scorer = self.make_scorer()
         except ScorerError as exc:
             raise ValueError(str(exc)) from None
-        self.scorer.batch_size = max(1, min(self.batch, self.scorer.batch_size or self.batch))
+        self.scorer.batch_size = max(1, min(self.batch_size,
+                                            self.scorer.batch_size or self.batch_size))
         self.scorer.warm_up()
         self.log = JsonlAppender(self.results)
 
@@ -180,23 +181,43 @@ def scorer_factory(spec: str, clip_options: dict, providers: str | None,
     return make
 
 
-def clip_options_of(args) -> dict:
-    """The clip scorer's options from the command's (or worker's) arguments."""
-    pretrained = args.pretrained
-    return {"model": args.clip_model, "model_config": args.model_config,
-            "pretrained": None if pretrained in (None, "", "none") else pretrained,
-            "weights": args.weights, "prompts": args.prompts,
-            "threads": getattr(args, "threads", None), "device": args.device,
-            **({"fp16": True} if getattr(args, "fp16", False) else {})}
+@dataclass(frozen=True)
+class ClipOptions:
+    """The clip scorer's options (`occlusion score`, `export-onnx`, work/clip_worker.py)."""
+    clip_model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED   # 'none' or '': random weights
+    weights: str | None = None        # a local checkpoint instead of the pretrained tag
+    model_config: str | None = None   # an open_clip config JSON registered first
+    prompts: str | None = None        # prompt ensembles JSON (default: the packaged one)
+    threads: int | None = None        # torch CPU threads
+    device: str = "cpu"
+    fp16: bool = False                # autocast on a GPU
+
+    def scorer_options(self) -> dict:
+        """As ``scorers.load_scorer('clip', ...)`` takes them."""
+        pretrained = None if self.pretrained in (None, "", "none") else self.pretrained
+        return {"model": self.clip_model, "model_config": self.model_config,
+                "pretrained": pretrained, "weights": self.weights, "prompts": self.prompts,
+                "threads": self.threads, "device": self.device,
+                **({"fp16": True} if self.fp16 else {})}
 
 
-def make_occlusion_job(queue: dict, args, mapper):
-    """The worker's job (runtime.worker.main): ``--scorer`` and its options from args."""
-    job = OcclusionJob(queue, args.results,
-                       scorer_factory(args.scorer, clip_options_of(args), args.providers,
-                                      args.batch),
-                       args.batch, getattr(args, "workers", DEFAULT_PREFETCH_WORKERS))
-    results = Path(args.results)
+@dataclass(frozen=True)
+class OcclusionWorkerParams(WorkerParams):
+    """The occlusion worker's parameters (work/clip_worker.py, `occlusion score`): the
+    scorer's batch is its own, apart from the flush window."""
+    scorer: str = "clip"              # clip, or onnx:PATH
+    batch_size: int = WORKER_BATCH
+    clip: ClipOptions = ClipOptions()
+
+
+def make_occlusion_job(queue: dict, params: OcclusionWorkerParams, mapper):
+    """The worker's job (runtime.worker.main): the scorer ``params`` name, with its options."""
+    job = OcclusionJob(queue, params.results,
+                       scorer_factory(params.scorer, params.clip.scorer_options(),
+                                      params.providers, params.batch_size),
+                       params.batch_size, params.workers)
+    results = Path(params.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     return (job, Path(str(results) + ".lock"),
             results.with_name(results.name + ".failures.jsonl"))
@@ -295,7 +316,8 @@ class FilterPlan:
     def lines(self) -> list[str]:
         if self.applied:
             return [f"these scores were applied with these thresholds as run {self.applied} "
-                    f"(still in effect; undo it to apply them again); its plan "
+                    f"(still in effect; `library undo {self.root} {self.applied}` to apply "
+                    f"them again); its plan "
                     f"{plan_path(self.scores_path)} is kept"]
         out = []
         for f in self.facesets:
@@ -323,9 +345,18 @@ class FilterPlan:
                          [f.to_json() for f in self.facesets], dry_run)
 
 
-def plan_filter(scores_path: str, image_threshold: float = IMAGE_THRESHOLD,
-                faceset_share: float = FACESET_SHARE,
-                min_survivors: int = MIN_SURVIVORS) -> FilterPlan:
+@dataclass(frozen=True)
+class OcclusionRules:
+    """The rules of `occlusion report` and `apply` (module docstring); their defaults are
+    core/occlusion.py's, which export-swap's --max-occlusion shares."""
+    image_threshold: float = IMAGE_THRESHOLD
+    faceset_share: float = FACESET_SHARE
+    min_survivors: int = MIN_SURVIVORS
+
+
+def plan_filter(scores_path: str, rules: OcclusionRules = OcclusionRules()) -> FilterPlan:
+    image_threshold, faceset_share, min_survivors = (rules.image_threshold, rules.faceset_share,
+                                                     rules.min_survivors)
     for name, v, lo, hi in (("image threshold", image_threshold, 0, 1),
                             ("faceset share", faceset_share, 0, 1)):
         if not lo < v <= hi:
@@ -568,44 +599,7 @@ def write_report(plan: FilterPlan, report_dir: str, progress: bool = True) -> Pa
     return out / "index.html"
 
 
-# ---- arguments the command's `score` and work/clip_worker.py share ---------------------------
-def scorer_args(p) -> None:
-    """``--scorer`` and the clip scorer's options (argparse), with the worker's batch."""
-    from ..scorers.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
-
-    p.add_argument("--scorer", default="clip",
-                   help="clip (open_clip zero-shot, torch) or onnx:PATH (ONNX Runtime: a "
-                        "binary occlusion classifier [clean, occluded], or a CLIP graph "
-                        "written by `occlusion export-onnx`)")
-    clip_args(p, DEFAULT_MODEL, DEFAULT_PRETRAINED)
-    p.add_argument("--fp16", action="store_true",
-                   help="clip scorer on a GPU (--device cuda): run under fp16 autocast "
-                        "(several times faster on a recent NVIDIA GPU; scores differ from "
-                        "fp32 by rounding: docs/benchmarks.md)")
-    prefetch_args(p)
-    p.set_defaults(batch=WORKER_BATCH)
-
-
-def clip_args(p, model: str, pretrained: str) -> None:
-    p.add_argument("--clip-model", default=model,
-                   help="open_clip architecture of the clip scorer")
-    p.add_argument("--pretrained", default=pretrained,
-                   help="open_clip pretrained tag (weights from the Hugging Face hub, cached); "
-                        "'none': random weights")
-    p.add_argument("--weights", default=None,
-                   help="local checkpoint file instead of --pretrained (no download)")
-    p.add_argument("--model-config", default=None,
-                   help="open_clip model config JSON to register first (its file stem is "
-                        "the architecture's name)")
-    p.add_argument("--prompts", default=None,
-                   help="prompt ensembles JSON (default: facesets/scorers/"
-                        "occlusion_prompts.json; copy and edit it)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cpu",
-                   help="torch device of the clip scorer (cpu, cuda); the GPU path without "
-                        "torch is export-onnx + --scorer onnx:PATH")
-
-
+# ---- export-onnx's check ----------------------------------------------------------------
 def check_images(n: int = 8, size: int = 256, seed: int = 0) -> list[np.ndarray]:
     """Synthetic face-sized crops (smooth colour fields plus noise) for an export check."""
     rng = np.random.default_rng(seed)

@@ -29,7 +29,9 @@ import numpy as np
 
 from ..core import runs
 from ..core.cohesion import with_cohesion
-from ..core.newsets import clean_partials, commit_new_folders, name_file_text, next_names
+from ..core.library import Faceset, display_name
+from ..core.newsets import (build_folder, clean_partials, commit_new_folders, name_file_text,
+                             next_names)
 from ..core.swapexport import contact_sheet
 from ..engine import cluster_faces, normalize_rows, pairs_from_groups
 from ..formats.cache import cache_exists, load_cache
@@ -37,7 +39,7 @@ from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, ManifestErr
                                 load_manifest, safe_member_path, write_manifest)
 from ..formats.swapset import (FACES_DIR, MANIFEST_NAME, NAME_FILE, PREVIEW, SPLIT_DIR,
                                SPLIT_SECTION, faceset_manifest, write_bundles)
-from ..io.fsutil import atomic_write_bytes, copy_file, fsync_dir, internal_dir, remove_on_error
+from ..io.fsutil import atomic_write_bytes, commit_dir, copy_file
 
 STEP = "split"
 
@@ -56,6 +58,7 @@ class SplitPlan:
     names: list[str] = field(default_factory=list)          # the parts' new names
     done_by: str = ""                # the run that split this faceset already
     embeddings: dict = field(default_factory=dict, repr=False)   # key -> unit vector
+    shown: str = ""                  # "faceset_017 (Anna)", read when planned
 
     def lines(self) -> list[str]:
         if self.done_by:
@@ -72,14 +75,14 @@ class SplitPlan:
 
     def line(self) -> str:
         if self.done_by:
-            return f"{self.name} was split already by run {self.done_by}"
+            return f"{self.shown or self.name} was split already by run {self.done_by}"
         how = (f"at distance {self.threshold}" if self.threshold is not None
                else "by the given partition")
         if len(self.parts) < 2:
-            return (f"{self.name}: {self.faces} faces are one person {how} (nothing to "
-                    "split)")
+            return (f"{self.shown or self.name}: {self.faces} faces are one person {how} "
+                    "(nothing to split)")
         gap = f"; nearest parts {self.between:.3f} apart" if self.between is not None else ""
-        return (f"{self.name}: {self.faces} faces -> {len(self.parts)} parts ("
+        return (f"{self.shown or self.name}: {self.faces} faces -> {len(self.parts)} parts ("
                 + ", ".join(str(len(p)) for p in self.parts) + f") {how}, {len(self.rest)} "
                 f"faces in no part{gap}")
 
@@ -125,7 +128,8 @@ def plan_split(root: str | os.PathLike, name: str, threshold: float | None = Non
     root = Path(root).resolve()
     if not FACESET_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a faceset name (faceset_NNN)")
-    plan = SplitPlan(root, name, threshold if partition is None else None, min_faces)
+    plan = SplitPlan(root, name, threshold if partition is None else None, min_faces,
+                     shown=display_name(root, name))
     listed = {e["name"] for e in runs.load_top(root).get("facesets", [])}
     if name not in listed:
         plan.done_by = _split_before(root, name)
@@ -204,10 +208,9 @@ def _build_part(src: Path, stage: Path, orig: dict, name: str, part: list[dict],
                                                                "file": f["file"]}))
     head = {k: orig[k] for k in ("format", "version", "tool_version", "created", "cache",
                                  "model", "model_id", "parameters") if k in orig}
-    m = faceset_manifest(head, name, orig.get("source_faceset", ""), run_label,
-                         int(orig["top_n"]), centroid, kept, [], len(part), [])
-    m["split_from"] = orig["name"]
-    with_cohesion(m)
+    m = with_cohesion(Faceset.of(faceset_manifest(
+        head, name, orig.get("source_faceset", ""), run_label, int(orig["top_n"]), centroid,
+        kept, [], len(part), [])).with_section("split_from", orig["name"]))
     write_bundles(stage, m)
     contact_sheet([stage / e["file"] for e in kept[:int(orig["top_n"])]], stage / PREVIEW)
     atomic_write_bytes(stage / NAME_FILE, name_file_text(None).encode("utf-8")
@@ -228,20 +231,13 @@ def apply_split(plan: SplitPlan, log=print) -> dict | None:
     rel = f"{SPLIT_DIR}/{tag}"
     clean_partials(root, SPLIT_DIR)
     built = root / rel
-    if not all((built / n / MANIFEST_NAME).is_file() for n in plan.names):
-        if built.exists():
-            raise ManifestError(f"{built}: exists but does not hold {', '.join(plan.names)}; "
-                                "move it away by hand")
-        part_dir = remove_on_error(internal_dir(root, SPLIT_DIR) / f".{tag}.partial")
+    part_dir = build_folder(root, SPLIT_DIR, tag, plan.names)
+    if part_dir is not None:
         for n, part in zip(plan.names, plan.parts):
             x = np.stack([plan.embeddings[f["key"]] for f in part])
             _build_part(src, part_dir / n, orig, n, part,
                         normalize_rows(x.mean(axis=0, keepdims=True))[0], runs.THIS_RUN)
-        for d in sorted({p for p in part_dir.rglob("*") if p.is_dir()} | {part_dir},
-                        reverse=True):
-            fsync_dir(d)
-        os.replace(part_dir, built)
-        fsync_dir(built.parent)
+        commit_dir(part_dir, built)
     archive = f"{SPLIT_DIR}/{name}"
     if (root / archive).exists():
         raise ManifestError(f"{root / archive} exists already; move it away by hand")
@@ -249,12 +245,11 @@ def apply_split(plan: SplitPlan, log=print) -> dict | None:
              for f, g in zip(part, sorted(load_manifest(built / n / MANIFEST_NAME,
                                                         SWAP_FACESET_MANIFEST)["faces"],
                                           key=lambda e: e["rank"]))}
-    gone = dict(orig, split_into={"facesets": plan.names, "run": runs.THIS_RUN,
-                                  "threshold": plan.threshold, "files": files,
-                                  "in_no_part": [f["file"] for f in plan.rest]})
-    gone.setdefault("history", []).append(
-        {"step": STEP, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": runs.THIS_RUN,
-         "split_into": plan.names})
+    source = Faceset.of(orig, src)
+    gone = source.noted(source.with_section("split_into", {
+        "facesets": plan.names, "run": runs.THIS_RUN, "threshold": plan.threshold,
+        "files": files, "in_no_part": [f["file"] for f in plan.rest]}), STEP,
+        split_into=plan.names)
 
     def update(top: dict, listing: list[dict], manifests: dict[str, dict]) -> None:
         out = []

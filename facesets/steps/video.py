@@ -41,7 +41,7 @@ from ..io.fsutil import atomic_write_json, commit_point, fsync_dir, output_lock,
     remove_temp_files
 from ..runtime.jobs import DEFAULT_PREFETCH_WORKERS, ERROR, NOFACE, OK, prefetch_stream
 from ..runtime.progress import progress_bar
-from ..runtime.worker import WorkerJob, WorkItem, map_param_path
+from ..runtime.worker import WorkerJob, WorkerParams, WorkItem, map_param_path
 from ..sources.video import iter_frames, list_videos, sample_times
 
 DEFAULT_DETECTOR = "adaptive"
@@ -291,15 +291,15 @@ class VideoFaceJob(WorkerJob):
         return {"frames": self.frames, "faces": self.faces}
 
 
-def make_video_job(queue: dict, args, mapper):
-    out = Path(args.results)
+def make_video_job(queue: dict, params: WorkerParams, mapper):
+    out = Path(params.results)
     out.mkdir(parents=True, exist_ok=True)
-    return (VideoFaceJob(queue, str(out), mapper, args.providers, args.model_root,
-                         getattr(args, "workers", DEFAULT_PREFETCH_WORKERS)),
+    return (VideoFaceJob(queue, str(out), mapper, params.providers, params.model_root,
+                         params.workers),
             out / ".worker.lock", out / FAILURES_LOG)
 
 
-def run_worker_inprocess(state: str, providers: str | None = None, batch: int = 5,
+def run_worker_inprocess(state: str, providers: str | None = None, flush_every: int = 5,
                          progress: bool = True):
     """The worker's job in this process (what work/video_face_worker.py runs)."""
     from ..runtime.pathmap import PathMapper
@@ -309,8 +309,8 @@ def run_worker_inprocess(state: str, providers: str | None = None, batch: int = 
     out = Path(state) / vf.FACES_DIR
     out.mkdir(parents=True, exist_ok=True)
     job = VideoFaceJob(queue, str(out), PathMapper(None, []), providers)
-    summary = run_job(job, work_items(queue, PathMapper(None, [])), out / FAILURES_LOG, batch,
-                      progress)
+    summary = run_job(job, work_items(queue, PathMapper(None, [])), out / FAILURES_LOG,
+                      flush_every, progress)
     return summary, job
 
 
@@ -378,8 +378,9 @@ def face_gates(face: dict, max_yaw: float = MAX_YAW, min_short: float = MIN_FACE
             "det_score": face["det_score"] >= min_det}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackParams:
+    """`video track`'s gates and linking; the command reads its defaults from here."""
     threshold: float
     fps: float = DEFAULT_FPS
     gap: float = MAX_GAP_S
@@ -725,13 +726,13 @@ def check_segment(seg: dict, n: int, where, staged: dict[str, dict]) -> None:
     if seg["video"] not in staged or staged[seg["video"]]["key"] != seg["key"]:
         raise vf.VideoFormatError(
             f"{where}: {f}.video {seg['video']!r:.120} is not the video `video scenes` staged "
-            f"as {seg['key']!r}; re-run `video track`")
+            f"as {seg['key']!r}; re-run `video merge`")
     shot = seg.get("shot")
     if not isinstance(shot, int) or isinstance(shot, bool) \
             or not 0 <= shot < len(staged[seg["video"]]["shots"]):
         raise vf.VideoFormatError(f"{where}: {f}.shot {shot!r:.40} is not a shot of "
-                                  f"{seg['key']!r}; re-run `video track`")
-    vf.check_finite(seg, f, where, "re-run `video track`")
+                                  f"{seg['key']!r}; re-run `video merge`")
+    vf.check_finite(seg, f, where, "re-run `video merge`")
 
 
 def remove_partial_clips(out: Path, keys) -> None:

@@ -21,10 +21,36 @@ function tile(t, name) {
   const img = el("img", {loading: "lazy", width: 96, height: 96, alt: t.label,
     src: `/thumbs/${t.sheet}?token=${encodeURIComponent(TOKEN)}`});
   img.style.objectPosition = `-${t.x}px -${t.y}px`;
-  const f = el("figure", {class: "tile", "data-file": t.file}, img,
+  const f = el("figure", {class: "tile", ...(t.file ? {"data-file": t.file} : {})}, img,
                el("div", {class: "cap"}, t.label));
   return f;
 }
+
+// the library's photos without a face (from the cache it names): a strip of tiles, each
+// linking its photo through the server (/noface/<sha256>), "and N more" past the cap; or the
+// one line saying why they are not shown (the cache is gone or unreadable)
+function renderNoface() {
+  const nf = lib.head.noface, box = $("noface");
+  box.hidden = !nf || !(nf.total || nf.note);
+  if (box.hidden) { box.replaceChildren(); return; }
+  if (nf.note) { box.replaceChildren(el("p", {}, nf.note)); return; }
+  const tiles = nf.tiles.map((t) => {
+    const f = tile(t, "");
+    const a = el("a", {href: `/noface/${t.sha256}?token=${encodeURIComponent(TOKEN)}`,
+                       target: "_blank", rel: "noopener"});
+    a.append(f.querySelector("img"));
+    f.prepend(a);
+    return f;
+  });
+  if (nf.total > nf.tiles.length) tiles.push(el("span", {class: "more"}, `and ${nf.total - nf.tiles.length} more`));
+  box.replaceChildren(el("h2", {}, `photos without a face (${nf.total})`),
+                      el("div", {class: "tiles"}, ...tiles));
+}
+
+// a faceset as the pages name it: "faceset_017 (Anna)" where it has a label
+function titleOf(name) { const c = lib && lib.cards.find((x) => x.name === name); return c ? c.title : ""; }
+function nameOf(name) { const t = titleOf(name); return t ? `${name} (${t})` : name; }
+function label(c) { return c.title ? el("span", {class: "nm"}, ` (${c.title})`) : ""; }
 
 function status(msg, err) { const s = $("status"); s.textContent = msg; s.className = err ? "err" : ""; }
 
@@ -40,12 +66,12 @@ async function load() {
 function describe(action, b) {
   const n = (b.files || []).length, faces = `${n} face${n === 1 ? "" : "s"}`;
   switch (action) {
-    case "rename": return `${b.faceset} renamed to "${b.name}"`;
-    case "drop": return `${faces} dropped from ${b.faceset}`;
-    case "move": return `${faces} moved from ${b.faceset} to ${b.into}`;
-    case "merge": return `merged ${b.facesets.join(" + ")}`;
-    case "quarantine": return `${b.faceset} quarantined`;
-    case "split": return n ? `${faces} split off ${b.faceset}` : `${b.faceset} split`;
+    case "rename": return `${nameOf(b.faceset)} renamed to "${b.name}"`;
+    case "drop": return `${faces} dropped from ${nameOf(b.faceset)}`;
+    case "move": return `${faces} moved from ${nameOf(b.faceset)} to ${nameOf(b.into)}`;
+    case "merge": return `merged ${b.facesets.map(nameOf).join(" + ")}`;
+    case "quarantine": return `${nameOf(b.faceset)} quarantined`;
+    case "split": return n ? `${faces} split off ${nameOf(b.faceset)}` : `${nameOf(b.faceset)} split`;
     case "undo": return b.run ? `run ${b.run} undone` : "the last run undone";
     default: return action;
   }
@@ -95,7 +121,7 @@ async function confirmMerge() {
   const kids = p.members.map((name, i) => {
     const c = lib.cards.find((x) => x.name === name) || {title: "", tiles: [], kept: 0};
     return el("div", {class: "preview"},
-      el("h3", {}, name + " ", el("span", {class: "nm"}, c.title),
+      el("h3", {}, name, label(c),
          el("span", {}, ` · ${c.kept} faces` + (i === 0 ? " · keeps its name" : ""))),
       el("div", {class: "tiles"}, ...c.tiles.slice(0, 6).map((t) => tile(t, name))));
   });
@@ -132,7 +158,7 @@ function renderOverview() {
     const mix = mixedOf.get(c.name);
     const card = el("section", {class: "card" + (i === cur ? " cur" : "") + (selected.has(c.name) ? " sel" : "") +
                                 (mix ? " mixed" : ""), id: "card-" + c.name, "data-index": i},
-      el("h2", {}, box, el("a", {href: "#/" + c.name}, c.name), el("span", {class: "nm"}, c.title)),
+      el("h2", {}, box, el("a", {href: "#/" + c.name}, c.name), label(c)),
       el("p", {}, `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") + (c.mapping ? ` · ${c.mapping}` : "")),
       ...(mix ? [el("p", {class: "mix"}, mix.sentence)] : []),
       el("div", {class: "tiles"}, ...tiles));
@@ -142,24 +168,25 @@ function renderOverview() {
   const s = lib.suggestions, lines = [];
   for (const m of s.mixed) {   // most likely first; before merges: a mix is the worse error
     const a = el("a", {href: "#/" + m.faceset}, "open");
-    lines.push(el("p", {class: "mix"}, `${m.faceset} (split ${m.split} / threshold ${m.threshold}) ${m.sentence} `, a));
+    lines.push(el("p", {class: "mix"}, `${nameOf(m.faceset)} (split ${m.split} / threshold ${m.threshold}) ${m.sentence} `, a));
   }
   for (const g of s.merge) {
     const a = el("a", {href: "#", onclick: (e) => { e.preventDefault(); g.members.forEach((m) => toggleCard(m, true)); }},
                  "select");
-    lines.push(el("p", {}, `${g.confident ? "merge" : "maybe merge"}: ${g.members.join(" + ")} (similarity ${g.similarity}) `, a));
+    lines.push(el("p", {}, `${g.confident ? "merge" : "maybe merge"}: ${g.members.map(nameOf).join(" + ")} (similarity ${g.similarity}) `, a));
   }
   if (s.note) lines.push(el("p", {}, s.note));
   if (!lines.length) lines.push(el("p", {}, "none"));
   $("suggestions").replaceChildren(...lines);
   $("merge").disabled = selected.size < 2;
+  renderNoface();
   renderHistory($("all-history"), lib.history);
 }
 
 function renderFaceset(name) {
   const c = lib.cards.find((x) => x.name === name);
   if (!c) { location.hash = ""; return; }
-  $("fs-name").replaceChildren(name + " ", el("span", {class: "nm"}, c.title));
+  $("fs-name").replaceChildren(name, label(c));
   const dropped = Object.entries(c.dropped).map(([k, v]) => `${k} ${v}`).join(", ");
   $("fs-info").textContent = `${c.kept} faces` + (dropped ? ` · dropped ${dropped}` : "") +
     (c.mapping ? ` · ${c.mapping}` : "") + " · ";
@@ -168,7 +195,7 @@ function renderFaceset(name) {
   if (mix) $("fs-info").append(" · ", el("span", {class: "mix"}, `${mix.sentence} (s splits it)`));
   $("rename-input").value = c.title;
   $("move-target").replaceChildren(...lib.cards.filter((x) => x.name !== name).map(
-    (x) => el("option", {value: x.name}, x.name + (x.title ? " " + x.title : ""))));
+    (x) => el("option", {value: x.name}, nameOf(x.name))));
   $("split").disabled = !lib.split;
   const tiles = c.tiles.map((t) => {
     const f = tile(t, name);
@@ -228,7 +255,7 @@ $("undo").onclick = () => act("undo", {});
 $("rename").onclick = () => act("rename", {faceset: current(), name: $("rename-input").value});
 $("drop").onclick = () => faceSel.size && act("drop", {faceset: current(), files: [...faceSel]});
 $("move").onclick = () => faceSel.size && act("move", {faceset: current(), files: [...faceSel], into: $("move-target").value});
-$("quarantine").onclick = () => ask(`Quarantine ${current()}?`,
+$("quarantine").onclick = () => ask(`Quarantine ${nameOf(current())}?`,
   [el("p", {}, "Its folder moves to _quarantine and leaves the swap-ready set (undo brings it back).")],
   "Quarantine", async () => { if (await act("quarantine", {faceset: current()})) location.hash = ""; });
 $("split").onclick = () => act("split", faceSel.size ? {faceset: current(), files: [...faceSel]} : {faceset: current()});
