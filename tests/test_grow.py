@@ -216,6 +216,17 @@ def test_the_same_run_again_grows_the_library_and_renumbers_nothing(template, tm
     assert {k: v for k, v in top_now.items() if k != "runs"} == \
         {k: v for k, v in top_was.items() if k != "runs"}
 
+    # `run` respects the undo (its inputs did not change: grow is skipped)...
+    assert "grow: done already with these inputs, skipped" in run_cli(*run_argv(w)).stdout
+    assert facesets(lib) == before
+    # ...but an undone run is as if it never ran: grow finds its faces new again and makes
+    # the same facesets with the same faces (built anew beside the parked ones)
+    regrow = run_cli("library", "grow", lib, w / "c.npz", *PACK, "--no-progress")
+    check_library(lib)
+    assert {n: sorted(f["key"] for f in m["faces"]) for n, m in facesets(lib).items()} == \
+        {n: sorted(f["key"] for f in m["faces"]) for n, m in after.items()}, regrow.stdout
+    assert load(lib / "manifest.json")["runs"][-1]["step"] == "grow"
+
 
 def test_quarantined_facesets_and_hand_dropped_faces_stay_out(template, tmp_path):
     """A library with a quarantined faceset grows too: the quarantined faceset stays where it

@@ -259,6 +259,81 @@ def test_immich_only_library_finalizes_again_and_again_in_both_modes(tmp_path):
 
 # ---- the resolver's order -----------------------------------------------------------------
 @pytest.mark.unit
+def test_an_operations_flags_fill_the_librarys_gaps_and_never_replace_its_choices():
+    from facesets.formats.swapset import with_chosen_settings
+
+    top = {"settings": good_section()}
+    top["settings"]["gates"]["min_blur"] = 10.0            # a default, not a choice
+    top["settings"]["sources"]["gate:min_blur"] = "default"
+    with_chosen_settings(top, {
+        "gate:min_short": 20, "threshold:initial": 0.3,     # chosen already: kept
+        "gate:min_blur": 0, "gate:min_faces": 4,            # a default, then a chosen one
+        "threshold:cluster": 0.7, "threshold:discover_near": 0.45,   # gaps: filled
+        "gate:top_n": 2.5, "threshold:merge": float("nan"), "threshold:outlier": 3.0,
+        "gate:no_such_gate": 1}, "m.json")                  # not recordable: left out
+    s = read_settings(json.loads(json.dumps(top, allow_nan=False)), "m.json")
+    assert s["gates"] == {"min_short": 40, "min_faces": 6, "min_face_short": 40.0,
+                          "min_blur": 0.0}
+    assert s["thresholds"] == {"initial": 0.65, "swap_outlier": 0.6, "cluster": 0.7,
+                               "discover_near": 0.45}
+    assert s["sources"]["gate:min_blur"] == "flag" and "gate:min_faces" not in s["sources"]
+    assert s["sources"]["threshold:cluster"] == "flag" and s["model"] == "testpack_s"
+    # a library with no settings yet gets a section of what the flags chose
+    bare = {"model": "testpack_s"}
+    with_chosen_settings(bare, {"gate:min_faces": 4, "threshold:cluster": 0.7}, "m.json")
+    s = read_settings(bare, "m.json")
+    assert s["gates"] == {"min_faces": 4} and s["thresholds"] == {"cluster": 0.7}
+    assert s["model"] == "testpack_s" and s["pack_dir"] is None
+
+
+def test_a_library_made_by_import_keeps_the_flags_its_first_grow_was_given(tmp_path):
+    """The leftover of issue 22 item 4: `library import` makes the library (it records
+    export's gates), `library grow` is given refine's gates and the clustering thresholds
+    (testpack_s has none built in); the next grow, given none, uses them; undoing the grow
+    that recorded them takes them back out."""
+    sorted_, new, later = tmp_path / "sorted", tmp_path / "new", tmp_path / "later"
+    people(sorted_, ["Hugo_Chavez", "Jacques_Chirac"], 0, 6)
+    people(new, ["Colin_Powell", "Tony_Blair"], 0, 6)
+    people(later, ["Donald_Rumsfeld"], 0, 6)
+    cache, swap = tmp_path / "c.npz", tmp_path / "swap"
+    for folder in (sorted_, new):
+        run_cli("embed", folder, cache, *PACK, "--no-progress")
+    run_cli("library", "import", swap, cache, sorted_, "--loose-threshold", "0.75",
+            "--tight-threshold", TEST_THRESHOLD, "--swap-outlier-threshold", TEST_THRESHOLD,
+            "--min-face-short", "20", "--no-progress")
+    before = load(swap / "manifest.json")["settings"]
+    assert "min_faces" not in before["gates"] and "cluster" not in before["thresholds"]
+    grow_flags = ["--threshold", TEST_THRESHOLD, "--initial-threshold", TEST_THRESHOLD,
+                  "--merge-threshold", "0.5", "--outlier-threshold", TEST_THRESHOLD,
+                  "--min-faces", "4", "--min-short", "20", "--min-blur", "0",
+                  "--min-det-score", "0.5", "--min-face-short", "30", "--centroid-near", "0.4"]
+    first = run_cli("library", "grow", swap, cache, *grow_flags, "--no-progress")
+    assert "2 new identities" in first.stdout, first.stdout
+    s = load(swap / "manifest.json")["settings"]
+    assert s["gates"]["min_faces"] == 4 and s["sources"]["gate:min_faces"] == "flag"
+    assert s["thresholds"]["cluster"] == float(TEST_THRESHOLD)
+    assert s["thresholds"]["initial"] == float(TEST_THRESHOLD)
+    assert s["thresholds"]["discover_near"] == 0.4
+    # import chose 20 px: grow's 30 was used for its run, the library keeps its 20
+    assert "override (used, and recorded): --min-face-short 30.0 (the library's 20.0)" \
+        in first.stdout and s["gates"]["min_face_short"] == 20
+    check_library(swap)
+
+    run_cli("embed", later, cache, "--no-progress")
+    dry = run_cli("library", "grow", swap, cache, "--dry-run", "--no-progress")
+    assert "settings from the library" in dry.stdout and "at least 4 photos" in dry.stdout, \
+        dry.stdout
+    assert "1 new identities" in dry.stdout, dry.stdout
+
+    # the grow that recorded them, undone: the library's settings are import's again, and
+    # (an undone run is as if it never ran) its faces are new again
+    grow_run = load(swap / "manifest.json")["runs"][-1]["id"]
+    run_cli("undo", swap, grow_run)
+    assert load(swap / "manifest.json")["settings"] == before
+    check_library(swap)
+
+
+@pytest.mark.unit
 def test_resolver_order_flag_then_library_then_default():
     from argparse import Namespace
 

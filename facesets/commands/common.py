@@ -241,9 +241,10 @@ def swap_ready_meta(root) -> dict:
     return meta
 
 
-def recorded_run(root, step: str, plan, apply, dry_run: bool, before=None):
-    """core/library.Library.operation for a command: its lines printed with ``say``.
+def recorded_run(root, step: str, plan, apply, dry_run: bool, before=None, settings=None):
+    """core/library.Library.operation for a command: its lines printed with ``say``;
+    ``settings``: what its flags chose, recorded in the library by its run.
     Returns (plan, entry)."""
     from ..core.library import Library
 
-    return Library(root, say).operation(step, plan, apply, dry_run, before)
+    return Library(root, say).operation(step, plan, apply, dry_run, before, settings=settings)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
                      add_progress_option, library_inputs, load_for, recorded_run, say)
-from .options import (add_export_options, add_flag, add_old_spelling, add_refine_options,
-                      export_params, refine_params)
+from .options import (NEW_IDENTITY_THRESHOLDS, add_export_options, add_flag,
+                      add_old_spelling, add_refine_options, export_params, refine_params)
 
 
 def register(sub) -> None:
@@ -37,14 +37,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..core.settings import library_threshold, resolve_settings
+    from ..core.settings import flag_choices, library_threshold, resolve_settings
     from ..steps.discover import apply_discover, gate_discover, plan_discover
 
     root, cache, lib = library_inputs(args, "discover")
     meta = cache.meta
-    resolved = resolve_settings(args, lib, {
-        "initial": "initial_threshold", "merge": "merge_threshold",
-        "outlier": "outlier_threshold", "swap_outlier": "swap_outlier_threshold"})
+    resolved = resolve_settings(args, lib, NEW_IDENTITY_THRESHOLDS)
     near, src = library_threshold("discover_near", meta, args.centroid_near, lib)
     refine = refine_params(args, meta, args.cache)
     export = export_params(args, meta, False, args.cache)
@@ -64,5 +62,6 @@ def run(args) -> int:
                                                           with_recognition=False),
                               args.progress, log)
 
-    recorded_run(root, "discover", plan, apply, args.dry_run)
+    recorded_run(root, "discover", plan, apply, args.dry_run, settings=flag_choices(
+        args, resolved, NEW_IDENTITY_THRESHOLDS, ("discover_near", near, src)))
     return 0

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .common import (CACHE_HELP, add_cache_model_options, add_engine_option,
                      add_progress_option, library_inputs, load_for, recorded_run, say)
-from .options import (add_export_options, add_flag, add_refine_options, export_params,
-                      refine_params)
+from .options import (NEW_IDENTITY_THRESHOLDS, add_export_options, add_flag,
+                      add_refine_options, export_params, refine_params)
 
 
 def register(sub) -> None:
@@ -39,13 +39,12 @@ def register(sub) -> None:
 
 def grow_params(args, meta: dict, cache: str, lib):
     """GrowParams from the flags, the library's settings and the cache (thresholds
-    resolved); the lines saying where they came from."""
-    from ..core.settings import library_threshold, resolve_settings
+    resolved); the lines saying where they came from; what the flags chose (for the library
+    to record)."""
+    from ..core.settings import flag_choices, library_threshold, resolve_settings
     from ..steps.grow import GrowParams
 
-    resolved = resolve_settings(args, lib, {
-        "initial": "initial_threshold", "merge": "merge_threshold",
-        "outlier": "outlier_threshold", "swap_outlier": "swap_outlier_threshold"})
+    resolved = resolve_settings(args, lib, NEW_IDENTITY_THRESHOLDS)
     join, join_src = library_threshold("cluster", meta, args.threshold, lib)
     near, near_src = library_threshold("discover_near", meta,
                                        getattr(args, "centroid_near", None), lib)
@@ -55,7 +54,9 @@ def grow_params(args, meta: dict, cache: str, lib):
              f"centroid; near a faceset within {near} ({near_src}); new identities clustered "
              f"at {p.refine.initial_threshold}, at least {p.refine.min_faces} photos; crops of "
              f"faces of at least {p.export.min_face_short} px"] + resolved.notes
-    return p, lines
+    chosen = flag_choices(args, resolved, NEW_IDENTITY_THRESHOLDS, ("cluster", join, join_src),
+                          ("discover_near", near, near_src))
+    return p, lines, chosen
 
 
 def run(args) -> int:
@@ -63,7 +64,7 @@ def run(args) -> int:
 
     root, cache, lib = library_inputs(args, "grow")
     meta = cache.meta
-    params, lines = grow_params(args, meta, args.cache, lib)
+    params, lines, chosen = grow_params(args, meta, args.cache, lib)
     for line in lines:
         say(f"grow: {line}")
 
@@ -75,5 +76,5 @@ def run(args) -> int:
         return apply_grow(p, lambda: load_for(args, meta, args.cache, with_recognition=False),
                           args.progress, log)
 
-    recorded_run(root, "grow", plan, apply, args.dry_run)
+    recorded_run(root, "grow", plan, apply, args.dry_run, settings=chosen)
     return 0

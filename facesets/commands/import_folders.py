@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..core.newsets import ensure_library
-    from ..core.settings import library_threshold, resolve_settings
+    from ..core.settings import flag_choices, library_threshold, resolve_settings
     from ..steps.import_folders import apply_import, gate_import, plan_import
 
     root, cache, lib = library_inputs(args, "library import")
@@ -86,5 +86,7 @@ def run(args) -> int:
             meta, export, {}, resolved, {"swap_outlier": threshold_source(
                 "swap_outlier", meta, args.swap_outlier_threshold)}))
 
-    recorded_run(root, "library import", plan, apply, args.dry_run, before=new_library)
+    recorded_run(root, "library import", plan, apply, args.dry_run, before=new_library,
+                 settings=flag_choices(args, resolved, {"swap_outlier": "swap_outlier_threshold"},
+                                       *((n, v, src) for n, (v, src) in got.items())))
     return 0

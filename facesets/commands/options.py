@@ -266,3 +266,10 @@ def add_consolidate_thresholds(p, more: str = "") -> None:
              more=f"{more} (default: the model's; buffalo_l 0.35, i.e. similarity 0.65)")
     add_old_spelling(p, "--merge-threshold", "--confident-threshold",
                      " (--merge-threshold is refine's centroid merge)")
+
+
+# the thresholds (settings name -> argparse dest) of the commands that make new identities
+# out of cached faces with refine's stages and export's gates (discover, library grow)
+NEW_IDENTITY_THRESHOLDS = {"initial": "initial_threshold", "merge": "merge_threshold",
+                           "outlier": "outlier_threshold",
+                           "swap_outlier": "swap_outlier_threshold"}

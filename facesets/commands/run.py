@@ -243,7 +243,7 @@ def grow_step(args, layout: pipeline.RunLayout) -> pipeline.Step:
     or become new ones (steps/grow.py), one recorded run; OUT's lock is held already."""
     def action() -> dict:
         from ..core.library import undo_line
-        from ..core.settings import library_settings
+        from ..core.settings import flag_choices, library_settings
         from ..steps.grow import grow_library
         from .common import refresh_report
         from .export_swap import detector_loader
@@ -251,12 +251,14 @@ def grow_step(args, layout: pipeline.RunLayout) -> pipeline.Step:
 
         cache = load_cache(layout.cache)
         lib = library_settings(layout.swap_ready)
-        params, lines = grow_params(args, cache.meta, os.fspath(layout.cache), lib)
+        params, lines, _ = grow_params(args, cache.meta, os.fspath(layout.cache), lib)
         say(f"run: grow: {lines[0]}")
+        # what run's own flags chose (args holds the library's values by now as well)
+        chosen = flag_choices(args, args.settings_resolved, RUN_THRESHOLDS)
         plan = grow_library(layout.swap_ready, os.fspath(layout.cache), params,
                             detector_loader(args, cache.meta, os.fspath(layout.cache)),
                             progress=args.progress, log=lambda m: say(f"  {m}"), lock=False,
-                            cache=cache)
+                            cache=cache, settings=chosen)
         for line in plan.lines():
             say(f"  {line}")
         entry = plan.result.entry if plan.result else None

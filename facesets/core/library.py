@@ -116,13 +116,25 @@ class Library:
 
         write_report(self.root)
 
+    def record(self, settings: dict[str, float] | None):
+        """A context in which the run a step commits also records ``settings`` (the values
+        its flags chose) in the library's settings: the next command uses them unasked.
+        Nothing is written when the step has nothing to do."""
+        from ..formats.swapset import with_chosen_settings
+
+        if not settings:
+            return contextlib.nullcontext()
+        path = self.root / MANIFEST_NAME
+        return runs.also_in_top(lambda top: with_chosen_settings(top, settings, path))
+
     def operation(self, step: str, plan: Callable[[], object], apply, dry_run: bool,
                   before: Callable[[], None] | None = None, *,
                   show: Callable[[object], None] | None = None,
                   resume: Callable[[list[str]], str | None] | None = None,
                   closing: Callable[[object], list[str]] | None = None,
                   done: Callable[[object], str] | None = None,
-                  dry_note: str = "nothing changed"):
+                  dry_note: str = "nothing changed",
+                  settings: dict[str, float] | None = None):
         """The one sequence of every command that changes the library. ``plan()`` returns
         a plan with ``lines()`` (printed, indented; ``show(plan)`` prints it instead) and
         ``line()`` (the summary; ``done(plan)`` after apply instead); ``apply(plan,
@@ -132,6 +144,8 @@ class Library:
         interrupted runs finished; ``resume(finished)`` may end it there with a line: the
         interrupted run was this very operation), plans, prints, applies, rewrites the
         report, prints ``closing(plan)``'s lines and "STEP: summary; run X (undo: ...)".
+        ``settings``: what the command took from its flags ("gate:NAME" /
+        "threshold:NAME" -> value), recorded as the library's by the run (``record``).
         Returns (plan, entry)."""
         show = show or (lambda p: [self.detail(line) for line in p.lines()])
         if dry_run:
@@ -148,7 +162,8 @@ class Library:
                     return None, None
             p = plan()
             show(p)
-            entry = apply(p, self.detail)
+            with self.record(settings):
+                entry = apply(p, self.detail)
             self.report()               # index.html shows the folder as it is now
         for line in closing(p) if closing is not None else []:
             self.log(line)
@@ -347,11 +362,11 @@ def _library_bodies(root: Path) -> list[tuple[str, str, dict]]:
     """(section, folder, manifest) of every faceset folder the swap-ready library ``root``
     lists or parked: listed (section "facesets"), merged away (``merged[]``), split
     (``split[]``), quarantined, masked or left thin (``quarantined[]``, ``masked[]``,
-    ``thin_eras[]``), and the folders an undo moved out (``_added/<tag>/``,
-    ``_split/<tag>/``: the sources of the folder moves of undone runs; section "undone").
-    Build folders of a run not recorded (a kill before it started) are not the library's."""
+    ``thin_eras[]``). The folders an undo moved out (``_added/<tag>/``, ``_split/<tag>/``)
+    are not the library's any more: an undone run is as if it never ran, so a later grow or
+    discover offers their faces again. Nor are build folders of a run not recorded (a kill
+    before it started)."""
     from ..formats.manifest import safe_member_path
-    from ..formats.runs import RUNS_SECTION
     from . import runs
 
     top = runs.load_top(root)
@@ -367,10 +382,6 @@ def _library_bodies(root: Path) -> list[tuple[str, str, dict]]:
                          if isinstance(m, dict)]
             else:
                 rels += [(section, rec.get(f)) for f in field_names]
-    for e in top.get(RUNS_SECTION, []):
-        if e.get("undone_by"):
-            rec = runs.record_of(root, e["id"], top) or {}
-            rels += [("undone", mv["from"]) for mv in rec.get("moves", [])]
     out, seen = [], set()
     for section, rel in rels:
         if not isinstance(rel, str) or not rel or rel in seen:

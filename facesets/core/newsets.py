@@ -8,8 +8,9 @@ quality ranking, the same crop with a re-detection check, the same bundles. What
 from a whole export is how the result reaches the library:
 
 1. the folders are built under ``_added/.<tag>.partial/`` and renamed whole to
-   ``_added/<tag>/`` (``<tag>`` is a digest of the plan, so a re-run after a kill reuses a
-   finished build and a half-written one is thrown away);
+   ``_added/<tag>/`` (``<tag>`` is a digest of the plan and of the library's run count, so
+   a re-run after a kill reuses a finished build and a half-written one is thrown away,
+   while a run after an undo builds anew beside the parked folders);
 2. one recorded run (core/runs.py) moves each ``_added/<tag>/faceset_NNN`` to the top of
    the library, installs its manifest (its bundles rebuilt from it) and the top-level
    manifest with the new listings appended and an ``added[]`` provenance record; existing
@@ -41,7 +42,7 @@ from ..engine import normalize_rows
 from ..formats.cache import FaceCache, load_cache
 from ..formats.manifest import (FACESET_NAME, SWAP_FACESET_MANIFEST, SWAP_MANIFEST,
                                 ManifestError, load_manifest, new_manifest, write_manifest)
-from ..formats.runs import MERGED_DIR
+from ..formats.runs import MERGED_DIR, RUNS_SECTION
 from ..formats.swapset import (ADDED_DIR, ADDED_SECTION, MANIFEST_NAME, NAME_TEMPLATE,
                                SPLIT_DIR, bundle_stem, bundles_entry, faceset_listing,
                                label_stem, swap_manifest)
@@ -116,7 +117,10 @@ def name_file_text(label: str | None) -> str:
 
 
 def _tag(step: str, plan: list[tuple[str, NewFaceset]], params: ExportParams, root: Path) -> str:
+    # the run count: a re-run after a kill reuses the build, a run after an undo builds anew
+    # (the undone run's folders stay parked as they were)
     content = {"step": step, "root": str(root), "params": vars(params),
+               "runs": len(runs.load_top(root).get(RUNS_SECTION, [])),
                "sets": [(n, sorted(fs.keys), fs.label) for n, fs in plan]}
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()
                           ).hexdigest()[:12]

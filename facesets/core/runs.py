@@ -21,6 +21,8 @@ import hashlib
 import os
 import re
 import shutil
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
@@ -191,6 +193,22 @@ def start(root: Path, step: str, moves: list[tuple[str, str]], changed: list[str
                    before=before)
 
 
+# updates of the top-level manifest that the operation in progress adds to the run it
+# commits (core/library.Library.operation: the settings its flags chose)
+_TOP_UPDATES: ContextVar[tuple] = ContextVar("top_updates", default=())
+
+
+@contextmanager
+def also_in_top(update: Callable[[dict], None]):
+    """While open, every run ``commit`` makes also applies ``update(top)`` to the top-level
+    manifest it installs (one commit: undone with the run)."""
+    token = _TOP_UPDATES.set(_TOP_UPDATES.get() + (update,))
+    try:
+        yield
+    finally:
+        _TOP_UPDATES.reset(token)
+
+
 def commit(root: Path, step: str, after: dict[str, dict | bytes], changed: list[str],
            summary: dict, log: Callable[[str], None] = print,
            moves: list[tuple[str, str]] = (), rebuild: list[str] = (),
@@ -199,12 +217,13 @@ def commit(root: Path, step: str, after: dict[str, dict | bytes], changed: list[
     """The one folder commit of every step that changes a library: the top-level manifest
     made from the current one (the facesets[] entries ``listing`` names replaced, those in
     ``remove`` left out, ``added`` appended, then ``update(top)``: a step's own section,
-    e.g. merged[] or eras[]; its summary's counts brought in line with the listing) joins
-    ``after`` when any of those is given, then the run is started and executed (each of
+    e.g. merged[] or eras[]; then the updates ``also_in_top`` holds open; its summary's
+    counts brought in line with the listing) joins ``after`` when any of those is given, then the run is started and executed (each of
     its commits calls fsutil's commit hook). Returns the run's ``runs[]`` entry."""
     root = Path(root)
     moves, changed, rebuild = list(moves), list(changed), list(rebuild)
-    if listing or remove or added or update is not None:
+    extra = _TOP_UPDATES.get()
+    if listing or remove or added or update is not None or extra:
         top = load_top(root)
         new_top = copy.deepcopy(top)
         listing = listing or {}
@@ -212,6 +231,8 @@ def commit(root: Path, step: str, after: dict[str, dict | bytes], changed: list[
                                if e["name"] not in remove] + list(added)
         if update is not None:
             update(new_top)
+        for more in extra:
+            more(new_top)
         counts = new_top["summary"] if isinstance(new_top.get("summary"), dict) else {}
         counts["facesets"] = len(new_top["facesets"])
         counts["faces_kept"] = sum(int(e.get("faces", 0)) for e in new_top["facesets"])

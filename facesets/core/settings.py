@@ -11,10 +11,14 @@ command that takes these settings reads them, in this order:
 
 A gate (min face size, min photos...) comes from the flag, else the library, else the
 step's default. A threshold recorded in the library counts when it was chosen for it (a
-flag, then or at an earlier export): one that came from the model table or the cache is
+flag, then or at an earlier command): one that came from the model table or the cache is
 resolved again from the cache, so a later ``calibrate --save`` is not shadowed. A flag that
 differs from the library's value is used and said in the command's summary
-(``Resolved.notes``); export-swap records it as the library's new setting.
+(``Resolved.notes``); export-swap records it as the library's new setting. Every
+operation that grows the library (import, discover, grow, `run` on a library) records the
+values its flags gave (``flag_choices``, in the run it commits) where the library has not
+chosen its own: a library made by `library import` and grown with flags keeps them
+without their being passed again, while a one-off override stays the run's.
 """
 from __future__ import annotations
 
@@ -24,13 +28,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..formats.manifest import SWAP_MANIFEST, ManifestError, load_manifest
-from ..formats.swapset import MANIFEST_NAME, SETTINGS_GATES, read_settings, settings_section
+from ..formats.swapset import (CHOSEN_SOURCES, MANIFEST_NAME, SETTINGS_GATES, read_settings,
+                               settings_section)
 from .refinement import RefineParams
 from .thresholds import (DERIVED_FROM_CLUSTER, FLAGS, MODEL_THRESHOLDS, derived, resolve_with_source,
                          scaled)
 
-# sources of a library threshold that make it the library's own choice (not re-resolved)
-CHOSEN = ("flag", "library")
 # each gate's flag, as summaries name it
 GATE_FLAGS = {name: "--" + name.replace("_", "-") for name in SETTINGS_GATES}
 
@@ -133,7 +136,7 @@ def resolve_settings(args, lib: LibrarySettings, thresholds: dict[str, str] | No
         sources[f"gate:{name}"] = source
     for name, dest in (thresholds or {}).items():
         flag, have = getattr(args, dest), lib.thresholds.get(name)
-        chosen = have is not None and lib.sources.get(f"threshold:{name}") in CHOSEN
+        chosen = have is not None and lib.sources.get(f"threshold:{name}") in CHOSEN_SOURCES
         if flag is not None:
             sources[f"threshold:{name}"] = "flag"
             if chosen and float(have) != float(flag):
@@ -150,6 +153,26 @@ def resolve_settings(args, lib: LibrarySettings, thresholds: dict[str, str] | No
     return Resolved(sources, notes)
 
 
+def flag_choices(args, resolved: Resolved, thresholds: dict[str, str] | None = None,
+                 *more: tuple[str, float, str]) -> dict[str, float]:
+    """What a command took from its flags, for the library to record (a library made by
+    `library import`, or grown with a flag, keeps it for the next command): each gate and
+    each threshold of ``thresholds`` (name -> argparse dest) that ``resolved`` says came
+    from a flag, and each of ``more`` (name, value, source) whose source is "flag"."""
+    out = {}
+    for key, source in resolved.sources.items():
+        kind, _, name = key.partition(":")
+        if source != "flag":
+            continue
+        if kind == "gate":
+            out[key] = getattr(args, name)
+        elif name in (thresholds or {}):
+            out[key] = getattr(args, thresholds[name])
+    out.update({f"threshold:{name}": value for name, value, source in more
+                if source == "flag"})
+    return out
+
+
 def library_threshold(name: str, meta: dict, flag: float | None, lib: LibrarySettings,
                       *extra: tuple[float | None, str]) -> tuple[float, str]:
     """(value, source) of threshold ``name``: the flag, else the library's own choice (a
@@ -160,7 +183,7 @@ def library_threshold(name: str, meta: dict, flag: float | None, lib: LibrarySet
     (a model without built-in thresholds that `run` was given them for)."""
     if flag is not None:
         return float(flag), "flag"
-    if name in lib.thresholds and lib.sources.get(f"threshold:{name}") in CHOSEN:
+    if name in lib.thresholds and lib.sources.get(f"threshold:{name}") in CHOSEN_SOURCES:
         return float(lib.thresholds[name]), "library"
     extras = list(extra)
     if name in DERIVED_FROM_CLUSTER:
@@ -205,7 +228,7 @@ def export_settings(meta: dict, params, refine_parameters: dict,
         if _number(refine_parameters.get(key)):
             thresholds[name] = refine_parameters[key]
             sources[f"threshold:{name}"] = known.get(f"threshold:{name}", "refine manifest")
-    if cluster is not None and known.get("threshold:cluster") in CHOSEN:
+    if cluster is not None and known.get("threshold:cluster") in CHOSEN_SOURCES:
         thresholds["cluster"] = cluster
         sources["threshold:cluster"] = known["threshold:cluster"]
     thresholds["swap_outlier"] = params.outlier_threshold
@@ -216,12 +239,12 @@ def export_settings(meta: dict, params, refine_parameters: dict,
             sources[f"threshold:{name}"] = known.get(f"threshold:{name}",
                                                      threshold_sources.get(name, "default"))
     for name, value in (lib.thresholds.items() if lib else ()):
-        if lib.sources.get(f"threshold:{name}") not in CHOSEN:
+        if lib.sources.get(f"threshold:{name}") not in CHOSEN_SOURCES:
             continue
         if name not in thresholds:
             thresholds[name] = value
             sources[f"threshold:{name}"] = "library"
-        elif sources[f"threshold:{name}"] not in CHOSEN and \
+        elif sources[f"threshold:{name}"] not in CHOSEN_SOURCES and \
                 float(thresholds[name]) == float(value):
             sources[f"threshold:{name}"] = "library"
     if isinstance(meta.get("pack_dir"), str):

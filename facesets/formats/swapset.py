@@ -418,6 +418,45 @@ def read_settings(top: dict, path: str | os.PathLike) -> dict | None:
     return out
 
 
+# the sources of a setting that make it the library's own choice: kept by every operation
+# (an operation's flag fills a gap; only export-swap, which rebuilds, replaces a choice)
+CHOSEN_SOURCES = ("flag", "library")
+
+
+def with_chosen_settings(top: dict, choices: dict[str, float],
+                         path: str | os.PathLike) -> None:
+    """Record in the top-level manifest ``top`` (read from ``path``) the settings a command
+    took from its flags where the library has not chosen its own: ``choices``
+    ("gate:NAME" / "threshold:NAME" -> value) fill its gaps (a setting it lacks, or holds
+    only from a default, the model or the cache) as source "flag", so the next command uses
+    them without the flags. A setting the library chose stays (a one-off override is the
+    run's, said in its summary and kept in the new facesets' parameters). A value the
+    section cannot hold (a gate it does not know, a threshold outside 0-2, not a finite
+    number) is not recorded."""
+    have = read_settings(top, path) or {"model": top.get("model") if isinstance(
+        top.get("model"), str) else None, "pack_dir": None, "gates": {}, "thresholds": {},
+        "sources": {}}
+    gates, thresholds, sources = dict(have["gates"]), dict(have["thresholds"]), \
+        dict(have["sources"])
+    for key, value in choices.items():
+        kind, _, name = key.partition(":")
+        held = name in (gates if kind == "gate" else thresholds)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not math.isfinite(value) or value < 0 \
+                or (held and sources.get(key, "library") in CHOSEN_SOURCES):
+            continue   # (a value recorded with no source is the library's own)
+        if kind == "gate" and name in SETTINGS_GATES \
+                and (SETTINGS_GATES[name] is not int or value == int(value)):
+            gates[name] = value
+        elif kind == "threshold" and _SETTING_NAME.fullmatch(name) and value <= 2.0:
+            thresholds[name] = value
+        else:
+            continue
+        sources[key] = "flag"
+    top[SETTINGS_SECTION] = settings_section(have["model"], have["pack_dir"], gates,
+                                             thresholds, sources)
+
+
 # what export-swap writes itself in the top-level manifest (besides the common head)
 EXPORT_OWN_KEYS = ("run", "refine_manifest", SETTINGS_SECTION, "summary", "facesets",
                    "candidates")

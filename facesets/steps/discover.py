@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.library import Library, display_name
+from ..core.library import Library, display_name, known_keys
 from ..core.newsets import AddResult, NewFaceset, add_facesets, faces_under, near_facesets
-from ..core.library import known_keys
 from ..core.refinement import RefineParams, refine_labels
 from ..core.selection import groups_by_label, select_faces, subset
 from ..core.swapexport import ExportParams

@@ -1,9 +1,11 @@
 """``grow``: the faces of a cache that a swap-ready library does not know yet, added to it.
 
 New faces are the cached faces no faceset of the library names, kept or dropped, listed or
-parked (core/library.known_keys): faces curated out by hand never come back, and faces an
-earlier grow placed nowhere are considered again (a person with one photo last month and
-five now becomes an identity). Then, as one recorded run (undo reverses the whole grow):
+quarantined or masked (core/library.known_keys): faces curated out by hand never come
+back, and faces an earlier grow placed nowhere are considered again (a person with one
+photo last month and five now becomes an identity), as are the faces of an undone run
+(an undo is as if the run never happened: growing again after undoing a grow makes it
+again). Then, as one recorded run (undo reverses the whole grow):
 
 1. each new face joins the existing faceset it is nearest to by extend's rule
    (core/joining.join_nearest: average cosine distance to its faces within the cluster
@@ -223,15 +225,20 @@ def apply_grow(plan: GrowPlan, load_detector, progress: bool = True, log=print) 
 
 def grow_library(root: str | os.PathLike, cache_path: str | os.PathLike, p: GrowParams,
                  load_detector, dry_run: bool = False, progress: bool = True, log=print,
-                 lock: bool = True, cache: FaceCache | None = None) -> GrowPlan:
+                 lock: bool = True, cache: FaceCache | None = None,
+                 settings: dict[str, float] | None = None) -> GrowPlan:
     """The whole grow for a library caller (`run`, `immich finalize`): under the folder's
     lock (``lock``: False when the caller holds it), finish a run a kill interrupted, plan,
-    and (unless ``dry_run``) apply. Returns the plan (``plan.result.entry``: the run)."""
+    and (unless ``dry_run``) apply; ``settings``: what the caller's flags chose, recorded in
+    the library by the run (Library.record). Returns the plan (``plan.result.entry``: the
+    run)."""
     root = Path(root).resolve()
     if dry_run:
         return gate_grow(plan_grow(root, cache_path, p, cache))
-    with Library(root, log, indent="").open(lock=lock):
+    library = Library(root, log, indent="")
+    with library.open(lock=lock):
         plan = plan_grow(root, cache_path, p, cache)
-        apply_grow(plan, load_detector, progress, log)
+        with library.record(settings):
+            apply_grow(plan, load_detector, progress, log)
     return plan
 
