@@ -455,6 +455,13 @@ VIDEO_WORKER_RUN = worker(VIDEO_WORKER, at("vstate/queue.json"), at("vstate/face
 OCC_APPLY = cli("occlusion", "apply", at("oscores.json"), "--dry-run",
                 outputs=("oscores.json.plan.json",))
 OCC_MERGE = cli("occlusion", "merge", at("ores.jsonl"), at("s2.json"), outputs=("s2.json",))
+# library grow reads the whole library before it changes anything: its settings, its listing
+# and parked sections, every faceset manifest (the cache adds nothing new: a mutation it did
+# not read would end in "nothing new", exit 0, and fail the case)
+GROW = cli("library", "grow", at("swap"), at("c.npz"), *PACK, "--threshold", TEST_THRESHOLD,
+           "--centroid-near", TEST_THRESHOLD, "--initial-threshold", TEST_THRESHOLD,
+           "--merge-threshold", "0.5", "--outlier-threshold", TEST_THRESHOLD, "--no-progress",
+           outputs=(".swap.facesets.lock",))
 
 
 def _pending_record(w: Path) -> Path:
@@ -794,6 +801,25 @@ CASES = [
     Case("done run", "installs[0] removed", _done_record, json_del("installs.0"), UNDO_DONE),
     Case("done run", "rebuild[0] removed", _done_record, json_del("rebuild.0"), UNDO_DONE),
     Case("done run", "changed[0] removed", _done_record, json_del("changed.0"), UNDO_DONE),
+    # the library a grow reads (the command as a user runs it, on a tampered library)
+    Case("library settings", "a gate is a word", "swap/manifest.json",
+         json_set("settings.gates.min_faces", "lots"), GROW),
+    Case("library settings", "a threshold of 5", "swap/manifest.json",
+         json_set("settings.thresholds.swap_outlier", 5), GROW),
+    Case("library settings", "pack_dir NUL", "swap/manifest.json",
+         json_set("settings.pack_dir", "/x\x00y"), GROW),
+    Case("library listing", "faceset name ../../evil", "swap/manifest.json",
+         json_set("facesets.0.name", "../../evil"), GROW),
+    Case("library listing", "quarantined moved_to ../../evil", "swap/manifest.json",
+         json_set("quarantined", [{"name": "faceset_000", "moved_to": "../../evil"}]), GROW),
+    Case("library listing", "runs is a string", "swap/manifest.json",
+         json_set("runs", "x"), GROW),
+    Case("faceset manifest", "face key is a number", "swap/faceset_000/manifest.json",
+         json_set("faces.0.key", 7), GROW),
+    Case("faceset manifest", "dropped is a string", "swap/faceset_000/manifest.json",
+         json_set("dropped", "x"), GROW),
+    Case("faceset manifest", "faces missing", "swap/faceset_000/manifest.json",
+         json_del("faces"), GROW),
 ]
 
 
