@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from conftest import FACES, PACK, needs_shared
@@ -27,9 +29,16 @@ def test_pip_install_gives_the_face_sets_command(tmp_path):
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", "work", "tests", "bench", ".venv*", "__pycache__", "*.egg-info", "build"))
     venv = tmp_path / "venv"
-    # the dependencies come from this Python (installed already): only face-sets is installed
-    _run(sys.executable, "-m", "venv", "--system-site-packages", venv)
+    # the dependencies come from this Python's site-packages (installed already: CI's venv,
+    # or the system's), named in a .pth file: only face-sets is installed. (A venv made
+    # from a venv with --system-site-packages would see the base Python's, not this one's.)
+    _run(sys.executable, "-m", "venv", venv)
     py, command = venv / "bin" / "python", venv / "bin" / "face-sets"
+    purelib = _run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+                   ).stdout.strip()
+    deps = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+                                      sysconfig.get_paths()["platlib"]]) if Path(p).is_dir()]
+    Path(purelib, "facesets_test_deps.pth").write_text("\n".join(deps) + "\n")
     _run(py, "-m", "pip", "install", "-q", "--no-deps", src)
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     elsewhere.mkdir()
