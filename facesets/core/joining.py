@@ -14,8 +14,6 @@ folder every PNG of which a manifest names.
 """
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +22,7 @@ import numpy as np
 
 from ..engine import add_rows, assign_nearest, centroids, normalize_rows
 from ..formats.cache import FaceCache
-from ..formats.manifest import SWAP_FACESET_MANIFEST, dropped_entry, load_manifest, new_manifest
+from ..formats.manifest import SWAP_FACESET_MANIFEST, dropped_entry, new_manifest
 from ..formats.swapset import (ADDED_DIR, FACES_DIR, MANIFEST_NAME, faceset_listing,
                                next_face_number)
 from ..io.fsutil import commit_dir
@@ -83,6 +81,9 @@ class Joining:
     old: list[int]                       # selection indices of the faceset's faces
     keep: list[Planned] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
+    # the faceset's own export parameters for the crops (eras: its manifest's); None: the
+    # run's
+    params: ExportParams | None = None
 
 
 def gate_joining(cache: FaceCache, sel: FaceSelection, name: str, old: list[int],
@@ -143,32 +144,42 @@ def gate_joining(cache: FaceCache, sel: FaceSelection, name: str, old: list[int]
 
 
 def build_joined(root: Path, tag: str, cache: FaceCache, cache_path: str, sel: FaceSelection,
-                 joins: list[Joining], p: ExportParams, load_detector: Callable[[], object],
-                 step: str, progress: bool = True) -> str:
+                 joins: list[Joining], p: ExportParams | None,
+                 load_detector: Callable[[], object], step: str, progress: bool = True,
+                 source: str = "") -> str:
     """Crop the kept faces of ``joins`` into ``_added/<tag>/<faceset>/`` (built in a
     ``.partial`` folder renamed whole; a finished build of the same plan, ``tag``, is reused
-    after a kill). Returns the build folder relative to ``root``."""
+    after a kill), each with its join's parameters or ``p``; ``source``: the faceset the
+    faces came by (eras: the eras' source). Returns the build folder relative to ``root``."""
     rel = f"{ADDED_DIR}/{tag}"
     built = root / rel
     names = [j.name for j in joins if j.keep]
     part = build_folder(root, ADDED_DIR, tag, names)
     if part is None:
         return rel
-    planned = [pl for j in joins for pl in j.keep]
-    crop_all(cache, sel, planned, load_detector().detect, p, {n: part / n for n in names},
-             progress, step)
-    head = new_manifest(SWAP_FACESET_MANIFEST, cache_path, cache.meta, dict(vars(p), step=step))
+    detect = load_detector().detect
+    by_params: dict[int, list[Joining]] = {}     # one crop pass (one progress bar) each
+    for j in joins:
+        if j.keep:
+            by_params.setdefault(id(j.params or p), []).append(j)
+    for group in by_params.values():
+        crop_all(cache, sel, [pl for j in group for pl in j.keep], detect,
+                 group[0].params or p, {j.name: part / j.name for j in group}, progress, step)
     # the build manifest's bytes are part of the run's id (core/runs.plan_id keeps them for
     # undo): a build made again after a kill must be the same bytes, so no clock in it
-    head["created"] = runs.load_top(root).get("created", head["created"])
+    created = runs.load_top(root).get("created")
     index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
     for j in joins:
         if not j.keep:
             continue
+        params = j.params or p
+        head = new_manifest(SWAP_FACESET_MANIFEST, cache_path, cache.meta,
+                            dict(vars(params), step=step))
+        head["created"] = created or head["created"]
         emb = sel.embeddings[[index_of[pl.key] for pl in j.keep]]
         cen = normalize_rows(emb.mean(axis=0, keepdims=True))[0]
         (part / j.name).mkdir(parents=True, exist_ok=True)
-        finish_faceset(part / j.name, head, j.name, "", "", p.top_n, cen, j.keep, [],
+        finish_faceset(part / j.name, head, j.name, source, "", params.top_n, cen, j.keep, [],
                        len(j.keep), f"# faces `{step}` cropped for {j.name}\n",
                        extra={"adds_to": j.name})
     commit_dir(part, built)
@@ -189,50 +200,44 @@ class RunChanges:
 
 
 def joined_changes(root: Path, built_rel: str, joins: list[Joining], sel: FaceSelection,
-                   step: str) -> tuple[RunChanges, dict[str, dict]]:
+                   step: str, folders: dict[str, str] | None = None,
+                   gated_key: str = "gated_by_run") -> tuple[RunChanges, dict[str, dict]]:
     """The run that brings the faces of ``joins`` (cropped in ``built_rel`` by
-    build_joined) into their facesets (see the module doc). Returns the changes and the
-    new body of each faceset."""
+    build_joined) into their facesets (see the module doc): ``folders``: a faceset's folder
+    when it is not its name (eras); ``gated_key``: the field naming this run in the
+    ``dropped[]`` entries of the faces its gates refused (not "run": that marks curation,
+    formats/swapset.curated_out). Returns the changes and the new body of each faceset."""
     ch = RunChanges()
     bodies = {}
     index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
-    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for j in joins:
-        fs = Faceset.load(root / j.name)
+        folder = (folders or {}).get(j.name, j.name)
+        fs = Faceset.load(root / folder)
         crops = {"faces": [], "dropped": []}
         rel = f"{built_rel}/{j.name}/{MANIFEST_NAME}"
         if j.keep:
-            crops = load_manifest(root / rel, SWAP_FACESET_MANIFEST)
+            crops = Faceset.load(root / built_rel / j.name).body
         nxt = next_face_number(fs.body, fs.folder)
         arriving, files = [], {}
         for face in crops["faces"]:
             dest = f"{FACES_DIR}/{nxt:03d}.png"
             nxt += 1
-            ch.moves.append((f"{built_rel}/{j.name}/{face['file']}", f"{j.name}/{dest}"))
+            ch.moves.append((f"{built_rel}/{j.name}/{face['file']}", f"{folder}/{dest}"))
             files[face["file"]] = dest
             arriving.append(dict(face, file=dest, added_by_run=runs.THIS_RUN))
         if j.keep:     # the build folder keeps its record, its faces moved out
-            moved = copy.deepcopy(crops)
-            moved["faces"] = []
-            moved["moved_into"] = {"faceset": j.name, "run": runs.THIS_RUN, "files": files}
-            ch.after[rel] = moved
+            ch.after[rel] = Faceset.of(crops).emptied(
+                "moved_into", {"faceset": j.name, "run": runs.THIS_RUN, "files": files})
             ch.changed.append(rel)
-        body = fs.adding(arriving)
-        gone = [dict(d, run=runs.THIS_RUN) for d in j.dropped + crops["dropped"]]
-        body["dropped"] = body["dropped"] + gone
-        keys = [index_of[f["key"]] for f in body["faces"] if f["key"] in index_of]
-        if keys and arriving:
-            cen = normalize_rows(sel.embeddings[keys].mean(axis=0, keepdims=True))[0]
-            body["centroid"] = [round(float(v), 6) for v in cen]
-        body["summary"]["faces_in"] = int(body["summary"].get("faces_in", 0)) \
-            + len(j.keep) + len(j.dropped)
-        body = Faceset.of(body, fs.folder).finished(body)
-        body.setdefault("history", []).append(
-            {"step": step, "when": when, "run": runs.THIS_RUN, "added": len(arriving),
-             "dropped": len(gone)})
-        ch.after[f"{j.name}/{MANIFEST_NAME}"] = body
-        ch.changed += runs.faceset_files(root, j.name)
-        ch.rebuild.append(j.name)
+        gone = [dict(d, **{gated_key: runs.THIS_RUN}) for d in j.dropped + crops["dropped"]]
+        keys = [index_of[f["key"]] for f in fs.faces + arriving if f["key"] in index_of]
+        cen = normalize_rows(sel.embeddings[keys].mean(axis=0, keepdims=True))[0] \
+            if keys and arriving else None
+        body = fs.noted(fs.adding(arriving, centroid=cen, faces_in=len(j.keep) + len(j.dropped),
+                                  dropped=gone), step, added=len(arriving), dropped=len(gone))
+        ch.after[f"{folder}/{MANIFEST_NAME}"] = body
+        ch.changed += runs.faceset_files(root, folder)
+        ch.rebuild.append(folder)
         ch.listing[j.name] = faceset_listing(body)
         bodies[j.name] = body
     return ch, bodies

@@ -48,23 +48,22 @@ from pathlib import Path
 import numpy as np
 
 from ..core import runs
-from ..core.library import Faceset, curated_out_keys, display_name
 from ..core.dates import Dates, capture_dates
-from ..core.newsets import NewFaceset, add_facesets, build_folder
+from ..core.joining import Joining, build_joined, joined_changes
+from ..core.library import curated_out_keys, display_name
+from ..core.newsets import NewFaceset, add_facesets
 from ..core.refinement import RefineParams, quality_mask
 from ..core.selection import FaceSelection, groups_by_label, select_faces, subset
 from ..core.quality import cache_row, face_quality
-from ..core.swapexport import (ExportParams, Planned, crop_all, finish_faceset, plan_entry,
-                               select_for_swap)
+from ..core.swapexport import ExportParams, Planned, plan_entry, select_for_swap
 from ..core.thresholds import probe_levels
 from ..engine import cluster_faces, cluster_sweep, normalize_rows
 from ..formats.cache import FaceCache, load_cache
 from ..formats.eras import (ERAS_SECTION, THIN_DIR, THIN_SECTION, check_eras_sections,
                             era_entry, era_name, eras_record, thin_record)
 from ..formats.manifest import (FACESET_BASE, SWAP_FACESET_MANIFEST, ManifestError,
-                                centroid_of, load_manifest, new_manifest)
-from ..formats.swapset import ADDED_DIR, FACES_DIR, MANIFEST_NAME, faceset_listing, read_label
-from ..io.fsutil import commit_dir
+                                centroid_of, load_manifest)
+from ..formats.swapset import MANIFEST_NAME, read_label
 
 STEP = "eras"
 STEP_EXTEND = "eras-extend"
@@ -621,12 +620,6 @@ def plan_extend(root: str | Path, cache_path: str, source: str, p: ErasParams,
     return plan
 
 
-def _next_number(m: dict, fdir: Path) -> int:
-    used = [int(Path(f["file"]).stem) for f in m["faces"]]
-    used += [int(p.stem) for p in (fdir / FACES_DIR).glob("*.png") if p.stem.isdigit()]
-    return max(used, default=-1) + 1
-
-
 def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
                  log=print) -> dict | None:
     """Add the planned faces to their eras as one recorded run: export-swap's gates on each
@@ -640,8 +633,7 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
         return None
     index_of = {k: i for i, k in enumerate(sel.keys.tolist())}
     folders = era_folders(root, plan.record)
-    planned: list[Planned] = []
-    per_era: dict[str, dict] = {}
+    joins: list[Joining] = []
     for name, new in sorted(plan.joins.items()):
         path = root / folders[name][0] / MANIFEST_NAME
         m = load_manifest(path, SWAP_FACESET_MANIFEST)
@@ -671,66 +663,22 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
             else:
                 keep.append(Planned(int(sel.rows[i]), str(sel.keys[i]), str(sel.sha256[i]),
                                     name, entry, quality[i].score))
-        planned += keep
-        per_era[name] = {"manifest": m, "params": params, "dropped": drop}
+        joins.append(Joining(name, old, keep, drop, params))
     # crops, under _added/<tag>/ (a digest of the plan: a re-run after a kill reuses them),
     # each era's new faces a small faceset folder of their own until the run moves them in
     tag = "extend-" + hashlib.sha256(json.dumps(
         {"root": str(root), "run": plan.record["run"],
-         "faces": sorted((p.target, p.key) for p in planned)}).encode()).hexdigest()[:12]
-    built = root / ADDED_DIR / tag
-    by_era: dict[str, list[Planned]] = {}
-    for pl in planned:
-        by_era.setdefault(pl.target, []).append(pl)
-    part = build_folder(root, ADDED_DIR, tag, list(by_era)) if by_era else None
-    if part is not None:
-        detect = load_detector().detect
-        for n, pls in by_era.items():
-            params = per_era[n]["params"]
-            crop_all(cache, sel, pls, detect, params, {n: part / n}, progress)
-            head = new_manifest(SWAP_FACESET_MANIFEST, plan.cache_path, cache.meta,
-                                dict(vars(params), step=STEP_EXTEND))
-            cen = normalize_rows(sel.embeddings[[index_of[p.key] for p in pls]].mean(
-                axis=0, keepdims=True))[0]
-            (part / n).mkdir(parents=True, exist_ok=True)
-            finish_faceset(part / n, head, n, plan.source, "", params.top_n, cen, pls, [],
-                           len(pls), f"# faces `eras extend` cropped for {n}\n",
-                           extra={"adds_to": n})
-        commit_dir(part, built)
+         "faces": sorted((pl.target, pl.key) for j in joins for pl in j.keep)}
+    ).encode()).hexdigest()[:12]
+    built_rel = build_joined(root, tag, cache, plan.cache_path, sel, joins, None,
+                             load_detector, STEP_EXTEND, progress, source=plan.source)
     # one recorded run: the crops move in, the eras' manifests and bundles are rewritten
-    moves, after, changed, rebuild = [], {}, [], []
-    for name, e in per_era.items():
-        folder = folders[name][0]
-        era = Faceset.of(e["manifest"], root / folder)
-        crops = {"faces": [], "dropped": []}
-        if name in by_era:
-            rel = f"{ADDED_DIR}/{tag}/{name}/{MANIFEST_NAME}"
-            crops = Faceset.load(built / name).body
-        nxt = _next_number(era.body, root / folder)
-        files, arriving = {}, []
-        for face in crops["faces"]:
-            dest = f"{FACES_DIR}/{nxt:03d}.png"
-            nxt += 1
-            moves.append((f"{ADDED_DIR}/{tag}/{name}/{face['file']}", f"{folder}/{dest}"))
-            files[face["file"]] = dest
-            arriving.append(dict(face, file=dest, added_by_run=runs.THIS_RUN))
-        if name in by_era:      # the build folder keeps its record, its faces moved out
-            after[rel] = Faceset.of(crops).emptied(
-                "moved_into", {"faceset": name, "run": runs.THIS_RUN, "files": files})
-            changed.append(rel)
-        gone = e["dropped"] + crops["dropped"]
-        keys = [f["key"] for f in era.faces + arriving if f["key"] in index_of]
-        cen = normalize_rows(sel.embeddings[[index_of[k] for k in keys]].mean(
-            axis=0, keepdims=True))[0] if keys else None
-        m = era.adding(arriving, centroid=cen, faces_in=len(plan.joins[name]),
-                       dropped=[dict(d, eras_extend_run=runs.THIS_RUN) for d in gone])
-        era.noted(m, STEP_EXTEND, added=len(crops["faces"]), dropped=len(gone))
-        after[f"{folder}/{MANIFEST_NAME}"] = m
-        changed += runs.faceset_files(root, folder)
-        rebuild.append(folder)
-        plan.added[name] = len(crops["faces"])
-        plan.gated[name] = len(gone)
-    listing = {n: faceset_listing(after[f"{folders[n][0]}/{MANIFEST_NAME}"]) for n in per_era}
+    ch, bodies = joined_changes(root, built_rel, joins, sel, STEP_EXTEND,
+                                folders={j.name: folders[j.name][0] for j in joins},
+                                gated_key="eras_extend_run")
+    for name, body in bodies.items():
+        plan.added[name] = body["history"][-1]["added"]
+        plan.gated[name] = body["history"][-1]["dropped"]
 
     def record_extension(new_top: dict) -> None:
         for rec in new_top.get(ERAS_SECTION, []):
@@ -741,10 +689,10 @@ def apply_extend(plan: ExtendPlan, load_detector, progress: bool = True,
                      "left_out": sum(f.faces for f in plan.fragments if not f.joined),
                      "parameters": vars(plan.params)})
                 for era in rec["eras"]:
-                    if era["name"] in per_era:
-                        era["faces"] = len(after[f"{era['folder']}/{MANIFEST_NAME}"]["faces"])
+                    if era["name"] in bodies:
+                        era["faces"] = len(bodies[era["name"]]["faces"])
 
-    counts = {"eras": len(per_era), "added": sum(plan.added.values()),
+    counts = {"eras": len(joins), "added": sum(plan.added.values()),
               "dropped": sum(plan.gated.values())}
-    return runs.commit(root, STEP_EXTEND, after, changed, counts, log, moves=moves,
-                       rebuild=rebuild, listing=listing, update=record_extension)
+    return runs.commit(root, STEP_EXTEND, ch.after, ch.changed, counts, log, moves=ch.moves,
+                       rebuild=ch.rebuild, listing=ch.listing, update=record_extension)
