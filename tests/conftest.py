@@ -125,3 +125,14 @@ def copy_cache(src: Path, dest_dir: Path) -> Path:
     if seg.is_dir():
         shutil.copytree(seg, Path(str(dest) + ".segments"))
     return dest
+
+
+def all_parsers(parser, name: str = ""):
+    """(command words, parser) of every parser under an argparse ``parser``, itself first."""
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from all_parsers(sub, f"{name} {sub_name}".strip())

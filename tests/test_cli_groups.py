@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PACK, ROOT, TEST_THRESHOLD, run_cli
+from conftest import PACK, ROOT, TEST_THRESHOLD, all_parsers, run_cli
 from facesets.cli import COMMANDS, build_parser, canonical_argv, entry, old_names, parse_args
 from facesets.commands.options import FLAGS, SAME_MEANING
 
@@ -48,13 +48,6 @@ OLD_FLAGS = [
 ]
 
 
-def parsers(parser: argparse.ArgumentParser, name: str = ""):
-    """(command words, parser) of every parser under ``parser``."""
-    yield name, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub_name, sub in action.choices.items():
-                yield from parsers(sub, f"{name} {sub_name}".strip())
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -152,7 +145,7 @@ def test_every_old_name_runs_with_the_new_commands_help_and_exit_codes():
 @pytest.mark.unit
 def test_one_meaning_per_flag_name():
     uses = defaultdict(list)   # flag -> [(command, dest, help)]
-    for name, p in parsers(build_parser()):
+    for name, p in all_parsers(build_parser()):
         for a in p._actions:
             if not a.option_strings or a.help == argparse.SUPPRESS or isinstance(
                     a, (argparse._HelpAction, argparse._VersionAction)):
@@ -181,7 +174,7 @@ def test_one_meaning_per_flag_name():
     assert takers["--min-kept"] == ["library import"]
     assert takers["--to"] == ["faceset move"]
     # the library folder: the first positional of every command that changes a library
-    for name, p in parsers(build_parser()):
+    for name, p in all_parsers(build_parser()):
         if name.split()[:1] in (["faceset"], ["library"]) and p._subparsers is None:
             first = next(a for a in p._actions if not a.option_strings)
             assert first.dest in ("swap_ready", "out"), name

@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import FACES, LOW_GATES, PACK, SHARED, TEST_THRESHOLD, needs_shared, run_cli
+from conftest import (FACES, LOW_GATES, PACK, SHARED, TEST_THRESHOLD, all_parsers, needs_shared,
+                      run_cli)
 
 T = TEST_THRESHOLD
 THRESHOLDS = ["--threshold", T, "--initial-threshold", T, "--merge-threshold", "0.5",
@@ -243,12 +244,6 @@ def test_a_no_op_embed_says_nothing_new(ran):
 
 # ---- 9. --help and --version ----------------------------------------------------------------
 
-def _parsers(parser: argparse.ArgumentParser, name: str = ""):
-    yield name, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub_name, sub in action.choices.items():
-                yield from _parsers(sub, f"{name} {sub_name}".strip())
 
 
 @pytest.mark.unit
@@ -256,7 +251,7 @@ def test_help_has_every_positional_and_every_default():
     from facesets.cli import build_parser
 
     checked = 0
-    for name, p in _parsers(build_parser()):
+    for name, p in all_parsers(build_parser()):
         fmt = p._get_formatter()
         for a in p._actions:
             if isinstance(a, (argparse._HelpAction, argparse._VersionAction,
