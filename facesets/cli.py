@@ -19,6 +19,7 @@ import sys
 from typing import NamedTuple
 
 from . import __version__
+from .runtime.program import program_name
 
 PIPELINE = "the pipeline: photos -> cache -> persons -> facesets -> bundles"
 FACESET = "faceset VERB: fix one faceset of a swap-ready library (recorded runs: undoable)"
@@ -191,13 +192,6 @@ def _group_list(name: str) -> str:
     width = max(map(len, command.verbs)) + 2
     return "verbs (VERB --help for each):\n" + "\n".join(
         f"  {verb:<{width}}{sub.help}" for verb, sub in command.verbs.items())
-
-
-def program_name() -> str:
-    """What the user typed: `face-sets` (the installed command, the launcher) or
-    sort_faces.py."""
-    name = os.path.basename(sys.argv[0] if sys.argv else "")
-    return "face-sets" if name.startswith("face-sets") else "sort_faces.py"
 
 
 class _Named:

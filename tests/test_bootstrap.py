@@ -44,7 +44,8 @@ def bootstrap(clone: Path, *args: str) -> subprocess.CompletedProcess:
 def test_first_call_installs_then_runs_and_later_calls_only_run(clone):
     first = bootstrap(clone, "--help")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.startswith("usage: sort_faces.py"), first.stdout   # stdout stays clean
+    # stdout stays clean; usage and hints name the script as it was called
+    assert first.stdout.startswith(f"usage: {clone / 'face-sets'} "), first.stdout
     assert "face-sets: setting up" in first.stderr and "face-sets: ready" in first.stderr
     venv = clone / ".venv"
     assert (venv / ".face-sets-installed").is_file()
@@ -57,8 +58,12 @@ def test_first_call_installs_then_runs_and_later_calls_only_run(clone):
 
     t0 = time.monotonic()
     again = bootstrap(clone, "cluster", "--help")
-    assert again.returncode == 0 and "usage: sort_faces.py cluster" in again.stdout
+    assert again.returncode == 0 and f"usage: {clone / 'face-sets'} cluster" in again.stdout
     assert again.stderr == "" and time.monotonic() - t0 < 30       # no second install
+    # a hint to type a command names the script too, not sort_faces.py
+    hint = bootstrap(clone, "cluster", "no_such.npz", "out")
+    assert hint.returncode != 0 and \
+        f"no such cache; run `{clone / 'face-sets'} embed SRC" in hint.stderr, hint.stderr
     # and the venv's Python is the one that ran: it imports face-sets' dependencies
     py = venv / "bin" / "python"
     probe = subprocess.run([str(py), "-c", "import sys, pillow_heif; print(sys.prefix)"],

@@ -69,3 +69,7 @@ def test_pip_install_gives_the_face_sets_command(tmp_path):
         shutil.copy(f, photos / f.name)
     r = _run(command, "embed", photos, "c.npz", *PACK, "--no-progress", cwd=elsewhere, env=env)
     assert "embed: files seen 2" in r.stdout and (elsewhere / "c.npz").is_file()
+    # the hints name the installed command (there is no sort_faces.py here)
+    r = subprocess.run([str(command), "cluster", "no_such.npz", "out"], cwd=elsewhere, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "no such cache; run `face-sets embed SRC" in r.stderr, r.stderr

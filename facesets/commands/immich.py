@@ -29,6 +29,7 @@ from ..formats.immich_state import (QUEUE_FILE, RAW_DIR, REFINED_DIR, RESULTS_DI
                                     write_finalize)
 from ..runtime.jobs import EXIT_ERROR, EXIT_INTERRUPTED
 from ..runtime.pipeline import work_dir
+from ..runtime.program import program_name
 from ..sources.immich import (BREAKER_THRESHOLD, DEADLINE_S, MAX_ORIGINAL_MB, ImmichClient,
                               ImmichError, ServerDown)
 from ..steps.immich_stage import default_root, stage_immich
@@ -244,7 +245,7 @@ def run_stage(args) -> int:
         s = stage_embed_queue(str(root), cache, queue, args.model, args.model_root,
                               args.det_size, progress=args.progress)
         say(f"immich stage: queue: {s.line()}; queue {queue}")
-        say(f"next: work/embed_worker.py {queue} RESULTS, then `sort_faces.py embed {cache} "
+        say(f"next: work/embed_worker.py {queue} RESULTS, then `{program_name()} embed {cache} "
             "--merge-results RESULTS` (or `immich finalize " f"{args.user}` for everything)")
     return 0
 

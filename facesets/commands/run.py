@@ -27,6 +27,7 @@ from ..formats.swapset import NAME_FILE
 from ..io.fsutil import output_lock
 from ..runtime import pipeline
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, EXIT_INTERRUPTED
+from ..runtime.program import program_name
 from .common import (add_cache_model_options, add_engine_option, add_link_option,
                      add_progress_option, recorded_model, say, warn)
 from .common import add_merge_ratio_option
@@ -117,7 +118,7 @@ def check_thresholds(args, cache: Path) -> None:
         meta = load_cache(cache).meta
     else:
         root = f" --model-root {args.model_root}" if args.model_root else ""
-        embed = f"sort_faces.py embed {args.src} {os.fspath(cache)} --model {args.model}{root}"
+        embed = f"{program_name()} embed {args.src} {os.fspath(cache)} --model {args.model}{root}"
     # a recorded estimate counts only with --no-estimate; else ensure_estimate reuses it, or
     # makes it again when the faces changed
     missing = missing_thresholds(names, meta if not args.estimate else
@@ -130,7 +131,7 @@ def check_thresholds(args, cache: Path) -> None:
         say(f"run: model '{meta.get('model') or model}' has no built-in thresholds and "
             f"{os.fspath(cache)} no calibrated ones: {', '.join(FLAGS[n] for n in missing)} "
             "will be ESTIMATED from the cache's own faces"
-            + (" after embed" if embed else "") + "; for measured ones run `sort_faces.py "
+            + (" after embed" if embed else "") + f"; for measured ones run `{program_name()} "
             f"calibrate {os.fspath(cache)} TRUTH_ROOT --save`")
         if not embed:
             try:
@@ -350,13 +351,14 @@ def result_table(layout: pipeline.RunLayout) -> list[str]:
     lines = ["run: facesets"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, width))
                                  + "  " + r[3] for r in [head, *rows]]
     first = top["facesets"][0]
+    prog = program_name()
     return lines + [
         "next:",
         f"  1. look at them: open {layout.swap_ready / REPORT_FILE} in a browser (one card "
         "per faceset)",
-        f"  2. fix them: sort_faces.py library review {layout.swap_ready}   (rename, merge, split, "
+        f"  2. fix them: {prog} library review {layout.swap_ready}   (rename, merge, split, "
         "drop faces in the browser; undoable)",
-        f"  3. sort_faces.py verify-fsz {layout.swap_ready}   (one face per PNG, as "
+        f"  3. {prog} verify-fsz {layout.swap_ready}   (one face per PNG, as "
         "roop-unleashed reads them)",
         f"  4. write each person's name in {layout.swap_ready / first['name'] / NAME_FILE} "
         "(or with review's rename); kept across re-runs",

@@ -9,6 +9,8 @@ with none of these has no safe default: the command must be given the flag, and 
 """
 from __future__ import annotations
 
+from ..runtime.program import program_name
+
 # cosine distances; the values are buffalo_l's (w600k_r50 recognizer)
 MODEL_THRESHOLDS: dict[str, dict[str, float]] = {
     "buffalo_l": {
@@ -79,11 +81,12 @@ def missing_message(missing: list[str], model: str, cache: str, command: str,
     (``embed``: the command that makes the cache, when it does not exist yet)."""
     flags = "; ".join(f"{FLAGS[n]} ({PURPOSE[n]})" for n in missing)
     first = f"`{embed}`, then " if embed else ""
+    prog = program_name()
     return (f"model '{model}' has no built-in thresholds and {cache} has no calibrated ones; "
             f"`{command}` needs: {flags}. Pass them (cosine distances, e.g. 0.4-0.7), or "
-            f"measure them once: {first}`sort_faces.py calibrate {cache} TRUTH_ROOT --save` "
+            f"measure them once: {first}`{prog} calibrate {cache} TRUTH_ROOT --save` "
             "(TRUTH_ROOT: one folder of photos per person), or estimate them from the faces "
-            f"alone: `sort_faces.py calibrate --estimate {cache}`; and re-run")
+            f"alone: `{prog} calibrate --estimate {cache}`; and re-run")
 
 
 def _candidates(name: str, meta: dict, given: float | None,
@@ -111,7 +114,7 @@ def resolve_with_source(name: str, meta: dict, given: float | None,
             return float(value), source
     model = meta.get("model", "?")
     raise ThresholdError(f"model '{model}' has no default for {FLAGS.get(name, name)}: pass "
-                         f"{FLAGS.get(name, name)}, or run `sort_faces.py calibrate CACHE "
+                         f"{FLAGS.get(name, name)}, or run `{program_name()} calibrate CACHE "
                          "TRUTH_ROOT --save` to store thresholds for this cache")
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.fsutil import FileLock, atomic_write, fsync_dir
+from ..runtime.program import program_name
 
 SCHEMA_VERSION = 1
 
@@ -602,7 +603,7 @@ def _load_once(cache_path: Path, must_exist: bool) -> FaceCache:
     has_base = cache_path.is_file()
     if not segments and not has_base:
         if must_exist:
-            raise CacheError(f"{cache_path}: no such cache; run `sort_faces.py embed SRC "
+            raise CacheError(f"{cache_path}: no such cache; run `{program_name()} embed SRC "
                              f"{cache_path}` first")
         return FaceCache(meta={"schema_version": SCHEMA_VERSION})
     meta: dict = {}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.program import program_name
 from .base import FaceScorer, ScorerError
 from .preprocess import to_chw
 
@@ -278,7 +279,7 @@ class ClipScorer(FaceScorer):
         return ScorerError(
             f"clip: the {model} weights {tag!r} are not in the Hugging Face cache and the hub "
             f"cannot be used ({why}); pass --weights FILE (a local open_clip checkpoint), or "
-            "run `sort_faces.py occlusion export-onnx` where the weights are and score with "
+            f"run `{program_name()} occlusion export-onnx` where the weights are and score with "
             "--scorer onnx:FILE")
 
     def describe(self) -> dict:

@@ -47,6 +47,7 @@ from ..core.selection import FaceSelection, select_faces, subset
 from ..core.truth import TruthSet, load_truth
 from ..engine import CLUSTER_MERGE_RATIO, add_rows, centroids, cluster_sweep, normalize_rows
 from ..formats.cache import FaceCache, calibration_scale
+from ..runtime.program import program_name
 
 CLUSTER_GRID = tuple(np.round(np.arange(0.20, 1.0001, 0.025), 3))
 MERGE_GRID = tuple(np.round(np.arange(0.10, 0.8001, 0.025), 3))
@@ -350,7 +351,7 @@ def drift_warning(cache: FaceCache, cache_path: str, threshold: float) -> str | 
             f"faces since calibrate: at the calibrated cluster threshold {threshold} pairwise "
             f"precision is now predicted at {now:.4f} (calibrated for {scale['library_precision']}"
             f", target {scale['target_precision']}); more strangers, more mixes: re-run "
-            f"`sort_faces.py calibrate {cache_path} {truth} --save`")
+            f"`{program_name()} calibrate {cache_path} {truth} --save`")
 
 
 def score_groups(groups: list[list[str]], cache: FaceCache, truth: TruthSet) -> tuple[str, int]:

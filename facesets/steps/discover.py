@@ -27,6 +27,7 @@ from ..core.refinement import RefineParams, refine_labels
 from ..core.selection import groups_by_label, select_faces, subset
 from ..core.swapexport import ExportParams
 from ..formats.cache import FaceCache, load_cache
+from ..runtime.program import program_name
 
 STEP = "discover"
 
@@ -86,7 +87,7 @@ def plan_discover(root: str | os.PathLike, cache_path: str | os.PathLike,
     if not len(idx) and not _recorded_under(cache, src):
         # no photo of SRC_ROOT was ever embedded: "0 faces" would read as "nothing new"
         raise ValueError(f"{src}: none of its photos is in {cache_path}; embed it first: "
-                         f"`sort_faces.py embed {src} {cache_path}` (the cache's model), "
+                         f"`{program_name()} embed {src} {cache_path}` (the cache's model), "
                          "then run `library discover` again")
     plan.faces = len(idx)
     # faces any faceset names (listed or parked: masked, quarantined, merged...) are known

@@ -40,6 +40,7 @@ from ..core.thresholds import FLAGS, ThresholdError, scaled
 from ..engine import centroids, cluster_faces
 from ..engine.knn import knn_edges
 from ..formats.cache import FaceCache, estimate_record
+from ..runtime.program import program_name
 
 METHOD = "nn-modes"
 MIN_FACES = 100            # faces with a neighbour outside their own photo
@@ -222,7 +223,7 @@ def estimate(cache: FaceCache, cache_path: str, engine: str = "auto") -> Estimat
             f"lower of the valley {m['valley']:.2f} and the stranger edge {edge:.3f} (never "
             f"below the same-person peak): expect one person split over several facesets "
             "rather than two people in one",
-            f"  to do better: `sort_faces.py calibrate {cache_path} TRUTH_ROOT --save` with "
+            f"  to do better: `{program_name()} calibrate {cache_path} TRUTH_ROOT --save` with "
             "a few people sorted by hand (one folder each, several photos), or add more "
             "photos (more people seen once make the stranger mode clear), or pass --threshold"]
     else:
@@ -239,6 +240,6 @@ def refusal(cache_path: str, reason: str) -> str:
     """The one message of an estimate that cannot be trusted: why, and what to do."""
     flags = ", ".join(dict.fromkeys(FLAGS[n] for n in ESTIMATED if n != "extend"))
     return (f"{cache_path}: thresholds cannot be estimated from this cache's faces alone: "
-            f"{reason}. Rather than guess, measure them: `sort_faces.py calibrate {cache_path} "
+            f"{reason}. Rather than guess, measure them: `{program_name()} calibrate {cache_path} "
             "TRUTH_ROOT --save` (TRUTH_ROOT: one folder of photos per person, a few people "
             f"with several photos each), or pass them ({flags})")
