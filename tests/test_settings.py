@@ -188,6 +188,36 @@ def test_a_damaged_settings_section_is_one_line_naming_the_field(tmp_path, faces
         "settings again)"]
 
 
+def test_thresholds_the_library_recorded_serve_where_nothing_else_knows_one(tmp_path,
+                                                                          faces_cache):
+    """refine given its thresholds, then export-swap alone: the library records them from
+    the refine manifest (not chosen for it). testpack_s has no built-in thresholds and the
+    cache no calibrated ones, so `library grow` uses the recorded ones (said), instead of
+    asking for the flags again; a calibration saved later still wins."""
+    from conftest import LOW_GATES, copy_cache
+
+    cache, swap = copy_cache(faces_cache, tmp_path), tmp_path / "swap"
+    run_cli("refine", cache, tmp_path / "refined", "--initial-threshold", TEST_THRESHOLD,
+            "--merge-threshold", "0.5", "--outlier-threshold", TEST_THRESHOLD, "--min-faces",
+            "6", *LOW_GATES, "--link", "symlink")
+    run_cli("export-swap", cache, tmp_path / "refined" / "refine_manifest.json", swap,
+            "--swap-outlier-threshold", TEST_THRESHOLD, "--min-face-short", "20",
+            "--no-progress")
+    s = load(swap / "manifest.json")["settings"]
+    assert s["sources"]["threshold:initial"] == "refine manifest", s["sources"]
+    grow = ["library", "grow", swap, cache, "--threshold", TEST_THRESHOLD, "--centroid-near",
+            TEST_THRESHOLD, "--dry-run", "--no-progress"]
+    g = run_cli(*grow)
+    assert f"initial threshold {float(TEST_THRESHOLD)} (recorded)" in g.stdout, g.stdout
+    assert "merge threshold 0.5 (recorded)" in g.stdout and "grow (dry run" in g.stdout
+
+    # a calibration in the cache wins over a value the library only recorded
+    from facesets.formats.cache import update_meta
+    update_meta(cache, thresholds={"initial": 0.5, "merge": 0.45, "outlier": 0.6})
+    g = run_cli(*grow)
+    assert "(recorded)" not in g.stdout and "clustered at 0.5," in g.stdout, g.stdout
+
+
 # ---- Immich: a library fed only from Immich, finalize again and again ------------------------
 def test_immich_only_library_finalizes_again_and_again_in_both_modes(tmp_path):
     from immich_server import KEY, FakeAsset, FakeImmich

@@ -42,7 +42,7 @@ def run(args) -> int:
 
     root, cache, lib = library_inputs(args, "discover")
     meta = cache.meta
-    resolved = resolve_settings(args, lib, NEW_IDENTITY_THRESHOLDS)
+    resolved = resolve_settings(args, lib, NEW_IDENTITY_THRESHOLDS, meta=meta)
     near, src = library_threshold("discover_near", meta, args.centroid_near, lib)
     refine = refine_params(args, meta, args.cache)
     export = export_params(args, meta, False, args.cache)

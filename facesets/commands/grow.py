@@ -44,7 +44,7 @@ def grow_params(args, meta: dict, cache: str, lib):
     from ..core.settings import flag_choices, library_threshold, resolve_settings
     from ..steps.grow import GrowParams
 
-    resolved = resolve_settings(args, lib, NEW_IDENTITY_THRESHOLDS)
+    resolved = resolve_settings(args, lib, NEW_IDENTITY_THRESHOLDS, meta=meta)
     join, join_src = library_threshold("cluster", meta, args.threshold, lib)
     near, near_src = library_threshold("discover_near", meta,
                                        getattr(args, "centroid_near", None), lib)

@@ -109,13 +109,15 @@ class Resolved:
 
 
 def resolve_settings(args, lib: LibrarySettings, thresholds: dict[str, str] | None = None,
-                     skip: tuple[str, ...] = ()) -> Resolved:
+                     skip: tuple[str, ...] = (), meta: dict | None = None) -> Resolved:
     """Fill ``args`` in place (a None attribute is a flag not given): each gate it has (its
     flag, else the library's, else the step's default) and each threshold of
-    ``thresholds`` (name -> argparse dest) the library chose (a flag of an earlier run);
-    the thresholds left None are resolved later from the cache and the model table
-    (``library_threshold``). A command's Params built from ``args`` then use them.
-    ``skip``: attributes of ``args`` named like a gate that mean something else there."""
+    ``thresholds`` (name -> argparse dest) the library chose (a flag of an earlier run), or
+    only recorded when the cache (``meta``) has no calibrated value and its model no table
+    value (``recorded_fallback``); the thresholds left None are resolved later from the
+    cache and the model table (``library_threshold``). A command's Params built from
+    ``args`` then use them. ``skip``: attributes of ``args`` named like a gate that mean
+    something else there."""
     defaults = gate_defaults()
     sources, from_lib, overrides = {}, [], []
     for name in (n for n in SETTINGS_GATES if hasattr(args, n) and n not in skip):
@@ -145,12 +147,34 @@ def resolve_settings(args, lib: LibrarySettings, thresholds: dict[str, str] | No
             setattr(args, dest, float(have))
             sources[f"threshold:{name}"] = "library"
             from_lib.append(f"{name} threshold {have}")
+        elif meta is not None and recorded_fallback(name, meta, lib) is not None:
+            setattr(args, dest, float(have))
+            sources[f"threshold:{name}"] = RECORDED
+            from_lib.append(f"{name} threshold {have} (recorded)")
     notes = []
     if from_lib:
         notes.append(f"settings from the library {lib.path}: {', '.join(from_lib)}")
     if overrides:
         notes.append("override (used, and recorded): " + ", ".join(overrides))
     return Resolved(sources, notes)
+
+
+# the source of a threshold the library recorded without choosing it (from its refine
+# manifest, say), used where nothing else knows one: not a choice, so a later
+# `calibrate --save` still wins
+RECORDED = "library (recorded)"
+
+
+def recorded_fallback(name: str, meta: dict, lib: LibrarySettings) -> float | None:
+    """The library's recorded threshold ``name`` when the cache (``meta``) has no calibrated
+    one and its model no table value: what the library was built with (e.g. the thresholds
+    refine was given, recorded from its manifest) beats asking for the flag again or an
+    estimate. None otherwise."""
+    have = lib.thresholds.get(name)
+    if have is None or (meta.get("thresholds") or {}).get(name) is not None \
+            or name in (MODEL_THRESHOLDS.get(meta.get("model", "?")) or {}):
+        return None
+    return float(have)
 
 
 def flag_choices(args, resolved: Resolved, thresholds: dict[str, str] | None = None,
@@ -177,7 +201,8 @@ def library_threshold(name: str, meta: dict, flag: float | None, lib: LibrarySet
                       *extra: tuple[float | None, str]) -> tuple[float, str]:
     """(value, source) of threshold ``name``: the flag, else the library's own choice (a
     threshold it recorded from a flag), else core/thresholds' order (calibrated in the
-    cache, ``extra``, the model table, the estimate). A threshold derived from the cluster
+    cache, ``extra``, the library's recorded value where the model has no table value, the
+    model table, the estimate). A threshold derived from the cluster
     distance (import-folders', discover's, eras'...) is scaled from the library's chosen
     clustering threshold when the cache has no calibrated one and the model no table value
     (a model without built-in thresholds that `run` was given them for)."""
@@ -186,6 +211,9 @@ def library_threshold(name: str, meta: dict, flag: float | None, lib: LibrarySet
     if name in lib.thresholds and lib.sources.get(f"threshold:{name}") in CHOSEN_SOURCES:
         return float(lib.thresholds[name]), "library"
     extras = list(extra)
+    recorded = recorded_fallback(name, meta, lib)
+    if recorded is not None:
+        extras.append((recorded, RECORDED))
     if name in DERIVED_FROM_CLUSTER:
         base = next((lib.thresholds[n] for n in ("cluster", "initial")
                      if n in lib.thresholds), None)
