@@ -136,3 +136,16 @@ def all_parsers(parser, name: str = ""):
         if isinstance(action, argparse._SubParsersAction):
             for sub_name, sub in action.choices.items():
                 yield from all_parsers(sub, f"{name} {sub_name}".strip())
+
+
+def wait_for_page(page, expression: str, timeout_s: float = 30.0) -> None:
+    """Wait until the JavaScript ``expression`` is true on ``page``. Playwright's
+    wait_for_function polls a string predicate with eval inside the page, which the review
+    page's Content Security Policy (script-src 'self') refuses whenever the first check is
+    not already true (a loaded machine); page.evaluate goes through DevTools, which the
+    policy does not govern."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page never had {expression} within {timeout_s} s")
+        time.sleep(0.05)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FACES, HAVE_SHARED, LOW_GATES, NO_SHARED, PACK, ROOT, TEST_THRESHOLD, run_cli
+from conftest import (FACES, HAVE_SHARED, LOW_GATES, NO_SHARED, PACK, ROOT, TEST_THRESHOLD, run_cli,
+                      wait_for_page)
 
 sys.path.insert(0, str(ROOT))
 from facesets.formats.manifest import (SWAP_FACESET_MANIFEST, ManifestError,  # noqa: E402
@@ -147,8 +148,8 @@ def test_suggestions_list_the_mix_first_and_both_overview_pages_flag_it(library,
             page.wait_for_selector("#fs-tiles .tile")
             assert "may hold two people" in page.locator("#fs-info").inner_text()
             page.goto(srv.url + "#/faceset_001")
-            page.wait_for_function("document.getElementById('fs-name').textContent"
-                                   ".startsWith('faceset_001')")
+            wait_for_page(page, "document.getElementById('fs-name').textContent"
+                                ".startsWith('faceset_001')")
             assert "may hold two people" not in page.locator("#fs-info").inner_text()
             page.close()
             # two clean facesets of two people merged by hand (consolidate's merge): the

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FACES, LOW_GATES, PACK, TEST_THRESHOLD, run_cli
+from conftest import FACES, PACK, TEST_THRESHOLD, run_cli, wait_for_page
 
 from facesets.formats import report
 
@@ -267,7 +267,7 @@ def test_review_page_names_by_label_and_its_drop_redraws_the_grid(built, tmp_pat
             heads = {n: page.locator(f"#card-{n} h2").text_content() for n in labels}
             assert heads == {n: f"{n} ({lab})" for n, lab in labels.items()}, heads
             page.goto(server.url + f"#/{first}")
-            page.wait_for_function("document.querySelector('#fs-name').textContent.length > 0")
+            wait_for_page(page, "document.querySelector('#fs-name').textContent.length > 0")
             assert page.locator("#fs-name").text_content() == f"{first} ({labels[first]})"
             options = page.locator("#move-target option").all_text_contents()
             assert f"{other} ({labels[other]})" in options, options
@@ -343,8 +343,8 @@ def review_strip(url: str, shot_to: Path | None = None) -> dict:
             page = b.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url, wait_until="load")
             page.wait_for_selector("section.card[id^=card-]")
-            page.wait_for_function("[...document.querySelectorAll('#noface img')].every("
-                                   "i => i.complete && i.naturalWidth > 0)")
+            wait_for_page(page, "[...document.querySelectorAll('#noface img')].every("
+                                "i => i.complete && i.naturalWidth > 0)")
             strip = page.evaluate(REVIEW_STRIP)
             strip["facts"] = page.locator("#facts span").all_text_contents()
             strip["cards"] = page.locator("section.card").count()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HAVE_SHARED, NO_SHARED, ROOT, TEST_THRESHOLD, run_cli
+from conftest import HAVE_SHARED, NO_SHARED, ROOT, TEST_THRESHOLD, run_cli, wait_for_page
 
 if not HAVE_SHARED:    # test_identity_ops lists ../shared's photos when imported
     pytest.skip(NO_SHARED, allow_module_level=True)
@@ -85,8 +85,8 @@ def test_static_report_opens_from_disk_with_no_external_url(library, browser, tm
     caps = page.locator("#faceset_000 figcaption").all_inner_texts()
     assert caps[0] == f"#1 {sorted(first['faces'], key=lambda f: f['rank'])[0]['score']:.2f}"
     assert len(caps) == min(first["top_n"], len(first["faces"]))
-    page.wait_for_function("[...document.images].slice(0, 6).every(i => i.complete "
-                           "&& i.naturalWidth > 0)")
+    wait_for_page(page, "[...document.images].slice(0, 6).every(i => i.complete "
+                        "&& i.naturalWidth > 0)")
     shot(page, tmp_path / "report_swap.png")
     page.close()
     # refine's output has its report too: crops of the source photos
@@ -156,8 +156,8 @@ def outside_addresses() -> list[str]:
 
 def wait_done(page, action: str) -> None:
     """Wait for the page to say the action is done (and shown); fail with what it says."""
-    page.wait_for_function(f"/^{action} (done|failed)/.test("
-                           "document.getElementById('status').textContent)", timeout=60000)
+    wait_for_page(page, f"/^{action} (done|failed)/.test("
+                        "document.getElementById('status').textContent)", timeout_s=60)
     said = page.locator("#status").inner_text()
     assert said.startswith(f"{action} done"), said
 
