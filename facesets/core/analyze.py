@@ -11,6 +11,7 @@ Importing this module pulls in only numpy, OpenCV and Pillow (worker-safe).
 """
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ from ..sources.folder import EmbedPlan, Listed, read_file
 # a full decode as closely as for faces that are only ever shrunk (cosine ~0.99 either way:
 # the two paths differ by resampling alone; `python bench/bench_decode_scale.py`); beyond it,
 # agreement drops (0.98 at 1.5, 0.93 at 2-3), so embed decodes finer for such faces.
+# threads reading and decoding photos ahead of the model (embed, the embed worker): one
+# more than the cores, at most 8. On 2 cores 3 beat 2 by ~10% (docs/benchmarks.md); a GPU
+# worker's model waits on decoding, so a machine with more cores wants more of them
+DECODE_WORKERS = min(8, (os.cpu_count() or 2) + 1)
 MAX_MAGNIFICATION = 1.25
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
@@ -236,7 +241,7 @@ def path_row(path: str, sha256: str, size: int, mtime_ns: int, error: str = "") 
     return {"path": path, "sha256": sha256, "size": size, "mtime_ns": mtime_ns, "error": error}
 
 
-def iter_analyzed(backend: FaceBackend, items: Iterable[Listed], workers: int = 2,
+def iter_analyzed(backend: FaceBackend, items: Iterable[Listed], workers: int = DECODE_WORKERS,
                   max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[PhotoResult]:
     """Analyse photos, yielding results in input order.
 
@@ -245,6 +250,7 @@ def iter_analyzed(backend: FaceBackend, items: Iterable[Listed], workers: int = 
     looks at one photo, the next ones are being read and decoded.
     """
     items = iter(items)
+    workers = max(1, workers)      # a worker's --workers 0 (its serial loop): one thread
     window = max(2, 2 * workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         loading: deque = deque()   # futures of load_photo, input order

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..backends.base import FaceBackend, providers_note
-from ..core.analyze import iter_analyzed, job_status, record_plan_paths, record_result
+from ..core.analyze import (DECODE_WORKERS, iter_analyzed, job_status, record_plan_paths,
+                             record_result)
 from ..formats.cache import SegmentWriter, cache_lock, check_model, compact_cache, load_cache
 from ..io.imageio import DEFAULT_MAX_PIXELS
 from ..runtime.jobs import DEFAULT_FLUSH_EVERY, ERROR, NOFACE, Job, run_items
@@ -72,7 +73,7 @@ class _EmbedJob(Job):
 
 
 def embed_folder(src: str, cache_path: str, load: Callable[[], FaceBackend], model: str,
-                 flush_every: int = DEFAULT_FLUSH_EVERY, workers: int = 2,
+                 flush_every: int = DEFAULT_FLUSH_EVERY, workers: int = DECODE_WORKERS,
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
                  log: Callable[[str], None] = print) -> EmbedSummary:
     """Embed every new photo under ``src`` into the cache at ``cache_path``.

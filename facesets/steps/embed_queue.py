@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..core.analyze import iter_analyzed, job_status, record_plan_paths, record_result
+from ..core.analyze import (DECODE_WORKERS, iter_analyzed, job_status, record_plan_paths,
+                             record_result)
 from ..formats.cache import (CacheError, FaceCache, SegmentWriter, cache_exists, cache_lock,
                              check_model, compact_cache, load_cache, table_len)
 from ..formats.queue import (FAILURES_LOG, KIND_EMBED, QUEUE_COPY, RESULTS_CACHE, QueueError,
@@ -104,7 +105,7 @@ class EmbedJob(WorkerJob):
     unit = "img"
 
     def __init__(self, queue: dict, out: str, mapper, providers: str | None = None,
-                 model_root: str | None = None, workers: int = 2):
+                 model_root: str | None = None, workers: int = DECODE_WORKERS):
         self.params = queue["params"]
         self.queue_created = queue.get("created")
         self.out = Path(out)
@@ -184,7 +185,8 @@ def keep_queue_copy(out: Path, queue: dict) -> None:
 @dataclass(frozen=True)
 class EmbedWorkerParams(WorkerParams):
     """work/embed_worker.py's parameters: OUT is a results folder."""
-    workers: int = 2     # decode threads, as in-process embed: the detector is the bottleneck
+    # decode threads, as in-process embed (on a GPU the model waits on decoding)
+    workers: int = DECODE_WORKERS
 
 
 def make_embed_job(queue: dict, params: EmbedWorkerParams, mapper):
