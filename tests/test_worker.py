@@ -147,6 +147,21 @@ def test_missing_files_fail_then_path_map_and_aliases_match_in_process(tmp_path)
     assert f"unchanged {len(list(src.rglob('*.jpg')))}" in again.stdout
 
 
+def test_the_serial_loop_workers_0_embeds_as_the_default_does(tmp_path):
+    """--workers 0 is every worker's serial loop; the embed worker used to hand it to a
+    thread pool of 0 threads and stop."""
+    src = tmp_path / "p"
+    src.mkdir()
+    for photo in sorted(sorted(FACES.iterdir())[0].iterdir())[:3]:
+        shutil.copy2(photo, src / photo.name)
+    queue = tmp_path / "q.json"
+    run_cli("embed", src, tmp_path / "c.npz", "--stage-queue", queue, *PACK, "--no-progress")
+    serial, default = tmp_path / "serial", tmp_path / "default"
+    assert "failed 0" in run_worker(queue, serial, "--workers", "0").stdout
+    run_worker(queue, default)
+    assert_same_records(serial / "results.npz", default / "results.npz")
+
+
 def test_changed_file_is_a_failure_to_restage(tmp_path):
     src = tmp_path / "p"
     src.mkdir()
