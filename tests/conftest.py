@@ -8,12 +8,21 @@ without it).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+# The tests press Ctrl-C on the commands they start (SIGINT). A suite started in the
+# background of a shell without job control (`cmd &` in a script, nohup) inherits SIGINT
+# ignored, and an ignored signal stays ignored across exec: every child would shrug the
+# Ctrl-C off. A handler here is reset to the default at each exec, so the children get
+# Python's KeyboardInterrupt as a user's terminal gives them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FACESETS_SHARED") or ROOT.parent / "shared").resolve()
