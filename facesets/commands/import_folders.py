@@ -55,7 +55,8 @@ def run(args) -> int:
 
     root, cache, lib = library_inputs(args, "library import")
     meta = cache.meta
-    resolved = resolve_settings(args, lib, {"swap_outlier": "swap_outlier_threshold"})
+    thresholds = {"swap_outlier": "swap_outlier_threshold"}   # settings name -> flag's dest
+    resolved = resolve_settings(args, lib, thresholds)
     got = {n: library_threshold(n, meta, v, lib) for n, v in (
         ("import_loose", args.loose_threshold), ("import_tight", args.tight_threshold))}
     if args.route:
@@ -87,6 +88,6 @@ def run(args) -> int:
                 "swap_outlier", meta, args.swap_outlier_threshold)}))
 
     recorded_run(root, "library import", plan, apply, args.dry_run, before=new_library,
-                 settings=flag_choices(args, resolved, {"swap_outlier": "swap_outlier_threshold"},
+                 settings=flag_choices(args, resolved, thresholds,
                                        *((n, v, src) for n, (v, src) in got.items())))
     return 0

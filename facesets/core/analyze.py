@@ -32,14 +32,15 @@ from ..sources.folder import EmbedPlan, Listed, read_file
 # a full decode as closely as for faces that are only ever shrunk (cosine ~0.99 either way:
 # the two paths differ by resampling alone; `python bench/bench_decode_scale.py`); beyond it,
 # agreement drops (0.98 at 1.5, 0.93 at 2-3), so embed decodes finer for such faces.
-# threads reading and decoding photos ahead of the model (embed, the embed worker): one
-# more than the cores, at most 8. On 2 cores 3 beat 2 by ~10% (docs/benchmarks.md); a GPU
-# worker's model waits on decoding, so a machine with more cores wants more of them
-DECODE_WORKERS = min(8, (os.cpu_count() or 2) + 1)
 MAX_MAGNIFICATION = 1.25
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
 _TEMPLATE_RMS = float(np.sqrt(((ARCFACE_TEMPLATE - ARCFACE_TEMPLATE.mean(0)) ** 2).sum(1).mean()))
+
+# threads reading and decoding photos ahead of the model (embed, the embed worker): one
+# more than the cores, at most 8. A GPU worker's model waits on decoding, so a machine with
+# more cores wants more of them; on 2 cores 3 and 2 tie (docs/benchmarks.md, "Idle figures")
+DECODE_WORKERS = min(8, (os.cpu_count() or 2) + 1)
 
 
 # The first decode is the coarsest JPEG scale whose long side is still >= 2 x the detector

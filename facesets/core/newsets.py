@@ -301,9 +301,9 @@ def add_facesets(root: str | os.PathLike, cache_path: str | os.PathLike,
 
     extra = {"moves_after": changes.moves, "after": changes.after,
              "changed": changes.changed, "rebuild": changes.rebuild} if changes else {}
+    summary = dict({"added": len(names)}, **(changes.summary if changes else {}))
     entry, manifests = commit_new_folders(root, step, f"{ADDED_DIR}/{tag}", names, update,
-                                          dict({"added": len(names)}, **(changes.summary if changes else {})),
-                                          log, place=place, **extra)
+                                          summary, log, place=place, **extra)
     result.entry = entry
     result.kept = {n: len(m["faces"]) for n, m in manifests.items()}
     return result
@@ -343,8 +343,9 @@ def commit_new_folders(root: Path, step: str, built_rel: str, names: list[str],
     moves += list(moves_after)
     installs.update(after or {})
     counts = dict(summary, faces=sum(len(m["faces"]) for m in manifests.values()))
-    entry = runs.commit(root, step, installs, [MANIFEST_NAME, *changed], counts, log, moves=moves,
-                        rebuild=dests + list(rebuild), update=lambda top: update(top, listing, manifests))
+    entry = runs.commit(root, step, installs, [MANIFEST_NAME, *changed], counts, log,
+                        moves=moves, rebuild=dests + list(rebuild),
+                        update=lambda top: update(top, listing, manifests))
     return entry, manifests
 
 

@@ -218,8 +218,9 @@ def commit(root: Path, step: str, after: dict[str, dict | bytes], changed: list[
     made from the current one (the facesets[] entries ``listing`` names replaced, those in
     ``remove`` left out, ``added`` appended, then ``update(top)``: a step's own section,
     e.g. merged[] or eras[]; then the updates ``also_in_top`` holds open; its summary's
-    counts brought in line with the listing) joins ``after`` when any of those is given, then the run is started and executed (each of
-    its commits calls fsutil's commit hook). Returns the run's ``runs[]`` entry."""
+    counts brought in line with the listing) joins ``after`` when any of those is given,
+    then the run is started and executed (each of its commits calls fsutil's commit hook).
+    Returns the run's ``runs[]`` entry."""
     root = Path(root)
     moves, changed, rebuild = list(moves), list(changed), list(rebuild)
     extra = _TOP_UPDATES.get()

@@ -147,8 +147,8 @@ def resolve_settings(args, lib: LibrarySettings, thresholds: dict[str, str] | No
             setattr(args, dest, float(have))
             sources[f"threshold:{name}"] = "library"
             from_lib.append(f"{name} threshold {have}")
-        elif meta is not None and recorded_fallback(name, meta, lib) is not None:
-            setattr(args, dest, float(have))
+        elif meta is not None and (recorded := recorded_fallback(name, meta, lib)) is not None:
+            setattr(args, dest, recorded)
             sources[f"threshold:{name}"] = RECORDED
             from_lib.append(f"{name} threshold {have} (recorded)")
     notes = []
